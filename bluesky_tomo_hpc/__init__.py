@@ -1,0 +1,25 @@
+"""bluesky_tomo_hpc: every Bluesky tomography scan reconstructed automatically.
+
+Live preview during the scan, a full reconstruction after it (in-process or as an HPC batch
+job), results in Tiled next to the raw run. See ``bluesky_tomo_hpc.configure`` for the two lines
+a beamline profile needs.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .engine.params import PhaseRetrieval, ReconParams, RingRemoval  # noqa: E402
+from .model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec  # noqa: E402
+
+__all__ = [
+    "FrameBatch",
+    "FrameRole",
+    "PhaseRetrieval",
+    "ReconParams",
+    "RingRemoval",
+    "ScanData",
+    "ScanEnd",
+    "ScanSpec",
+    "__version__",
+]

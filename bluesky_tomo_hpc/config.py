@@ -1,0 +1,118 @@
+"""One configuration file (YAML) with environment overrides; secrets only from the environment.
+
+Precedence, lowest first: built-in defaults, the file named by ``$BLUESKY_TOMO_HPC_CONFIG`` (or
+passed explicitly), then variables ``BLUESKY_TOMO_HPC__SECTION__KEY=value`` (double underscores
+separate levels; values are parsed as YAML, so ``8``, ``true`` and ``[1, 2]`` work).
+
+Secrets are never read from the file: the Tiled API key comes from ``TILED_API_KEY`` (the
+variable Tiled's own client reads), other services name their variables in their sections.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from .engine.params import ReconParams
+
+ENV_FILE = "BLUESKY_TOMO_HPC_CONFIG"
+ENV_PREFIX = "BLUESKY_TOMO_HPC__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TiledSettings(_Section):
+    """Where raw runs and results live. ``uri: null`` starts the embedded server."""
+
+    uri: str | None = None
+    raw_container: str = "raw"
+    processed_container: str = "processed"
+    api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the API key")
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env)
+
+
+class PreviewSettings(_Section):
+    """Live three-slice preview."""
+
+    enabled: bool = True
+    binning: int = Field(1, ge=1, le=16)
+    #: slice positions as fractions of the volume (z row, y, x); 0.5 = through the centre
+    positions: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    zmq_address: str | None = None
+    png_dir: Path | None = None
+
+
+class JobSettings(_Section):
+    """Batch reconstruction after each scan."""
+
+    executor: Literal["none", "local", "slurm", "nersc", "alcf"] = "local"
+    ranks: int | None = Field(None, ge=1, description="MPI ranks; sized from the data if None")
+    max_retries: int = Field(3, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="executor-specific settings")
+
+
+class Settings(_Section):
+    """All settings of a pipeline."""
+
+    data_dir: Path = Field(Path("tomo_hpc_data"), description="raw HDF5, results, journal, Tiled files")
+    tiled: TiledSettings = TiledSettings()
+    recon: ReconParams = ReconParams()
+    preview: PreviewSettings = PreviewSettings()
+    jobs: JobSettings = JobSettings()
+    full_volume: bool = Field(True, description="reconstruct the whole volume in-process at stop")
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite"
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
+    for k in keys[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[keys[-1]] = value
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """``BLUESKY_TOMO_HPC__RECON__FILTER_NAME=hann`` -> ``{"recon": {"filter_name": "hann"}}``."""
+    environ = dict(os.environ if environ is None else environ)
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        if keys:
+            _set_path(out, keys, yaml.safe_load(raw) if raw != "" else None)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Defaults < file < environment. Unknown keys anywhere raise a ``ValidationError``."""
+    env = dict(os.environ if environ is None else environ)
+    data: dict[str, Any] = {}
+    path = path or env.get(ENV_FILE)
+    if path:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the configuration must be a mapping of sections")
+        data = loaded
+    data = _merge(data, env_overrides(env))
+    return Settings.model_validate(data)

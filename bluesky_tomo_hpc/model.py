@@ -1,0 +1,134 @@
+"""The normalised stream every source produces and every sink consumes.
+
+A *source* (Bluesky documents, EPICS PVA frames, an HDF5 file, a Tiled catalog) turns what it
+receives into exactly one :class:`ScanSpec` followed by any number of :class:`FrameBatch` es and
+one :class:`ScanEnd`. Sinks (preview, full volume, batch job, results writer) never see a
+document, so each of them can be tested with plain arrays.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class FrameRole(str, enum.Enum):
+    """What a frame is for. ``str`` so it survives JSON and msgpack unchanged."""
+
+    DARK = "dark"
+    FLAT = "flat"
+    PROJECTION = "projection"
+
+
+@dataclass(frozen=True)
+class ScanSpec:
+    """Everything a sink needs to know about a scan before its frames arrive.
+
+    Angles in :class:`FrameBatch` are always radians; ``angle_units`` records what the source
+    declared, so that a provenance record can say so.
+    """
+
+    run_uid: str
+    frame_shape: tuple[int, int]
+    dtype: str = "uint16"
+    detector_key: str = "det"
+    scan_id: int | None = None
+    plan_name: str | None = None
+    n_projections: int | None = None
+    n_darks: int | None = None
+    n_flats: int | None = None
+    angle_units: str = "deg"
+    #: role -> stream name (or "run:<uid>/<stream>" for a separate dark/flat run)
+    streams: dict[str, str] = field(default_factory=dict)
+    dark_flat_uid: str | None = None
+    #: raw files on disk (HDF5 etc.) that hold the frames; empty when frames travel in events
+    raw_files: tuple[str, ...] = ()
+    #: which kind of source produced this ("documents", "pva", "file", "catalog")
+    source: str = "documents"
+    #: sample, instrument, user metadata; the whole ``start["tomo"]`` dict lives under "tomo"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def expected_frames(self) -> dict[FrameRole, int | None]:
+        return {
+            FrameRole.DARK: self.n_darks,
+            FrameRole.FLAT: self.n_flats,
+            FrameRole.PROJECTION: self.n_projections,
+        }
+
+
+@dataclass(frozen=True)
+class FrameBatch:
+    """A run of consecutive frames of one role.
+
+    ``indices`` number the frames within their role (0-based, as acquired), so a sink can place
+    a frame that arrives late or twice. ``timestamps`` (epoch seconds) let flats taken before and
+    after the projections be interpolated in time.
+    """
+
+    role: FrameRole
+    indices: np.ndarray
+    frames: np.ndarray
+    angles: np.ndarray | None = None
+    timestamps: np.ndarray | None = None
+    run_uid: str = ""
+
+    def __post_init__(self) -> None:
+        n = len(self.indices)
+        if self.frames.ndim != 3 or self.frames.shape[0] != n:
+            raise ValueError(
+                f"FrameBatch({self.role.value}): frames must be (n, ny, nx) with n == "
+                f"len(indices) == {n}, got shape {self.frames.shape}"
+            )
+        if self.angles is not None and len(self.angles) != n:
+            raise ValueError(
+                f"FrameBatch({self.role.value}): {len(self.angles)} angles for {n} frames"
+            )
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True)
+class ScanEnd:
+    """The end of a scan: how it ended and how many frames the source saw of each role."""
+
+    run_uid: str
+    exit_status: str = "success"
+    reason: str = ""
+    num_frames: dict[str, int] = field(default_factory=dict)
+    time: float | None = None
+
+
+class TomoDataError(ValueError):
+    """Bad or incomplete scan data; the message names what is wrong and in which run."""
+
+
+class MissingCalibrationError(TomoDataError):
+    """A scan lacks dark or flat frames that normalisation needs."""
+
+
+@dataclass
+class ScanData:
+    """A whole scan as arrays, ready for the engine: what a file loader returns and what the
+    frame accumulator assembles from a stream.
+
+    ``projections`` is (n_angles, ny, nx); ``theta`` is radians; ``darks``/``flats`` are
+    (n, ny, nx) and may be empty (normalisation then refuses with a clear error).
+    """
+
+    projections: np.ndarray
+    theta: np.ndarray
+    darks: np.ndarray
+    flats: np.ndarray
+    projection_times: np.ndarray | None = None
+    flat_times: np.ndarray | None = None
+    run_uid: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.projections.shape)  # type: ignore[return-value]

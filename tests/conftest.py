@@ -1,0 +1,58 @@
+"""Shared fixtures: a fresh RunEngine per test, real Tiled servers, paths to the reference data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+# Loopback only for EPICS PV Access, whatever the developer's environment says.
+os.environ.setdefault("EPICS_PVA_AUTO_ADDR_LIST", "NO")
+os.environ.setdefault("EPICS_PVA_ADDR_LIST", "127.0.0.1")
+os.environ.setdefault("EPICS_CA_AUTO_ADDR_LIST", "NO")
+os.environ.setdefault("EPICS_CA_ADDR_LIST", "127.0.0.1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` next to the checkout (reference data, never copied in)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def RE():
+    """A RunEngine on its own fresh event loop, halted and closed after the test."""
+    from bluesky import RunEngine
+
+    loop = asyncio.new_event_loop()
+    engine = RunEngine({}, loop=loop)
+    yield engine
+    if engine.state not in ("idle", "panicked"):
+        engine.halt()
+    loop.call_soon_threadsafe(loop.stop)
+    engine._th.join()
+    loop.close()
+
+
+@pytest.fixture
+def tiled_server(tmp_path):
+    """A real embedded Tiled server (SQLite + files + DuckDB) on 127.0.0.1 that may read tmp_path."""
+    from tiled.server import SimpleTiledServer
+
+    with SimpleTiledServer(tmp_path / "tiled", readable_storage=[tmp_path]) as server:
+        yield server
+
+
+@pytest.fixture
+def tiled_client(tiled_server):
+    from tiled.client import from_uri
+
+    return from_uri(tiled_server.uri)
