@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 
-class FrameRole(str, enum.Enum):
+class FrameRole(enum.StrEnum):
     """What a frame is for. ``str`` so it survives JSON and msgpack unchanged."""
 
     DARK = "dark"
@@ -75,6 +75,9 @@ class FrameBatch:
     angles: np.ndarray | None = None
     timestamps: np.ndarray | None = None
     run_uid: str = ""
+    #: where these frames live on disk, when they do: (file path, dataset, first index, stop
+    #: index) in that dataset. Lets a batch job read the raw file in place instead of a copy.
+    origin: tuple[str, str, int, int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.indices)

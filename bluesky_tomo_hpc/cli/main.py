@@ -1,0 +1,89 @@
+"""``bluesky-tomo-hpc``: the command line. Each subcommand lives in its own module with a
+``register(subparsers)`` function, so this file only assembles them."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+DESCRIPTION = """\
+Automatic tomography reconstruction for Bluesky beamlines.
+
+Every tomography scan a RunEngine takes is recognised from its documents, previewed live
+(three orthogonal slices), reconstructed in full when it stops, optionally sent to HPC as an
+MPI batch job, and the results are written to Tiled next to the raw run.
+"""
+
+EPILOG = """\
+first steps:
+  bluesky-tomo-hpc demo                 simulated scan -> preview -> batch job -> Tiled
+  bluesky-tomo-hpc recon tooth.h5       reconstruct a data-exchange / NXtomo file
+  bluesky-tomo-hpc serve                run the embedded Tiled server alone (127.0.0.1)
+
+configuration: one YAML file named by $BLUESKY_TOMO_HPC_CONFIG (or --config), overridden by
+variables BLUESKY_TOMO_HPC__SECTION__KEY=value; secrets (TILED_API_KEY, NERSC/Globus
+credentials) only from the environment. Run 'bluesky-tomo-hpc SUBCOMMAND --help' for details.
+"""
+
+#: subcommand modules in the order --help lists them
+COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "reprocess", "config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bluesky-tomo-hpc", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info, -vv debug)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="settings file (YAML); default $BLUESKY_TOMO_HPC_CONFIG")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"bluesky_tomo_hpc.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"bluesky_tomo_hpc.cli.{name}":
+                continue  # subcommand not part of this installation
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from bluesky_tomo_hpc import __version__
+
+    return f"bluesky-tomo-hpc {__version__}"
+
+
+def setup_logging(verbosity: int) -> None:
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(rich_tracebacks=True, show_path=False)])
+    logging.getLogger("bluesky_tomo_hpc").setLevel(min(level, logging.INFO if verbosity else logging.WARNING))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    setup_logging(args.verbose)
+    if args.config:
+        os.environ["BLUESKY_TOMO_HPC_CONFIG"] = args.config
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

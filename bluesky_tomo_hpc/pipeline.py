@@ -1,0 +1,119 @@
+"""Wiring: what a beamline subscribes to its RunEngine, built from one :class:`Settings`.
+
+``configure(RE)`` is the whole beamline integration::
+
+    import bluesky_tomo_hpc
+    tomo = bluesky_tomo_hpc.configure(RE)          # settings from $BLUESKY_TOMO_HPC_CONFIG
+
+It subscribes two callbacks: bluesky-tiled-plugins' ``TiledWriter`` (raw runs into the ``raw``
+catalog, with a JSONL backup if Tiled fails) and the tomography callback (live preview, full
+volume at stop, batch job on HPC), which never blocks or raises into the RunEngine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, load_settings
+from .results.tiled_results import processed_container
+from .results.tiled_server import EmbeddedTiledServer, raw_catalog
+from .results.writer import TiledResultWriter
+from .sinks.base import Sink, SinkFanout
+from .sinks.full_volume import FullVolumeSink, ReconService
+
+log = logging.getLogger(__name__)
+
+
+class TomoPipeline:
+    """Raw-data writer + tomography callback + reconstruction service for one beamline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        *,
+        server: EmbeddedTiledServer | None = None,
+        extra_sinks: list[Callable[[], Sink]] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ):
+        from bluesky_tiled_plugins import TiledWriter
+
+        from .sources.callback import TomoCallback
+        from .sources.documents import TomoRunRouter, tiled_dark_flat_resolver
+
+        self.settings = settings
+        self.client = client
+        self.server = server
+        self.data_dir = Path(settings.data_dir).resolve()
+        self.raw = raw_catalog(client, settings.tiled.raw_container)
+        self.processed = processed_container(client, settings.tiled.processed_container)
+        self.service = ReconService()
+        self.result_writer = TiledResultWriter(self.processed, png_dir=self.data_dir / "previews")
+        self.progress = progress
+        self._extra_sinks = list(extra_sinks or [])
+        backup = self.data_dir / "tiled_backup"
+        backup.mkdir(parents=True, exist_ok=True)
+        self.tiled_writer = TiledWriter(self.raw, batch_size=1, backup_directory=str(backup))
+        self.router = TomoRunRouter(self.make_sinks, dark_flat_resolver=tiled_dark_flat_resolver(self.raw))
+        self.callback = TomoCallback(self.router)
+        self._tokens: list[tuple[Any, int]] = []
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> TomoPipeline:
+        """Connect to ``settings.tiled.uri``, or start the embedded server over the data folder."""
+        settings = settings or load_settings()
+        data_dir = Path(settings.data_dir).resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.tiled.uri:
+            from tiled.client import from_uri
+
+            return cls(settings, from_uri(settings.tiled.uri, api_key=settings.tiled.api_key), **kwargs)
+        server = EmbeddedTiledServer(data_dir / "tiled", api_key=settings.tiled.api_key,
+                                     readable_storage=[data_dir])
+        return cls(settings, server.client(), server=server, **kwargs)
+
+    def make_sinks(self) -> Sink:
+        """The sinks of one tomography run, as the settings ask."""
+        sinks: list[Sink] = []
+        if self.settings.full_volume:
+            sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
+                                        progress=self.progress))
+        sinks.extend(factory() for factory in self._extra_sinks)
+        return SinkFanout(sinks)
+
+    # -- RunEngine ------------------------------------------------------------------------
+    def subscribe(self, RE: Any) -> list[int]:
+        """Subscribe the raw-data writer and the tomography callback; returns the tokens."""
+        tokens = [RE.subscribe(self.tiled_writer), RE.subscribe(self.callback)]
+        self._tokens.extend((RE, t) for t in tokens)
+        return tokens
+
+    def unsubscribe(self) -> None:
+        for RE, token in self._tokens:
+            RE.unsubscribe(token)
+        self._tokens.clear()
+
+    def wait(self, timeout: float | None = 300.0) -> bool:
+        """Until every queued document is handled and every reconstruction finished."""
+        flushed = self.callback.flush(timeout)
+        return bool(flushed) and self.service.wait(timeout)
+
+    def close(self) -> None:
+        self.unsubscribe()
+        self.callback.stop()
+        self.service.shutdown()
+        if self.server is not None:
+            self.server.close()
+
+
+def configure(RE: Any, settings: Settings | str | Path | None = None, **kwargs: Any) -> TomoPipeline:
+    """Build a pipeline from settings (an object, a YAML path, or the environment) and subscribe it."""
+    if not isinstance(settings, Settings):
+        settings = load_settings(settings)
+    pipeline = TomoPipeline.from_settings(settings, **kwargs)
+    pipeline.subscribe(RE)
+    return pipeline

@@ -1,0 +1,46 @@
+"""Pictures people look at: the three orthogonal slices side by side as one PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+
+def _limits(images: list[np.ndarray]) -> tuple[float, float]:
+    """Shared grey levels from robust percentiles, so the three panels compare directly."""
+    values = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in images])
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [0.5, 99.5])
+    return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def save_orthoslices_png(previews: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
+    """Write xy / xz / yz slices as one PNG (matplotlib, no display needed); returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    names = [k for k in ("xy", "xz", "yz") if k in previews] or list(previews)
+    images = [np.asarray(previews[k], dtype=np.float32) for k in names]
+    vmin, vmax = _limits(images)
+    widths = [img.shape[1] for img in images]
+    fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4.4),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    for ax, name, img in zip(axes[0], names, images, strict=True):
+        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"{name} slice {img.shape[0]}x{img.shape[1]}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

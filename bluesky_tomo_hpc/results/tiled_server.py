@@ -1,0 +1,169 @@
+"""The embedded Tiled server: SQLite catalog + files + DuckDB tables under one data folder.
+
+Same storage layout as ``tiled.server.SimpleTiledServer`` (``catalog.db``, ``data/``,
+``storage.duckdb``), so either can open the folder, plus the Bluesky ``json-seq`` exporter so
+that ``run.documents()`` works (catalog re-processing replays runs through the same callbacks).
+It listens on 127.0.0.1 only and always requires an API key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[str | Path] = ()) -> Any:
+    """A Tiled ASGI app over the catalog in ``directory`` (created when missing)."""
+    from bluesky_tiled_plugins.exporters import json_seq_exporter
+    from tiled.catalog import from_uri as catalog_from_uri
+    from tiled.config import Authentication, StreamingCacheConfig
+    from tiled.media_type_registration import default_serialization_registry
+    from tiled.server.app import build_app
+    from tiled.utils import ensure_uri
+
+    directory = Path(directory).resolve()
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    readable = [str(Path(p).resolve()) for p in readable_storage]
+    catalog = catalog_from_uri(
+        directory / "catalog.db",
+        writable_storage=[directory / "data", ensure_uri(f"duckdb:///{directory / 'storage.duckdb'}")],
+        init_if_not_exists=True,
+        readable_storage=readable or None,
+        cache_config=StreamingCacheConfig(uri="memory").model_dump(),
+    )
+    registry = copy.deepcopy(default_serialization_registry)
+    registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
+    return build_app(
+        catalog,
+        authentication=Authentication(single_user_api_key=api_key),
+        serialization_registry=registry,
+    )
+
+
+def _log_config(directory: Path) -> dict[str, Any]:
+    """Uvicorn logs to files in the data folder, so the demo's terminal stays readable."""
+    from tiled.server.logging_config import LOGGING_CONFIG
+
+    cfg = copy.deepcopy(LOGGING_CONFIG)
+    for name, fname in (("access", "access.log"), ("default", "error.log")):
+        cfg["handlers"][name]["class"] = "logging.FileHandler"
+        cfg["handlers"][name].pop("stream", None)
+        cfg["handlers"][name]["filename"] = str(directory / fname)
+    return cfg
+
+
+class EmbeddedTiledServer:
+    """A Tiled server on a background thread of this process (notebooks, demo, tests).
+
+    Keep a reference for as long as clients need it; ``close()`` (or leaving the ``with``
+    block) stops it. Data persist in ``directory``.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        api_key: str | None = None,
+        port: int = 0,
+        readable_storage: Sequence[str | Path] = (),
+        startup_timeout: float = 30.0,
+    ):
+        import uvicorn
+
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.api_key = api_key or secrets.token_hex(16)
+        app = build_tiled_app(self.directory, self.api_key, readable_storage)
+        config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio",
+                                log_config=_log_config(self.directory))
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.run, name="tiled-server", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + startup_timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"Tiled server did not start; see {self.directory / 'error.log'}")
+            time.sleep(0.05)
+        host, port_ = self._server.servers[0].sockets[0].getsockname()[:2]
+        self.uri = f"http://{host}:{port_}/api/v1"
+        _wait_healthy(f"http://{host}:{port_}", deadline)
+
+    def client(self) -> Any:
+        from tiled.client import from_uri
+
+        return from_uri(self.uri, api_key=self.api_key)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> EmbeddedTiledServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _wait_healthy(base: str, deadline: float) -> None:
+    with httpx.Client(trust_env=False) as http:
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if http.get(f"{base}/healthz", timeout=1.0).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Tiled at {base} did not become healthy")
+            time.sleep(0.05)
+
+
+def serve_forever(
+    directory: str | Path, *, api_key: str, port: int = 8000, readable_storage: Sequence[str | Path] = ()
+) -> None:
+    """Run the server in the foreground on 127.0.0.1 until interrupted (``bluesky-tomo-hpc serve``)."""
+    import uvicorn
+
+    directory = Path(directory).resolve()
+    app = build_tiled_app(directory, api_key, readable_storage)
+    uvicorn.run(app, host=HOST, port=port, log_level="info")
+
+
+def raw_catalog(client: Any, name: str = "raw") -> Any:
+    """The ``CatalogOfBlueskyRuns`` container that TiledWriter writes raw runs into."""
+    from tiled.structures.core import Spec
+
+    if name in client:
+        return client[name]
+    return client.create_container(name, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+
+
+@contextlib.contextmanager
+def connect_or_embed(
+    uri: str | None, data_dir: str | Path, *, api_key: str | None = None,
+    readable_storage: Sequence[str | Path] = (),
+) -> Iterator[tuple[Any, EmbeddedTiledServer | None]]:
+    """A client for ``uri``, or for an embedded server over ``data_dir/tiled`` when ``uri`` is None."""
+    from tiled.client import from_uri
+
+    if uri:
+        yield from_uri(uri, api_key=api_key), None
+        return
+    data_dir = Path(data_dir).resolve()
+    server = EmbeddedTiledServer(data_dir / "tiled", api_key=api_key,
+                                 readable_storage=[data_dir, *readable_storage])
+    try:
+        yield server.client(), server
+    finally:
+        server.close()

@@ -1,0 +1,62 @@
+"""The default result writer of the full-volume sink: Tiled node + a PNG of the preview slices."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..model import ScanSpec
+from .pictures import save_orthoslices_png
+from .tiled_results import preview_slices, recon_key, write_reconstruction
+
+log = logging.getLogger(__name__)
+
+
+def result_metadata(spec: ScanSpec, result: Any) -> dict[str, Any]:
+    """What a reconstruction node records about how it was made and from what."""
+    tomo = spec.metadata.get("tomo", {}) if isinstance(spec.metadata, dict) else {}
+    return {
+        "center": float(result.center),
+        "center_confidence": float(result.center_confidence),
+        "center_method": result.center_method,
+        "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
+        "warnings": list(result.warnings),
+        "rows": list(result.rows) if result.rows is not None else None,
+        "shape": list(result.volume.shape),
+        "scan_id": spec.scan_id,
+        "plan_name": spec.plan_name,
+        "sample": tomo.get("sample") or spec.metadata.get("sample"),
+        "source": spec.source,
+        "raw_files": list(spec.raw_files),
+    }
+
+
+class TiledResultWriter:
+    """Writes each reconstruction under ``container`` (a callable, so a client can be made lazily
+    on the worker thread) and, when ``png_dir`` is set, saves ``<uid8>_slices.png`` there."""
+
+    def __init__(self, container: Callable[[], Any] | Any, png_dir: str | Path | None = None,
+                 kind: str = "full"):
+        self._container = container
+        self.png_dir = Path(png_dir) if png_dir else None
+        self.kind = kind
+        self.pngs: dict[str, Path] = {}
+
+    def container(self) -> Any:
+        return self._container() if callable(self._container) else self._container
+
+    def write(self, spec: ScanSpec, result: Any) -> str:
+        previews = preview_slices(result.volume)
+        if self.png_dir is not None:
+            title = f"run {spec.run_uid[:8]}  centre {result.center:.2f} px"
+            self.pngs[spec.run_uid] = save_orthoslices_png(
+                previews, self.png_dir / f"{spec.run_uid[:8]}_slices.png", title)
+        container = self.container()
+        node = write_reconstruction(
+            container, raw_uid=spec.run_uid, params=result.params, volume=result.volume,
+            previews=previews, metadata=result_metadata(spec, result), kind=self.kind)
+        key = recon_key(spec.run_uid, result.params.params_hash, self.kind)
+        log.info("reconstruction of run %s written to Tiled node %s", spec.run_uid, key)
+        return str(getattr(node, "uri", key))
