@@ -34,6 +34,11 @@ class TiledSettings(_Section):
     raw_container: str = "raw"
     processed_container: str = "processed"
     api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the API key")
+    register_in_place: bool | None = Field(
+        None,
+        description="register batch-job Zarr volumes in place (no upload): the server must be able to "
+        "read the data folder. None: yes for the embedded server, no for a remote one",
+    )
 
     @property
     def api_key(self) -> str | None:

@@ -170,13 +170,14 @@ def write_reconstruction(
     previews: Mapping[str, np.ndarray] | None = None,
     metadata: Mapping[str, Any] | None = None,
     kind: str = "full",
-    register_in_place: bool | None = None,
+    register_in_place: bool = False,
 ) -> Any:
     """Write one reconstruction as a node linked to ``raw_uid``; returns the node.
 
     ``volume`` (an array-like) is uploaded in slabs; ``volume_zarr`` (a path) is registered in
-    place when the server can read it (``register_in_place`` None = try, then upload on
-    refusal). Previews default to three orthogonal slices through the volume's middle. A node
+    place with ``register_in_place=True`` (the caller knows the server's ``readable_storage``
+    holds it: Tiled only checks that when the data is read) and uploaded otherwise. Previews
+    default to three orthogonal slices through the volume's middle. A node
     of the same key (same run, params and kind) is replaced, so a retried job is idempotent.
     """
     if volume is not None and volume_zarr is not None:
@@ -203,16 +204,9 @@ def write_reconstruction(
 
         zpath = Path(volume_zarr)
         source_volume = zarr.open_array(str(zpath), mode="r")
-        registered = False
-        if register_in_place is not False:
-            try:
-                register_zarr_in_place(node, "volume", zpath, {"registered_from": str(zpath)})
-                registered = True
-            except Exception as exc:
-                if register_in_place:
-                    raise
-                log.info("server cannot register %s in place (%s); uploading instead", zpath, exc)
-        if not registered:
+        if register_in_place:
+            register_zarr_in_place(node, "volume", zpath, {"registered_from": str(zpath)})
+        else:
             upload_volume(node, "volume", source_volume)
     elif volume is not None:
         upload_volume(node, "volume", volume)
