@@ -5,8 +5,9 @@
     import bluesky_tomo_hpc
     tomo = bluesky_tomo_hpc.configure(RE)          # settings from $BLUESKY_TOMO_HPC_CONFIG
 
-It subscribes two callbacks: bluesky-tiled-plugins' ``TiledWriter`` (raw runs into the ``raw``
-catalog, with a JSONL backup if Tiled fails) and the tomography callback (live preview, full
+It subscribes two callbacks, each on its own thread so the RunEngine never waits:
+bluesky-tiled-plugins' ``TiledWriter`` (raw runs into the ``raw`` catalog, with a JSONL backup
+if Tiled fails) and the tomography callback (live preview, full
 volume at stop, batch job on HPC), which never blocks or raises into the RunEngine.
 """
 
@@ -23,6 +24,7 @@ from .results.tiled_server import EmbeddedTiledServer, raw_catalog
 from .results.writer import TiledResultWriter
 from .sinks.base import Sink, SinkFanout
 from .sinks.full_volume import FullVolumeSink, ReconService
+from .threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class TomoPipeline:
         from bluesky_tiled_plugins import TiledWriter
 
         from .sources.callback import TomoCallback
-        from .sources.documents import TomoRunRouter, tiled_dark_flat_resolver
+        from .sources.documents import tiled_dark_flat_resolver
 
         self.settings = settings
         self.client = client
@@ -56,9 +58,11 @@ class TomoPipeline:
         self._extra_sinks = list(extra_sinks or [])
         backup = self.data_dir / "tiled_backup"
         backup.mkdir(parents=True, exist_ok=True)
-        self.tiled_writer = TiledWriter(self.raw, batch_size=1, backup_directory=str(backup))
-        self.router = TomoRunRouter(self.make_sinks, dark_flat_resolver=tiled_dark_flat_resolver(self.raw))
-        self.callback = TomoCallback(self.router)
+        #: raw runs into Tiled, on its own thread (one HTTP round trip per document)
+        self.tiled_writer = ThreadedCallback(
+            TiledWriter(self.raw, batch_size=1, backup_directory=str(backup)), name="tiled-writer")
+        self.callback = TomoCallback(self.make_sinks, dark_flat_resolver=tiled_dark_flat_resolver(self.raw))
+        self.router = self.callback.router
         self._tokens: list[tuple[Any, int]] = []
 
     # -- construction ---------------------------------------------------------------------
@@ -99,12 +103,13 @@ class TomoPipeline:
 
     def wait(self, timeout: float | None = 300.0) -> bool:
         """Until every queued document is handled and every reconstruction finished."""
-        flushed = self.callback.flush(timeout)
+        flushed = self.callback.flush(timeout) and self.tiled_writer.flush(timeout)
         return bool(flushed) and self.service.wait(timeout)
 
     def close(self) -> None:
         self.unsubscribe()
         self.callback.stop()
+        self.tiled_writer.close()
         self.service.shutdown()
         if self.server is not None:
             self.server.close()

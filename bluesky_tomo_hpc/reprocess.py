@@ -1,0 +1,181 @@
+"""Re-reconstruct the tomography runs of a catalog with new parameters.
+
+Runs are found with Tiled queries, recognised as tomography by the same rules as the live
+callback, and replayed (``run.documents()``) through the same router and sinks, so a
+re-processed run gives the same result a live one would. A run that already has a
+reconstruction with the same parameters hash is skipped: running the same request twice does
+nothing the second time, and an interrupted one picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine.params import ReconParams
+from .results.tiled_results import find_reconstructions
+from .results.writer import TiledResultWriter
+from .sinks.base import Sink
+from .sinks.full_volume import FullVolumeSink, ReconService
+from .sources.recognise import recognise
+
+log = logging.getLogger(__name__)
+
+
+class ReprocessError(RuntimeError):
+    """The request cannot be carried out (nothing matched, catalog unreachable...)."""
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """Which runs to consider; every given criterion must hold."""
+
+    scan_ids: tuple[int, int] | None = None  # [first, last] inclusive
+    since: str | None = None
+    until: str | None = None
+    plan_name: str | None = None
+    sample: str | None = None
+    uids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in vars(self).items() if v not in (None, ())]
+        return ", ".join(parts) or "all runs"
+
+
+@dataclass
+class RunOutcome:
+    uid: str
+    scan_id: int | None
+    #: "reconstructed", "submitted", "skipped", "failed", "not-tomography", "calibration"
+    status: str
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class ReprocessSummary:
+    params_hash: str
+    matched: int = 0
+    outcomes: list[RunOutcome] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+    def lines(self) -> list[str]:
+        head = (f"{self.matched} runs matched; {self.count('reconstructed')} reconstructed, "
+                f"{self.count('submitted')} submitted, {self.count('skipped')} already done "
+                f"(params {self.params_hash}), {self.count('failed')} failed, "
+                f"{self.count('not-tomography')} not tomography, "
+                f"{self.count('calibration')} dark/flat runs")
+        return [head] + [f"  {o.uid[:8]} scan {o.scan_id}: {o.status} {o.message}".rstrip()
+                         for o in self.outcomes]
+
+
+def search_runs(catalog: Any, query: RunQuery) -> Any:
+    """Apply ``query`` to a CatalogOfBlueskyRuns client with Tiled / bluesky-tiled-plugins queries."""
+    from bluesky_tiled_plugins.queries import PartialUID, ScanIDRange, TimeRange
+    from tiled.queries import Key
+
+    results = catalog
+    if query.scan_ids is not None:
+        first, last = query.scan_ids
+        results = results.search(ScanIDRange(int(first), int(last) + 1))
+    if query.since or query.until:
+        results = results.search(TimeRange(since=query.since, until=query.until))
+    if query.plan_name:
+        results = results.search(Key("plan_name") == query.plan_name)
+    if query.sample:
+        results = results.search(Key("sample") == query.sample)
+    if query.uids:
+        results = results.search(PartialUID(*query.uids))
+    return results
+
+
+def tomography_runs(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any, str | None]]:
+    """Yield ``(uid, run, layout)`` for every matching run; layout None means not tomography."""
+    for uid, run in search_runs(catalog, query).items():
+        try:
+            layout = recognise(run.start)
+        except ValueError as exc:  # start["tomo"] present but malformed
+            log.warning("run %s: start['tomo'] not understood (%s); skipped", uid, exc)
+            layout = None
+        yield uid, run, None if layout is None else layout.layout
+
+
+def _replay(run: Any, sink_factory: Callable[[], Sink], catalog: Any) -> list[str]:
+    """Feed a stored run's documents through the live router; returns the router's errors."""
+    from .sources.documents import TomoRunRouter, tiled_dark_flat_resolver
+
+    router = TomoRunRouter(sink_factory, dark_flat_resolver=tiled_dark_flat_resolver(catalog))
+    for name, doc in run.documents():
+        router(name, doc)
+    return [message for _, message in router.errors]
+
+
+def reprocess(
+    catalog: Any,
+    processed: Any,
+    *,
+    params: ReconParams,
+    query: RunQuery = RunQuery(),
+    submit: Callable[[str, Any], str] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ReprocessSummary:
+    """Reconstruct every tomography run matching ``query`` that lacks a result with ``params``.
+
+    ``submit(uid, run)``, when given, hands a run to a batch executor instead of reconstructing
+    it here and returns a job id. ``progress(done, total, uid)`` is called after each run.
+    Raises :class:`ReprocessError` when nothing matches.
+    """
+    candidates = list(tomography_runs(catalog, query))
+    if not candidates:
+        raise ReprocessError(f"no run in the catalog matches {query.describe()}")
+    summary = ReprocessSummary(params_hash=params.params_hash, matched=len(candidates))
+    service = ReconService()
+    writer = TiledResultWriter(processed, kind="full")
+    try:
+        for i, (uid, run, layout) in enumerate(candidates):
+            scan_id = run.start.get("scan_id")
+            t0 = time.perf_counter()
+            outcome = _one(uid, run, layout, scan_id, catalog, processed, params, service, writer, submit)
+            outcome.seconds = time.perf_counter() - t0
+            summary.outcomes.append(outcome)
+            log.info("run %s: %s %s", uid, outcome.status, outcome.message)
+            if progress is not None:
+                progress(i + 1, len(candidates), uid)
+    finally:
+        service.shutdown()
+    return summary
+
+
+def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: Any, processed: Any,
+         params: ReconParams, service: ReconService, writer: TiledResultWriter,
+         submit: Callable[[str, Any], str] | None) -> RunOutcome:
+    if layout is None:
+        return RunOutcome(uid, scan_id, "not-tomography")
+    if layout == "dark_flat":
+        return RunOutcome(uid, scan_id, "calibration", "dark/flat run, used by the runs that cite it")
+    if find_reconstructions(processed, raw_uid=uid, params_hash=params.params_hash):
+        return RunOutcome(uid, scan_id, "skipped", "already reconstructed with these parameters")
+    if (run.stop or {}).get("exit_status", "success") != "success":
+        return RunOutcome(uid, scan_id, "failed", f"scan ended {run.stop.get('exit_status')!r}")
+    if submit is not None:
+        try:
+            return RunOutcome(uid, scan_id, "submitted", f"job {submit(uid, run)}")
+        except Exception as exc:
+            return RunOutcome(uid, scan_id, "failed", f"submission failed: {exc}")
+    errors = _replay(run, lambda: FullVolumeSink(params, service, writer), catalog)
+    service.wait()
+    result = service.outcomes.pop(uid, None)
+    if result is not None and result.ok:
+        return RunOutcome(uid, scan_id, "reconstructed",
+                          f"centre {result.center:.2f} px in {result.seconds:.1f} s")
+    reason = (result.message if result is not None else "") or "; ".join(errors) or "no frames replayed"
+    return RunOutcome(uid, scan_id, "failed", reason)
+
+
+def uids_of(outcomes: Iterable[RunOutcome], status: str) -> list[str]:
+    return [o.uid for o in outcomes if o.status == status]
