@@ -34,6 +34,10 @@ class TiledSettings(_Section):
     raw_container: str = "raw"
     processed_container: str = "processed"
     api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the API key")
+    writer_batch_size: int = Field(
+        100, ge=1, description="events TiledWriter buffers per write (1 = every event live in Tiled, "
+        "slower); frames are on disk and reach the callbacks directly either way",
+    )
     register_in_place: bool | None = Field(
         None,
         description="register batch-job Zarr volumes in place (no upload): the server must be able to "

@@ -61,3 +61,87 @@ def demo_settings(data_dir: Path, *, executor: str = "local", ranks: int = 2) ->
         recon=ReconParams(filter_name="shepp", center="auto"),
         jobs={"executor": executor, "ranks": ranks},
     )
+
+
+def run_demo(
+    data_dir: str | Path,
+    *,
+    num_projections: int = 180,
+    shape: tuple[int, int] = (64, 128),
+    flavour: str = "ophyd_async",
+    executor: str = "local",
+    ranks: int = 2,
+    say: Say = print,
+    on_progress: Callable[[int, int, str], None] | None = None,
+    keep_server: bool = False,
+) -> tuple[DemoReport, Any]:
+    """Run the whole demo; returns the report and, with ``keep_server``, the live pipeline
+    (else None: the embedded server is stopped, the data stay in ``data_dir``)."""
+    from bluesky import RunEngine
+
+    from .pipeline import TomoPipeline
+    from .progress import ScanProgress
+    from .results.tiled_results import find_reconstructions
+    from .sim.beamline import make_sim_beamline
+    from .sim.plans import tomo_scan
+
+    data_dir = Path(data_dir).resolve()
+    report = DemoReport(data_dir=data_dir)
+    t_all = time.perf_counter()
+
+    t0 = time.perf_counter()
+    settings = demo_settings(data_dir, executor=executor, ranks=ranks)
+    pipeline = TomoPipeline.from_settings(settings)
+    report.tiled_uri = pipeline.server.uri if pipeline.server else str(settings.tiled.uri)
+    report.api_key = pipeline.server.api_key if pipeline.server else ""
+    report.timings["tiled_start"] = time.perf_counter() - t0
+    say(f"Tiled server     {report.tiled_uri}  (embedded; data in {data_dir / 'tiled'})")
+
+    try:
+        RE = RunEngine({})
+        beamline = make_sim_beamline(data_dir / "raw", flavour=flavour, shape=shape)
+        pipeline.subscribe(RE)
+        if on_progress is not None:
+            RE.subscribe(ScanProgress(on_progress))
+        say(f"Scan             {num_projections} projections of {shape[0]}x{shape[1]} px over 180 deg, "
+            f"10 darks, 10 flats ({flavour} detector, rotation axis {beamline.rotation_offset_px:+.1f} px "
+            "off the detector middle)")
+        t0 = time.perf_counter()
+        (uid,) = RE(tomo_scan(beamline.detector, beamline.stage, num_projections=num_projections,
+                              num_darks=10, num_flats=10, md={"sample": "shepp-logan phantom"}))
+        report.timings["scan"] = time.perf_counter() - t0
+        report.raw_uid = uid
+        say(f"                 done in {report.timings['scan']:.1f} s, run uid {uid}")
+
+        t0 = time.perf_counter()
+        if not pipeline.wait(timeout=600):
+            report.errors.append("timed out waiting for the reconstruction")
+        report.timings["after_scan"] = time.perf_counter() - t0
+        report.errors.extend(f"{u[:8]}: {m}" for u, m in pipeline.callback.errors)
+
+        run = pipeline.raw[uid]
+        report.scan_id = run.start.get("scan_id")
+        report.raw_node = f"{pipeline.settings.tiled.raw_container}/{uid}"
+        outcome = pipeline.service.outcomes.get(uid)
+        if outcome is None or not outcome.ok:
+            report.errors.append(f"full reconstruction: {outcome.message if outcome else 'did not run'}")
+        else:
+            report.center, report.center_confidence = outcome.center, outcome.center_confidence
+            report.volume_shape = outcome.shape
+            report.volume_bytes = int(np.prod(outcome.shape)) * 4
+            report.timings["reconstruction"] = outcome.timings.get("total", outcome.seconds)
+            report.phantom_correlation = phantom_correlation(outcome.result.volume, beamline.phantom)
+            png = pipeline.result_writer.pngs.get(uid)
+            if png is not None:
+                report.pngs["full"] = png
+        for node in find_reconstructions(pipeline.processed, raw_uid=uid):
+            kind = node.metadata.get("kind", "?")
+            report.nodes[kind] = f"{pipeline.settings.tiled.processed_container}/{node.item['id']}"
+        report.timings["total"] = time.perf_counter() - t_all
+    except BaseException:
+        pipeline.close()
+        raise
+    if keep_server:
+        return report, pipeline
+    pipeline.close()
+    return report, None
