@@ -59,8 +59,9 @@ class TomoPipeline:
         backup = self.data_dir / "tiled_backup"
         backup.mkdir(parents=True, exist_ok=True)
         #: raw runs into Tiled, on its own thread (HTTP round trips per document)
-        self.tiled_writer = ThreadedCallback(
-            TiledWriter(self.raw, batch_size=settings.tiled.writer_batch_size, backup_directory=str(backup)), name="tiled-writer")
+        writer = TiledWriter(self.raw, batch_size=settings.tiled.writer_batch_size,
+                             backup_directory=str(backup))
+        self.tiled_writer = ThreadedCallback(writer, name="tiled-writer")
         self.callback = TomoCallback(self.make_sinks, dark_flat_resolver=tiled_dark_flat_resolver(self.raw))
         self.router = self.callback.router
         self._tokens: list[tuple[Any, int]] = []
