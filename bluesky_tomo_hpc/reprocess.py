@@ -179,3 +179,20 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
 
 def uids_of(outcomes: Iterable[RunOutcome], status: str) -> list[str]:
     return [o.uid for o in outcomes if o.status == status]
+
+
+def notebook_progress(description: str = "re-processing") -> Callable[[int, int, str], None]:
+    """A ``progress`` callback drawing a tqdm bar (a widget in Jupyter, text elsewhere)."""
+    from tqdm.auto import tqdm
+
+    bar: list[Any] = []
+
+    def update(done: int, total: int, uid: str) -> None:
+        if not bar:
+            bar.append(tqdm(total=total, desc=description, unit="run"))
+        bar[0].set_postfix_str(uid[:8])
+        bar[0].update(done - bar[0].n)
+        if done >= total:
+            bar[0].close()
+
+    return update
