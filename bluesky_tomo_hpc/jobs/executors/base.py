@@ -1,0 +1,87 @@
+"""One interface for every place a job can run: submit, status, cancel, logs.
+
+An executor only translates; it keeps no state of its own beyond the *handle* it returns from
+``submit`` (a Slurm job id, a run folder, a task id), which the journal stores, so a new process
+can follow a job that an old one submitted. Faults are raised as :class:`TransientError` (retry
+later) or :class:`PermanentError` (retrying cannot help: permission denied, missing input, bad
+credentials), and the monitor acts on that distinction alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..job import ReconJob
+
+
+class RemoteState(enum.StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    #: the executor no longer knows the job (purged, node lost, never existed)
+    LOST = "LOST"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (RemoteState.PENDING, RemoteState.RUNNING)
+
+
+@dataclass(frozen=True)
+class RemoteStatus:
+    """What an executor says about a job; ``transient`` tells whether a failure may pass on retry."""
+
+    state: RemoteState
+    exit_code: int | None = None
+    reason: str = ""
+    transient: bool = False
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class ExecutorError(RuntimeError):
+    """An executor could not do what was asked; the message says what and why."""
+
+    transient = False
+
+
+class TransientError(ExecutorError):
+    """A fault that may pass (network, scheduler busy, 5xx): retry with backoff."""
+
+    transient = True
+
+
+class PermanentError(ExecutorError):
+    """A fault a retry cannot fix (permission denied, expired credentials, missing input)."""
+
+    transient = False
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where jobs run. Handles are strings so the journal can keep them."""
+
+    name: str
+
+    def submit(self, job: ReconJob) -> str: ...
+
+    def status(self, handle: str) -> RemoteStatus: ...
+
+    def cancel(self, handle: str) -> None: ...
+
+    def logs(self, handle: str) -> str: ...
+
+
+def status_from_exit_code(code: int | None, reason: str = "") -> RemoteStatus:
+    """Completed/failed from a batch-program exit code, with its permanence (see ``jobs.batch``)."""
+    from ..batch import EX_TEMPFAIL, PERMANENT_EXIT_CODES
+
+    if code == 0:
+        return RemoteStatus(RemoteState.COMPLETED, 0, reason)
+    transient = code == EX_TEMPFAIL or (code is not None and code not in PERMANENT_EXIT_CODES and code >= 128)
+    why = f"batch program exited with {code}" + (f": {reason}" if reason else "")
+    if code in PERMANENT_EXIT_CODES:
+        why += " (permanent: bad or missing input, or permission denied)"
+    return RemoteStatus(RemoteState.FAILED, code, why, transient=transient)

@@ -1,0 +1,41 @@
+"""Build the job machinery from :class:`~bluesky_tomo_hpc.config.Settings` (one place, so the
+pipeline, the CLI and profile startup files wire it the same way)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import Settings
+from .executors import make_executor
+from .journal import Journal
+from .monitor import JobMonitor, tiled_container
+from .submit_sink import HPCSubmitSink
+
+
+def make_monitor(settings: Settings, tiled: Any | None = None, *, start: bool = True) -> JobMonitor:
+    """A monitor on ``settings.journal_path`` with the configured executor; ``tiled`` (a container)
+    wins over ``settings.tiled.uri``. Started on its thread unless ``start=False``."""
+    if settings.jobs.executor == "none":
+        raise ValueError("jobs.executor is 'none': batch jobs are switched off in these settings")
+    executor = make_executor(settings.jobs.executor, settings.jobs.options)
+    if tiled is None and settings.tiled.uri:
+        tiled = tiled_container(
+            settings.tiled.uri, settings.tiled.api_key, settings.tiled.processed_container
+        )
+    mon = JobMonitor(
+        Journal(settings.journal_path), executor, tiled=tiled, max_retries=settings.jobs.max_retries
+    )
+    return mon.start() if start else mon
+
+
+def make_submit_sink(settings: Settings, monitor: JobMonitor) -> HPCSubmitSink:
+    """The on-stop sink for ``settings`` (ranks from ``jobs.ranks``, else one per scan)."""
+    from .job import Resources
+
+    return HPCSubmitSink(
+        monitor,
+        settings.data_dir / "jobs",
+        params=settings.recon,
+        executor=settings.jobs.executor,
+        resources=Resources(ranks=settings.jobs.ranks or 1),
+    )
