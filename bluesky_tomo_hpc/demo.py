@@ -39,6 +39,7 @@ class DemoReport:
     volume_shape: tuple[int, ...] = ()
     volume_bytes: int = 0
     phantom_correlation: float | None = None
+    batch: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -134,6 +135,19 @@ def run_demo(
             png = pipeline.result_writer.pngs.get(uid)
             if png is not None:
                 report.pngs["full"] = png
+        if pipeline.monitor is not None:
+            say(f"Batch job        {settings.jobs.executor} executor, {settings.jobs.ranks} MPI ranks ...")
+            t0 = time.perf_counter()
+            for rec in pipeline.wait_for_jobs(timeout=900):
+                report.timings["batch_job"] = time.perf_counter() - t0
+                if rec.state != "REGISTERED":
+                    report.errors.append(f"batch job {rec.job_id}: {rec.state} {rec.error or ''}".strip())
+                    continue
+                result = rec.result or {}
+                report.batch = {"job_id": rec.job_id, "state": rec.state,
+                                "ome_zarr": result.get("ome_zarr"), "tiff_dir": result.get("tiff_dir"),
+                                "provenance": str(rec.job.outputs.provenance_path)}
+                say(f"                 job {rec.job_id} {rec.state} in {report.timings['batch_job']:.1f} s")
         for node in find_reconstructions(pipeline.processed, raw_uid=uid):
             kind = node.metadata.get("kind", "?")
             report.nodes[kind] = f"{pipeline.settings.tiled.processed_container}/{node.item['id']}"

@@ -54,6 +54,14 @@ class TomoPipeline:
         self.processed = processed_container(client, settings.tiled.processed_container)
         self.service = ReconService()
         self.result_writer = TiledResultWriter(self.processed, png_dir=self.data_dir / "previews")
+        self.monitor = None
+        self._submit_sinks: list[Any] = []
+        if settings.jobs.executor != "none":
+            from .jobs.factory import make_monitor
+
+            # the embedded server reads the data folder, so batch volumes are registered in place
+            roots = [self.data_dir] if server is not None else None
+            self.monitor = make_monitor(settings, tiled=self.processed, readable_roots=roots)
         self.progress = progress
         self._extra_sinks = list(extra_sinks or [])
         backup = self.data_dir / "tiled_backup"
@@ -87,8 +95,30 @@ class TomoPipeline:
         if self.settings.full_volume:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
                                         progress=self.progress))
+        if self.monitor is not None:
+            from .jobs.factory import make_submit_sink
+
+            submit = make_submit_sink(self.settings, self.monitor)
+            self._submit_sinks.append(submit)
+            sinks.append(submit)
         sinks.extend(factory() for factory in self._extra_sinks)
         return SinkFanout(sinks)
+
+    def batch_jobs(self, run_uid: str | None = None) -> list[Any]:
+        """Journal records of the batch jobs this pipeline submitted (for one run, or all)."""
+        if self.monitor is None:
+            return []
+        ids = [j for sink in self._submit_sinks for j in sink.job_ids]
+        records = [self.monitor.journal.get(j) for j in dict.fromkeys(ids)]
+        return [r for r in records if run_uid is None or r.run_uid == run_uid]
+
+    def wait_for_jobs(self, timeout: float = 600.0) -> list[Any]:
+        """Until every batch job submitted so far is finished (or failed); their records."""
+        for sink in list(self._submit_sinks):
+            sink.wait(timeout)
+        if self.monitor is None:
+            return []
+        return [self.monitor.wait(r.job_id, timeout) for r in self.batch_jobs()]
 
     # -- RunEngine ------------------------------------------------------------------------
     def subscribe(self, RE: Any) -> list[int]:
@@ -111,6 +141,8 @@ class TomoPipeline:
         self.unsubscribe()
         self.callback.stop()
         self.tiled_writer.close()
+        if self.monitor is not None:
+            self.monitor.stop()
         self.service.shutdown()
         if self.server is not None:
             self.server.close()

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..demo import run_demo
 
-    console = Console()
+    console = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
     console.rule("[bold]bluesky_tomo_hpc demo")
     progress = Progress(TextColumn("[cyan]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=False)
@@ -85,6 +85,10 @@ def _print_report(console, report) -> None:  # type: ignore[no-untyped-def]
     console.print(f"Raw run          {report.raw_node}  (scan_id {report.scan_id})")
     for kind, node in sorted(report.nodes.items()):
         console.print(f"Result ({kind:<5})   {node}")
+    if report.batch:
+        console.print(f"OME-Zarr         {report.batch['ome_zarr']}")
+        console.print(f"TIFF stack       {report.batch['tiff_dir']}")
+        console.print(f"Provenance       {report.batch['provenance']}")
     for kind, png in sorted(report.pngs.items()):
         console.print(f"PNG ({kind:<5})      {png}")
     console.print(f"Timings          scan {t.get('scan', 0):.1f} s, "

@@ -12,9 +12,17 @@ from .monitor import JobMonitor, tiled_container
 from .submit_sink import HPCSubmitSink
 
 
-def make_monitor(settings: Settings, tiled: Any | None = None, *, start: bool = True) -> JobMonitor:
+def make_monitor(
+    settings: Settings,
+    tiled: Any | None = None,
+    *,
+    start: bool = True,
+    register_in_place: bool | None = None,
+    readable_roots: list[Any] | None = None,
+) -> JobMonitor:
     """A monitor on ``settings.journal_path`` with the configured executor; ``tiled`` (a container)
-    wins over ``settings.tiled.uri``. Started on its thread unless ``start=False``."""
+    wins over ``settings.tiled.uri``. Started on its thread unless ``start=False``.
+    ``register_in_place``/``readable_roots``: see :class:`JobMonitor`."""
     if settings.jobs.executor == "none":
         raise ValueError("jobs.executor is 'none': batch jobs are switched off in these settings")
     executor = make_executor(settings.jobs.executor, settings.jobs.options)
@@ -22,8 +30,15 @@ def make_monitor(settings: Settings, tiled: Any | None = None, *, start: bool = 
         tiled = tiled_container(
             settings.tiled.uri, settings.tiled.api_key, settings.tiled.processed_container
         )
+    if register_in_place is None:
+        register_in_place = settings.tiled.register_in_place
     mon = JobMonitor(
-        Journal(settings.journal_path), executor, tiled=tiled, max_retries=settings.jobs.max_retries
+        Journal(settings.journal_path),
+        executor,
+        tiled=tiled,
+        max_retries=settings.jobs.max_retries,
+        register_in_place=register_in_place,
+        readable_roots=readable_roots,
     )
     return mon.start() if start else mon
 
