@@ -177,6 +177,26 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
     return RunOutcome(uid, scan_id, "failed", reason)
 
 
+def batch_submitter(monitor: Any, work_dir: Any, params: ReconParams, executor: str,
+                    catalog: Any, resources: Any = None) -> Callable[[str, Any], str]:
+    """A ``submit`` for :func:`reprocess` that replays a run into an on-stop batch sink: the job
+    input is staged (zero-copy where frames are in files) and handed to ``monitor``'s executor;
+    the journal makes a second submission of the same run + parameters reuse the first job."""
+    from .jobs.submit_sink import HPCSubmitSink
+
+    def submit(uid: str, run: Any) -> str:
+        sink = HPCSubmitSink(monitor, work_dir, params=params, executor=executor, resources=resources)
+        errors = _replay(run, lambda: sink, catalog)
+        sink.wait()
+        if not sink.job_ids:
+            raise RuntimeError("; ".join(errors) or "no job was created from the replayed run")
+        if sink.errors:
+            raise RuntimeError("; ".join(f"{j}: {e}" for j, e in sink.errors))
+        return sink.job_ids[-1]
+
+    return submit
+
+
 def uids_of(outcomes: Iterable[RunOutcome], status: str) -> list[str]:
     return [o.uid for o in outcomes if o.status == status]
 

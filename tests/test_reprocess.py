@@ -117,3 +117,31 @@ def test_cli_reprocess_and_its_refusals(catalog, tmp_path, monkeypatch, capsys):
     assert cli_main(["reprocess", "http://127.0.0.1:9/api/v1"]) == 3
     assert "cannot open catalog" in capsys.readouterr().err
     assert len(list(catalog["processed"])) == before  # nothing submitted by any refusal
+
+
+@pytest.mark.mpi
+def test_batch_submission_through_local_mpi(catalog):
+    from bluesky_tomo_hpc.jobs.executors import make_executor
+    from bluesky_tomo_hpc.jobs.job import Resources
+    from bluesky_tomo_hpc.jobs.journal import Journal
+    from bluesky_tomo_hpc.jobs.monitor import JobMonitor
+    from bluesky_tomo_hpc.reprocess import batch_submitter
+
+    params = ReconParams(filter_name="shepp", algorithm="fbp")
+    root = catalog["root"]
+    monitor = JobMonitor(Journal(root / "reprocess-jobs.sqlite"), make_executor("local", {}),
+                         tiled=catalog["processed"], readable_roots=[root])
+    submit = batch_submitter(monitor, root / "jobs", params, "local", catalog["raw"],
+                             resources=Resources(ranks=2))
+    query = RunQuery(uids=(catalog["tomo"][0],))
+    summary = reprocess(catalog["raw"], catalog["processed"], params=params, query=query, submit=submit)
+    assert summary.count("submitted") == 1
+    job_id = summary.outcomes[0].message.removeprefix("job ")
+    record = monitor.wait(job_id, timeout=300)
+    assert record.state == "REGISTERED", record.error
+    (node,) = find_reconstructions(catalog["processed"], raw_uid=catalog["tomo"][0],
+                                   params_hash=params.params_hash)
+    assert node.metadata["kind"] == "batch" and node["volume"].shape == (SHAPE[0], SHAPE[1], SHAPE[1])
+    # once registered, the same request is skipped
+    again = reprocess(catalog["raw"], catalog["processed"], params=params, query=query, submit=submit)
+    assert again.count("skipped") == 1

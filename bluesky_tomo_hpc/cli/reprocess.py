@@ -89,11 +89,17 @@ def run(args: argparse.Namespace) -> int:
             return 4
         return 0
 
-    submit = None
+    submit = monitor = None
     if args.executor != "inprocess":
-        from ..jobs.catalog_submit import catalog_submitter
+        from ..jobs.factory import make_monitor
+        from ..jobs.job import Resources
+        from ..reprocess import batch_submitter
 
-        submit = catalog_submitter(settings, args.executor, params=params, processed=processed)
+        settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(
+            update={"executor": args.executor})})
+        monitor = make_monitor(settings, tiled=processed)
+        submit = batch_submitter(monitor, settings.data_dir / "jobs", params, args.executor, raw,
+                                 resources=Resources(ranks=settings.jobs.ranks or 1))
     console.print(f"re-processing {query.describe()} with params {params.params_hash}")
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console) as bar:
@@ -110,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
             return 4
     for line in summary.lines():
         print(line)
+    if monitor is not None:
+        print(f"batch jobs are followed by the journal {settings.journal_path}: "
+              "bluesky-tomo-hpc jobs list / follow")
+        monitor.stop()
     if summary.count("reconstructed") + summary.count("submitted") == 0 and summary.count("failed") == 0:
         print("nothing to do: every matching tomography run is already reconstructed with these parameters")
     return 1 if summary.count("failed") else 0
