@@ -84,9 +84,9 @@ def run(args: argparse.Namespace) -> int:
             print("(no jobs)" if args.all else "(no active jobs; --all shows finished ones)")
         return 0
     if args.jobs_command == "stats":
-        from ..jobs.journal import stage_statistics
+        from ..jobs.transfer_plan import pipeline_statistics
 
-        stats = stage_statistics(journal, executor=args.executor)
+        stats = pipeline_statistics(journal, executor=args.executor)
         if not stats:
             print("no job has finished a stage yet")
         for s in stats:

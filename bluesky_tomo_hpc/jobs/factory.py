@@ -10,6 +10,7 @@ from .executors import make_executor
 from .journal import Journal
 from .monitor import JobMonitor, tiled_container
 from .submit_sink import HPCSubmitSink
+from .transfer_plan import DataPlan, RemoteSite
 
 
 def make_monitor(
@@ -22,10 +23,13 @@ def make_monitor(
 ) -> JobMonitor:
     """A monitor on ``settings.journal_path`` with the configured executor; ``tiled`` (a container)
     wins over ``settings.tiled.uri``. Started on its thread unless ``start=False``.
-    ``register_in_place``/``readable_roots``: see :class:`JobMonitor`."""
+    ``register_in_place``/``readable_roots``: see :class:`JobMonitor`. A ``site`` in
+    ``jobs.options`` (see :meth:`DataPlan.split_options`) sends the jobs' data there and back."""
     if settings.jobs.executor == "none":
         raise ValueError("jobs.executor is 'none': batch jobs are switched off in these settings")
-    executor = make_executor(settings.jobs.executor, settings.jobs.options)
+    plan, options = DataPlan.split_options(settings.jobs.options)
+    executor = make_executor(settings.jobs.executor, options)
+    sites = {executor.name: RemoteSite.from_plan(plan)} if plan is not None else None
     if tiled is None and settings.tiled.uri:
         tiled = tiled_container(
             settings.tiled.uri, settings.tiled.api_key, settings.tiled.processed_container
@@ -39,6 +43,7 @@ def make_monitor(
         max_retries=settings.jobs.max_retries,
         register_in_place=register_in_place,
         readable_roots=readable_roots,
+        sites=sites,
     )
     return mon.start() if start else mon
 

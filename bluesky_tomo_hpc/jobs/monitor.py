@@ -8,10 +8,18 @@ Fault policy: a :class:`TransientError` or a transient remote failure is retried
 backoff up to ``max_retries``; a permanent one (permission denied, missing input, bad data,
 expired credentials) fails the job at once, with the reason in the journal. A job the executor
 reports COMPLETED counts only if its ``result.json`` exists ("nothing is lost").
+
+Remote sites (``sites``: executor name -> :class:`~bluesky_tomo_hpc.jobs.transfer_plan.RemoteSite`):
+a STAGED job's input is made self-contained and copied out (transfer-in), the executor gets the
+job with the site's paths, and when it finishes the outputs are copied back (transfer-out) before
+the result counts. Transfers are followed step by step (never blocking the monitor) in the
+journal's ``transfers`` table; a failed transfer is retried like a failed run, and only the
+failed leg is repeated.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -23,6 +31,8 @@ from typing import Any
 from .executors.base import Executor, ExecutorError, RemoteState
 from .job import ReconJob
 from .journal import JobRecord, Journal
+from .movers.base import TransferError
+from .transfer_plan import RemoteSite, TransferLog
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,7 @@ class JobMonitor:
         stale_new_s: float = 3600.0,
         register_in_place: bool | None = None,
         readable_roots: list[str | Path] | None = None,
+        sites: dict[str, RemoteSite] | None = None,
     ):
         self.journal = journal
         if not isinstance(executors, dict):
@@ -65,6 +76,9 @@ class JobMonitor:
         self.readable_roots = (
             [Path(r).resolve() for r in readable_roots] if readable_roots is not None else None
         )
+        #: executor name -> the remote site its jobs' data must travel to and from
+        self.sites = dict(sites or {})
+        self.transfers = TransferLog(journal)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -102,12 +116,22 @@ class JobMonitor:
         """Hand a NEW/STAGED/RETRY_WAIT job to its executor (errors go to the journal, not up)."""
         with self._lock:
             rec = self.journal.get(job_id)
+            if rec.state not in ("NEW", "STAGED", "RETRY_WAIT"):
+                return rec  # submitted meanwhile (the sink's thread and the monitor's may both try)
+            site = self.sites.get(rec.executor)
+            if site is not None and not self.transfers.succeeded(job_id, "in"):
+                if self.transfers.active(job_id) is None:
+                    self._stage_in(rec, site)  # submits once the input has arrived
+                return self.journal.get(job_id)
             try:
-                handle = self._executor(rec).submit(rec.job)
+                job = site.plan.remote_job(rec.job) if site is not None else rec.job
+                handle = self._executor(rec).submit(job)
             except ExecutorError as exc:
                 return self._failed(rec, str(exc), transient=exc.transient)
             except OSError as exc:
                 return self._failed(rec, f"submission failed: {exc}", transient=True)
+            except ValueError as exc:  # a path outside the site's local root
+                return self._failed(rec, f"submission failed: {exc}", transient=False)
             return self.journal.set_state(
                 job_id,
                 "SUBMITTED",
@@ -152,8 +176,16 @@ class JobMonitor:
             rec = self.journal.get(rec.job_id)
             if rec.terminal:
                 return
+            site = self.sites.get(rec.executor)
+            if site is not None and (row := self.transfers.active(rec.job_id)) is not None:
+                self._follow_transfer(rec, site, row)
+                return
             if rec.state == "STAGED" or (rec.state == "RETRY_WAIT" and (rec.next_try or 0) <= time.time()):
-                self.submit(rec.job_id)
+                last = self.transfers.last(rec.job_id) if site is not None else None
+                if site is not None and last and last["direction"] == "out" and last["state"] != "SUCCEEDED":
+                    self._stage_out(rec, site)  # the run finished; only bringing it back failed
+                else:
+                    self.submit(rec.job_id)  # stages in first where the job's site needs it
                 return
             if rec.state == "COMPLETED":
                 self._register(rec)
@@ -175,6 +207,14 @@ class JobMonitor:
                 if new != rec.state:
                     self.journal.set_state(rec.job_id, new, st.reason or None)
                 return
+            if site is not None and st.state in (RemoteState.COMPLETED, RemoteState.LOST):
+                if st.state == RemoteState.LOST and not self._finished_at_site(rec, site):
+                    self._failed(rec, f"LOST: {st.reason}", transient=st.transient)
+                    return
+                if rec.state != "RUNNING":
+                    self.journal.set_state(rec.job_id, "RUNNING", f"seen {st.state.value}")
+                self._stage_out(self.journal.get(rec.job_id), site)  # result.json is checked once back
+                return
             result = self._result(rec.job)
             if st.state == RemoteState.COMPLETED or (st.state == RemoteState.LOST and result is not None):
                 if result is None:
@@ -195,6 +235,125 @@ class JobMonitor:
                 failure = next((ln for ln in logs.splitlines() if ln.startswith("JOB FAILED")), "")
                 extra = f" | {failure}" if failure and failure not in st.reason else ""
                 self._failed(rec, f"{st.state.value}: {st.reason}{extra}", transient=st.transient)
+
+    # -- the remote data path ---------------------------------------------------------------
+    def _stage_in(self, rec: JobRecord, site: RemoteSite) -> None:
+        """Copy the job's input to the site, self-contained (virtual datasets materialised)."""
+        from .staging import is_self_contained, materialize_exchange_file
+
+        job, plan = rec.job, site.plan
+        try:
+            remote = plan.to_remote(job.input_path)
+            source = job.input_path
+            if not is_self_contained(source):
+                source = materialize_exchange_file(source, _materialized_path(job))
+        except (ValueError, OSError) as exc:  # outside the local root, raw file gone, disk full
+            self._failed(rec, f"transfer-in of {job.input_path}: {exc}", transient=isinstance(exc, OSError))
+            return
+        self.journal.set_state(rec.job_id, "STAGED", f"transfer-in to {plan.site}: {remote}")
+        self._start_transfer(
+            rec,
+            site,
+            "in",
+            plan.endpoint_path(str(source), at="local"),
+            plan.endpoint_path(remote, at="remote"),
+            recursive=False,
+        )
+
+    def _finished_at_site(self, rec: JobRecord, site: RemoteSite) -> bool:
+        """Whether a job the executor lost left its ``result.json`` at the site (then it finished)."""
+        remote = site.plan.to_remote(rec.job.outputs.result_path)
+        try:
+            return bool(site.mover_out.exists(site.plan.endpoint_path(remote, at="remote"), at="source"))
+        except TransferError as exc:
+            log.warning("job %s: cannot look for %s at %s: %s", rec.job_id, remote, site.plan.site, exc)
+            return False
+
+    def _stage_out(self, rec: JobRecord, site: RemoteSite) -> None:
+        """Copy the job's output folder (OME-Zarr, TIFFs, provenance, result.json) back here."""
+        plan, local = site.plan, rec.job.outputs.directory
+        remote = plan.to_remote(local)
+        if rec.state != "RUNNING":
+            self.journal.set_state(rec.job_id, "RUNNING", f"transfer-out from {plan.site}: {remote}")
+        self._start_transfer(
+            rec,
+            site,
+            "out",
+            plan.endpoint_path(remote, at="remote"),
+            plan.endpoint_path(str(local), at="local"),
+            recursive=True,
+        )
+
+    def _start_transfer(
+        self,
+        rec: JobRecord,
+        site: RemoteSite,
+        direction: str,
+        source: str,
+        destination: str,
+        *,
+        recursive: bool,
+    ) -> None:
+        mover = site.mover_in if direction == "in" else site.mover_out
+        label = f"tomo {rec.job_id} transfer-{direction}"
+        try:
+            task = mover.start(source, destination, recursive=recursive, label=label)
+        except TransferError as exc:  # recorded too: a retry must know which leg failed
+            failed = self.transfers.start(rec.job_id, direction, mover.name, "-", source, destination)  # type: ignore[arg-type]
+            self.transfers.finish(failed["id"], "FAILED", error=str(exc))
+            self._transfer_failed(rec, direction, source, destination, exc)
+            return
+        row = self.transfers.start(rec.job_id, direction, mover.name, task, source, destination)  # type: ignore[arg-type]
+        self.journal.set_state(
+            rec.job_id,
+            self.journal.get(rec.job_id).state,
+            f"transfer-{direction} started: {mover.name} task {task}",
+        )
+        self._follow_transfer(self.journal.get(rec.job_id), site, row)
+
+    def _transfer_failed(
+        self, rec: JobRecord, direction: str, src: str, dst: str, exc: TransferError
+    ) -> None:
+        # a transfer is an attempt too: count it, or a flaky link would be retried for ever
+        rec = dataclasses.replace(rec, attempts=rec.attempts + 1)
+        self._failed(rec, f"transfer-{direction} {src} -> {dst}: {exc}", transient=exc.transient)
+
+    def _follow_transfer(self, rec: JobRecord, site: RemoteSite, row: dict[str, Any]) -> None:
+        direction = row["direction"]
+        mover = site.mover_in if direction == "in" else site.mover_out
+        try:
+            done = mover.check(row["task_id"], row["source"], row["destination"])
+        except TransferError as exc:
+            self.transfers.finish(row["id"], "FAILED", error=str(exc))
+            self._transfer_failed(rec, direction, row["source"], row["destination"], exc)
+            return
+        if done is None:
+            return
+        self.transfers.finish(row["id"], "SUCCEEDED", nbytes=done.bytes)
+        job, plan = rec.job, site.plan
+        detail = f"transfer-{direction} done: {done.files} files, {done.bytes} bytes, task {done.task_id}"
+        if direction == "in":
+            self.journal.add_copy(
+                f"run:{job.run_uid}", plan.site, str(plan.to_remote(job.input_path)), done.bytes
+            )
+            _materialized_path(job).unlink(missing_ok=True)  # a full copy of the frames: not kept
+            self.journal.set_state(rec.job_id, "STAGED", detail)
+            self.submit(rec.job_id)
+            return
+        result = self._result(job)
+        if result is None:
+            self._failed(
+                dataclasses.replace(rec, attempts=rec.attempts + 1),
+                f"{rec.executor} finished but {job.outputs.result_path} is missing after transfer-out",
+                transient=True,
+            )
+            return
+        result = plan.localize(result)
+        item = f"result:{job.key}"
+        self.journal.add_copy(item, plan.site, str(plan.to_remote(job.outputs.directory)), done.bytes)
+        self.journal.add_copy(item, "local", str(job.outputs.directory), done.bytes)
+        self.journal.set_state(rec.job_id, "COMPLETED", detail, result=result)
+        self._register(self.journal.get(rec.job_id))
 
     @staticmethod
     def _result(job: ReconJob) -> dict[str, Any] | None:
@@ -271,6 +430,13 @@ class JobMonitor:
             rec = self.journal.get(job_id)
             if rec.terminal:
                 return rec
+            row = self.transfers.active(job_id) if rec.executor in self.sites else None
+            if row is not None:  # the data is moving: stop the transfer (the remote job is not running)
+                site = self.sites[rec.executor]
+                (site.mover_in if row["direction"] == "in" else site.mover_out).cancel(row["task_id"])
+                self.transfers.finish(row["id"], "CANCELLED", error="cancelled by the user")
+                detail = f"cancelled by the user during transfer-{row['direction']} (task {row['task_id']})"
+                return self.journal.set_state(job_id, "CANCELLED", detail)
             if rec.handle:
                 self._executor(rec).cancel(rec.handle)
             return self.journal.set_state(job_id, "CANCELLED", "cancelled by the user")
@@ -307,6 +473,11 @@ class JobMonitor:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+
+
+def _materialized_path(job: ReconJob) -> Path:
+    """Where a job's self-contained input is written before it travels (removed once it arrived)."""
+    return job.input_path.with_name(job.input_path.stem + ".materialized.h5")
 
 
 def tiled_container(uri: str, api_key: str | None = None, name: str = "processed") -> Callable[[], Any]:

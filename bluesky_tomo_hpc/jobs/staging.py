@@ -99,3 +99,70 @@ def write_exchange_file(spec: ScanSpec, batches: Iterable[FrameBatch], path: str
             f.create_dataset("exchange/time_white", data=np.concatenate([b.timestamps for b in flats]))
     tmp.replace(path)
     return path
+
+
+def is_self_contained(path: str | Path) -> bool:
+    """True when no dataset of ``path`` is virtual (it can be read without any other file)."""
+    found: list[str] = []
+
+    def visit(name: str, obj: object) -> None:
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            found.append(name)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return not found
+
+
+def _check_sources(path: Path, name: str, dset: h5py.Dataset) -> None:
+    """HDF5 reads a missing VDS source as fill values (zeros): refuse that instead of copying it."""
+    for vmap in dset.virtual_sources():
+        raw = Path(vmap.file_name)
+        if not raw.is_absolute():
+            raw = path.parent / raw
+        if not raw.is_file():
+            raise TomoDataError(f"{path}:{name} maps into {raw}, which does not exist (raw file moved?)")
+        with h5py.File(raw, "r") as f:
+            if vmap.dset_name not in f:
+                raise TomoDataError(f"{path}:{name} maps into {raw}:{vmap.dset_name}, which does not exist")
+
+
+def materialize_exchange_file(source: str | Path, destination: str | Path, *, chunk_frames: int = 16) -> Path:
+    """Copy ``source`` to ``destination`` with every virtual dataset written as real data.
+
+    Why: a staged input maps into raw files by absolute local paths, which mean nothing at a
+    remote site. Writing the frames the scan actually uses into one file makes a single,
+    self-contained transfer item (no path rewriting, no unused raw frames moved). Frames are
+    copied ``chunk_frames`` at a time, so memory stays bounded whatever the scan's size.
+    """
+    source, destination = Path(source), Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = destination.with_name(destination.name + ".part")
+    with h5py.File(source, "r") as src, h5py.File(tmp, "w") as dst:
+        dst.attrs.update(dict(src.attrs))
+
+        def copy(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Group):
+                dst.require_group(name).attrs.update(dict(obj.attrs))
+                return
+            if not isinstance(obj, h5py.Dataset):
+                return
+            if not obj.is_virtual:
+                src.copy(obj, dst, name=name)
+                return
+            if obj.ndim < 1:
+                raise TomoDataError(f"{source}:{name} is a virtual scalar; cannot materialise it")
+            _check_sources(source, name, obj)
+            out = dst.create_dataset(
+                name, shape=obj.shape, dtype=obj.dtype, chunks=(1, *obj.shape[1:]) if obj.ndim > 1 else True
+            )
+            for start in range(0, obj.shape[0], chunk_frames):
+                stop = min(obj.shape[0], start + chunk_frames)
+                out[start:stop] = obj[start:stop]
+            out.attrs.update({k: v for k, v in obj.attrs.items() if k != "virtual"})
+
+        src.visititems(copy)
+    if not is_self_contained(tmp):
+        raise TomoDataError(f"materialising {source} left virtual datasets in {tmp}")
+    tmp.replace(destination)
+    return destination

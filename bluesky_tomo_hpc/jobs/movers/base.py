@@ -41,3 +41,22 @@ class Mover(Protocol):
     def size(self, path: str, *, at: str = "destination") -> int | None: ...
 
     def delete(self, path: str, *, at: str = "destination") -> None: ...
+
+
+@runtime_checkable
+class StagedMover(Protocol):
+    """A mover whose transfers can be followed step by step (the job monitor must never block for
+    the hours a large transfer takes, and must find the transfer again after a restart: the task
+    id it gets from :meth:`start` is what the journal keeps)."""
+
+    name: str
+
+    def start(self, source: str, destination: str, *, recursive: bool = False, label: str = "") -> str: ...
+
+    def check(self, task_id: str, source: str, destination: str) -> TransferResult | None:
+        """None while under way; the verified result when done; :class:`TransferError` otherwise."""
+        ...
+
+    def cancel(self, task_id: str) -> None: ...
+
+    def exists(self, path: str, *, at: str = "destination") -> bool: ...

@@ -18,6 +18,9 @@ from .base import TransferError, TransferResult
 
 #: nice_status values that will not pass by waiting
 PERMANENT_NICE = {"PERMISSION_DENIED", "FILE_NOT_FOUND", "ENDPOINT_ERROR", "QUOTA_EXCEEDED"}
+#: fatal_error codes of a FAILED task that a new transfer cannot fix (others, e.g. ENDPOINT_ERROR
+#: after the service's own retries ran out, may pass: the task is retried as transient)
+PERMANENT_FAILED = {"PERMISSION_DENIED", "FILE_NOT_FOUND"}
 TRANSFER_SCOPE = "urn:globus:auth:scope:transfer.api.globus.org:all"
 
 
@@ -59,6 +62,11 @@ class GlobusMover:
         try:
             return fn(*args, **kw)
         except globus_sdk.TransferAPIError as exc:
+            if exc.http_status == 401:
+                raise TransferError(
+                    f"Globus {what}: 401 {exc.code}: {exc.message}: the Globus token is expired or "
+                    "revoked (renew the client credentials GLOBUS_CLIENT_ID/GLOBUS_CLIENT_SECRET)"
+                ) from exc
             transient = exc.http_status >= 500 or exc.http_status == 429
             raise TransferError(
                 f"Globus {what}: {exc.http_status} {exc.code}: {exc.message}", transient=transient
@@ -79,34 +87,77 @@ class GlobusMover:
         data.add_item(source, destination, recursive=recursive)
         return str(self._api("submit_transfer", self.client.submit_transfer, data)["task_id"])
 
+    def start(self, source: str, destination: str, *, recursive: bool = False, label: str = "") -> str:
+        """Submit a transfer (see :meth:`submit`); the task id is the handle :meth:`check` follows."""
+        return self.submit(source, destination, recursive=recursive, label=label)
+
+    def cancel(self, task_id: str) -> None:
+        """Cancel a transfer task (a cancel of a task that already ended is not an error)."""
+        import globus_sdk
+
+        try:
+            self.client.cancel_task(task_id)
+        except globus_sdk.TransferAPIError as exc:
+            if exc.code in ("TaskComplete", "ClientError.NotFound"):
+                return
+            raise TransferError(
+                f"Globus cancel_task {task_id}: {exc.http_status} {exc.code}: {exc.message}",
+                transient=exc.http_status >= 500,
+            ) from exc
+        except globus_sdk.NetworkError as exc:
+            raise TransferError(f"Globus cancel_task: network error {exc}", transient=True) from exc
+
+    def reversed(self) -> GlobusMover:
+        """The same mover in the other direction (stage-out: results come back)."""
+        return GlobusMover(
+            self.client,
+            self.dst_ep,
+            self.src_ep,
+            poll_s=self.poll_s,
+            timeout_s=self.timeout_s,
+            sleep=self._sleep,
+        )
+
+    def _task(self, task_id: str) -> dict[str, Any] | None:
+        """One look at a task: its document when SUCCEEDED, None while under way, else raise."""
+        task = self._api("get_task", self.client.get_task, task_id)
+        status, nice = task["status"], task.get("nice_status")
+        if status == "SUCCEEDED":
+            return dict(task.data)
+        if status == "FAILED":
+            err = task.get("fatal_error") or {}
+            raise TransferError(
+                f"Globus task {task_id} FAILED: {err.get('code', nice)}: {err.get('description', '')}".rstrip(
+                    ": "
+                ),
+                transient=err.get("code") not in PERMANENT_FAILED,
+            )
+        if status == "INACTIVE":
+            raise TransferError(
+                f"Globus task {task_id} is INACTIVE ({nice}): its credentials expired or were revoked; "
+                "re-activate the collections' consent, then resubmit"
+            )
+        if nice in PERMANENT_NICE:
+            self._api("cancel_task", self.client.cancel_task, task_id)
+            raise TransferError(f"Globus task {task_id} cancelled: {nice} will not pass by retrying")
+        return None
+
     def wait(self, task_id: str) -> dict[str, Any]:
-        """Poll until the task ends; return it if SUCCEEDED, raise otherwise."""
+        """Poll ``task_id`` until it SUCCEEDED (returns the task document) or raise."""
         deadline = time.monotonic() + self.timeout_s
         while True:
-            task = self._api("get_task", self.client.get_task, task_id)
-            status, nice = task["status"], task.get("nice_status")
-            if status == "SUCCEEDED":
-                return dict(task.data)
-            if status == "FAILED":
-                err = task.get("fatal_error") or {}
-                raise TransferError(
-                    f"Globus task {task_id} FAILED: {err.get('code', nice)}: "
-                    f"{err.get('description', '')}".rstrip(": "),
-                    transient=err.get("code") not in PERMANENT_NICE,
-                )
-            if nice in PERMANENT_NICE:
-                self._api("cancel_task", self.client.cancel_task, task_id)
-                raise TransferError(f"Globus task {task_id} cancelled: {nice} will not pass by retrying")
+            task = self._task(task_id)
+            if task is not None:
+                return task
             if time.monotonic() > deadline:
                 raise TransferError(
-                    f"Globus task {task_id} still {status} ({nice}) after {self.timeout_s} s", transient=True
+                    f"Globus task {task_id} still under way after {self.timeout_s} s", transient=True
                 )
             self._sleep(self.poll_s)
 
-    def copy(self, source: str, destination: str, *, recursive: bool = False) -> TransferResult:
-        t = time.perf_counter()
-        task_id = self.submit(source, destination, recursive=recursive)
-        task = self.wait(task_id)
+    def _verified(
+        self, task_id: str, task: dict[str, Any], source: str, destination: str, t0: float
+    ) -> TransferResult:
         src_size = self.size(source, at="source")
         dst_size = self.size(destination, at="destination")
         if dst_size is None:
@@ -124,9 +175,21 @@ class GlobusMover:
             destination,
             int(task.get("files", 0)),
             int(task.get("bytes_transferred", 0)),
-            time.perf_counter() - t,
+            time.perf_counter() - t0,
             task_id=task_id,
         )
+
+    def check(self, task_id: str, source: str, destination: str) -> TransferResult | None:
+        """None while the task runs; the result once SUCCEEDED *and* verified; else raise."""
+        task = self._task(task_id)
+        return (
+            None if task is None else self._verified(task_id, task, source, destination, time.perf_counter())
+        )
+
+    def copy(self, source: str, destination: str, *, recursive: bool = False) -> TransferResult:
+        t = time.perf_counter()
+        task_id = self.submit(source, destination, recursive=recursive)
+        return self._verified(task_id, self.wait(task_id), source, destination, t)
 
     def size(self, path: str, *, at: str = "destination") -> int | None:
         import globus_sdk

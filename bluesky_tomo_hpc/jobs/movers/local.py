@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -53,6 +54,27 @@ class LocalMover:
             sums[str(rel)] = a
             total += f.stat().st_size
         return TransferResult(str(src), str(dst), len(sums), total, time.perf_counter() - t, checksums=sums)
+
+    def start(self, source: str, destination: str, *, recursive: bool = False, label: str = "") -> str:
+        """Copy now (a local copy has no service to hand it to) and return a task id for :meth:`check`.
+
+        ``recursive`` is implied by the source being a folder; ``label`` is unused."""
+        self.copy(source, destination)
+        return f"local-{os.urandom(6).hex()}"
+
+    def check(self, task_id: str, source: str, destination: str) -> TransferResult | None:
+        """The copy :meth:`start` made and checksummed; re-checked here by sizes, as it may be
+        looked at much later (after a restart) and something may have removed it meanwhile."""
+        src, dst = self.size(source), self.size(destination)
+        if dst is None:
+            raise TransferError(f"{task_id}: {destination} is gone (copied from {source})", transient=True)
+        if src is not None and src != dst:
+            raise TransferError(f"{task_id}: {destination} has {dst} bytes, {source} {src}", transient=True)
+        files = len(_files(Path(destination)))
+        return TransferResult(source, destination, files, dst, 0.0, task_id=task_id)
+
+    def cancel(self, task_id: str) -> None:
+        """Nothing to cancel: :meth:`start` returns only when its copy is done."""
 
     def exists(self, path: str, *, at: str = "destination") -> bool:
         return Path(path).exists()
