@@ -12,7 +12,17 @@ __version__ = "0.1.0"
 from .engine.params import PhaseRetrieval, ReconParams, RingRemoval  # noqa: E402
 from .model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec  # noqa: E402
 
+
+def configure(RE, settings=None, **kwargs):  # type: ignore[no-untyped-def]
+    """Subscribe raw-data writing and automatic reconstruction to ``RE``; returns the
+    :class:`~bluesky_tomo_hpc.pipeline.TomoPipeline`. See :func:`bluesky_tomo_hpc.pipeline.configure`."""
+    from .pipeline import configure as _configure
+
+    return _configure(RE, settings, **kwargs)
+
+
 __all__ = [
+    "configure",
     "FrameBatch",
     "FrameRole",
     "PhaseRetrieval",
