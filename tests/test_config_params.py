@@ -74,3 +74,20 @@ def test_cli_config_prints_and_refuses_bad_file(tmp_path, capsys, monkeypatch):
     bad.write_text("recon:\n  nonsense: 1\n")
     assert cli_main(["--config", str(bad), "config"]) == 2
     assert "nonsense" in capsys.readouterr().err
+
+
+def test_readme_configuration_example_is_valid(tmp_path):
+    """The YAML in the README's Configuration section loads and builds its executor."""
+    import re
+    from pathlib import Path
+
+    from bluesky_tomo_hpc.jobs.executors import make_executor
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    cfg = tmp_path / "readme.yml"
+    cfg.write_text(block)
+    s = load_settings(cfg, environ={})
+    assert s.jobs.executor == "slurm" and s.recon.ring_removal.level == 4
+    assert make_executor(s.jobs.executor, s.jobs.options).name == "slurm"
