@@ -1,0 +1,443 @@
+"""The streaming worker: one process that turns live scans into previews and volumes.
+
+Fed by (a) Bluesky documents over 0MQ (RunEngine ``Publisher`` -> ``bluesky-0MQ-proxy`` ->
+``RemoteDispatcher`` here), run through the same :class:`TomoRunRouter` as the in-process
+callback; or (b) EPICS PV Access NTNDArray frames (:class:`~.sources.pva.PvaSource`). Both give
+the same ScanSpec / FrameBatch stream, which fans out per run to
+  * a :class:`PreviewSink` (three live slices -> 0MQ PUB, TIFF/PNG files, Tiled at the final), and
+  * a :class:`FullVolumeSink` (the engine at stop; CuPy on a GPU, chunked CPU otherwise).
+
+Why a journal: a worker killed mid-scan has lost the run's start, descriptor and resource
+documents, which the RunEngine will not send again. The worker appends every document of an
+open tomography run (except events carrying big arrays) to ``<journal>/<uid>.pickle``;
+restarted, it replays those through the router, which re-reads the frames from the HDF5 files
+they point to, then carries on with the live documents. The RunEngine never waits on any of
+this: its Publisher's PUB socket drops rather than blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Settings, load_settings
+from .model import ScanEnd
+from .preview_protocol import PreviewPublisher
+from .sinks.base import Sink, SinkFanout
+from .sinks.full_volume import FullVolumeSink, ReconService
+from .sinks.preview import PreviewFileWriter, PreviewOutput, PreviewSink, PreviewTiledWriter
+from .sources.documents import TomoRunRouter
+
+log = logging.getLogger(__name__)
+
+#: events whose pickle exceeds this are not journaled (their images are in the run, not a file)
+JOURNAL_MAX_DOC_BYTES = 1 << 20
+
+
+class RunJournal:
+    """Append-only record of the documents of open tomography runs, one file per run."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._files: dict[str, Any] = {}
+        self._owner: dict[str, str] = {}  # descriptor / resource / stream_resource uid -> run uid
+        self.skipped_docs = 0
+
+    def path(self, run_uid: str) -> Path:
+        return self.directory / f"{run_uid}.pickle"
+
+    def run_of(self, name: str, doc: Mapping[str, Any]) -> str | None:
+        """The run a document belongs to, if that run is journaled (and learn new owners)."""
+        if name == "start":
+            return doc.get("uid")
+        if name in ("descriptor", "resource", "stream_resource", "stop"):
+            run = doc.get("run_start")
+            if run in self._files and name != "stop":
+                self._owner[doc["uid"]] = run
+            return run
+        key = {"event": "descriptor", "event_page": "descriptor", "datum": "resource",
+               "datum_page": "resource", "stream_datum": "stream_resource"}.get(name)
+        return self._owner.get(doc.get(key, "")) if key else None
+
+    def open(self, run_uid: str) -> None:
+        if run_uid not in self._files:
+            self._files[run_uid] = open(self.path(run_uid), "ab")  # noqa: SIM115 - closed in close()
+
+    def record(self, name: str, doc: Mapping[str, Any]) -> None:
+        run = self.run_of(name, doc)
+        f = self._files.get(run) if run else None
+        if f is None:
+            return
+        blob = pickle.dumps((name, doc), protocol=pickle.HIGHEST_PROTOCOL)
+        if len(blob) > JOURNAL_MAX_DOC_BYTES and name in ("event", "event_page"):
+            self.skipped_docs += 1
+            return
+        f.write(blob)
+        f.flush()
+
+    def close(self, run_uid: str, *, delete: bool = True) -> None:
+        f = self._files.pop(run_uid, None)
+        if f is not None:
+            f.close()
+        self._owner = {k: v for k, v in self._owner.items() if v != run_uid}
+        if delete:
+            self.path(run_uid).unlink(missing_ok=True)
+
+    def pending(self) -> list[Path]:
+        """Journals left by a previous worker, oldest first."""
+        return sorted(self.directory.glob("*.pickle"), key=lambda p: p.stat().st_mtime)
+
+    @staticmethod
+    def read(path: Path) -> list[tuple[str, dict[str, Any]]]:
+        """Every complete document in a journal (a torn last record, from a kill, is ignored)."""
+        docs = []
+        with open(path, "rb") as f:
+            while True:
+                try:
+                    docs.append(pickle.load(f))
+                except EOFError:
+                    break
+                except (pickle.UnpicklingError, ValueError, AttributeError) as exc:
+                    log.warning("journal %s: stopping at a damaged record (%s)", path, exc)
+                    break
+        return docs
+
+    def close_all(self) -> None:
+        for uid in list(self._files):
+            self.close(uid, delete=False)
+
+
+class StreamWorker:
+    """Router + per-run sinks + preview outputs + journal: everything a worker process runs.
+
+    ``worker(name, doc)`` is the document entry point (what RemoteDispatcher calls);
+    :meth:`serve_zmq` and :meth:`serve_pva` run the two kinds of feed until ``max_runs`` scans
+    ended, ``timeout_s`` passed, or :meth:`stop` was called from another thread.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        client: Any | None = None,
+        journal_dir: str | Path | None = None,
+        preview_outputs: Sequence[PreviewOutput] = (),
+        full_volume: bool | None = None,
+        max_queue_bytes: int | None = None,
+        router_kwargs: Mapping[str, Any] | None = None,
+    ):
+        self.settings = settings or load_settings()
+        pv = self.settings.preview
+        self.client = client if client is not None else self._connect_tiled()
+        self.processed = None
+        if self.client is not None:
+            from .results.tiled_results import processed_container
+
+            self.processed = processed_container(self.client, self.settings.tiled.processed_container)
+        self.outputs: list[PreviewOutput] = list(preview_outputs)
+        self.publisher: PreviewPublisher | None = None
+        if pv.zmq_address:
+            self.publisher = PreviewPublisher(pv.zmq_address)
+            self.outputs.insert(0, self.publisher)  # first: the viewer must not wait on files
+        if pv.png_dir:
+            self.outputs.append(PreviewFileWriter(pv.png_dir))
+        if self.processed is not None:
+            self.outputs.append(PreviewTiledWriter(self.processed, self.settings.recon))
+        self.full_volume = self.settings.full_volume if full_volume is None else full_volume
+        self.max_queue_bytes = (int(pv.max_queue_mb * 2**20) if max_queue_bytes is None
+                                else max_queue_bytes)
+        self.service = ReconService()
+        self.result_writer = None
+        if self.processed is not None:
+            from .results.writer import TiledResultWriter
+
+            self.result_writer = TiledResultWriter(self.processed)
+        self.router = TomoRunRouter(self.make_sinks, **self._router_kwargs(router_kwargs))
+        journal_dir = journal_dir or pv.journal_dir
+        self.journal = RunJournal(journal_dir) if journal_dir else None
+        self.previews: list[PreviewSink] = []
+        self.ended: list[str] = []
+        self.rebuilt: list[str] = []
+        #: (detector key, frame shape) -> the last centre the preview's check found
+        self.centers: dict[tuple[Any, tuple[int, ...]], float] = {}
+        self.gaps_filled = 0
+        #: stream_resource uid -> (indices stop, seq_nums stop, descriptor) of its last StreamDatum
+        self._datum_end: dict[str, tuple[int, int, str] | None] = {}
+        self._max_runs: int | None = None
+        self._stop_event = threading.Event()
+        self._on_stop: Callable[[], None] | None = None
+
+    # -- construction helpers ------------------------------------------------------------
+    def _connect_tiled(self) -> Any | None:
+        uri = self.settings.tiled.uri
+        if not uri:
+            log.warning("no tiled.uri configured: previews and volumes are not written to Tiled")
+            return None
+        from tiled.client import from_uri
+
+        return from_uri(uri, api_key=self.settings.tiled.api_key)
+
+    def _router_kwargs(self, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+        kwargs = dict(extra or {})
+        if "dark_flat_resolver" not in kwargs and self.client is not None:
+            try:  # dark/flat runs recorded separately (HEX layout) are found in the raw catalog
+                from .sources import documents
+
+                resolver = getattr(documents, "tiled_dark_flat_resolver", None)
+                if resolver is not None:
+                    raw = self.settings.tiled.raw_container
+                    if raw in self.client:
+                        kwargs["dark_flat_resolver"] = resolver(self.client[raw])
+            except Exception as exc:
+                log.warning("no dark/flat resolver from Tiled: %s", exc)
+        return kwargs
+
+    def make_preview(self) -> PreviewSink:
+        pv = self.settings.preview
+        recon = self.settings.recon
+        center = recon.center if isinstance(recon.center, float | int) else None
+        sink = PreviewSink([*self.outputs, self._remember_center], binning=pv.binning,
+                           positions=pv.positions, center=center, fallback_center=self._previous_center,
+                           filter_name=recon.filter_name,
+                           max_queue_bytes=self.max_queue_bytes,
+                           publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
+                           refine_center=pv.refine_center)
+        self.previews.append(sink)
+        del self.previews[:-16]  # keep the last few for callers; old ones are done
+        return sink
+
+    def _remember_center(self, update: Any) -> None:
+        """Keep each detector's checked centre: the next scan without a hint starts from it."""
+        check = update.metadata.get("center_check") or {}
+        if update.final and check.get("done"):
+            key = (update.metadata.get("detector"), tuple(update.metadata.get("frame_shape", ())))
+            self.centers[key] = float(check["center"])
+
+    def _previous_center(self, spec: Any) -> float | None:
+        return self.centers.get((spec.detector_key, tuple(spec.frame_shape)))
+
+    def make_sinks(self) -> Sink:
+        """The sinks of one run (called by the router at each tomography start)."""
+        sinks: list[Sink] = []
+        if self.settings.preview.enabled:
+            sinks.append(self.make_preview())
+        if self.full_volume:
+            sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer))
+        sinks.append(_EndCounter(self))
+        return SinkFanout(sinks)
+
+    # -- documents ------------------------------------------------------------------------
+    def __call__(self, name: str, doc: dict[str, Any]) -> None:
+        self._handle(name, doc, record=True)
+
+    def _handle(self, name: str, doc: dict[str, Any], *, record: bool) -> None:
+        if name == "stream_resource":
+            self._datum_end.setdefault(doc["uid"], None)
+        elif name == "stream_datum":
+            for gap in self._gaps(doc):
+                self._route("stream_datum", gap, record)
+        self._route(name, doc, record)
+
+    def _route(self, name: str, doc: dict[str, Any], record: bool) -> None:
+        journal = self.journal
+        if journal is not None and record and name != "start":
+            journal.record(name, doc)
+        elif journal is not None:
+            journal.run_of(name, doc)  # learn descriptor/resource owners while replaying
+        self.router(name, doc)
+        if journal is not None:
+            if name == "start" and doc.get("uid") in self.router.runs:
+                journal.open(doc["uid"])
+                if record:
+                    journal.record(name, doc)
+            elif name == "stop":
+                journal.close(doc.get("run_start", ""))
+
+    def _gaps(self, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """StreamDatum ranges that never reached this worker (it was down, or 0MQ dropped them):
+        a synthetic StreamDatum for the gap lets the router read those frames from the file.
+        Their angles come from the plan (the router warns), since their events are lost too."""
+        key = doc.get("stream_resource")
+        if key not in self._datum_end:
+            return []
+        i0, i1 = int(doc["indices"]["start"]), int(doc["indices"]["stop"])
+        seq = doc.get("seq_nums")
+        s0 = int(seq["start"]) if seq else 0
+        last = self._datum_end[key] or (0, s0 - i0 if seq else 0, doc["descriptor"])
+        self._datum_end[key] = (max(i1, last[0]), int(seq["stop"]) if seq else 0, doc["descriptor"])
+        if i0 <= last[0]:
+            return []
+        if last[2] != doc["descriptor"]:  # the gap may span two streams: not guessable
+            log.error("frames [%d, %d) of stream_resource %s never arrived and span a change of "
+                      "stream; they are not previewed (they are in the file)", last[0], i0, key)
+            return []
+        gap: dict[str, Any] = {"uid": f"{doc['uid']}-gap-{last[0]}", "stream_resource": key,
+                               "descriptor": doc["descriptor"],
+                               "indices": {"start": last[0], "stop": i0}}
+        if seq and last[1] >= 1 and s0 - last[1] == i0 - last[0]:
+            gap["seq_nums"] = {"start": last[1], "stop": s0}
+        log.warning("frames [%d, %d) of stream_resource %s never arrived as documents; "
+                    "reading them from the file", last[0], i0, key)
+        self.gaps_filled += 1
+        return [gap]
+
+    def replay_journal(self) -> list[str]:
+        """Rebuild the runs a previous worker left open (frames come back from their files)."""
+        if self.journal is None:
+            return []
+        rebuilt = []
+        for path in self.journal.pending():
+            docs = RunJournal.read(path)
+            if not docs or docs[0][0] != "start":
+                log.warning("journal %s has no start document; removed", path)
+                path.unlink(missing_ok=True)
+                continue
+            uid = docs[0][1]["uid"]
+            log.info("rebuilding run %s from its journal (%d documents)", uid, len(docs))
+            for name, doc in docs:
+                self._handle(name, doc, record=False)
+            rebuilt.append(uid)
+        self.rebuilt.extend(rebuilt)
+        return rebuilt
+
+    # -- feeds ----------------------------------------------------------------------------
+    def _run_ended(self, end: ScanEnd) -> None:
+        self.ended.append(end.run_uid)
+        if self._max_runs is not None and len(self.ended) >= self._max_runs:
+            self.stop()
+
+    def stop(self) -> None:
+        """Ask a running ``serve_*`` to return (thread-safe)."""
+        self._stop_event.set()
+        if self._on_stop is not None:
+            self._on_stop()
+
+    def serve_zmq(self, address: str, *, prefix: bytes = b"", max_runs: int | None = None,
+                  timeout_s: float | None = None, ready: Callable[[], None] | None = None) -> int:
+        """Subscribe to a bluesky-0MQ-proxy's out address; returns the number of scans ended."""
+        from bluesky.callbacks.zmq import RemoteDispatcher
+
+        if "://" not in address:
+            raise ValueError(f"0MQ address {address!r} must be a full URL such as tcp://127.0.0.1:5578")
+        self.replay_journal()
+        dispatcher = RemoteDispatcher(address, prefix=prefix, loop=asyncio.new_event_loop())
+        dispatcher.subscribe(self)
+        self._max_runs = None if max_runs is None else len(self.ended) + max_runs
+        self._stop_event.clear()
+
+        def cancel() -> None:
+            if dispatcher._task is not None:
+                dispatcher._task.cancel()
+
+        def cancel_threadsafe() -> None:
+            if _in_loop(dispatcher.loop):
+                cancel()
+            elif not dispatcher.loop.is_closed():
+                dispatcher.loop.call_soon_threadsafe(cancel)
+
+        self._on_stop = cancel_threadsafe
+        if timeout_s is not None:
+            dispatcher.loop.call_later(timeout_s, cancel)
+        if ready is not None:
+            dispatcher.loop.call_soon(ready)
+        n0 = len(self.ended)
+        try:
+            dispatcher.start()
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._on_stop = None
+        return len(self.ended) - n0
+
+    def serve_pva(self, channel: str, *, max_runs: int | None = None, timeout_s: float | None = None,
+                  ready: Callable[[], None] | None = None, **source_kwargs: Any) -> int:
+        """Monitor an NTNDArray channel; returns the number of scans ended."""
+        from .sources.pva import PvaSource
+
+        source = PvaSource(_PerScanSinks(self.make_sinks), channel, **source_kwargs)
+        self._max_runs = None if max_runs is None else len(self.ended) + max_runs
+        self._stop_event.clear()
+        self._on_stop = None
+        n0 = len(self.ended)
+        source.start()
+        if ready is not None:
+            ready()
+        try:
+            self._stop_event.wait(timeout_s)
+        finally:
+            source.stop()
+        return len(self.ended) - n0
+
+    # -- end ------------------------------------------------------------------------------
+    def wait(self, timeout: float | None = 60.0) -> bool:
+        """Until every preview is final and every full volume is done; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for sink in list(self.previews):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                sink.wait_final(left)
+            except TimeoutError:
+                return False
+            except Exception:
+                continue  # that preview failed; it was logged
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self.service.wait(left)
+
+    def close(self) -> None:
+        self.service.shutdown()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.journal is not None:
+            self.journal.close_all()
+
+
+class _PerScanSinks:
+    """Fresh sinks for each PVA scan, as the router makes for each document run."""
+
+    def __init__(self, factory: Callable[[], Sink]):
+        self.factory = factory
+        self._current: Sink | None = None
+
+    def open(self, spec: Any) -> None:
+        self._current = self.factory()
+        self._current.open(spec)
+
+    def add(self, batch: Any) -> None:
+        if self._current is not None:
+            self._current.add(batch)
+
+    def close(self, end: ScanEnd) -> None:
+        current, self._current = self._current, None
+        if current is not None:
+            current.close(end)
+
+
+class _EndCounter:
+    """The last sink of each run: tells the worker that a scan ended (for ``max_runs``)."""
+
+    def __init__(self, worker: StreamWorker):
+        self.worker = worker
+
+    def open(self, spec: Any) -> None:
+        pass
+
+    def add(self, batch: Any) -> None:
+        pass
+
+    def close(self, end: ScanEnd) -> None:
+        self.worker._run_ended(end)
+
+
+def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
