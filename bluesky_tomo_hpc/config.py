@@ -56,8 +56,13 @@ class PreviewSettings(_Section):
     binning: int = Field(1, ge=1, le=16)
     #: slice positions as fractions of the volume (z row, y, x); 0.5 = through the centre
     positions: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    zmq_address: str | None = None
-    png_dir: Path | None = None
+    zmq_address: str | None = Field(None, description="0MQ PUB address for live previews, e.g. tcp://127.0.0.1:5600")
+    png_dir: Path | None = Field(None, description="write live TIFFs and a final PNG here")
+    max_queue_mb: float = Field(256.0, gt=0, description="frames waiting for the preview; beyond it, skip")
+    publish_interval_s: float = Field(0.5, ge=0, description="at most one live update per interval")
+    final_budget_s: float = Field(0.5, gt=0, description="time allowed to drain the queue at stop")
+    refine_center: bool = Field(True, description="check the centre on the 0/180 pair at stop")
+    journal_dir: Path | None = Field(None, description="worker: journal open runs here (restartable)")
 
 
 class JobSettings(_Section):

@@ -40,6 +40,7 @@ class DemoReport:
     volume_bytes: int = 0
     phantom_correlation: float | None = None
     batch: dict[str, Any] = field(default_factory=dict)
+    preview: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -120,6 +121,18 @@ def run_demo(
         report.timings["after_scan"] = time.perf_counter() - t0
         report.errors.extend(f"{u[:8]}: {m}" for u, m in pipeline.callback.errors)
 
+        preview = pipeline.previews.get(uid)
+        if preview is not None:
+            md = preview.metadata
+            report.preview = {"stop_to_final_s": md.get("stop_to_final_s"), "center": md.get("center"),
+                              "center_source": md.get("center_source"),
+                              "projections": md.get("n_projections_used"), "degraded": md.get("degraded")}
+            png = data_dir / "previews" / f"{uid[:8]}_preview.png"
+            if png.exists():
+                report.pngs["live"] = png
+            say(f"Live preview     final {md.get('stop_to_final_s', float('nan')):.2f} s after the stop "
+                f"document, {md.get('n_projections_used')} projections, centre {md.get('center', 0):.2f} px "
+                f"({md.get('center_source')})")
         run = pipeline.raw[uid]
         report.scan_id = run.start.get("scan_id")
         report.raw_node = f"{pipeline.settings.tiled.raw_container}/{uid}"

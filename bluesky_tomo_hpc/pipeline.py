@@ -56,6 +56,12 @@ class TomoPipeline:
         self.result_writer = TiledResultWriter(self.processed, png_dir=self.data_dir / "previews")
         self.monitor = None
         self._submit_sinks: list[Any] = []
+        self._preview_publisher: Any = None
+        #: run uid -> its last final live preview (PreviewUpdate)
+        self.previews: dict[str, Any] = {}
+        #: (detector key, frame shape) -> the centre of its last confident reconstruction
+        self.centers: dict[tuple[str, tuple[int, ...]], float] = {}
+        self.service.listeners.append(self._remember_center)
         if settings.jobs.executor != "none":
             from .jobs.factory import make_monitor
 
@@ -92,6 +98,8 @@ class TomoPipeline:
     def make_sinks(self) -> Sink:
         """The sinks of one tomography run, as the settings ask."""
         sinks: list[Sink] = []
+        if self.settings.preview.enabled:
+            sinks.append(self.make_preview())
         if self.settings.full_volume:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
                                         progress=self.progress))
@@ -103,6 +111,44 @@ class TomoPipeline:
             sinks.append(submit)
         sinks.extend(factory() for factory in self._extra_sinks)
         return SinkFanout(sinks)
+
+    def make_preview(self) -> Sink:
+        """A live three-slice preview: TIFFs + final PNG in ``data_dir/previews``, the final in
+        Tiled (kind ``preview``), and 0MQ PUB when ``preview.zmq_address`` is set."""
+        from .sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
+
+        pv, recon = self.settings.preview, self.settings.recon
+        outputs: list[Any] = []
+        if pv.zmq_address:
+            if self._preview_publisher is None:
+                from .preview_protocol import PreviewPublisher
+
+                self._preview_publisher = PreviewPublisher(pv.zmq_address)
+            outputs.append(self._preview_publisher)
+        outputs.append(PreviewFileWriter(pv.png_dir or self.data_dir / "previews"))
+        outputs.append(PreviewTiledWriter(self.processed, recon))
+        outputs.append(self._keep_preview)
+        center = recon.center if isinstance(recon.center, float | int) else None
+        return PreviewSink(outputs, binning=pv.binning, positions=pv.positions, center=center,
+                           fallback_center=self._previous_center,
+                           filter_name=recon.filter_name, max_queue_bytes=int(pv.max_queue_mb * 2**20),
+                           publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
+                           refine_center=pv.refine_center)
+
+    def _keep_preview(self, update: Any) -> None:
+        if update.final:
+            self.previews[update.run_uid] = update
+
+    def _previous_center(self, spec: Any) -> float | None:
+        """The centre the last reconstruction of this detector found: the next live preview
+        starts from it (the axis rarely moves between scans)."""
+        return self.centers.get((spec.detector_key, tuple(spec.frame_shape)))
+
+    def _remember_center(self, outcome: Any) -> None:
+        result = getattr(outcome, "result", None)
+        spec = getattr(outcome, "spec", None)
+        if outcome.ok and result is not None and spec is not None and outcome.center_confidence > 0.5:
+            self.centers[(spec.detector_key, tuple(spec.frame_shape))] = float(outcome.center)
 
     def batch_jobs(self, run_uid: str | None = None) -> list[Any]:
         """Journal records of the batch jobs this pipeline submitted (for one run, or all)."""
@@ -143,6 +189,8 @@ class TomoPipeline:
         self.tiled_writer.close()
         if self.monitor is not None:
             self.monitor.stop()
+        if self._preview_publisher is not None:
+            self._preview_publisher.close()
         self.service.shutdown()
         if self.server is not None:
             self.server.close()

@@ -50,7 +50,7 @@ def test_scan_reconstructed_into_tiled(RE, pipeline, flavour):
     outcome = pipeline.service.outcomes[uid]
     assert outcome.ok, outcome.message
     assert abs(outcome.center - bl.rotation_center_px) <= 1.0
-    (node,) = find_reconstructions(pipeline.processed, raw_uid=uid)
+    (node,) = find_reconstructions(pipeline.processed, raw_uid=uid, kind="full")
     assert node.metadata["params_hash"] == ReconParams(filter_name="shepp").params_hash
     assert node.metadata["center_confidence"] > 0.5
     vol = node["volume"][:]
@@ -62,6 +62,12 @@ def test_scan_reconstructed_into_tiled(RE, pipeline, flavour):
     assert {"dark", "flat", "primary"} <= set(run)
     assert run.start["tomo"]["num_projections"] == N_PROJ
     assert (pipeline.data_dir / "previews" / f"{uid[:8]}_slices.png").exists()
+    # the live preview ran during the scan: final right after the stop, in Tiled and as a PNG
+    (live,) = find_reconstructions(pipeline.processed, raw_uid=uid, kind="preview")
+    assert {"preview_xy", "preview_xz", "preview_yz"} <= set(live)
+    assert live.metadata["n_projections_used"] == N_PROJ
+    assert pipeline.previews[uid].metadata["stop_to_final_s"] < 1.0
+    assert (pipeline.data_dir / "previews" / f"{uid[:8]}_preview.png").exists()
 
 
 def test_separate_dark_flat_run(RE, pipeline):

@@ -42,6 +42,7 @@ class ReconOutcome:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     result: Any = None
+    spec: ScanSpec | None = None
 
 
 class ReconService:
@@ -149,6 +150,7 @@ class FullVolumeSink:
                 shape=tuple(result.volume.shape),
                 timings=dict(result.timings),
                 result=result,
+                spec=acc.spec,
             )
 
         self.service.submit(acc.spec.run_uid, job)
