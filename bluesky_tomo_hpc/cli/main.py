@@ -61,11 +61,13 @@ def _version() -> str:
 
 
 def setup_logging(verbosity: int) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(rich_tracebacks=True, show_path=False)])
+                        handlers=[RichHandler(console=Console(stderr=True), rich_tracebacks=True,
+                                              show_path=False)])  # stdout stays for results
     logging.getLogger("bluesky_tomo_hpc").setLevel(min(level, logging.INFO if verbosity else logging.WARNING))
 
 
