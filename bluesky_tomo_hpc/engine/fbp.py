@@ -22,9 +22,13 @@ from .filters import filter_sinogram
 
 
 def grid_coords(n: int, xp: Any = np) -> tuple[Any, Any]:
-    """``(x, y)`` of an ``n x n`` slice, each ``(n, n)`` float32, axis in the middle."""
+    """``(x, y)`` of an ``n x n`` slice, each ``(n, n)`` float32, axis in the middle.
+
+    TomoPy's (and scikit-image's) orientation: x grows along columns, y grows *up* the rows
+    (row ``i`` is ``y = (n - 1) / 2 - i``), so our slices look like TomoPy's of the same data.
+    """
     c = xp.arange(n, dtype=xp.float32) - (n - 1) / 2.0
-    y, x = xp.meshgrid(c, c, indexing="ij")
+    y, x = xp.meshgrid(-c, c, indexing="ij")
     return x, y
 
 

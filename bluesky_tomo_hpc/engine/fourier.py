@@ -204,6 +204,8 @@ def reconstruct_fourier(
     spec *= plan.kernel(center + left, response, key=key)
     img = plan.execute(spec)
     out = xp.empty((2 * img.shape[0], n, n), dtype=xp.float32)
-    out[0::2] = img.real
-    out[1::2] = img.imag
+    # the transform's first axis runs up in y; slices are stored with y running down the rows
+    # (TomoPy's orientation, as fbp.grid_coords), hence the row flip
+    out[0::2] = img.real[:, ::-1, :]
+    out[1::2] = img.imag[:, ::-1, :]
     return out[:nz]

@@ -210,8 +210,8 @@ class PreviewSink:
         m = (nw - 1) / 2.0
         g = np.arange(nw, dtype=np.float32) - np.float32(m)
         self._gx = g[None, :]  # columns: x
-        self._gy = g[:, None]  # rows: y
-        self._line_y0 = np.float32(self.geo.y0 - m)
+        self._gy = -g[:, None]  # rows: y, growing up the rows (engine.fbp.grid_coords, TomoPy)
+        self._line_y0 = np.float32(m - self.geo.y0)
         self._line_x0 = np.float32(self.geo.x0 - m)
         self.acc_xy = np.zeros((nw, nw), np.float32)
         self.acc_xz = np.zeros((nz, nw), np.float32)
