@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     setup_logging(args.verbose)
+    # --config reaches load_settings (and any process a command starts) through the variable;
+    # restored afterwards, so that calling main() in-process leaves the environment as it was
+    previous = os.environ.get("BLUESKY_TOMO_HPC_CONFIG")
     if args.config:
         os.environ["BLUESKY_TOMO_HPC_CONFIG"] = args.config
     try:
@@ -85,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        if args.config:
+            if previous is None:
+                os.environ.pop("BLUESKY_TOMO_HPC_CONFIG", None)
+            else:
+                os.environ["BLUESKY_TOMO_HPC_CONFIG"] = previous
 
 
 if __name__ == "__main__":
