@@ -69,7 +69,16 @@ class JobSettings(_Section):
     """Batch reconstruction after each scan."""
 
     executor: Literal["none", "local", "slurm", "nersc", "alcf"] = "local"
-    ranks: int | None = Field(None, ge=1, description="MPI ranks; sized from the data if None")
+    ranks: int | None = Field(
+        None, ge=1, description="MPI ranks; None: sized from the scan and a measured per-voxel cost")
+    max_nodes: int = Field(1, ge=1, description="allocation: nodes a job may use (sizing refuses more)")
+    cores_per_node: int | None = Field(
+        None, ge=1, description="allocation: cores per node (None: this machine's)")
+    max_walltime_s: int = Field(3600, ge=60, description="allocation: longest wall time a job may ask")
+    memory_mb_per_node: int | None = Field(
+        None, ge=256, description="allocation: memory per node (None: this machine's)")
+    seconds_per_voxel_projection: float | None = Field(
+        None, gt=0, description="cost model for sizing; None: measured once on this machine")
     max_retries: int = Field(3, ge=0)
     options: dict[str, Any] = Field(default_factory=dict, description="executor-specific settings")
 

@@ -241,3 +241,25 @@ def test_factory_builds_from_settings(tmp_path):
         make_monitor(Settings.model_validate({"jobs": {"executor": "none"}}))
     with pytest.raises(ValueError, match="unknown executor"):
         make_executor("pbs")
+
+
+def test_submit_sink_sizes_jobs_from_the_scan_and_refuses_oversize(tmp_path):
+    """Without jobs.ranks the factory sizes each job from the scan shape and the allocation."""
+    from bluesky_tomo_hpc.config import Settings
+    from bluesky_tomo_hpc.jobs.factory import make_submit_sink
+    from bluesky_tomo_hpc.jobs.sizing import SizingError
+
+    # 1e-10 s per voxel and projection: our Fourier method on this machine (benchmarks/)
+    settings = Settings(data_dir=tmp_path, jobs={"executor": "local", "seconds_per_voxel_projection": 1e-10,
+                                                 "max_nodes": 1, "cores_per_node": 4, "max_walltime_s": 3600,
+                                                 "memory_mb_per_node": 512_000})
+    sink = make_submit_sink(settings, monitor=None)  # type: ignore[arg-type]
+    small = sink.resources((180, 64, 128))
+    assert small.ranks == 1 and small.walltime_s <= 60
+    big = sink.resources((1969, 2160, 2560))  # ALS-size scan on a 4-core, 1-hour allocation
+    assert big.ranks == 4 and 600 < big.walltime_s <= 3600
+    with pytest.raises(SizingError, match="exceeds the allocation"):
+        sink.resources((6000, 2160, 4096))
+    three = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"ranks": 3})})
+    fixed = make_submit_sink(three, monitor=None)  # type: ignore[arg-type]
+    assert fixed.resources.ranks == 3

@@ -49,13 +49,43 @@ def make_monitor(
 
 
 def make_submit_sink(settings: Settings, monitor: JobMonitor) -> HPCSubmitSink:
-    """The on-stop sink for ``settings`` (ranks from ``jobs.ranks``, else one per scan)."""
+    """The on-stop sink for ``settings``: ``jobs.ranks`` if given, else resources sized from each
+    scan's shape against the allocation (a job too big for it is refused with the reason)."""
     from .job import Resources
 
+    jobs = settings.jobs
+    resources: Any = Resources(ranks=jobs.ranks) if jobs.ranks else _sizer(settings)
     return HPCSubmitSink(
         monitor,
         settings.data_dir / "jobs",
         params=settings.recon,
-        executor=settings.jobs.executor,
-        resources=Resources(ranks=settings.jobs.ranks or 1),
+        executor=jobs.executor,
+        resources=resources,
     )
+
+
+_MEASURED_COST: dict[str, float] = {}
+
+
+def _sizer(settings: Settings) -> Any:
+    """``shape -> Resources`` from the allocation settings and a per-voxel cost (measured once)."""
+    import os
+
+    from .sizing import Allocation, CostModel, measure_voxel_cost, size_job
+
+    jobs = settings.jobs
+    memory = jobs.memory_mb_per_node or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    allocation = Allocation(max_nodes=jobs.max_nodes,
+                            cores_per_node=jobs.cores_per_node or os.cpu_count() or 1,
+                            max_walltime_s=jobs.max_walltime_s, memory_mb_per_node=int(memory))
+
+    def resources(shape: tuple[int, int, int]) -> Any:
+        cost = jobs.seconds_per_voxel_projection
+        if cost is None:
+            key = settings.recon.params_hash
+            if key not in _MEASURED_COST:
+                _MEASURED_COST[key] = measure_voxel_cost(settings.recon).seconds_per_voxel_projection
+            cost = _MEASURED_COST[key]
+        return size_job(shape, settings.recon, CostModel(seconds_per_voxel_projection=cost), allocation)
+
+    return resources
