@@ -57,6 +57,7 @@ class TomoPipeline:
         self.monitor = None
         self._submit_sinks: list[Any] = []
         self._preview_publisher: Any = None
+        self._preview_sinks: list[Any] = []
         #: run uid -> its last final live preview (PreviewUpdate)
         self.previews: dict[str, Any] = {}
         #: (detector key, frame shape) -> the centre of its last confident reconstruction
@@ -129,11 +130,14 @@ class TomoPipeline:
         outputs.append(PreviewTiledWriter(self.processed, recon))
         outputs.append(self._keep_preview)
         center = recon.center if isinstance(recon.center, float | int) else None
-        return PreviewSink(outputs, binning=pv.binning, positions=pv.positions, center=center,
+        sink = PreviewSink(outputs, binning=pv.binning, positions=pv.positions, center=center,
                            fallback_center=self._previous_center,
                            filter_name=recon.filter_name, max_queue_bytes=int(pv.max_queue_mb * 2**20),
                            publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
                            refine_center=pv.refine_center)
+        self._preview_sinks.append(sink)
+        del self._preview_sinks[:-16]  # the last few; older ones are long final
+        return sink
 
     def _keep_preview(self, update: Any) -> None:
         if update.final:
@@ -181,6 +185,12 @@ class TomoPipeline:
     def wait(self, timeout: float | None = 300.0) -> bool:
         """Until every queued document is handled and every reconstruction finished."""
         flushed = self.callback.flush(timeout) and self.tiled_writer.flush(timeout)
+        for sink in list(self._preview_sinks):  # runs that have stopped: their final preview
+            if sink.stopped:
+                try:
+                    sink.wait_final(timeout)
+                except Exception as exc:  # reported by the sink itself; waiting is done
+                    log.debug("preview of a run ended without a final: %s", exc)
         return bool(flushed) and self.service.wait(timeout)
 
     def close(self) -> None:

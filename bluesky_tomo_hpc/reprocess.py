@@ -76,7 +76,7 @@ class ReprocessSummary:
 
 def search_runs(catalog: Any, query: RunQuery) -> Any:
     """Apply ``query`` to a CatalogOfBlueskyRuns client with Tiled / bluesky-tiled-plugins queries."""
-    from bluesky_tiled_plugins.queries import PartialUID, ScanIDRange, TimeRange
+    from bluesky_tiled_plugins.queries import ScanIDRange, TimeRange
     from tiled.queries import Key
 
     results = catalog
@@ -89,20 +89,45 @@ def search_runs(catalog: Any, query: RunQuery) -> Any:
         results = results.search(Key("plan_name") == query.plan_name)
     if query.sample:
         results = results.search(Key("sample") == query.sample)
-    if query.uids:
-        results = results.search(PartialUID(*query.uids))
     return results
+
+
+def _matching(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any]]:
+    """``(uid, run)`` pairs; several uids are searched one by one (Tiled ANDs the criteria of a
+    search, and bluesky-tiled-plugins refuses several PartialUIDs in one query)."""
+    from bluesky_tiled_plugins.queries import PartialUID
+
+    results = search_runs(catalog, query)
+    if not query.uids:
+        yield from results.items()
+        return
+    seen: set[str] = set()
+    for partial in query.uids:
+        for uid, run in results.search(PartialUID(partial)).items():
+            if uid not in seen:
+                seen.add(uid)
+                yield uid, run
 
 
 def tomography_runs(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any, str | None]]:
     """Yield ``(uid, run, layout)`` for every matching run; layout None means not tomography."""
-    for uid, run in search_runs(catalog, query).items():
+    for uid, run in _matching(catalog, query):
         try:
             layout = recognise(run.start)
         except ValueError as exc:  # start["tomo"] present but malformed
             log.warning("run %s: start['tomo'] not understood (%s); skipped", uid, exc)
             layout = None
         yield uid, run, None if layout is None else layout.layout
+
+
+#: kinds of result that count as "reconstructed" (a live preview alone does not)
+VOLUME_KINDS = ("full", "batch")
+
+
+def already_reconstructed(processed: Any, uid: str, params: ReconParams) -> bool:
+    """Whether ``uid`` has a full or batch volume made with ``params`` (its hash)."""
+    return any(find_reconstructions(processed, raw_uid=uid, params_hash=params.params_hash, kind=k)
+               for k in VOLUME_KINDS)
 
 
 def _replay(run: Any, sink_factory: Callable[[], Sink], catalog: Any) -> list[str]:
@@ -158,7 +183,7 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
         return RunOutcome(uid, scan_id, "not-tomography")
     if layout == "dark_flat":
         return RunOutcome(uid, scan_id, "calibration", "dark/flat run, used by the runs that cite it")
-    if find_reconstructions(processed, raw_uid=uid, params_hash=params.params_hash):
+    if already_reconstructed(processed, uid, params):
         return RunOutcome(uid, scan_id, "skipped", "already reconstructed with these parameters")
     if (run.stop or {}).get("exit_status", "success") != "success":
         return RunOutcome(uid, scan_id, "failed", f"scan ended {run.stop.get('exit_status')!r}")

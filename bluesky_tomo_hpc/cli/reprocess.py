@@ -56,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import load_settings
     from ..engine.params import ReconParams
-    from ..reprocess import ReprocessError, RunQuery, reprocess, tomography_runs
-    from ..results.tiled_results import find_reconstructions, processed_container
+    from ..reprocess import ReprocessError, RunQuery, already_reconstructed, reprocess, tomography_runs
+    from ..results.tiled_results import processed_container
 
     console = Console(stderr=True)
     try:
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         found = 0
         for uid, r, layout in tomography_runs(raw, query):
             found += 1
-            done = bool(find_reconstructions(processed, raw_uid=uid, params_hash=params.params_hash))
+            done = already_reconstructed(processed, uid, params)
             what = "not tomography" if layout is None else ("done" if done else "to do")
             print(f"{uid[:8]} scan {r.start.get('scan_id')}: {what}")
         if not found:

@@ -53,7 +53,7 @@ class ReconParams(_Frozen):
         "fourier", description="fourier: NUFFT gridding (fast on CPU); fbp: real-space back-projection"
     )
     engine: Literal["auto", "native", "tomopy"] = Field(
-        "auto", description="auto: TomoPy where importable for batch jobs, else native"
+        "auto", description="auto: TomoPy wherever it is importable (HPC images), else native"
     )
     filter_name: FilterName = "shepp"
     butterworth_order: int = Field(2, ge=1)

@@ -20,17 +20,18 @@ def _limits(images: list[np.ndarray]) -> tuple[float, float]:
 
 def save_orthoslices_png(previews: Mapping[str, np.ndarray], path: str | Path, title: str = "") -> Path:
     """Write xy / xz / yz slices as one PNG (matplotlib, no display needed); returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # an explicit Agg canvas, not pyplot: no global backend switch (inline plots in notebooks
+    # keep working) and safe from worker threads
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = [k for k in ("xy", "xz", "yz") if k in previews] or list(previews)
     images = [np.asarray(previews[k], dtype=np.float32) for k in names]
     vmin, vmax = _limits(images)
     widths = [img.shape[1] for img in images]
-    fig, axes = plt.subplots(1, len(images), figsize=(4 * len(images), 4.4),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
+    fig = Figure(figsize=(4 * len(images), 4.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(images), gridspec_kw={"width_ratios": widths}, squeeze=False)
     for ax, name, img in zip(axes[0], names, images, strict=True):
         ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax, interpolation="nearest")
         ax.set_title(f"{name} slice {img.shape[0]}x{img.shape[1]}")
@@ -42,5 +43,4 @@ def save_orthoslices_png(previews: Mapping[str, np.ndarray], path: str | Path, t
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -167,6 +167,11 @@ class PreviewSink:
             self._queue.append(end)
             self._cond.notify()
 
+    @property
+    def stopped(self) -> bool:
+        """The scan's stop has reached this sink (its final is out or on its way)."""
+        return getattr(self, "_stop_time", None) is not None
+
     def wait_final(self, timeout: float | None = None) -> PreviewUpdate:
         """Block until the final preview is out (for scripts and tests), or raise."""
         if not self._final_event.wait(timeout):
