@@ -86,6 +86,9 @@ def test_query_by_sample_and_scan_ids(catalog):
     params = ReconParams(filter_name="hamming")
     by_sample = reprocess(catalog["raw"], catalog["processed"], params=params, query=RunQuery(sample="a"))
     assert by_sample.matched == 2 and by_sample.count("reconstructed") == 2
+    two = RunQuery(uids=(catalog["tomo"][1][:8], catalog["plain"][0][:8]))
+    by_uid = reprocess(catalog["raw"], catalog["processed"], params=params, query=two)
+    assert {o.uid for o in by_uid.outcomes} == {catalog["tomo"][1], catalog["plain"][0]}
     with pytest.raises(ReprocessError, match="no run in the catalog matches"):
         reprocess(catalog["raw"], catalog["processed"], params=params, query=RunQuery(scan_ids=(900, 910)))
 
