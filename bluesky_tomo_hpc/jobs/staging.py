@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from ..model import FrameBatch, FrameRole, ScanSpec, TomoDataError
+from ..sources.hdf5 import open_swmr
 
 DATASETS = {
     FrameRole.PROJECTION: "exchange/data",
@@ -36,7 +37,7 @@ def _virtual(batches: list[FrameBatch], frame_shape: tuple[int, int]) -> h5py.Vi
         fname, dset, start, stop = b.origin  # type: ignore[misc]
         if stop - start != len(b):
             raise TomoDataError(f"origin {b.origin} spans {stop - start} frames but the batch has {len(b)}")
-        with h5py.File(fname, "r") as f:
+        with open_swmr(fname) as f:  # the file may be open in this process with other flags
             if dset not in f:
                 raise TomoDataError(f"raw file {fname} has no dataset {dset!r}")
             shape, dtype = f[dset].shape, f[dset].dtype
@@ -122,7 +123,7 @@ def _check_sources(path: Path, name: str, dset: h5py.Dataset) -> None:
             raw = path.parent / raw
         if not raw.is_file():
             raise TomoDataError(f"{path}:{name} maps into {raw}, which does not exist (raw file moved?)")
-        with h5py.File(raw, "r") as f:
+        with open_swmr(str(raw)) as f:
             if vmap.dset_name not in f:
                 raise TomoDataError(f"{path}:{name} maps into {raw}:{vmap.dset_name}, which does not exist")
 

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from ..model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec, TomoDataError
+from .hdf5 import open_swmr
 
 __all__ = [
     "DatasetRef",
@@ -95,7 +96,8 @@ class _Resolver:
         if real not in self._files:
             if not os.path.exists(real):
                 raise FileNotFoundError(real)
-            self._files[real] = self._stack.enter_context(h5py.File(real, "r", locking=False))
+            # open_swmr: the file may be open in this process already (with other locking flags)
+            self._files[real] = self._stack.enter_context(open_swmr(real))
         return self._files[real]
 
     def get(self, f: h5py.File, path: str) -> h5py.Dataset | h5py.Group | None:
