@@ -55,7 +55,7 @@ def test_scan_reconstructed_into_tiled(RE, pipeline, flavour):
     assert node.metadata["center_confidence"] > 0.5
     vol = node["volume"][:]
     assert vol.shape == (SHAPE[0], SHAPE[1], SHAPE[1])
-    assert phantom_correlation(vol, bl.phantom) > 0.75
+    assert phantom_correlation(vol, bl.phantom) > 0.85
     assert {"preview_xy", "preview_xz", "preview_yz"} <= set(node)
     # the raw run is in Tiled too, with every stream
     run = pipeline.raw[uid]
