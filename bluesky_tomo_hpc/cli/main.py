@@ -44,13 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"bluesky_tomo_hpc.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"bluesky_tomo_hpc.cli.{name}":
-                continue  # subcommand not part of this installation
-            raise
-        module.register(sub)
+        importlib.import_module(f"bluesky_tomo_hpc.cli.{name}").register(sub)
     return parser
 
 
