@@ -99,7 +99,7 @@ def _print_report(console, report) -> None:  # type: ignore[no-untyped-def]
     console.print(
         "\nRead it from another process (server running: bluesky-tomo-hpc serve --data-dir "
         f"{report.data_dir}):\n"
-        "  from tiled.client import from_uri\n"
+        "  import os; from tiled.client import from_uri\n"
         "  c = from_uri('http://127.0.0.1:8000/api/v1', api_key=os.environ['TILED_API_KEY'])\n"
         f"  vol = c['{next(iter(report.nodes.values()), 'processed/...')}']['volume'][10]",
         highlight=False,
