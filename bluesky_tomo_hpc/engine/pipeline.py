@@ -20,6 +20,7 @@ from . import preprocess
 from .backend import choose_device, get_array_module, to_numpy
 from .filters import padded_width
 from .params import ReconParams
+from .preprocess import bin_frames
 from .tomopy_engine import reconstruct_tomopy, resolve_engine
 from .volume import Progress, reconstruct_volume
 
@@ -37,18 +38,6 @@ class ReconResult:
     warnings: list[str] = field(default_factory=list)
     rows: tuple[int, int] = (0, 0)
     engine: str = "native"
-
-
-def bin_frames(frames: np.ndarray, binning: int) -> np.ndarray:
-    """Average ``binning x binning`` pixel blocks of ``(n, ny, nx)`` (edges cropped), float32."""
-    if binning == 1:
-        return frames
-    n, ny, nx = frames.shape
-    by, bx = ny // binning, nx // binning
-    if by == 0 or bx == 0:
-        raise TomoDataError(f"binning {binning} is larger than the frame ({ny} x {nx})")
-    f = np.asarray(frames[:, : by * binning, : bx * binning], dtype=np.float32)
-    return f.reshape(n, by, binning, bx, binning).mean(axis=(2, 4), dtype=np.float32)
 
 
 def to_binned(center: float, binning: int) -> float:

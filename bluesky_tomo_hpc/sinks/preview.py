@@ -38,30 +38,13 @@ import scipy.fft
 
 from ..engine.filters import center_phase, filter_response, padded_width
 from ..engine.params import ReconParams
+from ..engine.preprocess import bin_frames
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
 from ..preview_protocol import PreviewUpdate
 
 log = logging.getLogger(__name__)
 
 PreviewOutput = Callable[[PreviewUpdate], None]
-
-
-def bin_frames(frames: np.ndarray, b: int) -> np.ndarray:
-    """Mean over b x b blocks of (n, ny, nx) frames as float32 (edges that do not fill a block are
-    cut). Strided adds rather than a reshaped mean: about 5x faster on 2160 x 2560 frames."""
-    if b == 1:
-        return frames.astype(np.float32, copy=False)
-    n, ny, nx = frames.shape
-    ny_b, nx_b = ny // b, nx // b
-    f = frames[:, : ny_b * b, : nx_b * b]
-    rows = np.zeros((n, ny_b, nx_b * b), np.float32)
-    for k in range(b):
-        rows += f[:, k::b, :]
-    out = np.zeros((n, ny_b, nx_b), np.float32)
-    for k in range(b):
-        out += rows[..., k::b]
-    out *= np.float32(1.0 / (b * b))
-    return out
 
 
 @dataclass
@@ -269,7 +252,7 @@ class PreviewSink:
             self._final_event.set()
 
     def _ingest(self, batch: FrameBatch) -> None:
-        frames = bin_frames(batch.frames, self.geo.b)
+        frames = bin_frames(batch.frames, self.geo.b).astype(np.float32, copy=False)
         if batch.role is FrameRole.DARK:
             self._dark_sum += frames.sum(axis=0)
             self.n_dark += len(frames)
