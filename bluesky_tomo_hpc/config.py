@@ -92,6 +92,10 @@ class Settings(_Section):
     preview: PreviewSettings = PreviewSettings()
     jobs: JobSettings = JobSettings()
     full_volume: bool = Field(True, description="reconstruct the whole volume in-process at stop")
+    memory_budget_mb: float | None = Field(
+        None, gt=0, description="memory every path may use for frames and slices (MiB); slab sizes derive "
+        "from it. None: a quarter of this machine's memory, 256 MiB to 16 GiB",
+    )
 
     @property
     def journal_path(self) -> Path:
