@@ -21,9 +21,8 @@ from typing import Any
 from .config import Settings, load_settings
 from .results.tiled_results import processed_container
 from .results.tiled_server import EmbeddedTiledServer, raw_catalog
-from .results.writer import TiledResultWriter
-from .sinks.base import Sink, SinkFanout
-from .sinks.full_volume import FullVolumeSink, ReconService
+from .sinks.base import Sink
+from .sinks.factory import DetectorCenters, SinkFactory
 from .threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
@@ -52,25 +51,25 @@ class TomoPipeline:
         self.data_dir = Path(settings.data_dir).resolve()
         self.raw = raw_catalog(client, settings.tiled.raw_container)
         self.processed = processed_container(client, settings.tiled.processed_container)
-        self.service = ReconService()
-        self.result_writer = TiledResultWriter(self.processed, png_dir=self.data_dir / "previews")
         self.monitor = None
         self._submit_sinks: list[Any] = []
-        self._preview_publisher: Any = None
-        self._preview_sinks: list[Any] = []
         #: run uid -> its last final live preview (PreviewUpdate)
         self.previews: dict[str, Any] = {}
-        #: (detector key, frame shape) -> the centre of its last confident reconstruction
-        self.centers: dict[tuple[str, tuple[int, ...]], float] = {}
-        self.service.listeners.append(self._remember_center)
         if settings.jobs.executor != "none":
             from .jobs.factory import make_monitor
 
             # the embedded server reads the data folder, so batch volumes are registered in place
             roots = [self.data_dir] if server is not None else None
             self.monitor = make_monitor(settings, tiled=self.processed, readable_roots=roots)
-        self.progress = progress
-        self._extra_sinks = list(extra_sinks or [])
+        in_place = settings.tiled.register_in_place
+        #: the sinks of each run (preview, full volume, batch job), wired once
+        self.sinks = SinkFactory(
+            settings.model_copy(update={"data_dir": self.data_dir}), processed=self.processed,
+            register_in_place=(server is not None) if in_place is None else in_place,
+            preview_outputs=[self._keep_preview], progress=progress,
+            extra=[self._submit_sink] * (self.monitor is not None) + list(extra_sinks or []))
+        self.service = self.sinks.service
+        self.result_writer = self.sinks.result_writer
         backup = self.data_dir / "tiled_backup"
         backup.mkdir(parents=True, exist_ok=True)
         #: raw runs into Tiled, on its own thread (HTTP round trips per document)
@@ -98,61 +97,23 @@ class TomoPipeline:
 
     def make_sinks(self) -> Sink:
         """The sinks of one tomography run, as the settings ask."""
-        sinks: list[Sink] = []
-        if self.settings.preview.enabled:
-            sinks.append(self.make_preview())
-        if self.settings.full_volume:
-            sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
-                                        progress=self.progress))
-        if self.monitor is not None:
-            from .jobs.factory import make_submit_sink
+        return self.sinks()
 
-            submit = make_submit_sink(self.settings, self.monitor)
-            self._submit_sinks.append(submit)
-            sinks.append(submit)
-        sinks.extend(factory() for factory in self._extra_sinks)
-        return SinkFanout(sinks)
+    def _submit_sink(self) -> Sink:
+        from .jobs.factory import make_submit_sink
 
-    def make_preview(self) -> Sink:
-        """A live three-slice preview: TIFFs + final PNG in ``data_dir/previews``, the final in
-        Tiled (kind ``preview``), and 0MQ PUB when ``preview.zmq_address`` is set."""
-        from .sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
-
-        pv, recon = self.settings.preview, self.settings.recon
-        outputs: list[Any] = []
-        if pv.zmq_address:
-            if self._preview_publisher is None:
-                from .preview_protocol import PreviewPublisher
-
-                self._preview_publisher = PreviewPublisher(pv.zmq_address)
-            outputs.append(self._preview_publisher)
-        outputs.append(PreviewFileWriter(pv.png_dir or self.data_dir / "previews"))
-        outputs.append(PreviewTiledWriter(self.processed, recon))
-        outputs.append(self._keep_preview)
-        center = recon.center if isinstance(recon.center, float | int) else None
-        sink = PreviewSink(outputs, binning=pv.binning, positions=pv.positions, center=center,
-                           fallback_center=self._previous_center,
-                           filter_name=recon.filter_name, max_queue_bytes=int(pv.max_queue_mb * 2**20),
-                           publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
-                           refine_center=pv.refine_center)
-        self._preview_sinks.append(sink)
-        del self._preview_sinks[:-16]  # the last few; older ones are long final
-        return sink
+        submit = make_submit_sink(self.settings, self.monitor)
+        self._submit_sinks.append(submit)
+        return submit
 
     def _keep_preview(self, update: Any) -> None:
         if update.final:
             self.previews[update.run_uid] = update
 
-    def _previous_center(self, spec: Any) -> float | None:
-        """The centre the last reconstruction of this detector found: the next live preview
-        starts from it (the axis rarely moves between scans)."""
-        return self.centers.get((spec.detector_key, tuple(spec.frame_shape)))
-
-    def _remember_center(self, outcome: Any) -> None:
-        result = getattr(outcome, "result", None)
-        spec = getattr(outcome, "spec", None)
-        if outcome.ok and result is not None and spec is not None and outcome.center_confidence > 0.5:
-            self.centers[(spec.detector_key, tuple(spec.frame_shape))] = float(outcome.center)
+    @property
+    def centers(self) -> DetectorCenters:
+        """The centre each detector's next scan starts from."""
+        return self.sinks.centers
 
     def batch_jobs(self, run_uid: str | None = None) -> list[Any]:
         """Journal records of the batch jobs this pipeline submitted (for one run, or all)."""
@@ -185,7 +146,7 @@ class TomoPipeline:
     def wait(self, timeout: float | None = 300.0) -> bool:
         """Until every queued document is handled and every reconstruction finished."""
         flushed = self.callback.flush(timeout) and self.tiled_writer.flush(timeout)
-        for sink in list(self._preview_sinks):  # runs that have stopped: their final preview
+        for sink in list(self.sinks.previews):  # runs that have stopped: their final preview
             if sink.stopped:
                 try:
                     sink.wait_final(timeout)
@@ -199,9 +160,7 @@ class TomoPipeline:
         self.tiled_writer.close()
         if self.monitor is not None:
             self.monitor.stop()
-        if self._preview_publisher is not None:
-            self._preview_publisher.close()
-        self.service.shutdown()
+        self.sinks.close()
         if self.server is not None:
             self.server.close()
 

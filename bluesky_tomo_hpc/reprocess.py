@@ -9,17 +9,20 @@ nothing the second time, and an interrupted one picks up where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from .config import Settings
 from .engine.params import ReconParams
 from .results.tiled_results import find_reconstructions
-from .results.writer import TiledResultWriter
 from .sinks.base import Sink
-from .sinks.full_volume import FullVolumeSink, ReconService
+from .sinks.factory import SinkFactory
 from .sources.recognise import recognise
 
 log = logging.getLogger(__name__)
@@ -148,8 +151,13 @@ def reprocess(
     query: RunQuery = RunQuery(),
     submit: Callable[[str, Any], str] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    settings: Settings | None = None,
 ) -> ReprocessSummary:
     """Reconstruct every tomography run matching ``query`` that lacks a result with ``params``.
+
+    Each run's full volume is made as a live one is (:class:`~.sinks.factory.SinkFactory`, the
+    memory budget of ``settings``), in ``settings.data_dir``; without settings, in a temporary
+    folder removed at the end (the volumes are then uploaded to ``processed``).
 
     ``submit(uid, run)``, when given, hands a run to a batch executor instead of reconstructing
     it here and returns a job id. ``progress(done, total, uid)`` is called after each run.
@@ -159,26 +167,27 @@ def reprocess(
     if not candidates:
         raise ReprocessError(f"no run in the catalog matches {query.describe()}")
     summary = ReprocessSummary(params_hash=params.params_hash, matched=len(candidates))
-    service = ReconService()
-    writer = TiledResultWriter(processed, kind="full")
-    try:
+    with contextlib.ExitStack() as stack:
+        if settings is None:
+            settings = Settings(data_dir=Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="tomo-reprocess-"))), jobs={"executor": "none"})
+        settings = settings.model_copy(update={"recon": params, "full_volume": True})
+        sinks = SinkFactory(settings, processed=processed)
+        stack.callback(sinks.close)
         for i, (uid, run, layout) in enumerate(candidates):
             scan_id = run.start.get("scan_id")
             t0 = time.perf_counter()
-            outcome = _one(uid, run, layout, scan_id, catalog, processed, params, service, writer, submit)
+            outcome = _one(uid, run, layout, scan_id, catalog, processed, params, sinks, submit)
             outcome.seconds = time.perf_counter() - t0
             summary.outcomes.append(outcome)
             log.info("run %s: %s %s", uid, outcome.status, outcome.message)
             if progress is not None:
                 progress(i + 1, len(candidates), uid)
-    finally:
-        service.shutdown()
     return summary
 
 
 def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: Any, processed: Any,
-         params: ReconParams, service: ReconService, writer: TiledResultWriter,
-         submit: Callable[[str, Any], str] | None) -> RunOutcome:
+         params: ReconParams, sinks: SinkFactory, submit: Callable[[str, Any], str] | None) -> RunOutcome:
     if layout is None:
         return RunOutcome(uid, scan_id, "not-tomography")
     if layout == "dark_flat":
@@ -192,9 +201,9 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
             return RunOutcome(uid, scan_id, "submitted", f"job {submit(uid, run)}")
         except Exception as exc:
             return RunOutcome(uid, scan_id, "failed", f"submission failed: {exc}")
-    errors = _replay(run, lambda: FullVolumeSink(params, service, writer), catalog)
-    service.wait()
-    result = service.outcomes.pop(uid, None)
+    errors = _replay(run, sinks.volume, catalog)
+    sinks.service.wait()
+    result = sinks.service.outcomes.pop(uid, None)
     if result is not None and result.ok:
         return RunOutcome(uid, scan_id, "reconstructed",
                           f"centre {result.center:.2f} px in {result.seconds:.1f} s")

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             summary = reprocess(raw, processed, params=params, query=query, submit=submit,
-                                progress=progress)
+                                progress=progress, settings=settings)
         except ReprocessError as exc:
             console.print(f"[red]{exc}[/red]")
             return 4

@@ -35,28 +35,35 @@ def result_metadata(spec: ScanSpec, result: Any) -> dict[str, Any]:
 
 class TiledResultWriter:
     """Writes each reconstruction under ``container`` (a callable, so a client can be made lazily
-    on the worker thread) and, when ``png_dir`` is set, saves ``<uid8>_slices.png`` there."""
+    on the worker thread) and, when ``png_dir`` is set, saves ``<uid8>_slices.png`` there.
+
+    A volume already in a Zarr store (``zarr_path``) is registered in place when the server reads
+    the data folder (``register_in_place``: the embedded server), else uploaded chunk by chunk.
+    """
 
     def __init__(self, container: Callable[[], Any] | Any, png_dir: str | Path | None = None,
-                 kind: str = "full"):
+                 kind: str = "full", *, register_in_place: bool = False):
         self._container = container
         self.png_dir = Path(png_dir) if png_dir else None
         self.kind = kind
+        self.register_in_place = register_in_place
         self.pngs: dict[str, Path] = {}
 
     def container(self) -> Any:
         return self._container() if callable(self._container) else self._container
 
-    def write(self, spec: ScanSpec, result: Any) -> str:
+    def write(self, spec: ScanSpec, result: Any, *, zarr_path: Path | None = None) -> str:
         previews = preview_slices(result.volume)
         if self.png_dir is not None:
             title = f"run {spec.run_uid[:8]}  centre {result.center:.2f} px"
             self.pngs[spec.run_uid] = save_orthoslices_png(
                 previews, self.png_dir / f"{spec.run_uid[:8]}_slices.png", title)
         container = self.container()
+        volume = {"volume_zarr": zarr_path, "register_in_place": self.register_in_place} if zarr_path \
+            else {"volume": result.volume}
         node = write_reconstruction(
-            container, raw_uid=spec.run_uid, params=result.params, volume=result.volume,
-            previews=previews, metadata=result_metadata(spec, result), kind=self.kind)
+            container, raw_uid=spec.run_uid, params=result.params, previews=previews,
+            metadata=result_metadata(spec, result), kind=self.kind, **volume)
         key = recon_key(spec.run_uid, result.params.params_hash, self.kind)
         log.info("reconstruction of run %s written to Tiled node %s", spec.run_uid, key)
         return str(getattr(node, "uri", key))

@@ -1,8 +1,9 @@
 """Reconstruct the whole volume when a scan stops, and hand the result to a writer (Tiled).
 
-The sink only collects frames while the scan runs; the reconstruction is queued on a
-:class:`ReconService` thread at ``close`` so the source (and the RunEngine behind it) is never
-held up. Every outcome, success or failure, is recorded in :attr:`ReconService.outcomes`.
+The sink only notes where frames live while the scan runs (:mod:`.frame_store`); the
+reconstruction is queued on a :class:`ReconService` thread at ``close`` so the source (and the
+RunEngine behind it) is never held up. Every outcome, success or failure, is recorded in
+:attr:`ReconService.outcomes`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec
-from .accumulate import FrameAccumulator
+from .frame_store import FrameStore, safe_file_stem
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 class ResultWriter(Protocol):
     """Where a finished reconstruction goes (Tiled, files...). Returns a location string."""
 
-    def write(self, spec: ScanSpec, result: Any) -> str: ...
+    def write(self, spec: ScanSpec, result: Any, *, zarr_path: Path | None = None) -> str: ...
 
 
 @dataclass
@@ -99,7 +101,14 @@ class ReconService:
 
 
 class FullVolumeSink:
-    """Collects a scan's frames; at stop, reconstructs the volume and writes it."""
+    """Notes where a scan's frames live while it runs; at stop, reconstructs the volume slab by
+    slab into a Zarr store (never holding the scan or the volume) and hands it to the writer.
+
+    Frames in files stay there; frames that came inside events are spilled to a scratch HDF5 in
+    ``scratch_dir`` as they arrive. The scratch files are removed after a success and kept after
+    a failure: the staged ``<run>.input.h5`` is a data-exchange file that ``bluesky-tomo-hpc
+    recon`` reads, so a retry needs nothing else.
+    """
 
     def __init__(
         self,
@@ -107,41 +116,71 @@ class FullVolumeSink:
         service: ReconService,
         writer: ResultWriter | None = None,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        data_dir: str | Path,
+        budget: int | None = None,
     ):
+        from ..engine.memory import budget_bytes
+
         self.params = params
         self.service = service
         self.writer = writer
         self.progress = progress
-        self._acc: FrameAccumulator | None = None
+        self.data_dir = Path(data_dir)
+        self.budget = budget if budget is not None else budget_bytes(None)
+        self._store: FrameStore | None = None
 
     def open(self, spec: ScanSpec) -> None:
-        self._acc = FrameAccumulator(spec)
+        self._store = FrameStore(spec, self.data_dir / "scratch")
 
     def add(self, batch: FrameBatch) -> None:
-        if self._acc is None:
+        if self._store is None:
             raise RuntimeError("FullVolumeSink.add before open")
-        self._acc.add(batch)
+        self._store.add(batch)
+
+    def volume_path(self, spec: ScanSpec) -> Path:
+        """Where the volume's Zarr store goes: ``volumes/<run>/<params hash>/full.zarr``."""
+        run = safe_file_stem(spec.run_uid)
+        return self.data_dir / "volumes" / run / self.params.params_hash / "full.zarr"
 
     def close(self, end: ScanEnd) -> None:
-        acc, self._acc = self._acc, None
-        if acc is None:
+        store, self._store = self._store, None
+        if store is None:
             return
         if end.exit_status != "success":
+            store.close_spill()
             log.warning("run %s ended %r (%s); no full reconstruction of a partial scan "
                         "(raw data is kept)", end.run_uid, end.exit_status, end.reason)
             self.service.outcomes[end.run_uid] = ReconOutcome(
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
-        params, writer, progress = self.params, self.writer, self.progress
+        params, writer, progress, budget = self.params, self.writer, self.progress, self.budget
+        zarr_path = self.volume_path(store.spec)
 
         def job() -> ReconOutcome:
-            from ..engine.pipeline import reconstruct_scan
+            from .slab_volume import reconstruct_file_to_zarr
 
-            data = acc.assemble()
-            result = reconstruct_scan(data, params, progress=progress)
-            location = writer.write(acc.spec, result) if writer is not None else ""
+            spec = store.spec
+            try:
+                t0 = time.perf_counter()
+                staged = store.stage()
+                staging_s = time.perf_counter() - t0
+                result = reconstruct_file_to_zarr(staged, params, zarr_path, budget=budget, progress=progress,
+                                                  attrs={"raw_uid": spec.run_uid})
+                result.timings["stage"] = staging_s
+                location = (writer.write(spec, result, zarr_path=zarr_path) if writer is not None
+                            else str(zarr_path))
+            except Exception as exc:  # reported in the outcome, never raised into a scan
+                store.close_spill()
+                kept = [str(p) for p in (store.staged_path, store.spill_path) if p.exists()]
+                message = f"{type(exc).__name__}: {exc}"
+                if kept:
+                    message += f" (kept for a retry: {', '.join(kept)})"
+                log.error("full volume of run %s failed: %s", spec.run_uid, message, exc_info=True)
+                return ReconOutcome(spec.run_uid, ok=False, message=message, spec=spec)
+            store.discard()
             return ReconOutcome(
-                run_uid=acc.spec.run_uid,
+                run_uid=spec.run_uid,
                 ok=True,
                 message="reconstructed",
                 location=location,
@@ -150,7 +189,7 @@ class FullVolumeSink:
                 shape=tuple(result.volume.shape),
                 timings=dict(result.timings),
                 result=result,
-                spec=acc.spec,
+                spec=spec,
             )
 
-        self.service.submit(acc.spec.run_uid, job)
+        self.service.submit(store.spec.run_uid, job)
