@@ -9,7 +9,7 @@ from test_preview import phantom_scan, spec_for  # tests/ is on sys.path
 
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
 from bluesky_tomo_hpc.model import (
     FrameBatch,
     FrameRole,
@@ -21,7 +21,7 @@ from bluesky_tomo_hpc.model import (
 from bluesky_tomo_hpc.sinks.frame_store import FrameStore, safe_file_stem
 from bluesky_tomo_hpc.sinks.full_volume import FullVolumeSink, ReconService
 from bluesky_tomo_hpc.sinks.slab_volume import plan_slabs, reconstruct_file_to_zarr
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 
 def batch(role, idx, frames, angles=None, times=None, origin=None):

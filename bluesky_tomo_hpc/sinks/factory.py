@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..config import Settings
 from ..engine.memory import budget_bytes
+from ..settings import Settings
 from .base import Sink, SinkFanout
 from .full_volume import FullVolumeSink, ReconOutcome, ReconService
 
@@ -91,7 +91,7 @@ class SinkFactory:
         self.publisher: Any = None
         outputs: list[Any] = []
         if pv.zmq_address:  # first: a viewer must not wait on files or Tiled
-            from ..preview_protocol import PreviewPublisher
+            from .preview_stream import PreviewPublisher
 
             self.publisher = PreviewPublisher(pv.zmq_address)
             outputs.append(self.publisher)

@@ -3,7 +3,7 @@
 Why: the full volume at stop must not hold the scan or the volume (a 21 GB scan makes a 56 GB
 float32 volume). The scan is read from its data-exchange file (virtual views onto the raw and
 scratch files, see :mod:`.frame_store`) in slabs of detector rows; each slab goes through the
-one engine entry point, :func:`~bluesky_tomo_hpc.engine.pipeline.reconstruct_scan`, with the
+one engine entry point, :func:`~bluesky_tomo_hpc.engine.reconstruct.reconstruct_scan`, with the
 centre fixed once for the whole volume, and its slices are written into the Zarr array before
 the next slab is read. The slab height derives from the memory budget
 (:mod:`bluesky_tomo_hpc.engine.memory`); a budget below one slab is refused with the minimum.
@@ -26,7 +26,7 @@ import numpy as np
 
 from ..engine.memory import rows_per_slab
 from ..engine.params import ReconParams
-from ..engine.pipeline import ReconResult
+from ..engine.reconstruct import ReconResult
 
 #: float32 working copies of a projection row alive at once in preprocessing (cast, normalised,
 #: -log / ring removal); measured with ``tests/test_full_volume_bounded.py``
@@ -71,8 +71,8 @@ def plan_slabs(budget: int, *, n_proj: int, n_calib: int, nx: int, itemsize: int
 
 def estimate_center(path: Path, plan: SlabPlan, params: ReconParams) -> tuple[float, float, str]:
     """``(centre, confidence, method)`` from a block of rows in the middle (at most one slab)."""
-    from ..engine.pipeline import find_center, preprocess_projections, to_unbinned
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import find_center, preprocess_projections, to_unbinned
+    from ..sources.raw_files import load_scan
 
     b = params.binning
     r0, r1 = plan.rows
@@ -102,10 +102,10 @@ def reconstruct_file_to_zarr(
     interrupted run never leaves something that looks complete. ``ReconResult.volume`` is the
     Zarr array (read lazily); ``rows`` and the centre are unbinned detector coordinates.
     """
-    from ..engine.pipeline import reconstruct_scan
+    from ..engine.reconstruct import reconstruct_scan
     from ..model import TomoDataError
-    from ..results.files import create_zarr_volume
-    from ..sources.files import describe_scan, load_scan
+    from ..results.volume_files import create_zarr_volume
+    from ..sources.raw_files import describe_scan, load_scan
 
     path, zarr_path = Path(path), Path(zarr_path)
     t0 = time.perf_counter()

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
-from .results.tiled_results import processed_container
-from .results.tiled_server import EmbeddedTiledServer, raw_catalog
-from .sinks.base import Sink
-from .sinks.factory import DetectorCenters, SinkFactory
+from ..results.tiled_results import processed_container
+from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
+from ..settings import Settings, load_settings
+from ..sinks.base import Sink
+from ..sinks.factory import DetectorCenters, SinkFactory
 from .threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ class TomoPipeline:
     ):
         from bluesky_tiled_plugins import TiledWriter
 
-        from .sources.callback import TomoCallback
-        from .sources.documents import tiled_dark_flat_resolver
+        from ..sources.callback import TomoCallback
+        from ..sources.documents import tiled_dark_flat_resolver
 
         self.settings = settings
         self.client = client
@@ -56,7 +56,7 @@ class TomoPipeline:
         #: run uid -> its last final live preview (PreviewUpdate)
         self.previews: dict[str, Any] = {}
         if settings.jobs.executor != "none":
-            from .jobs.factory import make_monitor
+            from ..jobs.factory import make_monitor
 
             # the embedded server reads the data folder, so batch volumes are registered in place
             roots = [self.data_dir] if server is not None else None
@@ -100,7 +100,7 @@ class TomoPipeline:
         return self.sinks()
 
     def _submit_sink(self) -> Sink:
-        from .jobs.factory import make_submit_sink
+        from ..jobs.factory import make_submit_sink
 
         submit = make_submit_sink(self.settings, self.monitor)
         self._submit_sinks.append(submit)

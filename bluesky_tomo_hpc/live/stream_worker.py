@@ -26,12 +26,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
-from .model import ScanEnd
-from .sinks.base import Sink
-from .sinks.factory import SinkFactory
-from .sinks.preview import PreviewOutput
-from .sources.documents import TomoRunRouter
+from ..model import ScanEnd
+from ..settings import Settings, load_settings
+from ..sinks.base import Sink
+from ..sinks.factory import SinkFactory
+from ..sinks.preview import PreviewOutput
+from ..sources.documents import TomoRunRouter
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class StreamWorker:
         self.client = client if client is not None else self._connect_tiled()
         self.processed = None
         if self.client is not None:
-            from .results.tiled_results import processed_container
+            from ..results.tiled_results import processed_container
 
             self.processed = processed_container(self.client, self.settings.tiled.processed_container)
         #: each run's sinks, wired as in the in-process pipeline (the Tiled server is remote:
@@ -173,7 +173,7 @@ class StreamWorker:
         kwargs = dict(extra or {})
         if "dark_flat_resolver" not in kwargs and self.client is not None:
             try:  # dark/flat runs recorded separately (HEX layout) are found in the raw catalog
-                from .sources import documents
+                from ..sources import documents
 
                 resolver = getattr(documents, "tiled_dark_flat_resolver", None)
                 if resolver is not None:
@@ -314,7 +314,7 @@ class StreamWorker:
     def serve_pva(self, channel: str, *, max_runs: int | None = None, timeout_s: float | None = None,
                   ready: Callable[[], None] | None = None, **source_kwargs: Any) -> int:
         """Monitor an NTNDArray channel; returns the number of scans ended."""
-        from .sources.pva import PvaSource
+        from ..sources.pva import PvaSource
 
         source = PvaSource(_PerScanSinks(self.make_sinks), channel, **source_kwargs)
         self._max_runs = None if max_runs is None else len(self.ended) + max_runs
