@@ -21,6 +21,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
     from pydantic import ValidationError
 
+    from ..engine.memory import describe_budget
     from ..settings import load_settings
 
     try:
@@ -28,5 +29,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError, OSError) as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
+    budget, source = describe_budget(settings.memory_budget_mb)
     yaml.safe_dump(settings.model_dump(mode="json"), sys.stdout, sort_keys=False)
+    # what every path that streams a scan in slabs may use (full volume, recon, batch ranks...)
+    yaml.safe_dump({"effective": {"memory_budget": {"bytes": budget, "mib": round(budget / 2**20, 1),
+                                                    "from": source}}}, sys.stdout, sort_keys=False)
     return 0
