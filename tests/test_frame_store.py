@@ -136,6 +136,9 @@ def test_budget_below_one_slab_names_the_minimum(tmp_path, scan):
     outcome = service.outcomes["run-1"]
     assert not outcome.ok and "MemoryBudgetError" in outcome.message and "at least" in outcome.message
     assert not list((tmp_path / "volumes").rglob("*.zarr"))  # nothing that looks complete
+    staged = tmp_path / "scratch" / "run-1.input.h5"  # kept: a retry (recon FILE) needs only it
+    assert f"kept for a retry: {staged}" in outcome.message
+    np.testing.assert_array_equal(load_scan(staged).projections, scan["proj"])
     service.shutdown()
 
 
