@@ -22,8 +22,8 @@ from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
 from ..results.writer import TiledResultWriter
 from ..settings import Settings, load_settings
-from ..sinks.base import Sink, SinkFanout
 from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..sinks.sink import Sink, SinkFanout
 from ..sources.threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ..sinks.base import Sink
+from ..sinks.sink import Sink
 from .darkflat import DarkFlatResolver
 from .documents import TomoRunRouter
 from .recognise import Preset

@@ -17,7 +17,7 @@ from typing import Any
 
 from event_model import RunRouter
 
-from ..sinks.base import Sink
+from ..sinks.sink import Sink
 from .darkflat import DarkFlatCache, DarkFlatResolver
 from .recognise import DEFAULT_PRESETS, Preset, TomoLayout, TomoMetadataError, recognise
 from .resolvers import tiled_dark_flat_resolver

@@ -20,7 +20,7 @@ import numpy as np
 from event_model import DocumentRouter
 
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec
-from ..sinks.base import Sink
+from ..sinks.sink import Sink
 from .darkflat import DarkFlatCache, DarkFlatResolver, DarkFlatSet
 from .hdf5 import AD_HDF5_DATASET, AD_HDF5_SPECS, SwmrReader, path_from_uri
 from .recognise import TomoLayout
