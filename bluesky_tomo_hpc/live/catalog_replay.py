@@ -21,8 +21,8 @@ from typing import Any
 from ..engine.params import ReconParams
 from ..results.tiled_results import find_reconstructions
 from ..settings import Settings
-from ..sinks.base import Sink
 from ..sinks.factory import SinkFactory
+from ..sinks.sink import Sink
 from ..sources.recognise import recognise
 
 log = logging.getLogger(__name__)

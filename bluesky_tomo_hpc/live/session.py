@@ -21,9 +21,9 @@ from typing import Any
 from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
 from ..settings import Settings, load_settings
-from ..sinks.base import Sink
 from ..sinks.factory import DetectorCenters, SinkFactory
-from .threaded import ThreadedCallback
+from ..sinks.sink import Sink
+from ..sources.threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class TomoPipeline:
 
     def close(self) -> None:
         self.unsubscribe()
-        self.callback.stop()
+        self.callback.close()
         self.tiled_writer.close()
         if self.monitor is not None:
             self.monitor.stop()

@@ -28,9 +28,9 @@ from typing import Any
 
 from ..model import ScanEnd
 from ..settings import Settings, load_settings
-from ..sinks.base import Sink
 from ..sinks.factory import SinkFactory
 from ..sinks.preview import PreviewOutput
+from ..sinks.sink import Sink
 from ..sources.documents import TomoRunRouter
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from typing import Any
 
 from ..engine.memory import budget_bytes
 from ..settings import Settings
-from .base import Sink, SinkFanout
 from .full_volume import FullVolumeSink, ReconOutcome, ReconService
+from .sink import Sink, SinkFanout
 
 #: confidence a full volume's centre needs before the next scan of that detector starts from it
 CONFIDENT = 0.5
