@@ -10,6 +10,8 @@ from test_preview import phantom_scan, spec_for  # tests/ is on sys.path
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
+from bluesky_tomo_hpc.jobs.staging import write_exchange_file
+from bluesky_tomo_hpc.jobs.volume_at_stop import VolumeAtStop, plan_slabs, reconstruct_file_to_zarr
 from bluesky_tomo_hpc.model import (
     FrameBatch,
     FrameRole,
@@ -20,7 +22,6 @@ from bluesky_tomo_hpc.model import (
 )
 from bluesky_tomo_hpc.sinks.frame_store import FrameStore, safe_file_stem
 from bluesky_tomo_hpc.sinks.full_volume import FullVolumeSink, ReconService
-from bluesky_tomo_hpc.sinks.slab_volume import plan_slabs, reconstruct_file_to_zarr
 from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 
@@ -46,6 +47,13 @@ def feed_from_file(sink, scan, where, chunk=10):
                        origin=(*where["projection"], i, j)))
 
 
+def stage(store):
+    """What the full volume does at stop before reconstructing: check, then stage virtual views."""
+    store.close_spill()
+    store.check()
+    return write_exchange_file(store.spec, store.batches(), store.staged_path)
+
+
 def whole(scan) -> ScanData:
     return ScanData(projections=scan["proj"], theta=scan["theta"], darks=scan["darks"], flats=scan["flats"])
 
@@ -65,7 +73,7 @@ def test_event_frames_spill_to_scratch_out_of_order_and_replayed(tmp_path, scan)
     store.add(batch(FrameRole.FLAT, range(4), scan["flats"], times=np.zeros(4)))
     store.add(batch(FrameRole.DARK, range(4), scan["darks"]))
     assert store.spill_path.exists() and store.spilled_frames == 90 + 15 + 8
-    staged = store.stage()
+    staged = stage(store)
     data = load_scan(staged)
     np.testing.assert_array_equal(data.projections, scan["proj"])
     np.testing.assert_allclose(data.theta, theta)
@@ -79,7 +87,7 @@ def test_frames_in_files_are_not_copied(tmp_path, scan):
     where = write_raw(tmp_path / "raw.h5", scan)
     store = FrameStore(spec_for(scan), tmp_path / "scratch")
     feed_from_file(store, scan, where)
-    staged = store.stage()
+    staged = stage(store)
     assert not store.spill_path.exists()
     assert staged.stat().st_size < 64 * 1024  # views onto the raw file, not a copy
     with h5py.File(staged) as f:
@@ -116,7 +124,7 @@ def test_slab_volume_equals_the_whole_scan_reconstruction(tmp_path, scan, binnin
     budget = 2**20 if binning == 1 else 300 * 2**10  # a few rows per slab
     plan = plan_slabs(budget, n_proj=n_proj, n_calib=8, nx=nx, itemsize=2, rows=(0, ny), params=params)
     assert len(plan.slabs()) >= 3
-    result = reconstruct_file_to_zarr(store.stage(), params, tmp_path / "v.zarr", budget=budget)
+    result = reconstruct_file_to_zarr(stage(store), params, tmp_path / "v.zarr", budget=budget)
     expected = reconstruct_scan(whole(scan), params).volume
     assert result.volume.shape == expected.shape
     np.testing.assert_allclose(result.volume[:], expected, rtol=0, atol=1e-5)
@@ -128,7 +136,7 @@ def test_budget_below_one_slab_names_the_minimum(tmp_path, scan):
         plan_slabs(2**20, n_proj=1969, n_calib=40, nx=2560, itemsize=2, rows=(0, 2160),
                    params=ReconParams())
     service = ReconService()
-    sink = FullVolumeSink(ReconParams(center=33.0), service, data_dir=tmp_path, budget=2**16)
+    sink = FullVolumeSink(ReconParams(center=33.0), service, VolumeAtStop(2**16), data_dir=tmp_path)
     sink.open(spec_for(scan))
     feed_from_file(sink, scan, write_raw(tmp_path / "raw.h5", scan))
     sink.close(ScanEnd("run-1"))
@@ -150,7 +158,7 @@ def test_missing_raw_file_at_stop_is_named_and_nothing_looks_complete(tmp_path, 
         f.create_dataset("flats", data=scan["flats"])
     where["flat"] = (str(flats), "flats")
     service = ReconService()
-    sink = FullVolumeSink(ReconParams(center=33.0), service, data_dir=tmp_path / "data")
+    sink = FullVolumeSink(ReconParams(center=33.0), service, VolumeAtStop(2**28), data_dir=tmp_path / "data")
     sink.open(spec_for(scan))
     feed_from_file(sink, scan, where)
     flats.unlink()  # the flat-field file vanished before the stop
@@ -167,7 +175,7 @@ def test_missing_raw_file_at_stop_is_named_and_nothing_looks_complete(tmp_path, 
 
 def test_full_volume_sink_removes_scratch_after_success(tmp_path, scan):
     service = ReconService()
-    sink = FullVolumeSink(ReconParams(center=33.0), service, data_dir=tmp_path)
+    sink = FullVolumeSink(ReconParams(center=33.0), service, VolumeAtStop(2**28), data_dir=tmp_path)
     sink.open(spec_for(scan))
     for i in range(0, 90, 30):  # frames inside events: spilled
         frames, angles = scan["proj"][i:i + 30], scan["theta"][i:i + 30]

@@ -21,9 +21,9 @@ from typing import Any
 from ..engine.params import ReconParams
 from ..results.tiled_results import find_reconstructions
 from ..settings import Settings
-from ..sinks.factory import SinkFactory
 from ..sinks.sink import Sink
 from ..sources.recognise import recognise
+from .scan_sinks import SinkFactory
 
 log = logging.getLogger(__name__)
 

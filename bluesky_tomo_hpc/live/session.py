@@ -21,9 +21,9 @@ from typing import Any
 from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
 from ..settings import Settings, load_settings
-from ..sinks.factory import DetectorCenters, SinkFactory
 from ..sinks.sink import Sink
 from ..sources.threaded import ThreadedCallback
+from .scan_sinks import DetectorCenters, SinkFactory
 
 log = logging.getLogger(__name__)
 

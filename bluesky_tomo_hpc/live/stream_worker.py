@@ -28,10 +28,10 @@ from typing import Any
 
 from ..model import ScanEnd
 from ..settings import Settings, load_settings
-from ..sinks.factory import SinkFactory
 from ..sinks.preview import PreviewOutput
 from ..sinks.sink import Sink
 from ..sources.documents import TomoRunRouter
+from .scan_sinks import SinkFactory
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,11 @@ Why: a real scan (1969 x 2160 x 2560 uint16, 21 GB) does not fit in a workstatio
 most of it is already in the detector's HDF5 file. So the full-volume sink records, per role and
 index, *where* a frame is: frames that arrive with an ``origin`` (Resource / StreamResource) stay
 in their raw file; frames that travelled inside event documents are appended, as they arrive, to
-a scratch HDF5 file in the data folder. At stop, :meth:`FrameStore.stage` writes one
-data-exchange file whose datasets are HDF5 virtual views onto those frames (the same zero-copy
-staging a batch job reads, :func:`~bluesky_tomo_hpc.jobs.staging.write_exchange_file`), which the
-reconstruction then reads in row slabs.
+a scratch HDF5 file in the data folder. At stop, :meth:`FrameStore.batches` lists the scan as
+frame-less batches whose origins point at those frames: the zero-copy staging of a batch job
+(:func:`~bluesky_tomo_hpc.jobs.staging.write_exchange_file`) turns them into one data-exchange
+file of HDF5 virtual views, which the reconstruction reads in row slabs
+(:mod:`bluesky_tomo_hpc.jobs.volume_at_stop`).
 
 Frames are placed by their index within their role, so batches that arrive late, out of order or
 twice (a replay after a worker restart) still stage in acquisition order; the last copy wins.
@@ -60,7 +61,12 @@ class FrameStore:
         self.staged_path = self.scratch_dir / f"{stem}.input.h5"
         self._roles = {r: _RoleIndex() for r in FrameRole}
         self._spill: h5py.File | None = None
-        self._frame_shapes: dict[tuple[str, str], tuple[int, ...] | None] = {}
+        # a file source that read a crop or a binning of its frames (``iter_file_stream`` records
+        # them in the metadata): its origins point at the full frames, so its frames are spilled
+        meta = spec.metadata or {}
+        rows = meta.get("rows")
+        self._cropped = int(meta.get("binning") or 1) != 1 or (
+            rows is not None and list(rows) != [0, spec.frame_shape[0]])
         self.spilled_frames = 0
 
     # -- while the scan runs ----------------------------------------------------------------
@@ -68,7 +74,7 @@ class FrameStore:
         role = FrameRole(batch.role)
         store = self._roles[role]
         indices = [int(i) for i in np.asarray(batch.indices).tolist()]
-        if batch.origin is not None and self._origin_usable(batch.origin):
+        if batch.origin is not None and not self._cropped:
             fname, dset, start, _ = batch.origin
             places = [(str(fname), str(dset), start + k) for k in range(len(indices))]
         else:
@@ -79,23 +85,6 @@ class FrameStore:
                 store.angles[idx] = float(batch.angles[k])
             if batch.timestamps is not None:
                 store.times[idx] = float(batch.timestamps[k])
-
-    def _origin_usable(self, origin: tuple[str, str, int, int]) -> bool:
-        """The raw file holds these frames as the scan describes them (not cropped or binned)."""
-        fname, dset, start, stop = origin
-        key = (str(fname), str(dset))
-        if key not in self._frame_shapes:
-            from ..sources.hdf5 import open_swmr
-
-            try:
-                with open_swmr(str(fname)) as f:
-                    obj = f.get(dset)
-                    self._frame_shapes[key] = tuple(obj.shape[1:]) if isinstance(obj, h5py.Dataset) else None
-            except OSError as exc:
-                log.warning("run %s: cannot open %s now (%s); its frames are spilled to scratch",
-                            self.spec.run_uid, fname, exc)
-                self._frame_shapes[key] = None
-        return self._frame_shapes[key] == tuple(self.spec.frame_shape) and stop > start
 
     def _spill_frames(self, role: FrameRole, frames: np.ndarray) -> list[tuple[str, str, int]]:
         if self._spill is None:
@@ -172,14 +161,6 @@ class FrameStore:
                                       angles=angles, timestamps=times, run_uid=self.spec.run_uid,
                                       origin=(f, d, p, p + len(run))))
         return out
-
-    def stage(self) -> Path:
-        """Check the scan and write :attr:`staged_path`: a data-exchange file of virtual views."""
-        from ..jobs.staging import write_exchange_file
-
-        self.close_spill()
-        self.check()
-        return write_exchange_file(self.spec, self.batches(), self.staged_path)
 
     def close_spill(self) -> None:
         if self._spill is not None:

@@ -24,6 +24,15 @@ from .frame_store import FrameStore, safe_file_stem
 log = logging.getLogger(__name__)
 
 
+class VolumeMaker(Protocol):
+    """Turns a finished scan's :class:`FrameStore` into a volume in ``out_dir``; returns the
+    result (centre, timings, the volume as a lazily read array) and the Zarr array's path.
+    The one used everywhere is :class:`bluesky_tomo_hpc.jobs.volume_at_stop.VolumeAtStop`."""
+
+    def __call__(self, store: FrameStore, params: ReconParams, out_dir: Path,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[Any, Path]: ...
+
+
 class ResultWriter(Protocol):
     """Where a finished reconstruction goes (Tiled, files...). Returns a location string."""
 
@@ -114,20 +123,18 @@ class FullVolumeSink:
         self,
         params: ReconParams,
         service: ReconService,
+        make_volume: VolumeMaker,
         writer: ResultWriter | None = None,
         progress: Callable[[int, int], None] | None = None,
         *,
         data_dir: str | Path,
-        budget: int | None = None,
     ):
-        from ..engine.memory import budget_bytes
-
         self.params = params
         self.service = service
+        self.make_volume = make_volume
         self.writer = writer
         self.progress = progress
         self.data_dir = Path(data_dir)
-        self.budget = budget if budget is not None else budget_bytes(None)
         self._store: FrameStore | None = None
 
     def open(self, spec: ScanSpec) -> None:
@@ -138,10 +145,9 @@ class FullVolumeSink:
             raise RuntimeError("FullVolumeSink.add before open")
         self._store.add(batch)
 
-    def volume_path(self, spec: ScanSpec) -> Path:
-        """Where the volume's Zarr store goes: ``volumes/<run>/<params hash>/full.zarr``."""
-        run = safe_file_stem(spec.run_uid)
-        return self.data_dir / "volumes" / run / self.params.params_hash / "full.zarr"
+    def volume_dir(self, spec: ScanSpec) -> Path:
+        """Where the volume goes: ``volumes/<run>/<params hash>/`` in the data folder."""
+        return self.data_dir / "volumes" / safe_file_stem(spec.run_uid) / self.params.params_hash
 
     def close(self, end: ScanEnd) -> None:
         store, self._store = self._store, None
@@ -154,20 +160,13 @@ class FullVolumeSink:
             self.service.outcomes[end.run_uid] = ReconOutcome(
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
-        params, writer, progress, budget = self.params, self.writer, self.progress, self.budget
-        zarr_path = self.volume_path(store.spec)
+        params, writer, progress, make_volume = self.params, self.writer, self.progress, self.make_volume
+        out_dir = self.volume_dir(store.spec)
 
         def job() -> ReconOutcome:
-            from .slab_volume import reconstruct_file_to_zarr
-
             spec = store.spec
             try:
-                t0 = time.perf_counter()
-                staged = store.stage()
-                staging_s = time.perf_counter() - t0
-                result = reconstruct_file_to_zarr(staged, params, zarr_path, budget=budget, progress=progress,
-                                                  attrs={"raw_uid": spec.run_uid})
-                result.timings["stage"] = staging_s
+                result, zarr_path = make_volume(store, params, out_dir, progress)
                 location = (writer.write(spec, result, zarr_path=zarr_path) if writer is not None
                             else str(zarr_path))
             except Exception as exc:  # reported in the outcome, never raised into a scan

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.memory import budget_bytes
+from ..jobs.volume_at_stop import VolumeAtStop
 from ..settings import Settings
-from .full_volume import FullVolumeSink, ReconOutcome, ReconService
-from .sink import Sink, SinkFanout
+from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService
+from ..sinks.sink import Sink, SinkFanout
 
 #: confidence a full volume's centre needs before the next scan of that detector starts from it
 CONFIDENT = 0.5
@@ -91,11 +92,11 @@ class SinkFactory:
         self.publisher: Any = None
         outputs: list[Any] = []
         if pv.zmq_address:  # first: a viewer must not wait on files or Tiled
-            from .preview_stream import PreviewPublisher
+            from ..sinks.preview_stream import PreviewPublisher
 
             self.publisher = PreviewPublisher(pv.zmq_address)
             outputs.append(self.publisher)
-        from .preview import PreviewFileWriter, PreviewTiledWriter
+        from ..sinks.preview import PreviewFileWriter, PreviewTiledWriter
 
         outputs.append(PreviewFileWriter(self.png_dir))
         self.result_writer = None
@@ -114,7 +115,7 @@ class SinkFactory:
 
     def preview(self) -> Sink:
         """A live three-slice preview with the settings' binning, positions, filter and budgets."""
-        from .preview import PreviewSink
+        from ..sinks.preview import PreviewSink
 
         pv, recon = self.settings.preview, self.settings.recon
         center = recon.center if isinstance(recon.center, float | int) else None
@@ -128,8 +129,8 @@ class SinkFactory:
 
     def volume(self) -> FullVolumeSink:
         """The full volume at stop, within the memory budget."""
-        return FullVolumeSink(self.settings.recon, self.service, self.result_writer, progress=self.progress,
-                              data_dir=self.data_dir, budget=self.budget)
+        return FullVolumeSink(self.settings.recon, self.service, VolumeAtStop(self.budget),
+                              self.result_writer, progress=self.progress, data_dir=self.data_dir)
 
     def __call__(self) -> Sink:
         sinks: list[Sink] = []

@@ -1,8 +1,9 @@
-"""Reconstruct a staged scan file slab by slab straight into a Zarr store, within a memory budget.
+"""The full volume at stop: stage the scan, reconstruct it slab by slab into Zarr, in a budget.
 
 Why: the full volume at stop must not hold the scan or the volume (a 21 GB scan makes a 56 GB
-float32 volume). The scan is read from its data-exchange file (virtual views onto the raw and
-scratch files, see :mod:`.frame_store`) in slabs of detector rows; each slab goes through the
+float32 volume). The scan is staged as one data-exchange file of virtual views onto the raw and
+scratch files (:mod:`bluesky_tomo_hpc.sinks.frame_store`, :mod:`.staging`) and read back in
+slabs of detector rows; each slab goes through the
 one engine entry point, :func:`~bluesky_tomo_hpc.engine.reconstruct.reconstruct_scan`, with the
 centre fixed once for the whole volume, and its slices are written into the Zarr array before
 the next slab is read. The slab height derives from the memory budget
@@ -27,9 +28,10 @@ import numpy as np
 from ..engine.memory import rows_per_slab
 from ..engine.params import ReconParams
 from ..engine.reconstruct import ReconResult
+from .staging import write_exchange_file
 
 #: float32 working copies of a projection row alive at once in preprocessing (cast, normalised,
-#: -log / ring removal); measured with ``tests/test_full_volume_bounded.py``
+#: -log / ring removal); checked by ``tests/test_full_volume_bounded.py``
 PREPROCESS_COPIES = 3
 
 
@@ -157,3 +159,25 @@ def reconstruct_file_to_zarr(
     return ReconResult(volume=zarr.open_array(str(zarr_path), mode="r"), center=center,
                        center_confidence=conf, center_method=method, timings=timings, params=params,
                        warnings=warnings, rows=plan.rows, engine=engine)
+
+
+class VolumeAtStop:
+    """What a :class:`~bluesky_tomo_hpc.sinks.full_volume.FullVolumeSink` runs at stop: stage the
+    frame store, then :func:`reconstruct_file_to_zarr` into ``out_dir/full.zarr`` within
+    ``budget`` bytes."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+
+    def __call__(self, store: Any, params: ReconParams, out_dir: Path,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[ReconResult, Path]:
+        t0 = time.perf_counter()
+        store.close_spill()
+        store.check()
+        staged = write_exchange_file(store.spec, store.batches(), store.staged_path)
+        staging_s = time.perf_counter() - t0
+        zarr_path = Path(out_dir) / "full.zarr"
+        result = reconstruct_file_to_zarr(staged, params, zarr_path, budget=self.budget, progress=progress,
+                                          attrs={"raw_uid": store.spec.run_uid})
+        result.timings["stage"] = staging_s
+        return result, zarr_path
