@@ -191,3 +191,21 @@ def test_full_volume_sink_removes_scratch_after_success(tmp_path, scan):
     expected = reconstruct_scan(whole(scan), ReconParams(center=33.0)).volume
     np.testing.assert_allclose(outcome.result.volume[:], expected, atol=1e-5)
     service.shutdown()
+
+
+def test_a_cropped_file_stream_is_spilled_not_read_from_its_full_frames(tmp_path, scan):
+    """``iter_file_stream(rows=...)`` crops frames whose origins are the full frames."""
+    from bluesky_tomo_hpc.sources.raw_files import iter_file_stream
+
+    raw = tmp_path / "scan.h5"
+    with h5py.File(raw, "w") as f:
+        f.create_dataset("exchange/data", data=scan["proj"])
+        f.create_dataset("exchange/data_white", data=scan["flats"])
+        f.create_dataset("exchange/data_dark", data=scan["darks"])
+        f.create_dataset("exchange/theta", data=np.degrees(scan["theta"]))
+    items = list(iter_file_stream(raw, rows=(4, 12)))
+    store = FrameStore(items[0], tmp_path / "scratch")
+    for item in items[1:-1]:
+        store.add(item)
+    assert store.spilled_frames == 98
+    np.testing.assert_array_equal(load_scan(stage(store)).projections, scan["proj"][:, 4:12])
