@@ -18,9 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
+from bluesky_tomo_hpc.results.files import write_provenance, write_zarr_volume
+
 from bluesky_tomo_hpc import ReconParams
 from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
-from bluesky_tomo_hpc.results.files import write_provenance, write_zarr_volume
 from bluesky_tomo_hpc.results.pictures import save_orthoslices_png
 from bluesky_tomo_hpc.results.tiled_results import preview_slices
 from bluesky_tomo_hpc.sources.files import load_scan

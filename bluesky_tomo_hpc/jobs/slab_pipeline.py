@@ -39,13 +39,13 @@ def slab_bytes_per_row(n_projections: int, n_columns: int, binning: int) -> tupl
     Per row in flight: the raw uint16 frames (2 B/pixel) and float32 working copies while one slab
     is normalised, one prepared slab queued and one being reconstructed (4 B per binned pixel
     each, 2 copies while preparing), and three slabs of output slices (computing, queued,
-    writing). Fixed: the engine's per-chunk scratch (padded complex sinograms) of
+    writing). Fixed: the engine's per-chunk scratch (one copy of padded complex64 sinograms) of
     ``ReconParams.chunk_slices`` slices, counted at the default 16.
     """
     p, n, b = int(n_projections), int(n_columns), max(1, int(binning))
     nb = n // b
     per_row = 2 * p * n + (4 * p * nb * (_INPUT_SLABS + 1)) // b + (4 * nb * nb * _OUTPUT_SLABS) // b
-    fixed = 16 * p * 2 * nb * 8 * 2
+    fixed = 16 * p * 2 * nb * 8
     return per_row, fixed
 
 
