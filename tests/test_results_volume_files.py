@@ -202,3 +202,12 @@ def test_pixel_size_from_the_scan_file_and_binning(tmp_path):
     ms = (attrs.get("ome") or attrs)["multiscales"][0]
     assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx([1.3] * 3)
     assert json.loads((out / "provenance.json").read_text())["voxel_size_um"] == pytest.approx(1.3)
+
+
+def test_ranks_on_a_node_share_its_budget():
+    from bluesky_tomo_hpc.jobs.batch import rank_budget_bytes
+    from bluesky_tomo_hpc.jobs.job import Resources
+
+    assert rank_budget_bytes(Resources(ranks=4, memory_budget_mb=400), 4) == 100 * 2**20
+    assert rank_budget_bytes(Resources(ranks=4, nodes=2, memory_budget_mb=400), 4) == 200 * 2**20
+    assert rank_budget_bytes(Resources(ranks=4, memory_budget_mb=400), 1) == 400 * 2**20  # recon FILE

@@ -32,7 +32,7 @@ import numpy as np
 from ..model import TomoDataError
 from ..results.provenance import CenterChoice, provenance_record
 from ..results.volume_files import ResultLayout, VolumeWriter
-from .job import ReconJob
+from .job import ReconJob, Resources
 from .slab_pipeline import RankReport, reconstruct_rows, slab_rows
 
 log = logging.getLogger("bluesky_tomo_hpc.batch")
@@ -113,9 +113,17 @@ def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     return CenterChoice(to_unbinned(c, b), conf, method)
 
 
+def rank_budget_bytes(resources: Resources, size: int) -> int:
+    """One rank's share of its node's memory budget (``Resources.memory_budget_mb``, else the
+    node's default): ranks on one node share it, so N ranks never take N budgets."""
+    from ..engine.memory import budget_bytes
+
+    per_node = -(-min(size, resources.ranks) // resources.nodes)
+    return budget_bytes(resources.memory_budget_mb) // max(1, per_node)
+
+
 def _plan(job: ReconJob, size: int) -> dict[str, Any]:
     """Rank 0: everything the ranks share (shape, rows, centre, slab size, voxel size)."""
-    from ..engine.memory import budget_bytes
     from ..sources.files import describe_scan
 
     path = Path(job.input_path)
@@ -131,7 +139,7 @@ def _plan(job: ReconJob, size: int) -> dict[str, Any]:
     if nz < 1:
         raise TomoDataError(f"rows {r0}:{r1} with binning {b} leave no slice to reconstruct")
     chunk = min(job.outputs.zarr_chunk_z, nz)
-    slab = slab_rows(budget_bytes(job.resources.memory_budget_mb), nproj, nx, b, chunk_slices=chunk,
+    slab = slab_rows(rank_budget_bytes(job.resources, size), nproj, nx, b, chunk_slices=chunk,
                      cap_slices=job.outputs.slab_slices)
     t = time.perf_counter()
     center = _find_center(job, (r0, r0 + nz * b))

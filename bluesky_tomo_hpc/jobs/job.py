@@ -37,7 +37,8 @@ class Resources(_Model):
     account: str | None = None
     container_image: str | None = Field(None, description="run the batch program inside this image")
     memory_budget_mb: float | None = Field(
-        None, gt=0, description="per rank: slab sizes derive from it; None: the machine's default budget")
+        None, gt=0, description="per node, shared by its ranks: slab sizes derive from it; None: the "
+        "node's default budget (engine.memory)")
 
 
 class JobOutputs(_Model):
