@@ -205,7 +205,7 @@ def test_pixel_size_from_the_scan_file_and_binning(tmp_path):
 
 
 def test_ranks_on_a_node_share_its_budget():
-    from bluesky_tomo_hpc.jobs.batch import rank_budget_bytes
+    from bluesky_tomo_hpc.jobs.batch_program import rank_budget_bytes
     from bluesky_tomo_hpc.jobs.job import Resources
 
     assert rank_budget_bytes(Resources(ranks=4, memory_budget_mb=400), 4) == 100 * 2**20

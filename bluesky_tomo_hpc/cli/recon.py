@@ -1,6 +1,6 @@
 """``bluesky-tomo-hpc recon FILE``: reconstruct a data-exchange or NXtomo file to disk.
 
-Why a CLI: the same program as the HPC batch job (:mod:`bluesky_tomo_hpc.jobs.batch` on one rank,
+Why a CLI: the same program as the HPC batch job (:mod:`bluesky_tomo_hpc.jobs.batch_program` on one rank,
 no MPI needed), for a file on disk (re-processing, checking a centre, a user's laptop). Rows are
 read in slabs sized from the memory budget, reading and writing overlap the reconstruction, and
 the result folder (OME-Zarr, TIFF per detector row, provenance JSON) appears only when complete;
@@ -105,9 +105,9 @@ def _params(args: argparse.Namespace) -> Any:
 
 
 def _job(args: argparse.Namespace, params: Any, out: Path) -> Any:
-    from ..config import load_settings
     from ..jobs.job import JobOutputs, ReconJob, Resources
-    from ..sources.files import file_run_uid
+    from ..settings import load_settings
+    from ..sources.raw_files import file_run_uid
 
     budget = args.memory_budget_mb if args.memory_budget_mb is not None else load_settings().memory_budget_mb
     slab_slices = max(1, args.slab_rows // params.binning) if args.slab_rows else JobOutputs.model_fields[
@@ -124,9 +124,9 @@ def _job(args: argparse.Namespace, params: Any, out: Path) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..jobs.batch import SingleRank, run
+    from ..jobs.batch_program import SingleRank, run
     from ..model import TomoDataError
-    from ..sources.files import describe_scan
+    from ..sources.raw_files import describe_scan
 
     path: Path = args.file
     if not path.is_file():
@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _estimate_center(path: Path, rows: tuple[int, int], params: Any) -> tuple[float, float, str]:
     """The centre the batch program would use for these rows (given, or found)."""
-    from ..jobs.batch import _find_center
+    from ..jobs.batch_program import _find_center
     from ..jobs.job import JobOutputs, ReconJob
 
     job = ReconJob(run_uid="try", input_path=path, params=params, outputs=JobOutputs(directory=Path(".")))
@@ -171,8 +171,8 @@ def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: fl
          args: argparse.Namespace, out: Path) -> int:
     """Contact sheet of centres ``estimate +/- width`` around the middle row of ``rows``."""
     from ..engine.center import try_centers
-    from ..engine.pipeline import preprocess_projections, to_binned
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import preprocess_projections, to_binned
+    from ..sources.raw_files import load_scan
 
     b = params.binning
     mid = (rows[0] + rows[1]) // 2

@@ -139,14 +139,14 @@ def reconstruct_rows(
     """Reconstruct unbinned detector rows ``rows`` of ``input_path`` at ``center`` (unbinned
     column) in slabs of ``slab`` rows, calling ``write(z, slices)`` on a writer thread with
     ``z`` = the slab's first slice + ``z_offset``. ``progress(slices)`` after each slab written."""
-    from ..engine.pipeline import (
+    from ..engine.reconstruct import (
         make_chunk_reconstructor,
         preprocess_projections,
         reconstruct_prepared,
         to_binned,
     )
     from ..engine.tomopy_engine import resolve_engine
-    from ..sources.files import load_scan
+    from ..sources.raw_files import load_scan
 
     b = params.binning
     report = RankReport(engine=resolve_engine(params))

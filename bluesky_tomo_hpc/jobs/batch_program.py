@@ -97,8 +97,8 @@ class SingleRank:
 
 def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
-    from ..engine.pipeline import find_center, preprocess_projections, to_unbinned
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import find_center, preprocess_projections, to_unbinned
+    from ..sources.raw_files import load_scan
 
     if job.params.center != "auto":
         return CenterChoice(float(job.params.center), 1.0, "given")
@@ -124,7 +124,7 @@ def rank_budget_bytes(resources: Resources, size: int) -> int:
 
 def _plan(job: ReconJob, size: int) -> dict[str, Any]:
     """Rank 0: everything the ranks share (shape, rows, centre, slab size, voxel size)."""
-    from ..sources.files import describe_scan
+    from ..sources.raw_files import describe_scan
 
     path = Path(job.input_path)
     if not path.exists():
