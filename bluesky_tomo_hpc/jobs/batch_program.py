@@ -123,7 +123,7 @@ def rank_budget_bytes(resources: Resources, size: int) -> int:
 
 
 def _plan(job: ReconJob, size: int) -> dict[str, Any]:
-    """Rank 0: everything the ranks share (shape, rows, centre, slab size, voxel size)."""
+    """Rank 0: what the ranks share (shape, rows, slab size, voxel size; the centre comes next)."""
     from ..sources.raw_files import describe_scan
 
     path = Path(job.input_path)
@@ -141,13 +141,10 @@ def _plan(job: ReconJob, size: int) -> dict[str, Any]:
     chunk = min(job.outputs.zarr_chunk_z, nz)
     slab = slab_rows(rank_budget_bytes(job.resources, size), nproj, nx, b, chunk_slices=chunk,
                      cap_slices=job.outputs.slab_slices)
-    t = time.perf_counter()
-    center = _find_center(job, (r0, r0 + nz * b))
     pixel = (job.outputs.pixel_size_um or job.metadata.get("pixel_size_um")
              or desc.metadata.get("pixel_size_um"))
     return {"rows": (r0, r0 + nz * b), "shape": (nz, nx // b, nx // b), "chunk": chunk, "slab": slab,
-            "center": center, "center_s": time.perf_counter() - t, "format": desc.format,
-            "voxel_size_um": float(pixel) * b if pixel else None}
+            "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None}
 
 
 def _writer(job: ReconJob, plan: dict[str, Any], create: bool) -> VolumeWriter:
@@ -185,8 +182,15 @@ def run(
         hasher = threading.Thread(target=lambda: checksum.update(sha256=file_sha256(job.input_path)),
                                   name="input-checksum", daemon=True)
         plan = _plan(job, size)
-        writer = _writer(job, plan, create=True)
-        hasher.start()  # after the input was found; overlaps the reconstruction
+        writer = _writer(job, plan, create=True)  # refuses an existing result before any work
+        hasher.start()  # after the input was found; overlaps the centre search and reconstruction
+        t = time.perf_counter()
+        try:
+            plan["center"] = _find_center(job, plan["rows"])
+        except BaseException as exc:
+            writer.fail(exc)
+            raise
+        plan["center_s"] = time.perf_counter() - t
     plan = comm.bcast(plan, root=0)
     comm.Barrier()  # the .partial folder exists
     if writer is None:
