@@ -25,13 +25,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture
 def dx_file(tmp_path):
     """A data-exchange file of the simulated phantom: 10 rows, 79 columns (odd), axis at 40.0."""
-    data = make_scan(n_det=79, ny=10, n_angles=90, center=40.0)
-    path = tmp_path / "scan.h5"
+    return write_dxchange(tmp_path / "scan.h5", make_scan(n_det=79, ny=10, n_angles=90, center=40.0))
+
+
+def write_dxchange(path, data, **extra):
+    """``data`` (a ScanData) as a data-exchange file; ``extra``: more datasets, path -> value."""
     with h5py.File(path, "w") as f:
         f["/exchange/data"] = data.projections
         f["/exchange/data_white"] = data.flats
         f["/exchange/data_dark"] = data.darks
         f["/exchange/theta"] = np.rad2deg(data.theta)
+        for key, value in extra.items():
+            f[key] = value
     return path
 
 

@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 import tifffile
-from test_engine_recon_cli import _parse, dx_file  # noqa: F401 - fixture reused
+from test_engine_recon_cli import _parse, dx_file, write_dxchange  # noqa: F401 - fixture reused
 from test_engine_recon_pipeline import make_scan
 
 from bluesky_tomo_hpc.cli import recon as recon_cli
@@ -184,17 +184,10 @@ def test_slab_rows_follow_the_budget():
 
 
 def test_pixel_size_from_the_scan_file_and_binning(tmp_path):
-    import h5py
     import zarr
 
-    data = make_scan(n_det=32, ny=4, n_angles=60, center=15.5)
-    path = tmp_path / "px.h5"
-    with h5py.File(path, "w") as f:
-        f["/exchange/data"] = data.projections
-        f["/exchange/data_white"] = data.flats
-        f["/exchange/data_dark"] = data.darks
-        f["/exchange/theta"] = np.rad2deg(data.theta)
-        f["/measurement/instrument/detection_system/objective/resolution"] = 0.65
+    path = write_dxchange(tmp_path / "px.h5", make_scan(n_det=32, ny=4, n_angles=60, center=15.5), **{
+        "/measurement/instrument/detection_system/objective/resolution": 0.65})
     out = tmp_path / "rec"
     assert recon_cli.run(_parse(["recon", str(path), "--out", str(out), "--binning", "2", "--center",
                                  "15.5"])) == 0

@@ -13,6 +13,7 @@ import hashlib
 import platform
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata as _md
 from pathlib import Path
@@ -110,7 +111,7 @@ def provenance_record(
 
 def jsonable(obj: Any) -> Any:
     """NumPy scalars/arrays, tuples and paths -> plain JSON types."""
-    if isinstance(obj, dict):
+    if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [jsonable(v) for v in obj]

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.params import ReconParams
-from .provenance import software_versions
+from .provenance import jsonable, software_versions
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +66,7 @@ def preview_slices(
 
 def _clean_metadata(md: Mapping[str, Any]) -> dict[str, Any]:
     """Tiled metadata must be JSON/msgpack-able: numpy scalars and tuples are converted."""
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {str(k): conv(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [conv(x) for x in v]
-        if isinstance(v, np.generic):
-            return v.item()
-        if isinstance(v, np.ndarray):
-            return v.tolist()
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    return conv(dict(md))
+    return jsonable(dict(md))
 
 
 def _zarr_structure(path: Path) -> Any:
