@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
@@ -10,8 +13,9 @@ from test_preview import phantom_scan, spec_for  # tests/ is on sys.path
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
+from bluesky_tomo_hpc.jobs.slab_pipeline import slab_rows
 from bluesky_tomo_hpc.jobs.staging import write_exchange_file
-from bluesky_tomo_hpc.jobs.volume_at_stop import VolumeAtStop, plan_slabs, reconstruct_file_to_zarr
+from bluesky_tomo_hpc.jobs.volume_at_stop import VolumeAtStop
 from bluesky_tomo_hpc.model import (
     FrameBatch,
     FrameRole,
@@ -114,40 +118,40 @@ def test_uids_never_leave_the_scratch_folder():
         assert "/" not in safe_file_stem(bad) and safe_file_stem(bad).startswith("run-")
 
 
+def run_sink(tmp_path, scan, budget, params, feed=None):
+    """A FullVolumeSink fed ``scan`` (from a raw file by default), run to its outcome."""
+    service = ReconService()
+    sink = FullVolumeSink(params, service, VolumeAtStop(budget), data_dir=tmp_path / "data")
+    sink.open(spec_for(scan))
+    (feed or (lambda s: feed_from_file(s, scan, write_raw(tmp_path / "raw.h5", scan))))(sink)
+    sink.close(ScanEnd("run-1"))
+    assert service.wait(120)
+    service.shutdown()
+    return service.outcomes["run-1"]
+
+
 @pytest.mark.parametrize("binning", [1, 2])
 def test_slab_volume_equals_the_whole_scan_reconstruction(tmp_path, scan, binning):
-    where = write_raw(tmp_path / "raw.h5", scan)
-    store = FrameStore(spec_for(scan), tmp_path / "scratch")
-    feed_from_file(store, scan, where)
     params = ReconParams(center=33.0, binning=binning)
-    n_proj, ny, nx = scan["proj"].shape
-    budget = 2**20 if binning == 1 else 300 * 2**10  # a few rows per slab
-    plan = plan_slabs(budget, n_proj=n_proj, n_calib=8, nx=nx, itemsize=2, rows=(0, ny), params=params)
-    assert len(plan.slabs()) >= 3
-    result = reconstruct_file_to_zarr(stage(store), params, tmp_path / "v.zarr", budget=budget)
+    budget = 2 * 2**20 if binning == 1 else 900 * 2**10  # a few rows per slab
+    outcome = run_sink(tmp_path, scan, budget, params)
+    assert outcome.ok, outcome.message
+    provenance = json.loads((Path(outcome.location).parent.parent / "provenance.json").read_text())
+    assert provenance["extra"]["slab_rows"] <= 4 * binning  # several slabs
     expected = reconstruct_scan(whole(scan), params).volume
-    assert result.volume.shape == expected.shape
-    np.testing.assert_allclose(result.volume[:], expected, rtol=0, atol=1e-5)
-    assert not (tmp_path / "v.zarr.partial").exists()
+    assert outcome.result.volume.shape == expected.shape
+    np.testing.assert_allclose(outcome.result.volume[:], expected, rtol=0, atol=1e-5)
 
 
 def test_budget_below_one_slab_names_the_minimum(tmp_path, scan):
     with pytest.raises(MemoryBudgetError, match=r"memory budget 1 MiB is too small .* at least \d+ MiB"):
-        plan_slabs(2**20, n_proj=1969, n_calib=40, nx=2560, itemsize=2, rows=(0, 2160),
-                   params=ReconParams())
-    service = ReconService()
-    sink = FullVolumeSink(ReconParams(center=33.0), service, VolumeAtStop(2**16), data_dir=tmp_path)
-    sink.open(spec_for(scan))
-    feed_from_file(sink, scan, write_raw(tmp_path / "raw.h5", scan))
-    sink.close(ScanEnd("run-1"))
-    assert service.wait(60)
-    outcome = service.outcomes["run-1"]
+        slab_rows(2**20, 1969, 2560, 1)
+    outcome = run_sink(tmp_path, scan, 2**16, ReconParams(center=33.0))
     assert not outcome.ok and "MemoryBudgetError" in outcome.message and "at least" in outcome.message
-    assert not list((tmp_path / "volumes").rglob("*.zarr"))  # nothing that looks complete
-    staged = tmp_path / "scratch" / "run-1.input.h5"  # kept: a retry (recon FILE) needs only it
+    assert not list((tmp_path / "data" / "volumes").rglob("*.zarr"))  # nothing that looks complete
+    staged = tmp_path / "data" / "scratch" / "run-1.input.h5"  # kept: a retry (recon FILE) needs only it
     assert f"kept for a retry: {staged}" in outcome.message
     np.testing.assert_array_equal(load_scan(staged).projections, scan["proj"])
-    service.shutdown()
 
 
 def test_missing_raw_file_at_stop_is_named_and_nothing_looks_complete(tmp_path, scan):
@@ -157,40 +161,35 @@ def test_missing_raw_file_at_stop_is_named_and_nothing_looks_complete(tmp_path, 
     with h5py.File(flats, "w") as f:
         f.create_dataset("flats", data=scan["flats"])
     where["flat"] = (str(flats), "flats")
-    service = ReconService()
-    sink = FullVolumeSink(ReconParams(center=33.0), service, VolumeAtStop(2**28), data_dir=tmp_path / "data")
-    sink.open(spec_for(scan))
-    feed_from_file(sink, scan, where)
-    flats.unlink()  # the flat-field file vanished before the stop
     before = raw.read_bytes()
-    sink.close(ScanEnd("run-1"))
-    assert service.wait(60)
-    outcome = service.outcomes["run-1"]
+
+    def feed_then_lose_the_flats(sink):
+        feed_from_file(sink, scan, where)
+        flats.unlink()  # the flat-field file vanished before the stop
+
+    outcome = run_sink(tmp_path, scan, 2**28, ReconParams(center=33.0), feed_then_lose_the_flats)
     assert not outcome.ok
     assert f"raw file(s) {flats} missing at stop" in outcome.message
     assert raw.read_bytes() == before  # raw data untouched
     assert not (tmp_path / "data" / "volumes").exists()
-    service.shutdown()
 
 
 def test_full_volume_sink_removes_scratch_after_success(tmp_path, scan):
-    service = ReconService()
-    sink = FullVolumeSink(ReconParams(center=33.0), service, VolumeAtStop(2**28), data_dir=tmp_path)
-    sink.open(spec_for(scan))
-    for i in range(0, 90, 30):  # frames inside events: spilled
-        frames, angles = scan["proj"][i:i + 30], scan["theta"][i:i + 30]
-        sink.add(batch(FrameRole.PROJECTION, range(i, i + 30), frames, angles))
-    sink.add(batch(FrameRole.FLAT, range(4), scan["flats"]))
-    sink.add(batch(FrameRole.DARK, range(4), scan["darks"]))
-    sink.close(ScanEnd("run-1"))
-    assert service.wait(60)
-    outcome = service.outcomes["run-1"]
+    def events(sink):  # frames inside events: spilled
+        for i in range(0, 90, 30):
+            frames, angles = scan["proj"][i:i + 30], scan["theta"][i:i + 30]
+            sink.add(batch(FrameRole.PROJECTION, range(i, i + 30), frames, angles))
+        sink.add(batch(FrameRole.FLAT, range(4), scan["flats"]))
+        sink.add(batch(FrameRole.DARK, range(4), scan["darks"]))
+
+    outcome = run_sink(tmp_path, scan, 2**28, ReconParams(center=33.0), events)
     assert outcome.ok, outcome.message
-    assert outcome.location.endswith("full.zarr") and outcome.shape == (16, 64, 64)
-    assert not list((tmp_path / "scratch").iterdir())
+    assert outcome.location.endswith("0") and outcome.shape == (16, 64, 64)  # OME-Zarr level 0
+    assert not list((tmp_path / "data" / "scratch").iterdir())
+    result = tmp_path / "data" / "volumes" / "run-1" / ReconParams(center=33.0).params_hash / "result"
+    assert (result / "provenance.json").exists() and len(list((result / "tiff").iterdir())) == 16
     expected = reconstruct_scan(whole(scan), ReconParams(center=33.0)).volume
     np.testing.assert_allclose(outcome.result.volume[:], expected, atol=1e-5)
-    service.shutdown()
 
 
 def test_a_cropped_file_stream_is_spilled_not_read_from_its_full_frames(tmp_path, scan):
