@@ -16,8 +16,8 @@ import sys
 import textwrap
 
 BUDGET_MB = 256
-#: what the pipeline holds besides one slab's buffers (measured: ~30 MiB while the scan runs; the
-#: same scan in one slab, budget 2048, peaks ~320 MiB above the baseline and fails this test)
+#: what the pipeline holds besides one slab's buffers (measured: ~30 MiB while the scan runs). Here
+#: ~155-180 MiB above the baseline; the whole-scan accumulator this replaced peaked at 350 (fails)
 OVERHEAD_MB = 48
 #: 800 projections + 8 darks/flats of 256 x 128 uint16: 53 MB raw
 SCAN = {"projections": 800, "rows": 256, "columns": 128}
