@@ -15,6 +15,7 @@ volume bytes on disk. Each size's data is deleted after it is measured.
 
 Usage: bench_scale.py [--sizes 0.5 2 8 21] [--repeat 1] [--rows 16] [--budget-mb 2048]
                       [--data-dir DIR] [--json out.json] [--png benchmarks/bench_scale.png]
+       bench_scale.py --plot-only a.json b.json   # one plot of several runs
 """
 
 from __future__ import annotations
@@ -154,8 +155,15 @@ def main() -> int:
     ap.add_argument("--data-dir", type=Path, default=Path("benchmarks/_scale_data"))
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path, default=Path(__file__).with_name("bench_scale.png"))
+    ap.add_argument("--plot-only", type=Path, nargs="+", metavar="JSON",
+                    help="no run: plot (and print) the results of earlier --json files together")
     ap.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.plot_only:
+        results = [r for f in args.plot_only for r in json.loads(f.read_text())]
+        plot(results, args.png)
+        print(f"plot: {args.png}")
+        return 0
     if args.child is not None:
         print("RESULT " + json.dumps(child(args.child, args.data_dir, args.rows, args.budget_mb,
                                            not args.no_preview)), flush=True)
