@@ -33,6 +33,7 @@ class TiledSettings(_Section):
     uri: str | None = None
     raw_container: str = "raw"
     processed_container: str = "processed"
+    series_container: str = Field("series", description="time series: one container per series id")
     api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the API key")
     writer_batch_size: int = Field(
         100, ge=1, description="events TiledWriter buffers per write (1 = every event live in Tiled, "

@@ -204,6 +204,11 @@ class SampleLibrary:
         return True
 
 
+def as_library(library: SampleLibrary | str | Path | None) -> SampleLibrary | None:
+    """A folder (or None) as a :class:`SampleLibrary`."""
+    return library if library is None or isinstance(library, SampleLibrary) else SampleLibrary(library)
+
+
 def resolve_sample(raw: Any, library: SampleLibrary | None = None) -> SampleMetadata:
     """Whatever a user passed as the sample -> validated metadata: a model, a mapping, a path to
     a YAML file, or a name (looked up in ``library`` when it has that file, else ``{"name": ...}``)."""

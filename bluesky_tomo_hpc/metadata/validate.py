@@ -21,7 +21,7 @@ from typing import Any
 from bluesky import preprocessors as bpp
 from bluesky.utils import Msg
 
-from .sample import START_KEY, SampleLibrary, SampleMetadataError, resolve_sample
+from .sample import START_KEY, SampleMetadataError, as_library, resolve_sample
 
 Plan = Generator[Msg, Any, Any]
 
@@ -36,7 +36,7 @@ class SampleValidator:
     def __init__(self, RE: Any = None, *, required: bool = False, library: str | Any = None):
         self.RE = RE
         self.required = required
-        self.library = library if library is None or isinstance(library, SampleLibrary) else SampleLibrary(library)
+        self.library = as_library(library)
 
     def check(self, msg: Msg) -> Msg:
         if msg.command != "open_run":
@@ -47,7 +47,7 @@ class SampleValidator:
         raw = next((s[START_KEY] for s in sources if s.get(START_KEY) is not None), None)
         if raw is None:
             if self.required:
-                raise SampleMetadataError("no sample metadata: give md={'sample': ...} or set RE.md['sample']")
+                raise SampleMetadataError("no sample metadata: give md={'sample': ...} or RE.md['sample']")
             return msg
         document = resolve_sample(raw, self.library).document()
         if per_call and START_KEY in per_call:
@@ -68,12 +68,11 @@ def install_sample_validator(RE: Any, *, required: bool = False, library: Any = 
 def with_sample(plan: Plan, sample: Any, library: Any = None) -> Plan:
     """Run ``plan`` with ``sample`` (model, mapping, YAML path or name) in every start document;
     validated when the plan starts, before its first message."""
-    lib = library if library is None or isinstance(library, SampleLibrary) else SampleLibrary(library)
-    doc = resolve_sample(sample, lib).document()
+    doc = resolve_sample(sample, as_library(library)).document()
     return (yield from bpp.inject_md_wrapper(plan, {START_KEY: doc}))
 
 
 def sample_checker(library: Any = None) -> Callable[[Any], dict[str, Any]]:
     """``raw -> normalised document``: the same check for code outside a plan (queue server)."""
-    lib = library if library is None or isinstance(library, SampleLibrary) else SampleLibrary(library)
+    lib = as_library(library)
     return lambda raw: resolve_sample(raw, lib).document()

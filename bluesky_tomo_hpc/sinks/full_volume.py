@@ -107,8 +107,11 @@ class FullVolumeSink:
         service: ReconService,
         writer: ResultWriter | None = None,
         progress: Callable[[int, int], None] | None = None,
+        params_for: Callable[[ScanSpec, ReconParams], ReconParams] | None = None,
     ):
         self.params = params
+        #: per-scan parameters (a centre pinned by the scan's metadata), chosen when the job starts
+        self.params_for = params_for
         self.service = service
         self.writer = writer
         self.progress = progress
@@ -132,13 +135,14 @@ class FullVolumeSink:
             self.service.outcomes[end.run_uid] = ReconOutcome(
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
-        params, writer, progress = self.params, self.writer, self.progress
+        params, writer, progress, params_for = self.params, self.writer, self.progress, self.params_for
 
         def job() -> ReconOutcome:
             from ..engine.pipeline import reconstruct_scan
 
             data = acc.assemble()
-            result = reconstruct_scan(data, params, progress=progress)
+            job_params = params_for(acc.spec, params) if params_for is not None else params
+            result = reconstruct_scan(data, job_params, progress=progress)
             location = writer.write(acc.spec, result) if writer is not None else ""
             return ReconOutcome(
                 run_uid=acc.spec.run_uid,
