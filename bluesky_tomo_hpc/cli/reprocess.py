@@ -40,7 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", help="start time lower bound, e.g. 2026-11-01")
     p.add_argument("--until", help="start time upper bound")
     p.add_argument("--plan", dest="plan_name", help="plan_name, e.g. tomo_scan")
-    p.add_argument("--sample", help="start['sample']")
+    p.add_argument("--sample", help="sample name: start['sample']['name'] (or a bare-string start['sample'])")
+    p.add_argument("--series", help="time series id: start['series']['id']")
+    p.add_argument("--where", action="append", default=[], metavar="KEY<op>VALUE",
+                   help="start-document criterion, op one of = != > >= < <=, e.g. "
+                        "sample.conditions.temperature.si_value>500 (kelvin); repeatable")
     p.add_argument("--uid", dest="uids", action="append", default=[], help="(partial) run uid; repeatable")
     p.add_argument("--executor", default="inprocess",
                    choices=["inprocess", "local", "slurm", "nersc", "alcf"],
@@ -56,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import load_settings
     from ..engine.params import ReconParams
+    from ..metadata.queries import QueryError, parse_where
     from ..reprocess import ReprocessError, RunQuery, already_reconstructed, reprocess, tomography_runs
     from ..results.tiled_results import processed_container
 
@@ -74,8 +79,14 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         console.print(f"[red]cannot open catalog {args.catalog_uri}:[/red] {type(exc).__name__}: {exc}")
         return 3
+    try:
+        where = tuple(parse_where(w) for w in args.where)
+    except QueryError as exc:
+        console.print(f"[red]invalid --where:[/red] {exc}")
+        return 2
     query = RunQuery(scan_ids=args.scan_ids, since=args.since, until=args.until,
-                     plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids))
+                     plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids),
+                     series=args.series, where=where)
     processed = processed_container(client, args.processed or settings.tiled.processed_container)
     if args.dry_run:
         found = 0
