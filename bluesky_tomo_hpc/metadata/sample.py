@@ -130,8 +130,8 @@ class SampleMetadata(_Strict):
     def with_conditions(self, conditions: Mapping[str, Any]) -> SampleMetadata:
         """A copy with ``conditions`` merged over the current ones (validated)."""
         current = self.conditions.model_dump(exclude_none=True) if self.conditions else {}
-        return SampleMetadata.model_validate({**self.model_dump(exclude_none=True),
-                                              "conditions": {**current, **dict(conditions)}})
+        merged = {**current, **dict(conditions)}
+        return parse_sample({**self.model_dump(exclude_none=True), "conditions": merged})
 
 
 def _one_line(exc: ValidationError) -> str:
