@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bluesky_tomo_hpc.config import Settings
+from bluesky_tomo_hpc.live.catalog_replay import RunQuery, tomography_runs
+from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.metadata.queries import QueryError, parse_where, where_query
 from bluesky_tomo_hpc.metadata.sample import (
     SampleLibrary,
@@ -14,10 +15,9 @@ from bluesky_tomo_hpc.metadata.sample import (
     parse_sample,
 )
 from bluesky_tomo_hpc.metadata.validate import install_sample_validator, with_sample
-from bluesky_tomo_hpc.pipeline import TomoPipeline
-from bluesky_tomo_hpc.reprocess import RunQuery, tomography_runs
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
 from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+from bluesky_tomo_hpc.settings import Settings
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.plans import tomo_scan
 

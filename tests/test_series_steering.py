@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from bluesky import plan_stubs as bps
 
-from bluesky_tomo_hpc.config import Settings
 from bluesky_tomo_hpc.engine.params import ReconParams
+from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.metadata.sample import SampleMetadataError
-from bluesky_tomo_hpc.pipeline import TomoPipeline
 from bluesky_tomo_hpc.plans.adaptive import centre_then_scan, roi_change_above
 from bluesky_tomo_hpc.plans.series import tomo_series
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
 from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+from bluesky_tomo_hpc.settings import Settings
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.phantom import shepp_logan_3d
 from bluesky_tomo_hpc.sim.plans import tomo_scan

@@ -138,7 +138,7 @@ class FullVolumeSink:
         params, writer, progress, params_for = self.params, self.writer, self.progress, self.params_for
 
         def job() -> ReconOutcome:
-            from ..engine.pipeline import reconstruct_scan
+            from ..engine.reconstruct import reconstruct_scan
 
             data = acc.assemble()
             job_params = params_for(acc.spec, params) if params_for is not None else params

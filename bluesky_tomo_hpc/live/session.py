@@ -18,14 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
-from .metadata.pinned_center import PinnedCenters
-from .results.series import SeriesCollector
-from .results.tiled_results import processed_container
-from .results.tiled_server import EmbeddedTiledServer, raw_catalog
-from .results.writer import TiledResultWriter
-from .sinks.base import Sink, SinkFanout
-from .sinks.full_volume import FullVolumeSink, ReconService
+from ..metadata.pinned_center import PinnedCenters
+from ..results.series import SeriesCollector
+from ..results.tiled_results import processed_container
+from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
+from ..results.writer import TiledResultWriter
+from ..settings import Settings, load_settings
+from ..sinks.base import Sink, SinkFanout
+from ..sinks.full_volume import FullVolumeSink, ReconService
 from .threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ class TomoPipeline:
     ):
         from bluesky_tiled_plugins import TiledWriter
 
-        from .sources.callback import TomoCallback
-        from .sources.documents import tiled_dark_flat_resolver
+        from ..sources.callback import TomoCallback
+        from ..sources.documents import tiled_dark_flat_resolver
 
         self.settings = settings
         self.client = client
@@ -77,7 +77,7 @@ class TomoPipeline:
             register_in_place=server is not None if in_place is None else in_place)
         self.service.listeners.append(self.series)
         if settings.jobs.executor != "none":
-            from .jobs.factory import make_monitor
+            from ..jobs.factory import make_monitor
 
             # the embedded server reads the data folder, so batch volumes are registered in place
             roots = [self.data_dir] if server is not None else None
@@ -118,7 +118,7 @@ class TomoPipeline:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
                                         progress=self.progress, params_for=self.pinned.params_for))
         if self.monitor is not None:
-            from .jobs.factory import make_submit_sink
+            from ..jobs.factory import make_submit_sink
 
             submit = make_submit_sink(self.settings, self.monitor)
             self._submit_sinks.append(submit)
@@ -129,13 +129,13 @@ class TomoPipeline:
     def make_preview(self) -> Sink:
         """A live three-slice preview: TIFFs + final PNG in ``data_dir/previews``, the final in
         Tiled (kind ``preview``), and 0MQ PUB when ``preview.zmq_address`` is set."""
-        from .sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
+        from ..sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
 
         pv, recon = self.settings.preview, self.settings.recon
         outputs: list[Any] = []
         if pv.zmq_address:
             if self._preview_publisher is None:
-                from .preview_protocol import PreviewPublisher
+                from ..sinks.preview_stream import PreviewPublisher
 
                 self._preview_publisher = PreviewPublisher(pv.zmq_address)
             outputs.append(self._preview_publisher)
