@@ -76,6 +76,14 @@ class TomoPipeline:
             lambda: processed_container(client, settings.tiled.series_container), self.data_dir / "series",
             register_in_place=server is not None if in_place is None else in_place)
         self.service.listeners.append(self.series)
+        #: SciCat datasets (raw per scan, derived per reconstruction), when settings.scicat.uri is set
+        self.scicat = None
+        if settings.scicat.uri:
+            from ..results.scicat import ScicatPublisher
+            from ..results.scicat_outbox import ScicatOutbox
+
+            self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(self.data_dir / "scicat.sqlite"))
+            self.service.listeners.append(self.scicat.queue_derived)
         if settings.jobs.executor != "none":
             from ..jobs.factory import make_monitor
 
@@ -123,6 +131,11 @@ class TomoPipeline:
             submit = make_submit_sink(self.settings, self.monitor)
             self._submit_sinks.append(submit)
             sinks.append(submit)
+        if self.scicat is not None:
+            from ..results.scicat import ScicatRawSink
+
+            raw_uri = getattr(self.raw, "uri", "")
+            sinks.append(ScicatRawSink(self.scicat, lambda uid: f"{raw_uri}/{uid}"))
         sinks.extend(factory() for factory in self._extra_sinks)
         return SinkFanout(sinks)
 
@@ -224,6 +237,8 @@ class TomoPipeline:
             self.monitor.stop()
         if self._preview_publisher is not None:
             self._preview_publisher.close()
+        if self.scicat is not None:
+            self.scicat.close()
         self.service.shutdown()
         if self.server is not None:
             self.server.close()
