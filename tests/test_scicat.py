@@ -96,7 +96,7 @@ def _publisher(tmp_path, settings=None) -> ScicatPublisher:
     from pyscicat.client import ScicatClient
 
     settings = settings or _settings()
-    return ScicatPublisher(settings, ScicatOutbox(tmp_path / "scicat.sqlite"),
+    return ScicatPublisher(settings, ScicatOutbox(tmp_path / "jobs.sqlite"),
                            lambda: ScicatClient(API, token="recorded", timeout_seconds=5), start_thread=False)
 
 
@@ -150,7 +150,7 @@ def test_idempotent_across_replays_and_restarts(tmp_path, scicat, legacy):
     pub.publish_due()
     pub.queue_raw(spec, end)  # the same scan replayed (reprocess, a restarted worker)
     pub.publish_due()
-    (tmp_path / "scicat.sqlite").unlink()  # a restart that lost the outbox: SciCat is asked first
+    (tmp_path / "jobs.sqlite").unlink()  # a restart that lost the outbox: SciCat is asked first
     fresh = _publisher(tmp_path)
     fresh.queue_raw(spec, end)
     fresh.queue_derived(outcome)

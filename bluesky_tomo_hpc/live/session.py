@@ -82,7 +82,8 @@ class TomoPipeline:
             from ..results.scicat import ScicatPublisher
             from ..results.scicat_outbox import ScicatOutbox
 
-            self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(self.data_dir / "scicat.sqlite"))
+            journal = self.monitor.journal if self.monitor is not None else settings.journal_path
+            self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(journal))
             self.service.listeners.append(self.scicat.queue_derived)
         if settings.jobs.executor != "none":
             from ..jobs.factory import make_monitor

@@ -2,8 +2,9 @@
 
 Why a store: SciCat may be down for maintenance while the beamline scans all night. A dataset
 is written here *before* the first try, so a failure, a crash or a restart loses nothing; due
-items are retried with a doubling delay, like batch jobs. One small SQLite file (WAL; a
-connection per call, so threads share it), one row per dataset pid::
+items are retried with a doubling delay, like batch jobs. It is one table (``scicat_datasets``,
+one row per dataset pid) in the job journal's SQLite file, through the journal's own
+transaction rule (busy retries, WAL, a connection per call)::
 
     PENDING -> DONE                 published (or found already there: idempotent)
             -> RETRY_WAIT -> ...    transient failure (network, 5xx); next_try says when
@@ -22,14 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..jobs.journal import Journal
+
 STATES = ("PENDING", "RETRY_WAIT", "DONE", "FAILED")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS datasets (
+#: created on every transaction: cheap, and a journal recreated empty gets it back
+_TABLE = """CREATE TABLE IF NOT EXISTS scicat_datasets (
   pid TEXT PRIMARY KEY, kind TEXT NOT NULL, run_uid TEXT NOT NULL, parent_pid TEXT,
   payload TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-  next_try REAL, error TEXT, created REAL NOT NULL, updated REAL NOT NULL);
-"""
+  next_try REAL, error TEXT, created REAL NOT NULL, updated REAL NOT NULL)"""
 
 
 @dataclass(frozen=True)
@@ -46,24 +48,19 @@ class OutboxItem:
 
 
 class ScicatOutbox:
-    """The outbox at ``path`` (created with its folder when missing)."""
+    """The outbox in ``journal`` (a :class:`~bluesky_tomo_hpc.jobs.journal.Journal`, or the path
+    of its file)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+    def __init__(self, journal: Journal | str | Path):
+        self.journal = journal if isinstance(journal, Journal) else Journal(journal)
+        with self._db():
+            pass
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
+        with self.journal._db() as db:  # the journal's one transaction rule
+            db.execute(_TABLE)
+            yield db
 
     @staticmethod
     def _item(row: sqlite3.Row) -> OutboxItem:
@@ -79,22 +76,22 @@ class ScicatOutbox:
         now = time.time()
         with self._db() as db:
             db.execute(
-                "INSERT OR IGNORE INTO datasets (pid, kind, run_uid, parent_pid, payload, state,"
+                "INSERT OR IGNORE INTO scicat_datasets (pid, kind, run_uid, parent_pid, payload, state,"
                 " next_try, created, updated) VALUES (?, ?, ?, ?, ?, 'PENDING', ?, ?, ?)",
                 (pid, kind, run_uid, parent_pid, json.dumps(payload, sort_keys=True), now, now, now))
         return self.get(pid)
 
     def get(self, pid: str) -> OutboxItem:
         with self._db() as db:
-            row = db.execute("SELECT * FROM datasets WHERE pid = ?", (pid,)).fetchone()
+            row = db.execute("SELECT * FROM scicat_datasets WHERE pid = ?", (pid,)).fetchone()
         if row is None:
             raise KeyError(f"no SciCat dataset {pid!r} in the outbox")
         return self._item(row)
 
     def items(self, state: str | None = None) -> list[OutboxItem]:
         with self._db() as db:
-            rows = (db.execute("SELECT * FROM datasets WHERE state = ? ORDER BY created", (state,))
-                    if state else db.execute("SELECT * FROM datasets ORDER BY created")).fetchall()
+            rows = (db.execute("SELECT * FROM scicat_datasets WHERE state = ? ORDER BY created", (state,))
+                    if state else db.execute("SELECT * FROM scicat_datasets ORDER BY created")).fetchall()
         return [self._item(r) for r in rows]
 
     def due(self, now: float | None = None) -> list[OutboxItem]:
@@ -102,7 +99,7 @@ class ScicatOutbox:
         now = time.time() if now is None else now
         with self._db() as db:
             rows = db.execute(
-                "SELECT * FROM datasets WHERE state IN ('PENDING', 'RETRY_WAIT') AND next_try <= ?"
+                "SELECT * FROM scicat_datasets WHERE state IN ('PENDING', 'RETRY_WAIT') AND next_try <= ?"
                 " ORDER BY kind = 'raw' DESC, created", (now,)).fetchall()
         return [self._item(r) for r in rows]
 
@@ -110,7 +107,7 @@ class ScicatOutbox:
         fields["updated"] = time.time()
         names = ", ".join(f"{k} = ?" for k in fields)
         with self._db() as db:
-            db.execute(f"UPDATE datasets SET {names} WHERE pid = ?", (*fields.values(), pid))
+            db.execute(f"UPDATE scicat_datasets SET {names} WHERE pid = ?", (*fields.values(), pid))
 
     def done(self, pid: str) -> None:
         self._set(pid, state="DONE", error=None, next_try=None)
