@@ -12,7 +12,7 @@ from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.metadata.sample import SampleMetadataError
 from bluesky_tomo_hpc.plans.adaptive import centre_then_scan, roi_change_above
-from bluesky_tomo_hpc.plans.series import tomo_series
+from bluesky_tomo_hpc.plans.tomo_series import tomo_series
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
 from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
 from bluesky_tomo_hpc.settings import Settings

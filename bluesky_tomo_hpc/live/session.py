@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metadata.pinned_center import PinnedCenters
-from ..results.series import SeriesCollector
+from ..results.series_volume import SeriesCollector
 from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
 from ..results.writer import TiledResultWriter
@@ -79,8 +79,8 @@ class TomoPipeline:
         #: SciCat datasets (raw per scan, derived per reconstruction), when settings.scicat.uri is set
         self.scicat = None
         if settings.scicat.uri:
-            from ..results.scicat import ScicatPublisher
-            from ..results.scicat_outbox import ScicatOutbox
+            from ..jobs.scicat import ScicatPublisher
+            from ..jobs.scicat_outbox import ScicatOutbox
 
             journal = self.monitor.journal if self.monitor is not None else settings.journal_path
             self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(journal))
@@ -133,7 +133,7 @@ class TomoPipeline:
             self._submit_sinks.append(submit)
             sinks.append(submit)
         if self.scicat is not None:
-            from ..results.scicat import ScicatRawSink
+            from ..jobs.scicat import ScicatRawSink
 
             raw_uri = getattr(self.raw, "uri", "")
             sinks.append(ScicatRawSink(self.scicat, lambda uid: f"{raw_uri}/{uid}"))

@@ -19,7 +19,7 @@ import threading
 from typing import Any
 
 from ..engine.params import ReconParams
-from .series import series_point
+from .series_point import series_point
 
 #: series remembered (their first centre); old ones are dropped first
 MAX_SERIES = 256

@@ -5,7 +5,7 @@ Two examples the facilities asked for, both built on
 
 * :func:`centre_then_scan`: a quick scan finds the rotation centre, and the main scan is
   reconstructed with it (``start["tomo"]["rotation_center"]``) instead of searching again;
-* :func:`roi_change_above`: a ``stop_when`` for :func:`~bluesky_tomo_hpc.plans.series.tomo_series`
+* :func:`roi_change_above`: a ``stop_when`` for :func:`~bluesky_tomo_hpc.plans.tomo_series.tomo_series`
   that stops an in situ series once the region of interest has changed enough (a reaction
   started, pores closed) since the first scan.
 """

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..metadata.sample import NAME_PATTERN
-from ..metadata.series import series_point
+from ..metadata.series_point import series_point
 from .tiled_results import _clean_metadata, recon_key, register_zarr_in_place
 
 log = logging.getLogger(__name__)

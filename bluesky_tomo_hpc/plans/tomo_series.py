@@ -25,7 +25,7 @@ from bluesky import plan_stubs as bps
 from bluesky.utils import Msg
 
 from ..metadata.sample import SampleMetadata, SampleMetadataError, resolve_sample
-from ..metadata.series import START_KEY, SeriesPoint
+from ..metadata.series_point import START_KEY, SeriesPoint
 
 Plan = Generator[Msg, Any, Any]
 
