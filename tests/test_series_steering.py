@@ -9,6 +9,7 @@ import pytest
 from bluesky import plan_stubs as bps
 
 from bluesky_tomo_hpc.engine.params import ReconParams
+from bluesky_tomo_hpc.live.catalog_replay import RunQuery, reprocess
 from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.metadata.sample import SampleMetadataError
 from bluesky_tomo_hpc.plans.adaptive import centre_then_scan, roi_change_above
@@ -66,8 +67,8 @@ def test_series_grouped_with_one_centre_as_tiled_container_and_ome_zarr(RE, pipe
     centres = [find_reconstructions(pipeline.processed, raw_uid=u, kind="full")[0].metadata["center"]
                for u in uids]
     assert centres[1] == centres[0] == centres[2] and abs(centres[0] - bl.rotation_center_px) < 1.0
-    assert find_reconstructions(pipeline.processed, raw_uid=uids[1], kind="full")[0].metadata[
-        "params"]["center"] == centres[0]
+    second = find_reconstructions(pipeline.processed, raw_uid=uids[1], kind="full")[0].metadata
+    assert second["center_method"] == "given" and second["params"]["center"] == "auto"  # hash as asked
     # the live preview of each scan carries its place in the series
     assert [pipeline.previews[u].metadata["series"]["index"] for u in uids] == [0, 1, 2]
     # the series: one Tiled container with the 4D volume, one OME-Zarr with a t axis
@@ -157,8 +158,16 @@ def test_centre_then_scan_pins_the_centre_found_on_a_quick_scan(RE, pipeline):
     assert pipeline.raw[done.alignment_uid].start["purpose"] == "alignment"
     assert pipeline.raw[done.uid].start["tomo"]["rotation_center"] == done.center
     (node,) = find_reconstructions(pipeline.processed, raw_uid=done.uid, kind="full")
-    assert node.metadata["params"]["center"] == done.center and node.metadata["center"] == done.center
-    assert node.metadata["params_hash"] != ReconParams().params_hash  # made with the pinned centre
+    assert node.metadata["center"] == done.center and node.metadata["center_method"] == "given"
+    assert node.metadata["params_hash"] == ReconParams().params_hash  # the parameters as asked
+    # re-processed with other parameters: the pinned centre holds, and a second request is skipped
+    hann = ReconParams(filter_name="hann")
+    first = reprocess(pipeline.raw, pipeline.processed, params=hann, query=RunQuery(uids=(done.uid,)))
+    assert first.count("reconstructed") == 1
+    (again,) = find_reconstructions(pipeline.processed, raw_uid=done.uid, params_hash=hann.params_hash)
+    assert again.metadata["center"] == done.center and again.metadata["center_method"] == "given"
+    second = reprocess(pipeline.raw, pipeline.processed, params=hann, query=RunQuery(uids=(done.uid,)))
+    assert second.count("skipped") == 1
 
 
 def test_waiting_never_blocks_the_event_loop_and_times_out_clearly(RE, server):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.params import ReconParams
+from ..metadata.pinned_center import PinnedCenters
 from ..results.tiled_results import find_reconstructions
 from ..results.writer import TiledResultWriter
 from ..sinks.full_volume import FullVolumeSink, ReconService
@@ -83,7 +84,7 @@ def search_runs(catalog: Any, query: RunQuery) -> Any:
     from bluesky_tiled_plugins.queries import ScanIDRange, TimeRange
     from tiled.queries import Key
 
-    from .metadata.queries import series_query, where_query
+    from ..metadata.queries import series_query, where_query
 
     results = catalog
     if query.scan_ids is not None:
@@ -106,7 +107,7 @@ def _matching(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any]]:
     PartialUIDs in one query)."""
     from bluesky_tiled_plugins.queries import PartialUID
 
-    from .metadata.queries import sample_queries
+    from ..metadata.queries import sample_queries
 
     branches = [search_runs(catalog, query)]
     if query.sample:
@@ -176,11 +177,14 @@ def reprocess(
     summary = ReprocessSummary(params_hash=params.params_hash, matched=len(candidates))
     service = ReconService()
     writer = TiledResultWriter(processed, kind="full")
+    pinned = PinnedCenters()  # a series keeps one centre, a pinned scan its own, as live
+    service.listeners.append(pinned.remember)
     try:
         for i, (uid, run, layout) in enumerate(candidates):
             scan_id = run.start.get("scan_id")
             t0 = time.perf_counter()
-            outcome = _one(uid, run, layout, scan_id, catalog, processed, params, service, writer, submit)
+            outcome = _one(uid, run, layout, scan_id, catalog, processed, params, service, writer, submit,
+                           pinned)
             outcome.seconds = time.perf_counter() - t0
             summary.outcomes.append(outcome)
             log.info("run %s: %s %s", uid, outcome.status, outcome.message)
@@ -193,7 +197,7 @@ def reprocess(
 
 def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: Any, processed: Any,
          params: ReconParams, service: ReconService, writer: TiledResultWriter,
-         submit: Callable[[str, Any], str] | None) -> RunOutcome:
+         submit: Callable[[str, Any], str] | None, pinned: PinnedCenters) -> RunOutcome:
     if layout is None:
         return RunOutcome(uid, scan_id, "not-tomography")
     if layout == "dark_flat":
@@ -207,7 +211,11 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
             return RunOutcome(uid, scan_id, "submitted", f"job {submit(uid, run)}")
         except Exception as exc:
             return RunOutcome(uid, scan_id, "failed", f"submission failed: {exc}")
-    errors = _replay(run, lambda: FullVolumeSink(params, service, writer), catalog)
+
+    def sink() -> FullVolumeSink:
+        return FullVolumeSink(params, service, writer, center_for=pinned.center_for)
+
+    errors = _replay(run, sink, catalog)
     service.wait()
     result = service.outcomes.pop(uid, None)
     if result is not None and result.ok:

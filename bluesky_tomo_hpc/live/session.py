@@ -125,7 +125,7 @@ class TomoPipeline:
             sinks.append(self.make_preview())
         if self.settings.full_volume:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
-                                        progress=self.progress, params_for=self.pinned.params_for))
+                                        progress=self.progress, center_for=self.pinned.center_for))
         if self.monitor is not None:
             from ..jobs.factory import make_submit_sink
 

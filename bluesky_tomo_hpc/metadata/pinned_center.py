@@ -8,6 +8,9 @@ scan reconstructed with it. Two rules, applied only where the settings say ``cen
 2. the scans of a series (``start["series"]["id"]``) use the centre of the series' first
    successful reconstruction.
 
+The parameters, and so the ``params_hash`` that re-processing uses to skip finished runs, stay
+those requested; the result records the centre and ``center_method: "given"``.
+
 The centre is chosen when the reconstruction *starts* (on the service thread, in scan order),
 so the second scan of a series sees the first one's centre even when it stopped before the
 first reconstruction finished.
@@ -26,7 +29,7 @@ MAX_SERIES = 256
 
 
 class PinnedCenters:
-    """Chooses the parameters of each scan (:meth:`params_for`) and remembers series centres
+    """Chooses the centre of each scan (:meth:`center_for`) and remembers series centres
     (:meth:`remember`, a ReconService listener)."""
 
     def __init__(self) -> None:
@@ -44,11 +47,9 @@ class PinnedCenters:
         with self._lock:
             return self._series.get(point.id)
 
-    def params_for(self, spec: Any, params: ReconParams) -> ReconParams:
-        if params.center != "auto":
-            return params
-        center = self.pinned(spec.metadata)
-        return params if center is None else params.model_copy(update={"center": center})
+    def center_for(self, spec: Any, params: ReconParams) -> float | None:
+        """The pinned centre of this scan, or None (no pin, or the parameters fix a centre)."""
+        return self.pinned(spec.metadata) if params.center == "auto" else None
 
     def series_center(self, series_id: str) -> float | None:
         with self._lock:

@@ -59,7 +59,11 @@ class SampleValidator:
 
 
 def install_sample_validator(RE: Any, *, required: bool = False, library: Any = None) -> SampleValidator:
-    """Add a :class:`SampleValidator` to ``RE.preprocessors``; returns it."""
+    """Add a :class:`SampleValidator` to ``RE.preprocessors``; returns it. The unit registry is
+    built now (a second or more), in the profile, not at the first scan's ``open_run``."""
+    from .units import unit_registry
+
+    unit_registry()
     validator = SampleValidator(RE, required=required, library=library)
     RE.preprocessors.append(validator)
     return validator

@@ -107,11 +107,12 @@ class FullVolumeSink:
         service: ReconService,
         writer: ResultWriter | None = None,
         progress: Callable[[int, int], None] | None = None,
-        params_for: Callable[[ScanSpec, ReconParams], ReconParams] | None = None,
+        center_for: Callable[[ScanSpec, ReconParams], float | None] | None = None,
     ):
         self.params = params
-        #: per-scan parameters (a centre pinned by the scan's metadata), chosen when the job starts
-        self.params_for = params_for
+        #: a centre pinned by the scan's metadata (None: the parameters decide), asked when the job
+        #: starts; the parameters (and their hash) stay those requested
+        self.center_for = center_for
         self.service = service
         self.writer = writer
         self.progress = progress
@@ -135,14 +136,14 @@ class FullVolumeSink:
             self.service.outcomes[end.run_uid] = ReconOutcome(
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
-        params, writer, progress, params_for = self.params, self.writer, self.progress, self.params_for
+        params, writer, progress, center_for = self.params, self.writer, self.progress, self.center_for
 
         def job() -> ReconOutcome:
             from ..engine.reconstruct import reconstruct_scan
 
             data = acc.assemble()
-            job_params = params_for(acc.spec, params) if params_for is not None else params
-            result = reconstruct_scan(data, job_params, progress=progress)
+            center = center_for(acc.spec, params) if center_for is not None else None
+            result = reconstruct_scan(data, params, center=center, progress=progress)
             location = writer.write(acc.spec, result) if writer is not None else ""
             return ReconOutcome(
                 run_uid=acc.spec.run_uid,
