@@ -113,6 +113,7 @@ def test_bad_sample_refused_before_the_scan_and_nothing_written(RE, pipeline):
     starts = []
     RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
     bad = {**TI64, "conditions": {"temperature": "450 kg"}}
+    before = len(pipeline.raw)  # the module's server may hold other tests' runs
     with pytest.raises(SampleMetadataError, match="conditions.temperature: '450.0 kg' is not a temperature"):
         RE(tomo_scan(bl.detector, bl.stage, md={"sample": bad}, **SCAN))
     with pytest.raises(SampleMetadataError, match="name: String should match"):
@@ -121,7 +122,7 @@ def test_bad_sample_refused_before_the_scan_and_nothing_written(RE, pipeline):
     with pytest.raises(SampleMetadataError, match="not a pressure"):
         RE(tomo_scan(bl.detector, bl.stage, **SCAN))
     assert starts == [] and RE.state == "idle"
-    assert pipeline.wait(60) and len(pipeline.raw) == 0
+    assert pipeline.wait(60) and len(pipeline.raw) == before
     del RE.md["sample"]
     (uid,) = RE(tomo_scan(bl.detector, bl.stage, **SCAN))  # the next good scan runs
     assert pipeline.wait(120) and pipeline.service.outcomes[uid].ok
