@@ -1,9 +1,9 @@
 """The streaming worker: one process that turns live scans into previews and volumes.
 
 Fed by (a) Bluesky documents over 0MQ (RunEngine ``Publisher`` -> ``bluesky-0MQ-proxy`` ->
-``RemoteDispatcher`` here, msgpack on both ends: :mod:`.zmq_documents`), run through the same :class:`TomoRunRouter` as the in-process
-callback; or (b) EPICS PV Access NTNDArray frames (:class:`~.sources.pva.PvaSource`). Both give
-the same ScanSpec / FrameBatch stream, which fans out per run to
+``RemoteDispatcher`` here, msgpack on both ends: :mod:`.zmq_documents`), run through the same
+:class:`TomoRunRouter` as the in-process callback; or (b) EPICS PV Access NTNDArray frames
+(:class:`~.sources.pva.PvaSource`). Both give the same ScanSpec / FrameBatch stream, which fans out per run to
   * a :class:`PreviewSink` (three live slices -> 0MQ PUB, TIFF/PNG files, Tiled at the final), and
   * a :class:`FullVolumeSink` (the engine at stop; CuPy on a GPU, chunked CPU otherwise).
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 from test_preview import disc, feed, phantom_scan, spec_for  # tests/ is on sys.path
 

@@ -3,9 +3,10 @@
 The script is rendered from ``templates/slurm.sbatch`` (``string.Template``; override with
 ``template=``), never assembled inline. No value from outside reaches it as text a shell would
 interpret: the run uid and job id appear as safe names (:mod:`bluesky_tomo_hpc.safe_names`), paths
-in shell lines are :func:`shlex.quote`-d, and ``#SBATCH`` lines refuse what Slurm would misread. A job that Slurm has purged from ``scontrol`` is looked
-up in ``sacct`` (when accounting runs) and otherwise reported LOST. Node failures and preemption
-are transient; a batch-program exit code says whether its own failure is.
+in shell lines are :func:`shlex.quote`-d, and ``#SBATCH`` lines refuse what Slurm would misread.
+A job that Slurm has purged from ``scontrol`` is looked up in ``sacct`` (when accounting runs)
+and otherwise reported LOST. Node failures and preemption are transient; a batch-program exit
+code says whether its own failure is.
 """
 
 from __future__ import annotations
