@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EXIT_INPUT, CliError
+
 DEFAULT_SLAB_ROWS = 64
 
 
@@ -48,16 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status 0 on success, 2 for bad input (the message names the problem)."""
-    from pydantic import ValidationError
-
-    from ..model import TomoDataError
-
-    try:
-        return _run(args)
-    except (TomoDataError, ValidationError, ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"recon: {exc}", file=sys.stderr)
-        return 2
+    """Exit status 0 on success; errors are raised, for ``cli/main.py`` to put in one line."""
+    return _run(args)
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -109,19 +103,19 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..engine.pipeline import ReconResult, reconstruct_scan
-    from ..model import TomoDataError
     from ..results.files import create_zarr_volume, write_provenance, write_tiff_stack
     from ..sources.files import describe_scan
 
     path: Path = args.file
     if not path.is_file():
-        raise FileNotFoundError(f"no such scan file: {path}")
+        raise CliError(f"no such scan file: {path}; give the path of an HDF5 scan", EXIT_INPUT)
     params = _params(args)
     desc = describe_scan(path)
     ny, nx = desc.frame_shape
     rows = params.rows or (0, ny)
     if not (0 <= rows[0] < rows[1] <= ny):
-        raise TomoDataError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows")
+        raise CliError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows; "
+                       f"give START:STOP with 0 <= START < STOP <= {ny}")
     out: Path = args.out or Path(f"{path.stem}_rec")
     out.mkdir(parents=True, exist_ok=True)
     b = params.binning
@@ -169,6 +163,8 @@ def _run(args: argparse.Namespace) -> int:
     extra = {"input": str(path.resolve()), "format": desc.format, "outputs": {
         "zarr": str(zarr_path), "tiff_dir": None if args.no_tiff else str(out / "tiff")}}
     prov = write_provenance(out / "provenance.json", summary, extra)
+    for warning in warnings:  # also in provenance.json; said here so that nobody has to look
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {nz} slices of {n} x {n} to {zarr_path}; provenance {prov}", file=sys.stderr)
     return 0
 
