@@ -108,6 +108,16 @@ def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _yaml_value(name: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(
+            f"environment variable {name}={raw!r:.60} is not valid YAML ({where}); "
+            f"quote it (e.g. {name}='\"text\"') or fix it") from None
+
+
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``BLUESKY_TOMO_HPC__RECON__FILTER_NAME=hann`` -> ``{"recon": {"filter_name": "hann"}}``."""
     environ = dict(os.environ if environ is None else environ)
@@ -117,7 +127,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
         if keys:
-            _set_path(out, keys, yaml.safe_load(raw) if raw != "" else None)
+            _set_path(out, keys, _yaml_value(name, raw) if raw != "" else None)
     return out
 
 
@@ -137,7 +147,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     data: dict[str, Any] = {}
     path = path or env.get(ENV_FILE)
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"settings file {path} is not valid YAML{at}: "
+                             f"{getattr(exc, 'problem', None) or exc}; fix the file") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the configuration must be a mapping of sections")
         data = loaded

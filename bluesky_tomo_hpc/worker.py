@@ -357,10 +357,10 @@ class StreamWorker:
     def serve_zmq(self, address: str, *, prefix: bytes = b"", max_runs: int | None = None,
                   timeout_s: float | None = None, ready: Callable[[], None] | None = None) -> int:
         """Subscribe to a bluesky-0MQ-proxy's out address; returns the number of scans ended."""
-        from .zmq_documents import document_dispatcher
+        from .zmq_documents import check_address, document_dispatcher
 
-        if "://" not in address:
-            raise ValueError(f"0MQ address {address!r} must be a full URL such as tcp://127.0.0.1:5578")
+        check_address(address, what="--zmq address")
+
         self.replay_journal()
         # msgpack, never bluesky's pickle default: see zmq_documents
         dispatcher = document_dispatcher(address, prefix=prefix, loop=asyncio.new_event_loop())

@@ -18,10 +18,9 @@ messages are dropped and logged, never unpickled).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
-import msgpack
-import msgpack_numpy
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -31,16 +30,39 @@ log = logging.getLogger(__name__)
 MAX_DOCUMENT_BYTES = 256 << 20
 
 
+_ADDRESS = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5}|\*)|(ipc|inproc)://\S+")
+_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def check_address(address: object, *, bind: bool = False, what: str = "0MQ address") -> str:
+    """``address`` if it is a 0MQ endpoint (``tcp://HOST:PORT``, ``ipc://``, ``inproc://``), else a
+    ``ValueError`` that shows the form; binding anywhere but loopback is logged as a warning,
+    since a 0MQ socket has no authentication unless CURVE keys are configured."""
+    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+        raise ValueError(f"{what} {address!r:.80} is not a 0MQ address; give tcp://HOST:PORT "
+                         "such as tcp://127.0.0.1:5578 (a bare port would mean every interface)")
+    m = _ADDRESS.fullmatch(address)
+    if bind and m and m.group("host") and m.group("host") not in _LOOPBACK:
+        log.warning("%s %s listens beyond this host: anyone who reaches it can read or send; "
+                    "prefer 127.0.0.1 and an SSH tunnel, or 0MQ CURVE keys", what, address)
+    return address
+
+
 class DocumentDecodeError(ValueError):
     """A 0MQ payload that is not a safe Bluesky document; the message says what it is instead."""
 
 
 def encode_document(doc: Any) -> bytes:
     """A document as msgpack bytes (NumPy arrays and scalars included)."""
+    import msgpack
+    import msgpack_numpy
+
     return msgpack.packb(doc, default=msgpack_numpy.encode, use_bin_type=True)
 
 
 def _numpy_hook(obj: dict) -> Any:
+    import msgpack_numpy
+
     if b"nd" not in obj:
         return msgpack_numpy.decode(obj)  # complex numbers; plain mappings pass through
     kind, descr = obj.get(b"kind", b""), obj.get(b"type")
@@ -62,6 +84,8 @@ def decode_document(payload: bytes) -> dict[str, Any]:
     """A document from msgpack bytes; anything else raises :class:`DocumentDecodeError`."""
     if len(payload) > MAX_DOCUMENT_BYTES:
         raise DocumentDecodeError(f"document of {len(payload)} bytes exceeds {MAX_DOCUMENT_BYTES}")
+    import msgpack
+
     try:
         doc = msgpack.unpackb(payload, object_hook=_numpy_hook, raw=False, strict_map_key=True)
     except DocumentDecodeError:

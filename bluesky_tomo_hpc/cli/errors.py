@@ -8,8 +8,10 @@ documented in ``docs/reference/exit-codes.md``; keep the two in step.
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 
 #: the command ran, and reports that some of its work failed (failed jobs, runs, a timeout)
 EXIT_FAILED = 1
@@ -67,6 +69,27 @@ def _validation_line(exc: object) -> str:
     return "; ".join(parts) + more
 
 
+def writable_folder(path: str | Path, option: str) -> Path:
+    """``path`` made (with parents) and checked writable, or a :class:`CliError` naming ``option``.
+
+    Why up front: a command that fails to write its first output after minutes of work wastes
+    them; and the OS error alone does not say which option to change.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            why = "a file is in the way"
+        raise CliError(f"cannot write to {option} {folder}: {why}; choose a folder you can write to",
+                       EXIT_OUTPUT) from exc
+    return folder
+
+
 def describe(exc: BaseException) -> tuple[int, str]:
     """``(exit code, one line)`` for an exception that ended a command."""
     from pydantic import ValidationError
@@ -82,7 +105,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, CliError):
         return exc.code, _one_line(exc.message)
     if isinstance(exc, ValidationError):
-        return EXIT_USAGE, _one_line(f"invalid value: {_validation_line(exc)}")
+        return EXIT_USAGE, _one_line(f"invalid {exc.title}: {_validation_line(exc)}")
     if isinstance(exc, TomoDataError):
         return EXIT_INPUT, _one_line(str(exc))
     if isinstance(exc, zmq_error):
@@ -100,10 +123,6 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return EXIT_INPUT, _one_line(f"{name}: {exc.strerror or exc}; check the path")
     if isinstance(exc, OSError):
         text = str(exc)
-        if "file signature not found" in text or "Unable to synchronously open file" in text:
-            return EXIT_INPUT, _one_line(
-                f"{exc.filename or 'the file'} is not an HDF5 file ({text}); "
-                "give a data-exchange or NXtomo .h5 file")
         if exc.errno in _OUTPUT_ERRNOS:
             return EXIT_OUTPUT, _one_line(
                 f"cannot write {exc.filename or ''}: {exc.strerror}; choose a folder you can write to "
@@ -113,3 +132,16 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return EXIT_USAGE, _one_line(str(exc))
     return EXIT_INTERNAL, _one_line(
         f"internal error {type(exc).__name__}: {exc}; rerun with --debug for the traceback and report it")
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` for counts (projections, rows, ranks, binning): an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give a whole number of at least 1")
+    return value

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EXIT_INPUT, CliError
+from .errors import EXIT_INPUT, CliError, positive_int, writable_folder
 
 DEFAULT_SLAB_ROWS = 64
 
@@ -40,10 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", dest="filter_name", metavar="NAME",
                    help="none, ramp, shepp, cosine, hann, hamming, parzen, butterworth")
     p.add_argument("--rows", metavar="START:STOP", help="detector rows [START, STOP) to reconstruct")
-    p.add_argument("--binning", type=int, help="average BxB pixels before reconstructing")
+    p.add_argument("--binning", type=positive_int, help="average BxB pixels before reconstructing")
     p.add_argument("--try-width", type=float, default=5.0, help="try: px either side of the estimate")
     p.add_argument("--try-step", type=float, default=1.0, help="try: px between candidates")
-    p.add_argument("--slab-rows", type=int, default=DEFAULT_SLAB_ROWS,
+    p.add_argument("--slab-rows", type=positive_int, default=DEFAULT_SLAB_ROWS,
                    help=f"detector rows read at a time (memory bound; default {DEFAULT_SLAB_ROWS})")
     p.add_argument("--no-tiff", action="store_true", help="write the Zarr volume only")
     p.set_defaults(func=run)
@@ -116,8 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     if not (0 <= rows[0] < rows[1] <= ny):
         raise CliError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows; "
                        f"give START:STOP with 0 <= START < STOP <= {ny}")
-    out: Path = args.out or Path(f"{path.stem}_rec")
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(args.out or Path(f"{path.stem}_rec"), "--out")
     b = params.binning
 
     if params.center == "auto":
