@@ -38,10 +38,11 @@ def check_address(address: object, *, bind: bool = False, what: str = "0MQ addre
     """``address`` if it is a 0MQ endpoint (``tcp://HOST:PORT``, ``ipc://``, ``inproc://``), else a
     ``ValueError`` that shows the form; binding anywhere but loopback is logged as a warning,
     since a 0MQ socket has no authentication unless CURVE keys are configured."""
-    if not isinstance(address, str) or not _ADDRESS.fullmatch(address):
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    port = m.group("port") if m else None
+    if m is None or (port not in (None, "*") and not 0 < int(port) < 65536):
         raise ValueError(f"{what} {address!r:.80} is not a 0MQ address; give tcp://HOST:PORT "
-                         "such as tcp://127.0.0.1:5578 (a bare port would mean every interface)")
-    m = _ADDRESS.fullmatch(address)
+                         "(port 1-65535) such as tcp://127.0.0.1:5578")
     if bind and m and m.group("host") and m.group("host") not in _LOOPBACK:
         log.warning("%s %s listens beyond this host: anyone who reaches it can read or send; "
                     "prefer 127.0.0.1 and an SSH tunnel, or 0MQ CURVE keys", what, address)
