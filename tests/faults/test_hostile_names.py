@@ -227,7 +227,7 @@ class _BashSlurm:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("which", ["subshell", "newline", "nul"])
 def test_hostile_run_uid_to_a_slurm_batch_job(module_RE, world, hostile, which):
-    """The batch job is staged in the jobs folder; its script runs no command (or it is refused, saying why)."""
+    """The batch job is staged in the jobs folder; its script runs no command (or is refused, saying why)."""
     from bluesky_tomo_hpc.jobs.journal import Journal
     from bluesky_tomo_hpc.jobs.monitor import JobMonitor
     from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink
