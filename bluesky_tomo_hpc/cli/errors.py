@@ -63,8 +63,9 @@ def _validation_line(exc: object) -> str:
     errors = exc.errors()  # type: ignore[attr-defined]
     parts = []
     for e in errors[:3]:
-        where = ".".join(str(p) for p in e.get("loc", ())) or "value"
-        parts.append(f"{where}: {e.get('msg')} (got {e.get('input')!r:.60})")
+        msg = str(e.get("msg", "")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in e.get("loc", ()))
+        parts.append(f"{where}: {msg} (got {e.get('input')!r:.60})" if where else msg)
     more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
     return "; ".join(parts) + more
 
@@ -92,6 +93,7 @@ def writable_folder(path: str | Path, option: str) -> Path:
 
 def describe(exc: BaseException) -> tuple[int, str]:
     """``(exit code, one line)`` for an exception that ended a command."""
+    import yaml
     from pydantic import ValidationError
 
     from ..model import TomoDataError
@@ -106,6 +108,11 @@ def describe(exc: BaseException) -> tuple[int, str]:
         return exc.code, _one_line(exc.message)
     if isinstance(exc, ValidationError):
         return EXIT_USAGE, _one_line(f"invalid {exc.title}: {_validation_line(exc)}")
+    if isinstance(exc, yaml.YAMLError):
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name} line {mark.line + 1}" if mark else "the input"
+        return EXIT_USAGE, _one_line(
+            f"{where} is not valid YAML ({getattr(exc, 'problem', None) or exc}); fix it")
     if isinstance(exc, TomoDataError):
         return EXIT_INPUT, _one_line(str(exc))
     if isinstance(exc, zmq_error):

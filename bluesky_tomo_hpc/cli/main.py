@@ -9,8 +9,9 @@ import logging
 import os
 import sys
 import traceback
+from typing import NoReturn
 
-from .errors import EXIT_INTERRUPTED, describe
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe
 
 DESCRIPTION = """\
 Automatic tomography reconstruction for Bluesky beamlines.
@@ -39,8 +40,15 @@ command line/parameter/settings, 3 bad input data, 4 output not writable, 5 serv
 COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "reprocess", "config")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its default prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bluesky-tomo-hpc", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
