@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from bluesky_tomo_hpc.preview_protocol import (
+from bluesky_tomo_hpc.sinks.preview_stream import (
     TOPIC,
     PreviewProtocolError,
     PreviewPublisher,
@@ -56,7 +56,7 @@ def test_malformed_messages_are_refused_with_a_reason(mangle, message):
 
 
 def test_bare_port_is_refused():
-    with pytest.raises(ValueError, match="full URL"):
+    with pytest.raises(ValueError, match="tcp://HOST:PORT"):
         PreviewPublisher("5600")
 
 

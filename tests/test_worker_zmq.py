@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from bluesky_tomo_hpc.preview_protocol import PreviewSubscriber, PreviewUpdate  # noqa: E402
+from bluesky_tomo_hpc.sinks.preview_stream import PreviewSubscriber, PreviewUpdate  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -127,7 +127,7 @@ class Collector:
 
 def publisher(RE, address: str):
     """The RunEngine side: bluesky's Publisher with the msgpack codec, subscribed to RE."""
-    from bluesky_tomo_hpc.zmq_documents import document_publisher
+    from bluesky_tomo_hpc.sources.zmq_documents import document_publisher
 
     pub = document_publisher(address)
     RE.subscribe(pub)

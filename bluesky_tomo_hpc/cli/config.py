@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from ..config import load_settings
+    from ..settings import load_settings
 
     settings = load_settings()  # an invalid one is reported by cli/main.py in one line
     yaml.safe_dump(settings.model_dump(mode="json"), sys.stdout, sort_keys=False)

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..demo import run_demo
+    from ..live.demo_run import run_demo
 
     writable_folder(args.data_dir, "--data-dir")
 

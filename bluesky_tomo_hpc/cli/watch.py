@@ -72,10 +72,10 @@ class _Window:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..preview_protocol import PreviewSubscriber
-    from ..zmq_documents import check_address
+    from ..settings import check_zmq_address
+    from ..sinks.preview_stream import PreviewSubscriber
 
-    check_address(args.address, what="watch address")  # before any window or folder is made
+    check_zmq_address(args.address, what="watch address")  # before any window or folder is made
     show: Any
     if args.out:
         from ..sinks.preview import PreviewFileWriter

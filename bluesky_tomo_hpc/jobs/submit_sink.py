@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.params import ReconParams
-from ..model import FrameBatch, ScanEnd, ScanSpec
-from ..safe_names import UnsafeNameError, path_inside
+from ..model import FrameBatch, ScanEnd, ScanSpec, UnsafeNameError, path_inside
 from .job import JobOutputs, ReconJob, Resources
 from .monitor import JobMonitor
 from .staging import write_exchange_file
@@ -27,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class HPCSubmitSink:
-    """A :class:`~bluesky_tomo_hpc.sinks.base.Sink` that submits one batch job per successful scan.
+    """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that submits one batch job per successful scan.
 
     ``resources`` is fixed :class:`Resources` or a function of the scan's (projections, rows,
     columns) shape (e.g. wrapping :func:`~bluesky_tomo_hpc.jobs.sizing.size_job`).

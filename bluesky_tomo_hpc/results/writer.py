@@ -7,8 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..model import ScanSpec
-from ..safe_names import safe_component
+from ..model import ScanSpec, safe_component
 from .pictures import save_orthoslices_png
 from .tiled_results import preview_slices, recon_key, write_reconstruction
 

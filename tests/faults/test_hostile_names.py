@@ -14,7 +14,7 @@ from fault_world import (
     assert_stored_or_failed_with_reason,
 )
 
-from bluesky_tomo_hpc.safe_names import MAX_COMPONENT_CHARS, UnsafeNameError, path_inside, safe_component
+from bluesky_tomo_hpc.model import MAX_COMPONENT_CHARS, UnsafeNameError, path_inside, safe_component
 
 SCAN = {"num_projections": 24, "num_darks": 2, "num_flats": 2, "exposure": 0.0}
 #: the hostile uids run through a whole scan (the others are covered by the cheaper cases)
@@ -103,7 +103,8 @@ def test_slurm_template_override_quoting_a_uid_is_still_safe(world, hostile):
 @pytest.mark.parametrize("field", ["partition", "account"])
 def test_slurm_directive_with_a_newline_is_refused(world, field):
     """A directive value that would add a line to the script is refused with the reason (permanent)."""
-    from bluesky_tomo_hpc.jobs.executors.base import PermanentError
+    from bluesky_tomo_hpc.jobs.executors.executor import PermanentError
+
     from bluesky_tomo_hpc.jobs.executors.slurm import render_script
 
     job = _job(world, "run-1")
@@ -144,8 +145,8 @@ def _scan(RE, world, uid: str | None = None, md: dict | None = None, worker: Any
 
 
 def _worker(world) -> Any:
-    from bluesky_tomo_hpc.config import Settings
-    from bluesky_tomo_hpc.worker import StreamWorker
+    from bluesky_tomo_hpc.live.stream_worker import StreamWorker
+    from bluesky_tomo_hpc.settings import Settings
 
     settings = Settings.model_validate({
         "data_dir": str(world.data), "full_volume": True,
@@ -213,7 +214,7 @@ class _BashSlurm:
         return f"bash-{len(self.outputs)}"
 
     def status(self, handle: str) -> Any:
-        from bluesky_tomo_hpc.jobs.executors.base import RemoteState, RemoteStatus
+        from bluesky_tomo_hpc.jobs.executors.executor import RemoteState, RemoteStatus
 
         return RemoteStatus(RemoteState.RUNNING)
 

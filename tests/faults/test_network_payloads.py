@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from fault_world import assert_scan_not_aborted, assert_stored_or_failed_with_reason
 
-from bluesky_tomo_hpc.zmq_documents import (
+from bluesky_tomo_hpc.settings import check_zmq_address
+from bluesky_tomo_hpc.sources.zmq_documents import (
     DocumentDecodeError,
-    check_address,
     decode_document,
     document_dispatcher,
     encode_document,
@@ -88,7 +88,7 @@ def test_documents_with_arrays_round_trip(world):
 
 def test_oversized_document_is_refused(world, monkeypatch):
     """A document larger than the limit is refused before it is unpacked."""
-    import bluesky_tomo_hpc.zmq_documents as zd
+    import bluesky_tomo_hpc.sources.zmq_documents as zd
 
     monkeypatch.setattr(zd, "MAX_DOCUMENT_BYTES", 1000)
     with pytest.raises(DocumentDecodeError, match="exceeds"):
@@ -100,7 +100,7 @@ def test_oversized_document_is_refused(world, monkeypatch):
 def test_bad_zmq_address_is_refused_with_the_form(world, address):
     """A 0MQ address that is not tcp://HOST:PORT (or ipc/inproc) is refused, showing the right form."""
     with pytest.raises(ValueError, match="tcp://HOST:PORT"):
-        check_address(address)
+        check_zmq_address(address)
 
 
 def _garbage_messages(sentinel: str) -> list[bytes]:
@@ -163,9 +163,9 @@ def test_worker_fed_garbage_then_a_scan_reconstructs_the_scan(module_RE, world):
     """The streaming worker survives garbage on its 0MQ input and still previews and reconstructs the scan."""
     import zmq
 
-    from bluesky_tomo_hpc.config import Settings
+    from bluesky_tomo_hpc.live.stream_worker import StreamWorker
+    from bluesky_tomo_hpc.settings import Settings
     from bluesky_tomo_hpc.sim import make_sim_beamline, tomo_scan
-    from bluesky_tomo_hpc.worker import StreamWorker
 
     address = f"tcp://127.0.0.1:{_free_port()}"
     ctx = zmq.Context()

@@ -2,7 +2,7 @@
 
 The script is rendered from ``templates/slurm.sbatch`` (``string.Template``; override with
 ``template=``), never assembled inline. No value from outside reaches it as text a shell would
-interpret: the run uid and job id appear as safe names (:mod:`bluesky_tomo_hpc.safe_names`), paths
+interpret: the run uid and job id appear as safe names (:func:`bluesky_tomo_hpc.model.safe_component`), paths
 in shell lines are :func:`shlex.quote`-d, and ``#SBATCH`` lines refuse what Slurm would misread.
 A job that Slurm has purged from ``scontrol`` is looked up in ``sacct`` (when accounting runs)
 and otherwise reported LOST. Node failures and preemption are transient; a batch-program exit
@@ -20,9 +20,9 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
-from ...safe_names import UnsafeNameError, safe_component
+from ...model import UnsafeNameError, safe_component
 from ..job import ReconJob
-from .base import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
+from .executor import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
 
 _PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"}
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}

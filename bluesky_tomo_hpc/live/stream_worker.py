@@ -1,7 +1,7 @@
 """The streaming worker: one process that turns live scans into previews and volumes.
 
 Fed by (a) Bluesky documents over 0MQ (RunEngine ``Publisher`` -> ``bluesky-0MQ-proxy`` ->
-``RemoteDispatcher`` here, msgpack on both ends: :mod:`.zmq_documents`), run through the same
+``RemoteDispatcher`` here, msgpack on both ends: :mod:`..sources.zmq_documents`), run through the same
 :class:`TomoRunRouter` as the in-process callback; or (b) EPICS PV Access NTNDArray frames
 (:class:`~.sources.pva.PvaSource`). Both give the same ScanSpec / FrameBatch stream, which fans out per run to
   * a :class:`PreviewSink` (three live slices -> 0MQ PUB, TIFF/PNG files, Tiled at the final), and
@@ -11,7 +11,7 @@ Why a journal: a worker killed mid-scan has lost the run's start, descriptor and
 documents, which the RunEngine will not send again. The worker appends every document of an
 open tomography run (except events carrying big arrays) to ``<journal>/<safe uid>.jsonl``
 (one JSON document per line: no code-running decoder, and a uid never names a path outside the
-journal folder, see :mod:`.safe_names`);
+journal folder, see :func:`..model.safe_component`);
 restarted, it replays those through the router, which re-reads the frames from the HDF5 files
 they point to, then carries on with the live documents. The RunEngine never waits on any of
 this: its Publisher's PUB socket drops rather than blocks.
@@ -30,14 +30,13 @@ from typing import Any
 
 from event_model import NumpyEncoder
 
-from .config import Settings, load_settings
-from .model import ScanEnd
-from .preview_protocol import PreviewPublisher
-from .safe_names import UnsafeNameError, path_inside
-from .sinks.base import Sink, SinkFanout
-from .sinks.full_volume import FullVolumeSink, ReconService
-from .sinks.preview import PreviewFileWriter, PreviewOutput, PreviewSink, PreviewTiledWriter
-from .sources.documents import TomoRunRouter
+from ..model import ScanEnd, UnsafeNameError, path_inside
+from ..settings import Settings, load_settings
+from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..sinks.preview import PreviewFileWriter, PreviewOutput, PreviewSink, PreviewTiledWriter
+from ..sinks.preview_stream import PreviewPublisher
+from ..sinks.sink import Sink, SinkFanout
+from ..sources.documents import TomoRunRouter
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +172,7 @@ class StreamWorker:
         self.client = client if client is not None else self._connect_tiled()
         self.processed = None
         if self.client is not None:
-            from .results.tiled_results import processed_container
+            from ..results.tiled_results import processed_container
 
             self.processed = processed_container(self.client, self.settings.tiled.processed_container)
         self.outputs: list[PreviewOutput] = list(preview_outputs)
@@ -191,7 +190,7 @@ class StreamWorker:
         self.service = ReconService()
         self.result_writer = None
         if self.processed is not None:
-            from .results.writer import TiledResultWriter
+            from ..results.writer import TiledResultWriter
 
             self.result_writer = TiledResultWriter(self.processed)
         self.router = TomoRunRouter(self.make_sinks, **self._router_kwargs(router_kwargs))
@@ -223,7 +222,7 @@ class StreamWorker:
         kwargs = dict(extra or {})
         if "dark_flat_resolver" not in kwargs and self.client is not None:
             try:  # dark/flat runs recorded separately (HEX layout) are found in the raw catalog
-                from .sources import documents
+                from ..sources import documents
 
                 resolver = getattr(documents, "tiled_dark_flat_resolver", None)
                 if resolver is not None:
@@ -357,9 +356,10 @@ class StreamWorker:
     def serve_zmq(self, address: str, *, prefix: bytes = b"", max_runs: int | None = None,
                   timeout_s: float | None = None, ready: Callable[[], None] | None = None) -> int:
         """Subscribe to a bluesky-0MQ-proxy's out address; returns the number of scans ended."""
-        from .zmq_documents import check_address, document_dispatcher
+        from ..settings import check_zmq_address
+        from ..sources.zmq_documents import document_dispatcher
 
-        check_address(address, what="--zmq address")
+        check_zmq_address(address, what="--zmq address")
 
         self.replay_journal()
         # msgpack, never bluesky's pickle default: see zmq_documents
@@ -395,7 +395,7 @@ class StreamWorker:
     def serve_pva(self, channel: str, *, max_runs: int | None = None, timeout_s: float | None = None,
                   ready: Callable[[], None] | None = None, **source_kwargs: Any) -> int:
         """Monitor an NTNDArray channel; returns the number of scans ended."""
-        from .sources.pva import PvaSource
+        from ..sources.pva import PvaSource
 
         source = PvaSource(_PerScanSinks(self.make_sinks), channel, **source_kwargs)
         self._max_runs = None if max_runs is None else len(self.ended) + max_runs

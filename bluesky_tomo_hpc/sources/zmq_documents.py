@@ -18,7 +18,6 @@ messages are dropped and logged, never unpickled).
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import numpy as np
@@ -28,25 +27,6 @@ log = logging.getLogger(__name__)
 #: largest document accepted (an event page of a few detector frames fits; a 21 GB scan's frames
 #: travel in HDF5 files, never in documents)
 MAX_DOCUMENT_BYTES = 256 << 20
-
-
-_ADDRESS = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5}|\*)|(ipc|inproc)://\S+")
-_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
-
-
-def check_address(address: object, *, bind: bool = False, what: str = "0MQ address") -> str:
-    """``address`` if it is a 0MQ endpoint (``tcp://HOST:PORT``, ``ipc://``, ``inproc://``), else a
-    ``ValueError`` that shows the form; binding anywhere but loopback is logged as a warning,
-    since a 0MQ socket has no authentication unless CURVE keys are configured."""
-    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
-    port = m.group("port") if m else None
-    if m is None or (port not in (None, "*") and not 0 < int(port) < 65536):
-        raise ValueError(f"{what} {address!r:.80} is not a 0MQ address; give tcp://HOST:PORT "
-                         "(port 1-65535) such as tcp://127.0.0.1:5578")
-    if bind and m and m.group("host") and m.group("host") not in _LOOPBACK:
-        log.warning("%s %s listens beyond this host: anyone who reaches it can read or send; "
-                    "prefer 127.0.0.1 and an SSH tunnel, or 0MQ CURVE keys", what, address)
-    return address
 
 
 class DocumentDecodeError(ValueError):

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .zmq_documents import check_address
+from ..settings import check_zmq_address
 
 TOPIC = b"tomo.preview"
 VERSION = 1
@@ -111,7 +111,7 @@ class PreviewPublisher:
     def __init__(self, address: str, *, bind: bool = True, hwm: int = 4):
         import zmq
 
-        check_address(address, bind=bind, what="preview address")
+        check_zmq_address(address, bind=bind, what="preview address")
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
@@ -139,7 +139,7 @@ class PreviewSubscriber:
     def __init__(self, address: str, *, bind: bool = False):
         import zmq
 
-        check_address(address, bind=bind, what="preview address")
+        check_zmq_address(address, bind=bind, what="preview address")
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)

@@ -10,7 +10,9 @@ variable Tiled's own client reads), other services name their variables in their
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +21,31 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .engine.params import ReconParams
 
+log = logging.getLogger(__name__)
+
 ENV_FILE = "BLUESKY_TOMO_HPC_CONFIG"
 ENV_PREFIX = "BLUESKY_TOMO_HPC__"
+
+
+# 0MQ endpoints (live previews here; the worker's --zmq and watch use the same check)
+_ADDRESS = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5}|\*)|(ipc|inproc)://\S+")
+_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def check_zmq_address(address: object, *, bind: bool = False, what: str = "0MQ address") -> str:
+    """``address`` if it is a 0MQ endpoint (``tcp://HOST:PORT``, ``ipc://``, ``inproc://``), else a
+    ``ValueError`` that shows the form; binding anywhere but loopback is logged as a warning,
+    since a 0MQ socket has no authentication unless CURVE keys are configured."""
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    port = m.group("port") if m else None
+    if m is None or (port not in (None, "*") and not 0 < int(port) < 65536):
+        raise ValueError(f"{what} {address!r:.80} is not a 0MQ address; give tcp://HOST:PORT "
+                         "(port 1-65535) such as tcp://127.0.0.1:5578")
+    if bind and m and m.group("host") and m.group("host") not in _LOOPBACK:
+        log.warning("%s %s listens beyond this host: anyone who reaches it can read or send; "
+                    "prefer 127.0.0.1 and an SSH tunnel, or 0MQ CURVE keys", what, address)
+    return address
+
 
 
 class _Section(BaseModel):
