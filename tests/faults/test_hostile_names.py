@@ -104,7 +104,6 @@ def test_slurm_template_override_quoting_a_uid_is_still_safe(world, hostile):
 def test_slurm_directive_with_a_newline_is_refused(world, field):
     """A directive value that would add a line to the script is refused with the reason (permanent)."""
     from bluesky_tomo_hpc.jobs.executors.executor import PermanentError
-
     from bluesky_tomo_hpc.jobs.executors.slurm import render_script
 
     job = _job(world, "run-1")
