@@ -37,23 +37,6 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterable[FaultWorl
     assert w.outside_writes() == [], "written outside the data folder"
 
 
-@pytest.fixture(scope="module")
-def module_RE() -> Iterable[Any]:
-    """One RunEngine for all the cases of a module (making one costs about a second)."""
-    import asyncio
-
-    from bluesky import RunEngine
-
-    loop = asyncio.new_event_loop()
-    engine = RunEngine({}, loop=loop)
-    yield engine
-    if engine.state not in ("idle", "panicked"):
-        engine.halt()
-    loop.call_soon_threadsafe(loop.stop)
-    engine._th.join()
-    loop.close()
-
-
 @pytest.fixture
 def hostile(world: FaultWorld) -> dict[str, str]:
     return hostile_strings(world.sentinel)

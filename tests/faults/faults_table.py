@@ -67,7 +67,8 @@ def render(cases: list[dict], seconds: float) -> str:
     for c in sorted(cases, key=lambda c: c["nodeid"]):
         file, _, name = c["nodeid"].partition("::")
         outcome = c["outcome"] + (f": {c['detail']}" if c.get("detail") else "")
-        lines.append(f"| `{_cell(Path(file).stem)}::{_cell(name)}` | {_cell(c['expected'])} | {_cell(outcome)} |")
+        case = f"`{_cell(Path(file).stem)}::{_cell(name)}`"
+        lines.append(f"| {case} | {_cell(c['expected'])} | {_cell(outcome)} |")
     return "\n".join(lines) + "\n"
 
 
