@@ -59,7 +59,8 @@ def render(cases: list[dict], seconds: float) -> str:
         "",
         f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(cases)} cases: "
         f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped, "
-        f"in {seconds:.0f} s on {os.cpu_count()} cores (Python {platform.python_version()}).",
+        f"in {seconds:.0f} s on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
+        f"(Python {platform.python_version()}).",
         "",
         "| case | expected | outcome |",
         "| --- | --- | --- |",
