@@ -8,6 +8,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from .errors import writable_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -30,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     data_dir = (args.data_dir or settings.data_dir).resolve()
+    writable_folder(data_dir / "tiled", "--data-dir")  # Tiled keeps its catalog and files there
     key = os.environ.get(settings.tiled.api_key_env)
     if not key:
         key = secrets.token_hex(16)

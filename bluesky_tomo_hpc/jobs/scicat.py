@@ -108,7 +108,7 @@ def raw_datablock(spec: Any) -> dict[str, Any] | None:
 def derived_dataset(spec: Any, outcome: Any, settings: Any, *, kind: str = "full",
                     location: str | None = None) -> dict[str, Any]:
     """The DerivedDataset of one reconstruction, linked to the raw dataset by ``inputDatasets``."""
-    from ..results.tiled_results import software_versions
+    from ..results.provenance import software_versions
 
     result = outcome.result
     params = result.params

@@ -28,7 +28,8 @@ import numpy as np
 
 from ..metadata.sample import NAME_PATTERN
 from ..metadata.series_point import series_point
-from .tiled_results import _clean_metadata, recon_key, register_zarr_in_place
+from .provenance import jsonable
+from .tiled_results import recon_key, register_zarr_in_place
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def series_params(result: Any) -> Any:
 
 def _differences(first: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{k} {now.get(k)!r} differs from the series' {first.get(k)!r}"
-            for k in first if _clean_metadata({"v": first.get(k)}) != _clean_metadata({"v": now.get(k)})]
+            for k in first if jsonable({"v": first.get(k)}) != jsonable({"v": now.get(k)})]
 
 
 def write_series_zarr(path: Path, index: int, volume: Any) -> Any:
@@ -125,7 +126,7 @@ class SeriesCollector:
         container = self.container()
         if series_id in container:
             return container[series_id]
-        return container.create_container(series_id, metadata=_clean_metadata(first), specs=[SERIES_SPEC])
+        return container.create_container(series_id, metadata=jsonable(first), specs=[SERIES_SPEC])
 
     def add(self, spec: Any, result: Any, point: Any) -> str:
         """Add one member; returns what happened (also in :attr:`messages`)."""
@@ -148,14 +149,14 @@ class SeriesCollector:
                        f"{reason}; its own reconstruction is kept as {member['recon_key']}")
             log.warning(message)
             rejected = [r for r in md.get("rejected", []) if r.get("raw_uid") != spec.run_uid]
-            node.update_metadata(_clean_metadata({"rejected": [*rejected, {**member, "reason": reason}]}))
+            node.update_metadata(jsonable({"rejected": [*rejected, {**member, "reason": reason}]}))
             self.messages[point.id] = message
             return message
         write_series_zarr(path, point.index, result.volume)
         members = [m for m in md.get("members", []) if m.get("index") != point.index]
         members = sorted([*members, member], key=lambda m: m["index"])
         n_t = max(m["index"] for m in members) + 1
-        node.update_metadata(_clean_metadata({"members": members, "n_t": n_t}))
+        node.update_metadata(jsonable({"members": members, "n_t": n_t}))
         if self.register_in_place:
             self._register(node, path)
         message = f"series {point.id}: scan {spec.run_uid[:8]} added at t index {point.index}"

@@ -144,6 +144,8 @@ class FullVolumeSink:
             data = acc.assemble()
             center = center_for(acc.spec, params) if center_for is not None else None
             result = reconstruct_scan(data, params, center=center, progress=progress)
+            for warning in result.warnings:  # to the terminal too, not only the stored metadata
+                log.warning("run %s: %s", acc.spec.run_uid, warning)
             location = writer.write(acc.spec, result) if writer is not None else ""
             return ReconOutcome(
                 run_uid=acc.spec.run_uid,
