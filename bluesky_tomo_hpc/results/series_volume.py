@@ -60,7 +60,7 @@ def series_params(result: Any) -> Any:
 
 def _differences(first: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{k} {now.get(k)!r} differs from the series' {first.get(k)!r}"
-            for k in first if jsonable({"v": first.get(k)}) != jsonable({"v": now.get(k)})]
+            for k in first if jsonable(first.get(k)) != jsonable(now.get(k))]
 
 
 def write_series_zarr(path: Path, index: int, volume: Any) -> Any:
