@@ -89,6 +89,13 @@ def test_where_criteria_parse_to_tiled_queries():
             parse_where(bad)
 
 
+def test_reprocess_command_refuses_a_bad_where_before_connecting(capsys):
+    from bluesky_tomo_hpc.cli.main import main
+
+    code = main(["reprocess", "http://127.0.0.1:9/api/v1", "--where", "sample;name=x"])
+    assert code == 2 and "invalid --where" in capsys.readouterr().err
+
+
 # -- with a RunEngine, the simulated beamline and a real Tiled --------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):

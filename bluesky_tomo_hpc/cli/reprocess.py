@@ -78,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]invalid parameters:[/red] {exc}")
         return 2
     try:
+        where = tuple(parse_where(w) for w in args.where)
+    except QueryError as exc:
+        console.print(f"[red]invalid --where:[/red] {exc}")
+        return 2
+    try:
         from tiled.client import from_uri
 
         client = from_uri(args.catalog_uri, api_key=settings.tiled.api_key)
@@ -85,11 +90,6 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         console.print(f"[red]cannot open catalog {args.catalog_uri}:[/red] {type(exc).__name__}: {exc}")
         return 3
-    try:
-        where = tuple(parse_where(w) for w in args.where)
-    except QueryError as exc:
-        console.print(f"[red]invalid --where:[/red] {exc}")
-        return 2
     query = RunQuery(scan_ids=args.scan_ids, since=args.since, until=args.until,
                      plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids),
                      series=args.series, where=where)
