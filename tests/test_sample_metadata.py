@@ -16,7 +16,6 @@ from bluesky_tomo_hpc.metadata.sample import (
 )
 from bluesky_tomo_hpc.metadata.validate import install_sample_validator, with_sample
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
-from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
 from bluesky_tomo_hpc.settings import Settings
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.plans import tomo_scan
@@ -97,16 +96,9 @@ def test_reprocess_command_refuses_a_bad_where_before_connecting(capsys):
 
 
 # -- with a RunEngine, the simulated beamline and a real Tiled --------------------------------
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sample")
-    with EmbeddedTiledServer(root / "tiled", readable_storage=[root]) as srv:
-        srv.root = root
-        yield srv
-
-
 @pytest.fixture
-def pipeline(server, request):
+def pipeline(module_tiled_server, request):
+    server = module_tiled_server
     settings = Settings(data_dir=server.root / request.node.name, jobs={"executor": "none"})
     pipe = TomoPipeline(settings, server.client())
     yield pipe

@@ -15,7 +15,6 @@ from bluesky_tomo_hpc.metadata.sample import SampleMetadataError
 from bluesky_tomo_hpc.plans.adaptive import centre_then_scan, roi_change_above
 from bluesky_tomo_hpc.plans.tomo_series import tomo_series
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
-from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
 from bluesky_tomo_hpc.settings import Settings
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.phantom import shepp_logan_3d
@@ -28,11 +27,8 @@ SAMPLE = {"name": "ti64-07", "material": {"category": "alloy"}}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("series")
-    with EmbeddedTiledServer(root / "tiled", readable_storage=[root]) as srv:
-        srv.root = root
-        yield srv
+def server(module_tiled_server):
+    return module_tiled_server
 
 
 def _pipeline(server, name, **settings):
