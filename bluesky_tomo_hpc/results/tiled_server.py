@@ -14,7 +14,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 
 
-def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[str | Path] = ()) -> Any:
-    """A Tiled ASGI app over the catalog in ``directory`` (created when missing)."""
+def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[str | Path] = (),
+                    mounts: Mapping[str, Any] | None = None) -> Any:
+    """A Tiled ASGI app over the catalog in ``directory`` (created when missing); ``mounts``
+    (path -> ASGI app, e.g. ``{"/web": ...}``, the web page) are served beside it."""
     from bluesky_tiled_plugins.exporters import json_seq_exporter
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.config import Authentication, StreamingCacheConfig
@@ -46,11 +48,14 @@ def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[st
     )
     registry = copy.deepcopy(default_serialization_registry)
     registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
-    return build_app(
+    app = build_app(
         catalog,
         authentication=Authentication(single_user_api_key=api_key),
         serialization_registry=registry,
     )
+    for path, sub in (mounts or {}).items():
+        app.mount(path, sub)
+    return app
 
 
 def _log_config(directory: Path) -> dict[str, Any]:
@@ -80,13 +85,14 @@ class EmbeddedTiledServer:
         port: int = 0,
         readable_storage: Sequence[str | Path] = (),
         startup_timeout: float = 30.0,
+        mounts: Mapping[str, Any] | None = None,
     ):
         import uvicorn
 
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.api_key = api_key or secrets.token_hex(16)
-        app = build_tiled_app(self.directory, self.api_key, readable_storage)
+        app = build_tiled_app(self.directory, self.api_key, readable_storage, mounts)
         config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio",
                                 log_config=_log_config(self.directory))
         self._server = uvicorn.Server(config)
@@ -130,13 +136,14 @@ def _wait_healthy(base: str, deadline: float) -> None:
 
 
 def serve_forever(
-    directory: str | Path, *, api_key: str, port: int = 8000, readable_storage: Sequence[str | Path] = ()
+    directory: str | Path, *, api_key: str, port: int = 8000, readable_storage: Sequence[str | Path] = (),
+    mounts: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the server in the foreground on 127.0.0.1 until interrupted (``bluesky-tomo-hpc serve``)."""
     import uvicorn
 
     directory = Path(directory).resolve()
-    app = build_tiled_app(directory, api_key, readable_storage)
+    app = build_tiled_app(directory, api_key, readable_storage, mounts)
     uvicorn.run(app, host=HOST, port=port, log_level="info")
 
 
