@@ -101,7 +101,8 @@ def stuck_jobs(records: Iterable[Any], now: float | None = None) -> list[tuple[s
                 out.append((r.job_id, f"RUNNING for {age / 60:.0f} min, wall time {limit / 60:.0f} min"))
         elif r.state == "RETRY_WAIT" and r.next_try is not None:
             if now - r.next_try > STUCK_IDLE_S:
-                out.append((r.job_id, f"retry due {(now - r.next_try) / 60:.0f} min ago: is a monitor running?"))
+                late = (now - r.next_try) / 60
+                out.append((r.job_id, f"retry due {late:.0f} min ago: is a monitor running?"))
         elif age > STUCK_IDLE_S:
             out.append((r.job_id, f"{r.state} unchanged for {age / 60:.0f} min"))
     return out
@@ -154,8 +155,8 @@ def check_executor(name: str, options: dict[str, Any] | None = None) -> Check:
     if name == "none":
         return Check("executor", "ok", "no batch jobs configured")
     if name == "local":
-        from .jobs.executors.local import _find_mpiexec
         from .jobs.executors.base import ExecutorError
+        from .jobs.executors.local import _find_mpiexec
 
         try:
             return Check("executor local", "ok", f"mpiexec at {_find_mpiexec()}")
@@ -173,7 +174,8 @@ def check_executor(name: str, options: dict[str, Any] | None = None) -> Check:
     if name == "alcf":
         if not (options.get("endpoint_id") or os.environ.get("GLOBUS_COMPUTE_ENDPOINT")):
             return Check("executor alcf", "fail", "no endpoint: set $GLOBUS_COMPUTE_ENDPOINT")
-        tokens = Path(os.environ.get("GLOBUS_COMPUTE_USER_DIR", Path.home() / ".globus_compute")) / "storage.db"
+        user_dir = os.environ.get("GLOBUS_COMPUTE_USER_DIR", Path.home() / ".globus_compute")
+        tokens = Path(user_dir) / "storage.db"
         if not tokens.is_file() and not os.environ.get("GLOBUS_COMPUTE_CLIENT_SECRET"):
             return Check("executor alcf", "fail", f"no Globus Compute login ({tokens} missing, "
                                                   "$GLOBUS_COMPUTE_CLIENT_SECRET unset)")

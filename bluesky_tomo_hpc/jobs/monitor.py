@@ -447,7 +447,8 @@ class JobMonitor:
         with self._lock:
             rec = self.journal.get(job_id)
             if rec.state not in ("FAILED", "CANCELLED"):
-                raise JournalError(f"job {job_id} is {rec.state}: only FAILED or CANCELLED jobs can be retried")
+                raise JournalError(
+                    f"job {job_id} is {rec.state}: only FAILED or CANCELLED jobs can be retried")
             return self.journal.set_state(job_id, "RETRY_WAIT", "retried by the user", attempts=0,
                                           error=None, next_try=time.time())
 

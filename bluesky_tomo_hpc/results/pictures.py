@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
-def grey_limits(images: list[np.ndarray], percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
+def grey_limits(
+    images: list[np.ndarray], percentiles: tuple[float, float] = (0.5, 99.5)
+) -> tuple[float, float]:
     """Shared grey levels from robust percentiles, so the three panels compare directly."""
     values = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in images])
     values = values[np.isfinite(values)]
