@@ -83,8 +83,9 @@ def test_requests_without_the_key_are_refused(beamline):
         assert http.get(beamline["web"] + "api/jobs").status_code == 401
         r = http.get(beamline["web"], follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].endswith("/web/login")
-        assert http.get(beamline["web"] + "api/jobs", headers={"Authorization": "Apikey wrong"}).status_code == 401
-        assert http.get(beamline["web"] + "api/jobs", headers={"Authorization": f"Apikey {KEY}"}).status_code == 200
+        jobs = beamline["web"] + "api/jobs"
+        assert http.get(jobs, headers={"Authorization": "Apikey wrong"}).status_code == 401
+        assert http.get(jobs, headers={"Authorization": f"Apikey {KEY}"}).status_code == 200
         # the login form with a wrong key sets no session
         r = http.post(beamline["web"] + "login", data={"api_key": "nope"}, follow_redirects=False)
         assert "failed" in r.headers["location"] and "btomo_session" not in r.cookies
@@ -146,7 +147,8 @@ def test_live_scan_results_and_jobs_in_the_browser(beamline):
 
         # the batch job reaches its end state (REGISTERED: done and in Tiled), seen on the Jobs page
         records = pipeline.wait_for_jobs(timeout=600)
-        assert records and all(r.state == "REGISTERED" for r in records), [(r.state, r.error) for r in records]
+        states = [(r.state, r.error) for r in records]
+        assert records and all(r.state == "REGISTERED" for r in records), states
         job_id = records[0].job_id
         page.goto(beamline["web"] + f"#job/{job_id}")
         page.wait_for_selector(f"#jobs tr[data-job='{job_id}'][data-state='REGISTERED']", timeout=WAIT_MS)

@@ -209,7 +209,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
         from ..results.pictures import grey_limits
 
-        vol = ctx.catalog.small_volume(request.path_params["key"], max_side=_int(request, "max_side", 128) or 128)
+        max_side = _int(request, "max_side", 128) or 128
+        vol = ctx.catalog.small_volume(request.path_params["key"], max_side=max_side)
         lo, hi = grey_limits([vol[len(vol) // 2]])
         grey = np.clip((vol - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
         img = nib.Nifti1Image(np.ascontiguousarray(grey.transpose(2, 1, 0)), np.eye(4))
@@ -226,8 +227,10 @@ def build_web_app(ctx: WebContext) -> Starlette:
     def jobs(request: Request) -> Response:
         journal = ctx.journal()
         if journal is None:
-            return JSONResponse({"jobs": [], "note": f"no journal at {ctx.journal_path} yet: no job submitted"})
-        return JSONResponse({"jobs": list_jobs(journal, active_only=request.query_params.get("active") == "1")})
+            note = f"no journal at {ctx.journal_path} yet: no job submitted"
+            return JSONResponse({"jobs": [], "note": note})
+        active = request.query_params.get("active") == "1"
+        return JSONResponse({"jobs": list_jobs(journal, active_only=active)})
 
     def job(request: Request) -> Response:
         journal = ctx.journal()
@@ -286,7 +289,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
         return _error(f"internal error ({type(exc).__name__}: {exc}); the server log has the details", 500)
 
     routes = [
-        Route("/", index), Route("/login", login_form, methods=["GET"]), Route("/login", login, methods=["POST"]),
+        Route("/", index), Route("/login", login_form, methods=["GET"]),
+        Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]), Route("/api/whoami", whoami),
         Route("/api/live", live_state), Route("/api/live/stream", live_stream),
         Route("/api/live/final/{uid}", live_final),

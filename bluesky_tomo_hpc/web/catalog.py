@@ -152,7 +152,8 @@ class Catalog:
         try:
             return processed[key]
         except KeyError:
-            raise CatalogError(f"no reconstruction {key!r} in Tiled's '{self.processed_name}' container") from None
+            raise CatalogError(
+                f"no reconstruction {key!r} in Tiled's '{self.processed_name}' container") from None
 
     def info(self, key: str) -> dict[str, Any]:
         node = self.node(key)
@@ -170,11 +171,14 @@ class Catalog:
         md = node.metadata
         if "volume" not in node:
             if md.get("state") == "writing":
-                raise CatalogError(f"reconstruction {key} is still being written; its volume is not there yet", 409)
+                raise CatalogError(
+                    f"reconstruction {key} is still being written; its volume is not there yet", 409)
             raise CatalogError(f"reconstruction {key} has no volume (kind {md.get('kind')!r}: slices only)")
         return node["volume"], md
 
-    def slice(self, key: str, plane: str, index: int | None, level: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    def slice(
+        self, key: str, plane: str, index: int | None, level: int = 0
+    ) -> tuple[np.ndarray, dict[str, Any]]:
         """One slice of the volume at a multiscale level (a strided read through Tiled)."""
         if plane not in PLANES:
             raise CatalogError(f"plane {plane!r} unknown: xy, xz or yz", 400)
@@ -197,7 +201,8 @@ class Catalog:
             if md.get("state") == "writing":
                 raise CatalogError(f"reconstruction {key} is still being written; slice {index} is not "
                                    "there yet", 409) from exc
-            raise CatalogError(f"could not read {plane} slice {index} of {key}: {type(exc).__name__}", 502) from exc
+            raise CatalogError(
+                f"could not read {plane} slice {index} of {key}: {type(exc).__name__}", 502) from exc
         return data, {"shape": shape, "index": index, "level": level, "levels": levels}
 
     def preview(self, key: str, plane: str) -> np.ndarray:
@@ -212,7 +217,8 @@ class Catalog:
         """The volume shrunk by striding to at most ``max_side`` per axis, read one slice at a time."""
         arr, md = self.volume(key)
         if md.get("state") == "writing":
-            raise CatalogError(f"reconstruction {key} is still being written; try the 3D view when it is complete", 409)
+            raise CatalogError(
+                f"reconstruction {key} is still being written; try the 3D view when it is complete", 409)
         shape = [int(n) for n in arr.shape]
         s = max(1, math.ceil(max(shape) / max_side))
         return np.stack([np.asarray(arr[z, ::s, ::s]) for z in range(0, shape[0], s)])
