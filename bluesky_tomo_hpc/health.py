@@ -49,26 +49,28 @@ def exit_code(checks: Iterable[Check]) -> int:
 
 
 def check_tiled(uri: str | None, api_key: str | None, *, timeout_s: float = 5.0) -> Check:
-    """Tiled answers ``/healthz`` and accepts the API key on ``/api/v1/``."""
+    """Tiled answers ``/healthz`` and accepts the API key (its root metadata needs the key)."""
     import httpx
 
     if not uri:
         return Check("tiled", "warn", "no Tiled URI configured (embedded server: pass --tiled-uri "
                                       "of the running 'bluesky-tomo-hpc serve')")
-    api = uri.rstrip("/")
+    url = httpx.URL(uri)
+    api_key = api_key or url.params.get("api_key")  # a URI such as Tiled prints it, key included
+    api = str(url.copy_with(query=None)).rstrip("/")
     base = api[: -len("/api/v1")] if api.endswith("/api/v1") else api
     headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
     try:
         with httpx.Client(trust_env=False, timeout=timeout_s) as http:
             if http.get(f"{base}/healthz").status_code != 200:
                 return Check("tiled", "fail", f"{base}/healthz did not answer 200")
-            r = http.get(f"{base}/api/v1/", headers=headers)
+            r = http.get(f"{base}/api/v1/metadata/", headers=headers)
     except httpx.HTTPError as exc:
         return Check("tiled", "fail", f"{base} unreachable: {exc.__class__.__name__}: {exc}")
     if r.status_code in (401, 403):
         return Check("tiled", "fail", f"{base} refused the API key (HTTP {r.status_code})")
     if r.status_code != 200:
-        return Check("tiled", "fail", f"{base}/api/v1/ answered HTTP {r.status_code}")
+        return Check("tiled", "fail", f"{base}/api/v1/metadata/ answered HTTP {r.status_code}")
     return Check("tiled", "ok", f"{base} reachable, key accepted")
 
 
