@@ -40,8 +40,8 @@ def test_tiled_down_and_wrong_key_fail_with_the_reason(tiled_server):
 def _job(tmp_path, journal, state: str, walltime: int = 600):
     from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 
-    job = ReconJob(run_uid="run1", input_path=tmp_path / "in.h5", outputs=JobOutputs(directory=tmp_path / "o"),
-                   resources=Resources(walltime_s=walltime))
+    job = ReconJob(run_uid="run1", input_path=tmp_path / "in.h5",
+                   outputs=JobOutputs(directory=tmp_path / "o"), resources=Resources(walltime_s=walltime))
     journal.add(job, "local")
     if state != "NEW":
         journal.set_state(job.job_id, state)
@@ -110,7 +110,8 @@ def test_live_message_has_three_pngs_progress_and_warnings():
     msg = message_from_update(update, max_side=300)
     assert msg["progress"] == {"used": 90, "expected": 100, "skipped": 10}
     assert all(msg["slices"][p]["png"].startswith("data:image/png;base64,") for p in ("xy", "xz", "yz"))
-    assert len(msg["warnings"]) == 2 and "skipped" in msg["warnings"][0] and "not checked" in msg["warnings"][1]
+    assert len(msg["warnings"]) == 2
+    assert "skipped" in msg["warnings"][0] and "not checked" in msg["warnings"][1]
     json.dumps(msg)  # goes to the browser as JSON
 
 
