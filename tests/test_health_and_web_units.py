@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from bluesky_tomo_hpc.health import (
+from bluesky_tomo_hpc.jobs.health_checks import (
     Check,
     check_free_space,
     check_journal,
@@ -90,15 +90,15 @@ def test_health_command_prints_one_line_per_check_and_json(tmp_path, monkeypatch
 
 
 def test_run_checks_uses_the_settings(tmp_path):
-    from bluesky_tomo_hpc.config import Settings
+    from bluesky_tomo_hpc.settings import Settings
 
     checks = run_checks(Settings(data_dir=tmp_path, jobs={"executor": "slurm"}), tiled_uri=None)
     assert [c.name for c in checks][:4] == ["tiled", "journal", "stuck jobs", "executor slurm"]
 
 
 def test_live_message_has_three_pngs_progress_and_warnings():
-    from bluesky_tomo_hpc.preview_protocol import PreviewUpdate
-    from bluesky_tomo_hpc.web.live import message_from_update
+    from bluesky_tomo_hpc.sinks.preview_stream import PreviewUpdate
+    from bluesky_tomo_hpc.web.live_feed import message_from_update
 
     rng = np.random.default_rng(0)
     update = PreviewUpdate(

@@ -30,8 +30,8 @@ def _shot(page, name: str, full_page: bool = False) -> None:
 @pytest.fixture(scope="module")
 def beamline(tmp_path_factory):
     """Embedded Tiled with the web page mounted at /web, a pipeline publishing live previews on 0MQ."""
-    from bluesky_tomo_hpc.demo import demo_settings
-    from bluesky_tomo_hpc.pipeline import TomoPipeline
+    from bluesky_tomo_hpc.live.demo_run import demo_settings
+    from bluesky_tomo_hpc.live.session import TomoPipeline
     from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
     from bluesky_tomo_hpc.web.app import build_web_app
     from bluesky_tomo_hpc.web.server import MOUNT, make_context

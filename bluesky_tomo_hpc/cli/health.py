@@ -28,8 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
-    from ..health import exit_code, run_checks
+    from ..jobs.health_checks import exit_code, run_checks
+    from ..settings import load_settings
 
     checks = run_checks(load_settings(), tiled_uri=args.tiled_uri, locations=args.location)
     code = exit_code(checks)

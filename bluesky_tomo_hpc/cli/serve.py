@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
+    from ..settings import load_settings
 
     settings = load_settings()
     if args.data_dir:

@@ -36,7 +36,7 @@ from .auth import RequireKey, is_authorised, key_matches, set_session
 from .catalog import Catalog, CatalogError
 from .images import to_png
 from .jobs_view import JobNotFound, act, job_detail, list_jobs, statistics
-from .live import LiveFeed
+from .live_feed import LiveFeed
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     # -- health -----------------------------------------------------------------------------
     def health(request: Request) -> Response:
-        from ..health import exit_code
+        from ..jobs.health_checks import exit_code
 
         checks = ctx.health() if ctx.health is not None else []
         return JSONResponse({"exit_code": exit_code(checks), "checked_at": time.time(),

@@ -16,7 +16,7 @@ from typing import Any
 
 from .app import WebContext, build_web_app, standalone_app
 from .catalog import Catalog
-from .live import LiveFeed
+from .live_feed import LiveFeed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], s
     monitor, else one is made from the settings when a person first retries or cancels."""
     from tiled.client import from_uri
 
-    from ..health import run_checks
+    from ..jobs.health_checks import run_checks
 
     uri = tiled_uri if callable(tiled_uri) else (lambda: tiled_uri)  # type: ignore[return-value]
     catalog = Catalog(lambda: from_uri(uri(), api_key=api_key),  # type: ignore[operator]

@@ -1,6 +1,6 @@
 """The live preview for browsers: one 0MQ subscriber per web app, fanned out over server-sent events.
 
-A thread reads the preview stream (:mod:`bluesky_tomo_hpc.preview_protocol`), turns each update
+A thread reads the preview stream (:mod:`bluesky_tomo_hpc.sinks.preview_stream`), turns each update
 into a small JSON message (three PNG slices as data URLs, progress, centre, warnings) and hands it
 to every connected browser's queue. A browser that falls behind loses old updates, never delays
 the others (the same policy as the 0MQ publisher's high-water mark).
@@ -87,7 +87,7 @@ class LiveFeed:
             self._thread.start()
 
     def _run(self) -> None:
-        from ..preview_protocol import PreviewProtocolError, PreviewSubscriber
+        from ..sinks.preview_stream import PreviewProtocolError, PreviewSubscriber
 
         sub = PreviewSubscriber(self.address)  # type: ignore[arg-type]
         try:
