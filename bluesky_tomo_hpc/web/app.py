@@ -160,6 +160,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
     async def live_stream(request: Request) -> Response:
         async def events():  # type: ignore[no-untyped-def]
             async with ctx.live.listen() as queue:
+                yield "retry: 2000\n\n"  # at once: the browser sees the stream open (headers flushed)
                 if ctx.live.latest is not None:
                     yield f"data: {json.dumps(ctx.live.latest)}\n\n"
                 while True:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..results.pictures import grey_limits
-from .images import png_data_url, to_png
+from .images import png_data_url, shrink, to_png
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ def message_from_update(update: Any, *, max_side: int = 512) -> dict[str, Any]:
     """The JSON a browser gets for one preview update (slices share one grey scale)."""
     md = dict(update.metadata or {})
     planes = [p for p in ("xy", "xz", "yz") if p in update.slices]
-    limits = grey_limits([update.slices[p] for p in planes]) if planes else (0.0, 1.0)
+    # shrink first: a full-size slice (2560 x 2560) is strided to max_side before anything else
+    small = {p: shrink(update.slices[p], max_side) for p in planes}
+    limits = grey_limits(list(small.values())) if planes else (0.0, 1.0)
     check = md.get("center_check") or {}
     return {
         "run_uid": update.run_uid, "seq": update.seq, "final": bool(update.final), "time": update.time,
@@ -59,7 +61,7 @@ def message_from_update(update: Any, *, max_side: int = 512) -> dict[str, Any]:
         "stop_to_final_s": md.get("stop_to_final_s"),
         "refinement_pending": bool(md.get("refinement_pending")),
         "warnings": warnings_of(md), "limits": list(limits),
-        "slices": {p: {"png": png_data_url(to_png(update.slices[p], limits=limits, max_side=max_side)),
+        "slices": {p: {"png": png_data_url(to_png(small[p], limits=limits)),
                        "index": update.indices.get(p), "shape": list(update.slices[p].shape)}
                    for p in planes},
     }
