@@ -205,3 +205,34 @@ def test_volume_still_being_written_and_tiled_down(beamline):
         finally:
             web.close()
     assert build_web_app  # the standalone server is the same app
+
+
+def test_cancel_and_retry_from_the_jobs_page(beamline):
+    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
+
+    pipeline = beamline["pipeline"]
+    out_dir = beamline["data_dir"] / "web-cancel"
+    job = ReconJob(run_uid="no-such-run", input_path=out_dir / "missing.h5",
+                   outputs=JobOutputs(directory=out_dir))
+    pipeline.monitor.journal.add(job, "local")  # NEW: nothing follows it until someone acts
+    with httpx.Client(trust_env=False, timeout=30) as http:  # no key, no action
+        assert http.post(beamline["web"] + f"api/jobs/{job.job_id}/cancel").status_code == 401
+    with browser() as ctx:
+        page = ctx.new_page()
+        page.on("dialog", lambda dialog: dialog.accept())  # "Cancel job ...?"
+        page.goto(beamline["web"] + f"?api_key={KEY}#job/{job.job_id}")
+        page.wait_for_function("document.querySelector('#job-state').dataset.state === 'NEW'",
+                               timeout=WAIT_MS)
+        assert page.is_disabled("#job-retry")
+        page.click("#job-cancel")
+        page.wait_for_function("document.querySelector('#job-state').dataset.state === 'CANCELLED'",
+                               timeout=WAIT_MS)
+        page.click("#job-retry")  # back to the monitor, which submits it (and it fails: no input)
+        page.wait_for_function("document.querySelector('#job-state').dataset.state !== 'CANCELLED'",
+                               timeout=WAIT_MS)
+        assert "retried by the user" in page.text_content("#job-events")
+        # a finished job cannot be retried: the reason is on the page
+        page.goto(beamline["web"] + "#jobs")
+        registered = page.get_attribute("#jobs tr[data-state='REGISTERED']", "data-job")
+        r = page.request.post(beamline["web"] + f"api/jobs/{registered}/retry")
+        assert r.status == 409 and "only FAILED or CANCELLED" in r.json()["error"]
