@@ -70,11 +70,38 @@ def _log_config(directory: Path) -> dict[str, Any]:
     return cfg
 
 
+class BackgroundServer:
+    """An ASGI app served by uvicorn on a daemon thread, on 127.0.0.1 (started when made)."""
+
+    def __init__(self, app: Any, *, port: int = 0, name: str = "server", startup_timeout: float = 30.0,
+                 log_config: dict[str, Any] | None = None, failure_hint: str = ""):
+        import uvicorn
+
+        quiet: dict[str, Any] = {"log_config": log_config} if log_config else {"log_level": "warning"}
+        config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio", **quiet)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
+        self._thread.start()
+        self.deadline = time.monotonic() + startup_timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > self.deadline:
+                raise RuntimeError(f"{name} did not start{failure_hint}")
+            time.sleep(0.05)
+        host, port_ = self._server.servers[0].sockets[0].getsockname()[:2]
+        self.base = f"http://{host}:{port_}"
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
 class EmbeddedTiledServer:
     """A Tiled server on a background thread of this process (notebooks, demo, tests).
 
     Keep a reference for as long as clients need it; ``close()`` (or leaving the ``with``
-    block) stops it. Data persist in ``directory``.
+    block) stops it. Data persist in ``directory``. ``mounts`` (path -> ASGI app) are served
+    beside Tiled, e.g. the web page at ``/web``.
     """
 
     def __init__(
@@ -87,26 +114,15 @@ class EmbeddedTiledServer:
         startup_timeout: float = 30.0,
         mounts: Mapping[str, Any] | None = None,
     ):
-        import uvicorn
-
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.api_key = api_key or secrets.token_hex(16)
         app = build_tiled_app(self.directory, self.api_key, readable_storage, mounts)
-        config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio",
-                                log_config=_log_config(self.directory))
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=self._server.run, name="tiled-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + startup_timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"Tiled server did not start; see {self.directory / 'error.log'}")
-            time.sleep(0.05)
-        host, port_ = self._server.servers[0].sockets[0].getsockname()[:2]
-        self.uri = f"http://{host}:{port_}/api/v1"
-        _wait_healthy(f"http://{host}:{port_}", deadline)
+        self._server = BackgroundServer(app, port=port, name="tiled-server", startup_timeout=startup_timeout,
+                                        log_config=_log_config(self.directory),
+                                        failure_hint=f"; see {self.directory / 'error.log'}")
+        self.uri = f"{self._server.base}/api/v1"
+        _wait_healthy(self._server.base, self._server.deadline)
 
     def client(self) -> Any:
         from tiled.client import from_uri
@@ -114,8 +130,7 @@ class EmbeddedTiledServer:
         return from_uri(self.uri, api_key=self.api_key)
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.close()
 
     def __enter__(self) -> EmbeddedTiledServer:
         return self

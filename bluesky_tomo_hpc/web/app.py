@@ -83,28 +83,20 @@ def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def _int(request: Request, name: str, default: int | None = None) -> int | None:
+def _number(request: Request, name: str, kind: type = int, default: Any = None) -> Any:
+    """Query parameter ``name`` as ``kind`` (int or float), or ``default`` when absent."""
     raw = request.query_params.get(name)
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        return kind(raw)
     except ValueError:
-        raise CatalogError(f"{name} must be a whole number, got {raw!r}", 400) from None
-
-
-def _float(request: Request, name: str) -> float | None:
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise CatalogError(f"{name} must be a number, got {raw!r}", 400) from None
+        what = "a whole number" if kind is int else "a number"
+        raise CatalogError(f"{name} must be {what}, got {raw!r}", 400) from None
 
 
 def _png(data: Any, request: Request) -> Response:
-    lo, hi = _float(request, "lo"), _float(request, "hi")
+    lo, hi = _number(request, "lo", float), _number(request, "hi", float)
     if lo is not None and hi is not None:
         if not 0 <= lo < hi <= 100:
             raise CatalogError("contrast percentiles must satisfy 0 <= lo < hi <= 100", 400)
@@ -178,10 +170,11 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     # -- scans and results ------------------------------------------------------------------
     def runs(request: Request) -> Response:
-        since, until = _float(request, "since"), _float(request, "until")
-        found = ctx.catalog.runs(scan_id=_int(request, "scan_id"), sample=request.query_params.get("sample"),
+        since, until = _number(request, "since", float), _number(request, "until", float)
+        found = ctx.catalog.runs(scan_id=_number(request, "scan_id"),
+                                 sample=request.query_params.get("sample"),
                                  plan=request.query_params.get("plan"), since=since, until=until,
-                                 limit=_int(request, "limit", 50) or 50)
+                                 limit=_number(request, "limit", default=50) or 50)
         return JSONResponse({"runs": found})
 
     def run(request: Request) -> Response:
@@ -189,14 +182,16 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     def recons(request: Request) -> Response:
         return JSONResponse({"reconstructions": ctx.catalog.reconstructions(
-            kind=request.query_params.get("kind") or None, limit=_int(request, "limit", 50) or 50)})
+            kind=request.query_params.get("kind") or None,
+            limit=_number(request, "limit", default=50) or 50)})
 
     def recon(request: Request) -> Response:
         return JSONResponse(ctx.catalog.info(request.path_params["key"]))
 
     def recon_slice(request: Request) -> Response:
         data, where = ctx.catalog.slice(request.path_params["key"], request.path_params["plane"],
-                                        _int(request, "index"), _int(request, "level", 0) or 0)
+                                        _number(request, "index"),
+                                        _number(request, "level", default=0) or 0)
         response = _png(data, request)
         response.headers["X-Slice"] = json.dumps(where)
         return response
@@ -210,7 +205,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
         from ..results.pictures import grey_limits
 
-        max_side = _int(request, "max_side", 128) or 128
+        max_side = _number(request, "max_side", default=128) or 128
         vol = ctx.catalog.small_volume(request.path_params["key"], max_side=max_side)
         lo, hi = grey_limits([vol[len(vol) // 2]])
         grey = np.clip((vol - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)

@@ -8,8 +8,6 @@ embedded Tiled app;
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,11 +29,19 @@ def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], s
     monitor, else one is made from the settings when a person first retries or cancels."""
     from tiled.client import from_uri
 
-    from ..jobs.health_checks import run_checks
+    from ..jobs.health_checks import check_tiled, run_checks
 
     uri = tiled_uri if callable(tiled_uri) else (lambda: tiled_uri)  # type: ignore[return-value]
-    catalog = Catalog(lambda: from_uri(uri(), api_key=api_key),  # type: ignore[operator]
-                      settings.tiled.raw_container, settings.tiled.processed_container)
+
+    def connect() -> Any:
+        # a quick look first: Tiled's client retries a refused connection for ~25 s, and the
+        # page should say at once that Tiled is down
+        probe = check_tiled(uri(), api_key, timeout_s=5.0)  # type: ignore[operator]
+        if probe.status == "fail":
+            raise ConnectionError(probe.message)
+        return from_uri(uri(), api_key=api_key)  # type: ignore[operator]
+
+    catalog = Catalog(connect, settings.tiled.raw_container, settings.tiled.processed_container)
 
     def monitor_factory() -> Any:
         if monitor is not None:
@@ -60,24 +66,13 @@ class WebServer:
     """The web page alone on a uvicorn thread on 127.0.0.1 (beside a site's Tiled; tests)."""
 
     def __init__(self, ctx: WebContext, *, port: int = 0, startup_timeout: float = 30.0):
-        import uvicorn
+        from ..results.tiled_server import BackgroundServer
 
         self.ctx = ctx
-        config = uvicorn.Config(standalone_app(build_web_app(ctx), MOUNT), host="127.0.0.1", port=port,
-                                loop="asyncio", log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=self._server.run, name="web-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + startup_timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the web server did not start")
-            time.sleep(0.05)
-        host, port_ = self._server.servers[0].sockets[0].getsockname()[:2]
-        self.url = f"http://{host}:{port_}{MOUNT}/"
+        self._server = BackgroundServer(standalone_app(build_web_app(ctx), MOUNT), port=port,
+                                        name="web-server", startup_timeout=startup_timeout)
+        self.url = f"{self._server.base}{MOUNT}/"
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.close()
         self.ctx.close()
