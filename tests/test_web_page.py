@@ -5,6 +5,7 @@ message; no key, no page. Screenshots go to docs/images (shown by docs/how-to/we
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -240,3 +241,66 @@ def test_cancel_and_retry_from_the_jobs_page(beamline):
         registered = page.get_attribute("#jobs tr[data-state='REGISTERED']", "data-job")
         r = page.request.post(beamline["web"] + f"api/jobs/{registered}/retry")
         assert r.status == 409 and "only FAILED or CANCELLED" in r.json()["error"]
+
+
+def test_search_runs_and_the_page_beside_a_sites_own_tiled(beamline):
+    """Search by scan id, sample, plan and time, through a page run on its own (as beside a
+    site's Tiled: ``serve --tiled-uri``), reading the beamline's Tiled with the same key."""
+    from bluesky_tomo_hpc.web.server import WebServer, make_context
+
+    server = beamline["pipeline"].server
+    web = WebServer(make_context(beamline["settings"], api_key=KEY, tiled_uri=server.uri, preview_address=""))
+    try:
+        with httpx.Client(trust_env=False, timeout=60, headers={"Authorization": f"Apikey {KEY}"}) as http:
+            def runs(**query):
+                r = http.get(web.url + "api/runs", params=query)
+                assert r.status_code == 200, r.text
+                return r.json()["runs"]
+
+            (run,) = runs(sample="phantom")
+            assert run["sample"] == "web phantom" and run["state"] == "success"
+            assert {r["kind"] for r in run["reconstructions"]} >= {"preview", "full"}
+            assert runs(scan_id=run["scan_id"])[0]["uid"] == run["uid"]
+            assert runs(plan="tomo_scan")[0]["uid"] == run["uid"]
+            assert runs(since=run["time"] - 1, until=run["time"] + 1)[0]["uid"] == run["uid"]
+            assert runs(sample="no such sample") == [] and runs(since=run["time"] + 3600) == []
+            bad = http.get(web.url + "api/runs", params={"scan_id": "seven"})
+            assert bad.status_code == 400 and "scan_id must be a whole number" in bad.json()["error"]
+    finally:
+        web.close()
+
+
+def test_serve_command_runs_tiled_and_the_page_behind_one_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from test_worker_zmq import free_port
+
+    port = free_port()
+    env = {**os.environ, "TILED_API_KEY": KEY, "BLUESKY_TOMO_HPC__JOBS__EXECUTOR": "none"}
+    proc = subprocess.Popen([sys.executable, "-m", "bluesky_tomo_hpc.cli.main", "serve", "--data-dir",
+                             str(tmp_path), "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(trust_env=False, timeout=10) as http:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    if http.get(f"{base}/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.2)
+            assert http.get(f"{base}/web/", follow_redirects=False).status_code == 303
+            assert http.get(f"{base}/web/api/health").status_code == 401
+            key = {"Authorization": f"Apikey {KEY}"}
+            health = http.get(f"{base}/web/api/health", headers=key).json()
+            assert {c["name"]: c["status"] for c in health["checks"]}["tiled"] == "ok"
+            assert http.get(f"{base}/api/v1/metadata/", headers=key).status_code == 200  # Tiled beside it
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
