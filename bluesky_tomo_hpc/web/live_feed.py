@@ -51,12 +51,15 @@ def message_from_update(update: Any, *, max_side: int = 512) -> dict[str, Any]:
     small = {p: shrink(update.slices[p], max_side) for p in planes}
     limits = grey_limits(list(small.values())) if planes else (0.0, 1.0)
     check = md.get("center_check") or {}
+    center, source = md.get("center"), md.get("center_source")
+    if check.get("done") and check.get("recomputed"):  # the xy slice now uses the checked centre
+        center, source = check.get("center"), f"0/180 check; the scan used {center}"
     return {
         "run_uid": update.run_uid, "seq": update.seq, "final": bool(update.final), "time": update.time,
         "received": time.time(),
         "progress": {"used": md.get("n_projections_used"), "expected": md.get("n_projections_expected"),
                      "skipped": md.get("n_projections_skipped")},
-        "center": md.get("center"), "center_source": md.get("center_source"),
+        "center": center, "center_source": source,
         "center_confidence": check.get("peak"), "binning": md.get("binning"),
         "stop_to_final_s": md.get("stop_to_final_s"),
         "refinement_pending": bool(md.get("refinement_pending")),
