@@ -4,6 +4,7 @@ message; no key, no page. Screenshots go to docs/images (shown by docs/how-to/we
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,8 @@ import httpx
 import pytest
 from test_worker_zmq import free_port
 from web_browser import browser
+
+from bluesky_tomo_hpc.web.app import VIEWER_JS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "docs" / "images"
@@ -146,9 +149,13 @@ def test_live_scan_results_and_jobs_in_the_browser(beamline):
                                f"- {width / 2}) < 2", timeout=WAIT_MS)
         page.click("#zoom-in")
         page.click("#open-3d")  # niivue, from the package itself (tools/vendor_viewer.sh)
-        page.wait_for_selector("#view-3d[data-loaded='1']", timeout=WAIT_MS)
-        page.locator("#view-3d").scroll_into_view_if_needed()
-        _shot(page, "web-3d.png")
+        if VIEWER_JS.is_file() or os.environ.get("CI"):
+            page.wait_for_selector("#view-3d[data-loaded='1']", timeout=WAIT_MS)
+            page.locator("#view-3d").scroll_into_view_if_needed()
+            _shot(page, "web-3d.png")
+        else:  # a checkout where tools/vendor_viewer.sh has not run: the page says so
+            page.wait_for_function("document.querySelector('#view-3d-status').textContent"
+                                   ".includes('not installed')", timeout=WAIT_MS)
 
         # the batch job reaches its end state (REGISTERED: done and in Tiled), seen on the Jobs page
         records = pipeline.wait_for_jobs(timeout=600)
