@@ -169,3 +169,28 @@ def test_retry_only_failed_or_cancelled_jobs(tmp_path):
     rec = mon.retry(job_id)
     assert rec.state == "RETRY_WAIT" and rec.attempts == 0 and rec.error is None
     assert rec.next_try <= time.time()
+
+
+def test_executor_checks_name_what_is_missing(tmp_path, monkeypatch):
+    import os
+
+    from bluesky_tomo_hpc.jobs.health_checks import check_executor
+
+    assert check_executor("none").status == "ok"
+    assert check_executor("local").status == "ok"  # mpich from the test extra
+    assert check_executor("pbs").status == "fail"
+    monkeypatch.delenv("NERSC_SFAPI_KEY", raising=False)
+    assert "NERSC_SFAPI_KEY is not set" in check_executor("nersc").message
+    key = tmp_path / "sfapi.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    monkeypatch.setenv("NERSC_SFAPI_KEY", str(key))
+    key.chmod(0o644)
+    assert check_executor("nersc").status == "warn"  # readable by others
+    key.chmod(0o600)
+    assert check_executor("nersc").status == "ok"
+    old = time.time() - 27 * 86400
+    os.utime(key, (old, old))
+    nersc = check_executor("nersc")
+    assert nersc.status == "warn" and "renew" in nersc.message
+    monkeypatch.delenv("GLOBUS_COMPUTE_ENDPOINT", raising=False)
+    assert "GLOBUS_COMPUTE_ENDPOINT" in check_executor("alcf").message
