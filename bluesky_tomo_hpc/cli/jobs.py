@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import CliError
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -73,8 +75,20 @@ def _row(r: Any) -> str:
     )
 
 
+def _require_job(journal: Any, job_id: str) -> None:
+    from ..jobs.journal import JournalError
+
+    try:
+        journal.get(job_id)
+    except JournalError:
+        raise CliError(f"no job {job_id!r} in the journal {journal.path}; "
+                       "'bluesky-tomo-hpc jobs list --all' shows the job ids") from None
+
+
 def run(args: argparse.Namespace) -> int:
     journal = _journal(args)
+    if getattr(args, "job_id", None):
+        _require_job(journal, args.job_id)
     if args.jobs_command == "list":
         recs = journal.jobs(active_only=not args.all)
         print(f"{'JOB':<14}{'STATE':<12}{'EXEC':<8}{'TRY':<4}{'UPDATED':<21}{'RUN':<21}{'PARAMS':<18}DETAIL")

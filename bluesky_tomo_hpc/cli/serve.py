@@ -8,6 +8,8 @@ import secrets
 import sys
 from pathlib import Path
 
+from .errors import writable_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..results.tiled_server import serve_forever
 
+    writable_folder(data_dir / "tiled", "--data-dir")  # Tiled keeps its catalog and files there
     mounts = {}
     if not args.no_web:
         from ..web.app import build_web_app

@@ -48,7 +48,10 @@ def processed_container(client: Any, name: str = "processed") -> Any:
 
 
 def recon_key(raw_uid: str, params_hash: str, kind: str) -> str:
-    return f"{raw_uid}-{params_hash}-{kind}"
+    """The Tiled key of a reconstruction; the raw uid (outside data) passes the one name rule."""
+    from ..model import safe_component
+
+    return f"{safe_component(raw_uid, 'run uid')}-{params_hash}-{kind}"
 
 
 def preview_slices(
