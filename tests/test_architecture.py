@@ -2,9 +2,9 @@
 
 Layers, lowest first: ``model``/``settings``/``metadata`` and ``engine`` (pure arrays; no bluesky,
 no Tiled), ``sources`` and ``sinks`` (the stream), ``results`` and ``jobs``, ``steering`` and
-``plans`` (what a RunEngine runs, reading results), ``live`` (wiring of a scan), ``cli``. A module
-may import its own layer and the ones below; imports inside functions count too, because a lazy
-import that runs back up is still a cycle a reader has to untangle.
+``plans`` (what a RunEngine runs, reading results), ``live`` (wiring of a scan), ``web`` (the
+page), ``cli``. A module may import its own layer and the ones below; imports inside functions
+count too, because a lazy import that runs back up is still a cycle a reader has to untangle.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ ALLOWED = {
     "steering": {"model", "engine", "settings", "metadata", "results"},
     "plans": {"model", "engine", "settings", "metadata", "sim", "results", "steering"},
     "live": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "jobs", "sim"},
-    "cli": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "jobs", "live", "sim"},
+    "web": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "jobs"},
+    "cli": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "jobs", "live", "sim",
+            "web"},
     "batch": {"jobs"},
     "__init__": {"engine", "settings", "live", "model"},
 }

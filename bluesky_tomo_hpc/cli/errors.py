@@ -54,8 +54,10 @@ class CliError(Exception):
 _OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(str(text).split())
+def one_line(text: object, limit: int = 400) -> str:
+    """``text`` as one printable line: whitespace runs become one blank, control characters
+    (terminal escapes in a hostile uid) become ``?``, and it is cut at ``limit`` characters."""
+    line = "".join(c if c.isprintable() else "?" for c in " ".join(str(text).split()))
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
@@ -105,39 +107,39 @@ def describe(exc: BaseException) -> tuple[int, str]:
     except ImportError:  # pragma: no cover - pyzmq is a dependency
         zmq_error = OSError
     if isinstance(exc, CliError):
-        return exc.code, _one_line(exc.message)
+        return exc.code, one_line(exc.message)
     if isinstance(exc, ValidationError):
-        return EXIT_USAGE, _one_line(f"invalid {exc.title}: {_validation_line(exc)}")
+        return EXIT_USAGE, one_line(f"invalid {exc.title}: {_validation_line(exc)}")
     if isinstance(exc, yaml.YAMLError):
         mark = getattr(exc, "problem_mark", None)
         where = f"{mark.name} line {mark.line + 1}" if mark else "the input"
-        return EXIT_USAGE, _one_line(
+        return EXIT_USAGE, one_line(
             f"{where} is not valid YAML ({getattr(exc, 'problem', None) or exc}); fix it")
     if isinstance(exc, TomoDataError):
-        return EXIT_INPUT, _one_line(str(exc))
+        return EXIT_INPUT, one_line(str(exc))
     if isinstance(exc, zmq_error):
-        return EXIT_SERVICE, _one_line(
+        return EXIT_SERVICE, one_line(
             f"0MQ: {exc}; give an address such as tcp://127.0.0.1:5578 that a proxy or worker serves")
     if isinstance(exc, ConnectionError | TimeoutError):
-        return EXIT_SERVICE, _one_line(
+        return EXIT_SERVICE, one_line(
             f"cannot reach the service: {exc}; is it running, and is the address right?")
     if isinstance(exc, sqlite3.DatabaseError):
-        return EXIT_INPUT, _one_line(
+        return EXIT_INPUT, one_line(
             f"the jobs journal is damaged or not a journal ({exc}); move it aside (a new one is made) "
             "or restore it from a copy")
     if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError):
         name = exc.filename or exc
-        return EXIT_INPUT, _one_line(f"{name}: {exc.strerror or exc}; check the path")
+        return EXIT_INPUT, one_line(f"{name}: {exc.strerror or exc}; check the path")
     if isinstance(exc, OSError):
         text = str(exc)
         if exc.errno in _OUTPUT_ERRNOS:
-            return EXIT_OUTPUT, _one_line(
+            return EXIT_OUTPUT, one_line(
                 f"cannot write {exc.filename or ''}: {exc.strerror}; choose a folder you can write to "
                 "(--out, --data-dir or data_dir in the settings) or free space")
-        return EXIT_INPUT, _one_line(f"{text}; check the path and the file")
+        return EXIT_INPUT, one_line(f"{text}; check the path and the file")
     if isinstance(exc, ValueError):  # our own parameter checks word their messages for the user
-        return EXIT_USAGE, _one_line(str(exc))
-    return EXIT_INTERNAL, _one_line(
+        return EXIT_USAGE, one_line(str(exc))
+    return EXIT_INTERNAL, one_line(
         f"internal error {type(exc).__name__}: {exc}; rerun with --debug for the traceback and report it")
 
 

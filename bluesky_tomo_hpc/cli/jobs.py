@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import CliError
+from .errors import CliError, one_line
 
 
 def register(subparsers: Any) -> None:
@@ -68,9 +68,10 @@ def _monitor(journal: Any, poll: float) -> Any:
 
 def _row(r: Any) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.updated))
-    extra = r.error or r.tiled_node or ""
+    extra = one_line(r.error or r.tiled_node or "")
+    run = one_line(r.run_uid)[:20]  # a uid from outside: no terminal escapes reach the screen
     return (
-        f"{r.job_id:<14}{r.state:<12}{r.executor:<8}{r.attempts:<4}{when:<21}{r.run_uid[:20]:<21}"
+        f"{r.job_id:<14}{r.state:<12}{r.executor:<8}{r.attempts:<4}{when:<21}{run:<21}"
         f"{r.params_hash:<18}{extra[:80]}"
     )
 

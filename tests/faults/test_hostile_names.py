@@ -250,3 +250,37 @@ def test_hostile_run_uid_to_a_slurm_batch_job(module_RE, world, hostile, which):
     folder = next((world.data / "jobs").iterdir())
     assert out.strip() == f"job file {folder / sink.params.params_hash / 'job' / 'job.json'}"
     assert (folder / sink.params.params_hash / "input.h5").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_hostile_uid_in_a_catalog_reprocessed_with_slurm(module_RE, world):
+    """A run whose uid holds $(...) copied into a catalog and re-processed with Slurm runs no command."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from bluesky_tomo_hpc.engine.params import ReconParams
+    from bluesky_tomo_hpc.jobs.journal import Journal
+    from bluesky_tomo_hpc.jobs.monitor import JobMonitor
+    from bluesky_tomo_hpc.live.catalog_replay import batch_submitter, reprocess
+    from bluesky_tomo_hpc.results.tiled_results import processed_container
+    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer, raw_catalog
+
+    uid = "x$(touch PWNED)`touch PWNED2`"  # Tiled keys cannot hold '/': the command is relative
+    server = EmbeddedTiledServer(world.data / "tiled", readable_storage=[world.data])
+    try:
+        client = server.client()
+        raw = raw_catalog(client)
+        writer = TiledWriter(raw)
+        stops, _ = _scan(module_RE, world, uid=uid, worker=writer)
+        assert uid in raw
+        executor = _BashSlurm()
+        monitor = JobMonitor(Journal(world.data / "jobs.sqlite"), {"slurm": executor})
+        params = ReconParams()
+        submit = batch_submitter(monitor, world.data / "jobs", params, "slurm", raw)
+        summary = reprocess(raw, processed_container(client), params=params, submit=submit)
+    finally:
+        server.close()
+    assert_scan_not_aborted(stops)
+    assert [o.status for o in summary.outcomes] == ["submitted"], summary.lines()
+    (out,) = executor.outputs
+    assert out.startswith("job file ") and "x__touch_PWNED_" in out
+    assert not list(world.root.rglob("PWNED*")), "a command from the uid ran"

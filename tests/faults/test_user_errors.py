@@ -307,3 +307,18 @@ def test_run_journal_with_a_hostile_uid_stays_in_its_folder(world, hostile):
         j.close(uid)
     assert victim.read_text() == "keep me"
     shutil.rmtree(folder)
+
+
+def test_jobs_list_shows_a_hostile_uid_without_terminal_escapes(capsys, world):
+    """A run uid with terminal escape codes and newlines is listed as one printable line."""
+    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
+    from bluesky_tomo_hpc.jobs.journal import Journal
+
+    uid = "\x1b[2J\x1b[31mFAKE\nDONE\r\x07"
+    journal = Journal(world.data / "jobs.sqlite")
+    journal.add(ReconJob(run_uid=uid, input_path=world.data / "in.h5",
+                         outputs=JobOutputs(directory=world.data / "job")), "local")
+    code = main(["jobs", "--journal", str(world.data / "jobs.sqlite"), "list", "--all"])
+    out = capsys.readouterr().out
+    assert code == 0 and "\x1b" not in out and "\r" not in out and "\x07" not in out
+    assert len(out.strip().splitlines()) == 2  # header and one row
