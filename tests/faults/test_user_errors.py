@@ -322,3 +322,12 @@ def test_jobs_list_shows_a_hostile_uid_without_terminal_escapes(capsys, world):
     out = capsys.readouterr().out
     assert code == 0 and "\x1b" not in out and "\r" not in out and "\x07" not in out
     assert len(out.strip().splitlines()) == 2  # header and one row
+
+
+def test_worker_with_an_unreachable_tiled(capsys, world, monkeypatch):
+    """A worker whose Tiled URI nobody serves: exit 5, one line naming the URI."""
+    monkeypatch.setenv("BLUESKY_TOMO_HPC__TILED__URI", "http://127.0.0.1:9/api/v1")
+    monkeypatch.setattr("tiled.client.utils.TILED_RETRY_ATTEMPTS", 1)  # tiled retries for 45 s
+    code, err = _cli(capsys, "worker", "--zmq", "tcp://127.0.0.1:9", "--timeout", "1")
+    assert code == 5
+    _one_line_error(err, "worker", "http://127.0.0.1:9/api/v1")
