@@ -172,7 +172,7 @@ def test_worker_fed_garbage_then_a_scan_reconstructs_the_scan(module_RE, world):
     pub = ctx.socket(zmq.PUB)
     pub.bind(address)
     settings = Settings.model_validate({
-        "data_dir": str(world.data), "full_volume": True, "recon": {"circular_mask": None},
+        "data_dir": str(world.data), "full_volume": True, "recon": {"circular_mask": None, "center": 15.5},
         "preview": {"png_dir": str(world.data / "previews"), "refine_center": False}})
     worker = StreamWorker(settings, client=None)
     ready = threading.Event()
