@@ -108,6 +108,15 @@ def test_failed_write_never_looks_complete_and_says_why(tmp_path):
     assert is_complete(out) and not layout.partial.exists()
 
 
+def test_interrupted_write_says_so(tmp_path):
+    out = tmp_path / "res"
+    with pytest.raises(KeyboardInterrupt):
+        with VolumeWriter(out, (8, 16, 16)) as w:
+            w.write(0, _volume(4))
+            raise KeyboardInterrupt
+    assert not out.exists() and "interrupted" in ResultLayout(out).failure_note.read_text()
+
+
 def test_injected_full_disk(tmp_path, monkeypatch):
     """ENOSPC in the middle of the TIFFs: the partial data is freed, the note says the disk is full."""
     calls = {"n": 0}
