@@ -114,6 +114,12 @@ def _garbage_messages(sentinel: str) -> list[bytes]:
         b" start " + _payloads(sentinel)["truncated msgpack"],
         b" event " + msgpack.packb([1, 2]),
         b" stop " + b"",
+        b" start " + encode_document({"uid": {"a": 1}, "time": 1.0}),  # wrong types: schema refuses
+        b" start " + encode_document({"time": "yesterday"}),
+        b" descriptor " + encode_document({"uid": 1, "run_start": ["x"], "data_keys": 3}),
+        b" stop " + encode_document({"uid": "s", "run_start": {"x": 1}, "time": 1.0,
+                                     "exit_status": "success"}),
+        b" event " + encode_document({"descriptor": {"a": 1}}),
     ]
 
 
