@@ -205,17 +205,29 @@ def test_volume_still_being_written_and_tiled_down(beamline):
         page.wait_for_selector("#message:not(.hidden)", timeout=WAIT_MS)
         assert "still being written" in page.text_content("#message")
 
-        # the web page beside a Tiled that is down: a clear message, the page itself still works
-        down = f"http://127.0.0.1:{free_port()}/api/v1"
-        web = WebServer(make_context(beamline["settings"], api_key=KEY, tiled_uri=down, preview_address=""))
+        # the web page beside a Tiled that goes down while the page is open: a clear message at
+        # once (not after the Tiled client's ~25 s of retries), and the health panel says FAIL
+        from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer, raw_catalog
+
+        tiled = EmbeddedTiledServer(beamline["data_dir"] / "other-tiled", api_key=KEY)
+        raw_catalog(tiled.client())
+        web = WebServer(make_context(beamline["settings"], api_key=KEY, tiled_uri=tiled.uri,
+                                     preview_address=""))
         try:
             page.goto(web.url + f"?api_key={KEY}#scans")
+            page.wait_for_selector("#runs tbody tr td", timeout=WAIT_MS)
+            assert "No run matches" in page.text_content("#runs")
+            tiled.close()
+            t0 = time.monotonic()
+            page.click("#search button[type='submit']")
             page.wait_for_selector("#message:not(.hidden)", timeout=WAIT_MS)
             assert "Tiled is not reachable" in page.text_content("#message")
+            assert time.monotonic() - t0 < 20
             page.goto(web.url + "#health")
             page.wait_for_selector("#health tr[data-check='tiled'] .status-fail", timeout=WAIT_MS)
         finally:
             web.close()
+            tiled.close()
     assert build_web_app  # the standalone server is the same app
 
 
