@@ -1,6 +1,7 @@
 """The web page in a real browser while a simulated scan runs: live slices change before the stop,
 then the final, then the reconstruction listed and the batch job finished; bad input gets a clear
-message; no key, no page. Screenshots go to docs/images (shown by docs/how-to/web-page.md)."""
+message; no key, no page. Screenshots: docs/images (shown by docs/how-to/web-page.md) with
+UPDATE_DOCS_SCREENSHOTS=1, else a temporary folder."""
 
 from __future__ import annotations
 
@@ -17,16 +18,21 @@ from web_browser import browser
 from bluesky_tomo_hpc.web.app import VIEWER_JS
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "docs" / "images"
+#: the docs' screenshots are refreshed with UPDATE_DOCS_SCREENSHOTS=1; otherwise they go to a
+#: temporary folder (a test run leaves the checkout as it was)
+SHOTS = ROOT / "docs" / "images" if os.environ.get("UPDATE_DOCS_SCREENSHOTS") else None
 KEY = "webtestkey0123456789abcdef"
 WAIT_MS = 120_000  # a loaded 2-core machine: wait on conditions, generously
 
 
 def _shot(page, name: str, full_page: bool = False) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     from PIL import Image
 
-    path = SHOTS / name
+    folder = SHOTS or Path(tempfile.gettempdir()) / "bluesky_tomo_hpc_web_screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     page.screenshot(path=str(path), full_page=full_page)
     Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)  # small for the docs
 
