@@ -114,6 +114,12 @@ def _garbage_messages(sentinel: str) -> list[bytes]:
         b" start " + _payloads(sentinel)["truncated msgpack"],
         b" event " + msgpack.packb([1, 2]),
         b" stop " + b"",
+        b" start " + encode_document({"uid": {"a": 1}, "time": 1.0}),  # wrong types: schema refuses
+        b" start " + encode_document({"time": "yesterday"}),
+        b" descriptor " + encode_document({"uid": 1, "run_start": ["x"], "data_keys": 3}),
+        b" stop " + encode_document({"uid": "s", "run_start": {"x": 1}, "time": 1.0,
+                                     "exit_status": "success"}),
+        b" event " + encode_document({"descriptor": {"a": 1}}),
     ]
 
 
@@ -172,7 +178,7 @@ def test_worker_fed_garbage_then_a_scan_reconstructs_the_scan(module_RE, world):
     pub = ctx.socket(zmq.PUB)
     pub.bind(address)
     settings = Settings.model_validate({
-        "data_dir": str(world.data), "full_volume": True, "recon": {"circular_mask": None},
+        "data_dir": str(world.data), "full_volume": True, "recon": {"circular_mask": None, "center": 15.5},
         "preview": {"png_dir": str(world.data / "previews"), "refine_center": False}})
     worker = StreamWorker(settings, client=None)
     ready = threading.Event()
