@@ -10,7 +10,9 @@ variable Tiled's own client reads), other services name their variables in their
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +21,31 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .engine.params import ReconParams
 
+log = logging.getLogger(__name__)
+
 ENV_FILE = "BLUESKY_TOMO_HPC_CONFIG"
 ENV_PREFIX = "BLUESKY_TOMO_HPC__"
+
+
+# 0MQ endpoints (live previews here; the worker's --zmq and watch use the same check)
+_ADDRESS = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5}|\*)|(ipc|inproc)://\S+")
+_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def check_zmq_address(address: object, *, bind: bool = False, what: str = "0MQ address") -> str:
+    """``address`` if it is a 0MQ endpoint (``tcp://HOST:PORT``, ``ipc://``, ``inproc://``), else a
+    ``ValueError`` that shows the form; binding anywhere but loopback is logged as a warning,
+    since a 0MQ socket has no authentication unless CURVE keys are configured."""
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    port = m.group("port") if m else None
+    if m is None or (port not in (None, "*") and not 0 < int(port) < 65536):
+        raise ValueError(f"{what} {address!r:.80} is not a 0MQ address; give tcp://HOST:PORT "
+                         "(port 1-65535) such as tcp://127.0.0.1:5578")
+    if bind and m and m.group("host") and m.group("host") not in _LOOPBACK:
+        log.warning("%s %s listens beyond this host: anyone who reaches it can read or send; "
+                    "prefer 127.0.0.1 and an SSH tunnel, or 0MQ CURVE keys", what, address)
+    return address
+
 
 
 class _Section(BaseModel):
@@ -33,6 +58,7 @@ class TiledSettings(_Section):
     uri: str | None = None
     raw_container: str = "raw"
     processed_container: str = "processed"
+    series_container: str = Field("series", description="time series: one container per series id")
     api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the API key")
     writer_batch_size: int = Field(
         100, ge=1, description="events TiledWriter buffers per write (1 = every event live in Tiled, "
@@ -65,6 +91,30 @@ class PreviewSettings(_Section):
     journal_dir: Path | None = Field(None, description="worker: journal open runs here (restartable)")
 
 
+class ScicatSettings(_Section):
+    """SciCat: a raw dataset per scan, a derived dataset per reconstruction (``uri: null``: off)."""
+
+    uri: str | None = Field(None, description="SciCat API base, e.g. https://scicat.example.org/api/v3")
+    token_env: str = Field("SCICAT_TOKEN", description="environment variable holding the API token")
+    pid_prefix: str = Field("", max_length=64, description="prefix of the pids this pipeline chooses "
+                            "(the account must be allowed to choose pids)")
+    owner: str = "beamline"
+    owner_group: str = Field("ingestor", min_length=1)
+    access_groups: list[str] = Field(default_factory=list)
+    contact_email: str = "beamline@example.org"
+    principal_investigator: str = "beamline"
+    creation_location: str = Field("/facility/beamline", description="SciCat creationLocation of raw data")
+    instrument_id: str | None = Field(None, description="SciCat instrument pid")
+    source_host: str | None = Field(None, description="sourceFolderHost: where the files can be read")
+    max_retries: int = Field(5, ge=0, description="tries after the first for transient failures")
+    retry_delay_s: float = Field(30.0, gt=0, description="first retry delay; doubles each time, 1 h at most")
+    timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env)
+
+
 class JobSettings(_Section):
     """Batch reconstruction after each scan."""
 
@@ -91,6 +141,7 @@ class Settings(_Section):
     recon: ReconParams = ReconParams()
     preview: PreviewSettings = PreviewSettings()
     jobs: JobSettings = JobSettings()
+    scicat: ScicatSettings = ScicatSettings()
     full_volume: bool = Field(True, description="reconstruct the whole volume in-process at stop")
     memory_budget_mb: float | None = Field(
         None, gt=0, description="memory every path may use for frames and slices (MiB); slab sizes derive "
@@ -108,6 +159,16 @@ def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _yaml_value(name: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(
+            f"environment variable {name}={raw!r:.60} is not valid YAML ({where}); "
+            f"quote it (e.g. {name}='\"text\"') or fix it") from None
+
+
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``BLUESKY_TOMO_HPC__RECON__FILTER_NAME=hann`` -> ``{"recon": {"filter_name": "hann"}}``."""
     environ = dict(os.environ if environ is None else environ)
@@ -117,7 +178,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
         if keys:
-            _set_path(out, keys, yaml.safe_load(raw) if raw != "" else None)
+            _set_path(out, keys, _yaml_value(name, raw) if raw != "" else None)
     return out
 
 
@@ -137,7 +198,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     data: dict[str, Any] = {}
     path = path or env.get(ENV_FILE)
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"settings file {path} is not valid YAML{at}: "
+                             f"{getattr(exc, 'problem', None) or exc}; fix the file") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the configuration must be a mapping of sections")
         data = loaded

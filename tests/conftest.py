@@ -27,9 +27,8 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def RE():
-    """A RunEngine on its own fresh event loop, halted and closed after the test."""
+def _run_engine():
+    """A RunEngine on its own fresh event loop, halted and closed when the generator ends."""
     from bluesky import RunEngine
 
     loop = asyncio.new_event_loop()
@@ -40,6 +39,30 @@ def RE():
     loop.call_soon_threadsafe(loop.stop)
     engine._th.join()
     loop.close()
+
+
+@pytest.fixture
+def RE():
+    """A RunEngine on its own fresh event loop, halted and closed after the test."""
+    yield from _run_engine()
+
+
+@pytest.fixture(scope="module")
+def module_RE():
+    """One RunEngine for all the tests of a module (making one costs about a second)."""
+    yield from _run_engine()
+
+
+@pytest.fixture(scope="module")
+def module_tiled_server(tmp_path_factory):
+    """One embedded Tiled server for a whole test module (starting one costs seconds under load);
+    ``.root`` is a folder it may read (give each test its own folder below it)."""
+    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+
+    root = tmp_path_factory.mktemp("module-tiled")
+    with EmbeddedTiledServer(root / "tiled", readable_storage=[root]) as srv:
+        srv.root = root
+        yield srv
 
 
 @pytest.fixture

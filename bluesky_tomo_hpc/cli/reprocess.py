@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .errors import EXIT_SERVICE, CliError
+
 
 def _scan_range(text: str) -> tuple[int, int]:
     try:
@@ -40,7 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", help="start time lower bound, e.g. 2026-11-01")
     p.add_argument("--until", help="start time upper bound")
     p.add_argument("--plan", dest="plan_name", help="plan_name, e.g. tomo_scan")
-    p.add_argument("--sample", help="start['sample']")
+    p.add_argument("--sample", help="sample name: start['sample']['name'] (or a bare-string start['sample'])")
+    p.add_argument("--series", help="time series id: start['series']['id']")
+    p.add_argument("--where", action="append", default=[], metavar="KEY<op>VALUE",
+                   help="start-document criterion, op one of = != > >= < <=, e.g. "
+                        "sample.conditions.temperature.si_value>500 (kelvin); repeatable")
     p.add_argument("--uid", dest="uids", action="append", default=[], help="(partial) run uid; repeatable")
     p.add_argument("--executor", default="inprocess",
                    choices=["inprocess", "local", "slurm", "nersc", "alcf"],
@@ -50,7 +56,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -62,15 +67,17 @@ def run(args: argparse.Namespace) -> int:
         reprocess,
         tomography_runs,
     )
+    from ..metadata.queries import QueryError, parse_where
     from ..results.tiled_results import processed_container
     from ..settings import load_settings
 
     console = Console(stderr=True)
+    settings = load_settings()  # invalid settings or parameters: one line from cli/main.py
+    params = ReconParams.from_file(args.params) if args.params else settings.recon
     try:
-        settings = load_settings()
-        params = ReconParams.from_file(args.params) if args.params else settings.recon
-    except (ValidationError, ValueError, OSError) as exc:
-        console.print(f"[red]invalid parameters:[/red] {exc}")
+        where = tuple(parse_where(w) for w in args.where)
+    except QueryError as exc:
+        console.print(f"[red]invalid --where:[/red] {exc}")
         return 2
     try:
         from tiled.client import from_uri
@@ -78,10 +85,11 @@ def run(args: argparse.Namespace) -> int:
         client = from_uri(args.catalog_uri, api_key=settings.tiled.api_key)
         raw = client[args.raw or settings.tiled.raw_container]
     except Exception as exc:
-        console.print(f"[red]cannot open catalog {args.catalog_uri}:[/red] {type(exc).__name__}: {exc}")
-        return 3
+        raise CliError(f"cannot open catalog {args.catalog_uri}: {type(exc).__name__}: {exc}; is the "
+                       "Tiled server running, and are the URI and the API key right?", EXIT_SERVICE) from exc
     query = RunQuery(scan_ids=args.scan_ids, since=args.since, until=args.until,
-                     plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids))
+                     plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids),
+                     series=args.series, where=where)
     processed = processed_container(client, args.processed or settings.tiled.processed_container)
     if args.dry_run:
         found = 0
@@ -91,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
             what = "not tomography" if layout is None else ("done" if done else "to do")
             print(f"{uid[:8]} scan {r.start.get('scan_id')}: {what}")
         if not found:
-            console.print(f"[red]no run matches {query.describe()}[/red]")
-            return 4
+            raise CliError(f"no run matches {query.describe()}; widen the query (see --help)")
         return 0
 
     submit = monitor = None
@@ -118,8 +125,7 @@ def run(args: argparse.Namespace) -> int:
             summary = reprocess(raw, processed, params=params, query=query, submit=submit,
                                 progress=progress, settings=settings)
         except ReprocessError as exc:
-            console.print(f"[red]{exc}[/red]")
-            return 4
+            raise CliError(f"{exc}; widen the query (see --help)") from exc
     for line in summary.lines():
         print(line)
     if monitor is not None:

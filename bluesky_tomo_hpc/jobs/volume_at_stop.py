@@ -32,7 +32,8 @@ class VolumeAtStop:
         self.tiff = tiff
 
     def __call__(self, store: Any, params: ReconParams, out_dir: Path,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[ReconResult, Path]:
+                 progress: Callable[[int, int], None] | None = None, *,
+                 center: float | None = None) -> tuple[ReconResult, Path]:
         import zarr
 
         from .batch_program import SingleRank, run
@@ -45,19 +46,21 @@ class VolumeAtStop:
         staged = write_exchange_file(spec, store.batches(), store.staged_path)
         staging_s = time.perf_counter() - t0
         out_dir = Path(out_dir)
+        # a pinned centre runs as a given one; the result keeps the requested parameters (and hash)
+        run_params = params if center is None else params.with_updates(center=float(center))
         job = ReconJob(
-            run_uid=spec.run_uid, input_path=staged, params=params,
+            run_uid=spec.run_uid, input_path=staged, params=run_params,
             outputs=JobOutputs(directory=out_dir, result_folder=out_dir / "result", tiff=self.tiff),
             resources=Resources(ranks=1, memory_budget_mb=self.budget / 2**20),
             metadata={"scan_id": spec.scan_id, "plan_name": spec.plan_name},
         )
         record = run(job, SingleRank(), call=f"full volume at stop of run {spec.run_uid}", progress=progress)
         provenance = json.loads(Path(record["provenance"]).read_text())
-        center = provenance["center"]
+        chosen = provenance["center"]
         zarr_path = Path(record["volume_zarr"])
         result = ReconResult(
-            volume=zarr.open_array(str(zarr_path), mode="r"), center=float(center["value"]),
-            center_confidence=float(center["confidence"]), center_method=str(center["method"]),
+            volume=zarr.open_array(str(zarr_path), mode="r"), center=float(chosen["value"]),
+            center_confidence=float(chosen["confidence"]), center_method=str(chosen["method"]),
             timings={"stage": staging_s, **provenance["timings_s"]}, params=params,
             warnings=list(record["warnings"]), rows=tuple(provenance["rows"]), engine=record["engine"],
         )

@@ -40,8 +40,11 @@ class RunQuery:
     since: str | None = None
     until: str | None = None
     plan_name: str | None = None
-    sample: str | None = None
+    sample: str | None = None  # start["sample"]["name"], or a bare-string start["sample"]
     uids: tuple[str, ...] = ()
+    series: str | None = None  # start["series"]["id"]
+    #: (key, op, value) criteria on any start-document key, e.g. metadata.queries.parse_where(...)
+    where: tuple[tuple[str, str, Any], ...] = ()
 
     def describe(self) -> str:
         parts = [f"{k}={v!r}" for k, v in vars(self).items() if v not in (None, ())]
@@ -78,9 +81,12 @@ class ReprocessSummary:
 
 
 def search_runs(catalog: Any, query: RunQuery) -> Any:
-    """Apply ``query`` to a CatalogOfBlueskyRuns client with Tiled / bluesky-tiled-plugins queries."""
+    """Apply ``query`` to a CatalogOfBlueskyRuns client with Tiled / bluesky-tiled-plugins queries
+    (all but ``sample`` and ``uids``, which have alternatives: see :func:`_matching`)."""
     from bluesky_tiled_plugins.queries import ScanIDRange, TimeRange
     from tiled.queries import Key
+
+    from ..metadata.queries import series_query, where_query
 
     results = catalog
     if query.scan_ids is not None:
@@ -90,23 +96,32 @@ def search_runs(catalog: Any, query: RunQuery) -> Any:
         results = results.search(TimeRange(since=query.since, until=query.until))
     if query.plan_name:
         results = results.search(Key("plan_name") == query.plan_name)
-    if query.sample:
-        results = results.search(Key("sample") == query.sample)
+    if query.series:
+        results = results.search(series_query(query.series))
+    for key, op, value in query.where:
+        results = results.search(where_query(key, op, value))
     return results
 
 
 def _matching(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any]]:
-    """``(uid, run)`` pairs; several uids are searched one by one (Tiled ANDs the criteria of a
-    search, and bluesky-tiled-plugins refuses several PartialUIDs in one query)."""
+    """``(uid, run)`` pairs; several uids, and the two ways a sample name is stored, are searched
+    one by one (Tiled ANDs the criteria of a search, and bluesky-tiled-plugins refuses several
+    PartialUIDs in one query)."""
     from bluesky_tiled_plugins.queries import PartialUID
 
-    results = search_runs(catalog, query)
-    if not query.uids:
-        yield from results.items()
+    from ..metadata.queries import sample_queries
+
+    branches = [search_runs(catalog, query)]
+    if query.sample:
+        branches = [b.search(q) for b in branches for q in sample_queries(query.sample)]
+    if query.uids:
+        branches = [b.search(PartialUID(p)) for b in branches for p in query.uids]
+    if len(branches) == 1:
+        yield from branches[0].items()
         return
     seen: set[str] = set()
-    for partial in query.uids:
-        for uid, run in results.search(PartialUID(partial)).items():
+    for branch in branches:
+        for uid, run in branch.items():
             if uid not in seen:
                 seen.add(uid)
                 yield uid, run
@@ -223,7 +238,8 @@ def batch_submitter(monitor: Any, work_dir: Any, params: ReconParams, executor: 
         errors = _replay(run, lambda: sink, catalog)
         sink.wait()
         if not sink.job_ids:
-            raise RuntimeError("; ".join(errors) or "no job was created from the replayed run")
+            why = errors + [str(e) for _, e in sink.errors]
+            raise RuntimeError("; ".join(why) or "no job was created from the replayed run")
         if sink.errors:
             raise RuntimeError("; ".join(f"{j}: {e}" for j, e in sink.errors))
         return sink.job_ids[-1]

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..engine.memory import budget_bytes
 from ..jobs.volume_at_stop import VolumeAtStop
+from ..metadata.pinned_center import PinnedCenters
 from ..settings import Settings
 from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService
 from ..sinks.sink import Sink, SinkFanout
@@ -87,8 +88,11 @@ class SinkFactory:
         self.extra = list(extra)
         self.png_dir = Path(pv.png_dir) if pv.png_dir else self.data_dir / "previews"
         self.centers = DetectorCenters()
+        #: centres fixed by a scan's metadata or its series: they come before any remembered one
+        self.pinned = PinnedCenters()
         self.service = ReconService()
         self.service.listeners.append(self.centers.from_outcome)
+        self.service.listeners.append(self.pinned.remember)
         self.publisher: Any = None
         outputs: list[Any] = []
         if pv.zmq_address:  # first: a viewer must not wait on files or Tiled
@@ -120,17 +124,24 @@ class SinkFactory:
         pv, recon = self.settings.preview, self.settings.recon
         center = recon.center if isinstance(recon.center, float | int) else None
         sink = PreviewSink(self.preview_outputs, binning=pv.binning, positions=pv.positions, center=center,
-                           fallback_center=self.centers.previous, filter_name=recon.filter_name,
+                           fallback_center=self.previous_center, filter_name=recon.filter_name,
                            max_queue_bytes=self.max_queue_bytes, publish_interval_s=pv.publish_interval_s,
                            final_budget_s=pv.final_budget_s, refine_center=pv.refine_center)
         self.previews.append(sink)
         del self.previews[:-16]  # older ones are long final
         return sink
 
+    def previous_center(self, spec: Any) -> float | None:
+        """Where a scan's live preview starts when the parameters give no centre: the centre
+        pinned by its metadata or series, else the one its detector remembers."""
+        pinned = self.pinned.pinned(spec.metadata)
+        return pinned if pinned is not None else self.centers.previous(spec)
+
     def volume(self) -> FullVolumeSink:
         """The full volume at stop, within the memory budget."""
         return FullVolumeSink(self.settings.recon, self.service, VolumeAtStop(self.budget),
-                              self.result_writer, progress=self.progress, data_dir=self.data_dir)
+                              self.result_writer, progress=self.progress, data_dir=self.data_dir,
+                              center_for=self.pinned.center_for)
 
     def __call__(self) -> Sink:
         sinks: list[Sink] = []

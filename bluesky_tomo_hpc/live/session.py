@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..results.series_volume import SeriesCollector
 from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
 from ..settings import Settings, load_settings
@@ -55,21 +56,41 @@ class TomoPipeline:
         self._submit_sinks: list[Any] = []
         #: run uid -> its last final live preview (PreviewUpdate)
         self.previews: dict[str, Any] = {}
+        #: called with each run's settled final live preview (steering waits on these)
+        self.preview_listeners: list[Callable[[Any], None]] = []
         if settings.jobs.executor != "none":
             from ..jobs.factory import make_monitor
 
             # the embedded server reads the data folder, so batch volumes are registered in place
             roots = [self.data_dir] if server is not None else None
             self.monitor = make_monitor(settings, tiled=self.processed, readable_roots=roots)
+        #: SciCat datasets (raw per scan, derived per reconstruction), when settings.scicat.uri is set
+        self.scicat = None
+        if settings.scicat.uri:
+            from ..jobs.scicat import ScicatPublisher
+            from ..jobs.scicat_outbox import ScicatOutbox
+
+            journal = self.monitor.journal if self.monitor is not None else settings.journal_path
+            self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(journal))
         in_place = settings.tiled.register_in_place
-        #: the sinks of each run (preview, full volume, batch job), wired once
+        in_place = (server is not None) if in_place is None else in_place
+        #: the sinks of each run (preview, full volume, batch job, SciCat), wired once
         self.sinks = SinkFactory(
             settings.model_copy(update={"data_dir": self.data_dir}), processed=self.processed,
-            register_in_place=(server is not None) if in_place is None else in_place,
-            preview_outputs=[self._keep_preview], progress=progress,
-            extra=[self._submit_sink] * (self.monitor is not None) + list(extra_sinks or []))
+            register_in_place=in_place, preview_outputs=[self._keep_preview], progress=progress,
+            extra=[self._submit_sink] * (self.monitor is not None)
+            + [self._scicat_raw_sink] * (self.scicat is not None) + list(extra_sinks or []))
         self.service = self.sinks.service
         self.result_writer = self.sinks.result_writer
+        #: centres fixed by a scan's metadata or its series (see metadata.pinned_center)
+        self.pinned = self.sinks.pinned
+        #: time series grouped into a Tiled container and an OME-Zarr with a t axis
+        self.series = SeriesCollector(
+            lambda: processed_container(client, settings.tiled.series_container), self.data_dir / "series",
+            register_in_place=in_place)
+        self.service.listeners.append(self.series)
+        if self.scicat is not None:
+            self.service.listeners.append(self.scicat.queue_derived)
         backup = self.data_dir / "tiled_backup"
         backup.mkdir(parents=True, exist_ok=True)
         #: raw runs into Tiled, on its own thread (HTTP round trips per document)
@@ -109,6 +130,18 @@ class TomoPipeline:
     def _keep_preview(self, update: Any) -> None:
         if update.final:
             self.previews[update.run_uid] = update
+        if update.final and not update.metadata.get("refinement_pending"):
+            for listener in list(self.preview_listeners):
+                try:
+                    listener(update)
+                except Exception:
+                    log.exception("preview listener failed for run %s", update.run_uid)
+
+    def _scicat_raw_sink(self) -> Sink:
+        from ..jobs.scicat import ScicatRawSink
+
+        raw_uri = getattr(self.raw, "uri", "")
+        return ScicatRawSink(self.scicat, lambda uid: f"{raw_uri}/{uid}")
 
     @property
     def centers(self) -> DetectorCenters:
@@ -161,6 +194,8 @@ class TomoPipeline:
         if self.monitor is not None:
             self.monitor.stop()
         self.sinks.close()
+        if self.scicat is not None:
+            self.scicat.close()
         if self.server is not None:
             self.server.close()
 

@@ -48,7 +48,10 @@ def processed_container(client: Any, name: str = "processed") -> Any:
 
 
 def recon_key(raw_uid: str, params_hash: str, kind: str) -> str:
-    return f"{raw_uid}-{params_hash}-{kind}"
+    """The Tiled key of a reconstruction; the raw uid (outside data) passes the one name rule."""
+    from ..model import safe_component
+
+    return f"{safe_component(raw_uid, 'run uid')}-{params_hash}-{kind}"
 
 
 def preview_slices(
@@ -69,7 +72,7 @@ def _clean_metadata(md: Mapping[str, Any]) -> dict[str, Any]:
     return jsonable(dict(md))
 
 
-def _zarr_structure(path: Path) -> Any:
+def _zarr_structure(path: Path, dims: tuple[str, ...] = ("z", "y", "x")) -> Any:
     import zarr
     from tiled.structures.array import ArrayStructure, BuiltinDtype
 
@@ -81,12 +84,13 @@ def _zarr_structure(path: Path) -> Any:
         data_type=BuiltinDtype.from_numpy_dtype(np.dtype(z.dtype)),
         shape=tuple(z.shape),
         chunks=chunks,
-        dims=("z", "y", "x"),
+        dims=dims,
     )
 
 
 def register_zarr_in_place(
-    container: Any, key: str, path: Path, metadata: Mapping[str, Any] | None = None
+    container: Any, key: str, path: Path, metadata: Mapping[str, Any] | None = None,
+    dims: tuple[str, ...] = ("z", "y", "x"),
 ) -> Any:
     """Register an existing Zarr array as an external node (no copy); the server must be able
     to read ``path`` (its ``readable_storage``)."""
@@ -98,7 +102,7 @@ def register_zarr_in_place(
         management=Management.external,
         mimetype="application/x-zarr",
         structure_family=StructureFamily.array,
-        structure=_zarr_structure(path),
+        structure=_zarr_structure(path, dims),
         parameters={},
         assets=[Asset(data_uri=ensure_uri(str(path)), is_directory=True, parameter="data_uri")],
     )
@@ -151,6 +155,8 @@ def write_reconstruction(
     holds it: Tiled only checks that when the data is read) and uploaded otherwise. Previews
     default to three orthogonal slices through the volume's middle. A node
     of the same key (same run, params and kind) is replaced, so a retried job is idempotent.
+    Its metadata ``state`` is ``writing`` until the volume and previews are all written, then
+    ``complete`` (readers such as the web page say so instead of failing on missing blocks).
     """
     if volume is not None and volume_zarr is not None:
         raise ValueError("give either volume or volume_zarr, not both")
@@ -163,6 +169,7 @@ def write_reconstruction(
         "versions": software_versions(),
         "written_at": time.time(),
         **dict(metadata or {}),
+        "state": "writing",
     }
     md = _clean_metadata(md)
     if key in container:
@@ -188,6 +195,7 @@ def write_reconstruction(
     for name, arr in (previews or {}).items():
         node.write_array(np.asarray(arr, dtype=np.float32), key=f"preview_{name}",
                          dims=_preview_dims(name))
+    node.update_metadata({"state": "complete"})
     return node
 
 

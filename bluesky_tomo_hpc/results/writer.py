@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..model import ScanSpec
+from ..model import ScanSpec, safe_component
 from .pictures import save_orthoslices_png
 from .tiled_results import preview_slices, recon_key, write_reconstruction
 
@@ -27,7 +27,8 @@ def result_metadata(spec: ScanSpec, result: Any) -> dict[str, Any]:
         "shape": list(result.volume.shape),
         "scan_id": spec.scan_id,
         "plan_name": spec.plan_name,
-        "sample": tomo.get("sample") or spec.metadata.get("sample"),
+        "sample": spec.metadata.get("sample") or tomo.get("sample"),
+        "series": spec.metadata.get("series"),
         "source": spec.source,
         "raw_files": list(spec.raw_files),
     }
@@ -57,7 +58,7 @@ class TiledResultWriter:
         if self.png_dir is not None:
             title = f"run {spec.run_uid[:8]}  centre {result.center:.2f} px"
             self.pngs[spec.run_uid] = save_orthoslices_png(
-                previews, self.png_dir / f"{spec.run_uid[:8]}_slices.png", title)
+                previews, self.png_dir / f"{safe_component(spec.run_uid[:8], 'run uid')}_slices.png", title)
         container = self.container()
         volume = {"volume_zarr": zarr_path, "register_in_place": self.register_in_place} if zarr_path \
             else {"volume": result.volume}

@@ -16,28 +16,16 @@ twice (a replay after a worker restart) still stage in acquisition order; the la
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from ..model import FrameBatch, FrameRole, MissingCalibrationError, ScanSpec, TomoDataError
+from ..model import FrameBatch, FrameRole, MissingCalibrationError, ScanSpec, TomoDataError, safe_component
 
 log = logging.getLogger(__name__)
-
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def safe_file_stem(run_uid: str) -> str:
-    """A file name for a run that can never leave its folder (uids are untrusted input)."""
-    if _SAFE_NAME.match(run_uid) and ".." not in run_uid:
-        return run_uid
-    return "run-" + hashlib.sha256(run_uid.encode()).hexdigest()[:24]
-
 
 @dataclass
 class _RoleIndex:
@@ -54,7 +42,7 @@ class FrameStore:
     def __init__(self, spec: ScanSpec, scratch_dir: str | Path):
         self.spec = spec
         self.scratch_dir = Path(scratch_dir)
-        stem = safe_file_stem(spec.run_uid)
+        stem = safe_component(spec.run_uid, "run uid")  # an outside string: never a path out
         #: frames that came inside events, appended as they arrive
         self.spill_path = self.scratch_dir / f"{stem}.frames.h5"
         #: the data-exchange view of the whole scan, written at stop

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..engine.params import ReconParams
-from ..model import FrameBatch, ScanEnd, ScanSpec
-from .frame_store import FrameStore, safe_file_stem
+from ..model import FrameBatch, ScanEnd, ScanSpec, path_inside
+from .frame_store import FrameStore
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 class VolumeMaker(Protocol):
     """Turns a finished scan's :class:`FrameStore` into a volume in ``out_dir``; returns the
     result (centre, timings, the volume as a lazily read array) and the Zarr array's path.
+    ``center`` (unbinned column), when given, is used instead of the parameters' centre.
     The one used everywhere is :class:`bluesky_tomo_hpc.jobs.volume_at_stop.VolumeAtStop`."""
 
     def __call__(self, store: FrameStore, params: ReconParams, out_dir: Path,
-                 progress: Callable[[int, int], None] | None = None) -> tuple[Any, Path]: ...
+                 progress: Callable[[int, int], None] | None = None, *,
+                 center: float | None = None) -> tuple[Any, Path]: ...
 
 
 class ResultWriter(Protocol):
@@ -128,8 +130,12 @@ class FullVolumeSink:
         progress: Callable[[int, int], None] | None = None,
         *,
         data_dir: str | Path,
+        center_for: Callable[[ScanSpec, ReconParams], float | None] | None = None,
     ):
         self.params = params
+        #: a centre pinned by the scan's metadata (None: the parameters decide), asked when the job
+        #: starts; the parameters (and their hash) stay those requested
+        self.center_for = center_for
         self.service = service
         self.make_volume = make_volume
         self.writer = writer
@@ -147,7 +153,7 @@ class FullVolumeSink:
 
     def volume_dir(self, spec: ScanSpec) -> Path:
         """Where the volume goes: ``volumes/<run>/<params hash>/`` in the data folder."""
-        return self.data_dir / "volumes" / safe_file_stem(spec.run_uid) / self.params.params_hash
+        return path_inside(self.data_dir / "volumes", spec.run_uid, self.params.params_hash, what="run uid")
 
     def close(self, end: ScanEnd) -> None:
         store, self._store = self._store, None
@@ -161,12 +167,16 @@ class FullVolumeSink:
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
         params, writer, progress, make_volume = self.params, self.writer, self.progress, self.make_volume
-        out_dir = self.volume_dir(store.spec)
+        center_for, volume_dir = self.center_for, self.volume_dir
 
         def job() -> ReconOutcome:
             spec = store.spec
             try:
-                result, zarr_path = make_volume(store, params, out_dir, progress)
+                out_dir = volume_dir(spec)
+                center = center_for(spec, params) if center_for is not None else None
+                result, zarr_path = make_volume(store, params, out_dir, progress, center=center)
+                for warning in result.warnings:  # to the terminal too, not only the stored metadata
+                    log.warning("run %s: %s", spec.run_uid, warning)
                 location = (writer.write(spec, result, zarr_path=zarr_path) if writer is not None
                             else str(zarr_path))
             except Exception as exc:  # reported in the outcome, never raised into a scan
