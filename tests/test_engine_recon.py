@@ -189,9 +189,8 @@ def test_volume_in_chunks_into_zarr_equals_one_shot(tmp_path, phantom128):
     proj = np.stack([sino * (1 + 0.1 * z) for z in range(nz)], axis=1)  # (n_angles, nz, nx)
     plan = FourierPlan(n, theta, padded_width(n), threads=1)
 
-    def recon(block):
-        sino_block = np.ascontiguousarray(block.transpose(1, 0, 2))
-        return reconstruct_fourier(sino_block, theta, (n - 1) / 2, plan=plan)
+    def recon(block, out=None):
+        return reconstruct_fourier(block.transpose(1, 0, 2), theta, (n - 1) / 2, plan=plan, out=out)
 
     whole = recon(proj)
     out = zarr.open_array(tmp_path / "v.zarr", mode="w", shape=(nz, n, n), chunks=(1, n, n), dtype="f4")

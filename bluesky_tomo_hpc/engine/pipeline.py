@@ -9,7 +9,6 @@ chunks, circular mask. Centres are always reported in unbinned pixel-index detec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,12 +16,11 @@ import numpy as np
 
 from ..model import ScanData, TomoDataError
 from . import preprocess
-from .backend import choose_device, get_array_module, to_numpy
-from .filters import padded_width
+from .backend import choose_device, get_array_module, gpu_devices, to_numpy
 from .params import ReconParams
 from .preprocess import bin_frames
 from .tomopy_engine import reconstruct_tomopy, resolve_engine
-from .volume import Progress, reconstruct_volume
+from .volume import Progress, ReconChunk, reconstruct_volume
 
 
 @dataclass
@@ -101,7 +99,7 @@ def preprocess_projections(
     darks = bin_frames(np.asarray(data.darks[:, r0:r1]), b)
     xp = choose_device(params.device)
     norm = preprocess.normalize(
-        xp.asarray(proj, dtype=xp.float32), xp.asarray(flats, dtype=xp.float32),
+        xp.asarray(proj), xp.asarray(flats, dtype=xp.float32),  # integer frames convert in normalize's pass
         xp.asarray(darks, dtype=xp.float32),
         proj_times=data.projection_times, flat_times=data.flat_times,
         interpolate=params.flat_interpolation,
@@ -117,7 +115,7 @@ def preprocess_projections(
         pr = params.phase_retrieval
         pixel = pr.pixel_size_um * params.binning
         norm = paganin(norm, pixel, pr.distance_mm, pr.energy_kev, pr.delta_beta)
-    proj_log = preprocess.minus_log(norm, params.minus_log_clip)
+    proj_log = preprocess.minus_log(norm, params.minus_log_clip, out=norm)  # norm is ours: in place
     if params.ring_removal is not None:
         from .stripes import remove_rings
 
@@ -155,6 +153,8 @@ def reconstruct_sinograms(
 
     ``center`` is in the columns of ``proj_log``. ``out`` (any array-like) receives the slices;
     a new NumPy array otherwise. No circular mask here (that is the pipeline's last step).
+    Host projections with ``device`` on a GPU run through the overlapped conveyor on every
+    visible GPU (:func:`.volume.reconstruct_volume`).
     """
     n_angles, nz, nx = proj_log.shape
     theta = np.asarray(theta, dtype=np.float64)
@@ -162,33 +162,50 @@ def reconstruct_sinograms(
     if out is None:
         out = np.empty((nz, nx, nx), dtype=np.float32)
     recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine)
+    devices = None
+    if engine == "native" and choose_device(params.device) is not np and get_array_module(proj_log) is np:
+        devices = gpu_devices()  # pragma: no cover - needs a CUDA device
     return reconstruct_volume(
-        proj_log, recon, out, rows=(0, nz), chunk=params.chunk_slices, progress=progress
+        proj_log, recon, out, rows=(0, nz), chunk=params.chunk_slices, progress=progress, devices=devices
     )
 
 
 def make_chunk_reconstructor(
     theta: np.ndarray, center: float, nx: int, params: ReconParams, *, engine: str = "native"
-) -> Callable[[Any], Any]:
-    """``recon(block (n_angles, k, nx)) -> (k, nx, nx)`` for :func:`.volume.reconstruct_volume`.
+) -> ReconChunk:
+    """``recon(block (n_angles, k, nx), out) -> (k, nx, nx)`` for :func:`.volume.reconstruct_volume`.
 
-    Builds the NUFFT plan once, so every chunk of a volume reuses it.
+    The NUFFT plan comes from the geometry cache (:func:`.fourier.fourier_plan`), so every
+    chunk, slab and call with the same geometry reuses it. The block is read through a
+    transposed view: no sinogram copy.
     """
     filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
                             "order": params.butterworth_order, "pad": params.pad}
+
+    def filled(out: Any, slices: Any) -> Any:
+        if out is None:
+            return slices
+        out[...] = to_numpy(slices)
+        return out
+
     if engine == "tomopy":
-        return lambda block: reconstruct_tomopy(np.asarray(block).transpose(1, 0, 2), theta, center, params)
+        return lambda block, out=None: filled(
+            out, reconstruct_tomopy(np.asarray(block).transpose(1, 0, 2), theta, center, params))
     xp = choose_device(params.device)
     if params.algorithm == "fbp":
         from .fbp import reconstruct_fbp
 
-        return lambda block: reconstruct_fbp(xp.asarray(block).transpose(1, 0, 2), theta, center, **filt)
-    from .fourier import FourierPlan, reconstruct_fourier
+        return lambda block, out=None: filled(
+            out, reconstruct_fbp(xp.asarray(block).transpose(1, 0, 2), theta, center, **filt))
+    from .fourier import reconstruct_fourier
 
-    plan = FourierPlan(nx, theta, padded_width(nx, params.pad), gpu=xp is not np)
-    return lambda block: reconstruct_fourier(
-        xp.ascontiguousarray(xp.asarray(block).transpose(1, 0, 2)), theta, center, plan=plan, **filt
-    )
+    def fourier(block: Any, out: Any = None) -> Any:
+        sino = xp.asarray(block).transpose(1, 0, 2)
+        if xp is not np:  # pragma: no cover - needs a CUDA device
+            return filled(out, reconstruct_fourier(sino, theta, center, **filt))
+        return reconstruct_fourier(sino, theta, center, out=out, **filt)
+
+    return fourier
 
 
 def reconstruct_scan(
@@ -226,12 +243,13 @@ def reconstruct_scan(
 
     t2 = time.perf_counter()
     nz, nx = proj_log.shape[1], proj_log.shape[2]
-    vol = np.empty((nz, nx, nx), dtype=np.float32)
+    direct = isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (nz, nx, nx)
+    vol = out if direct else np.empty((nz, nx, nx), dtype=np.float32)
     reconstruct_sinograms(proj_log, theta, c_b, params, progress=progress, out=vol)
     if params.circular_mask is not None:
-        vol = to_numpy(preprocess.circular_mask(vol, params.circular_mask))
+        preprocess.circular_mask(vol, params.circular_mask, out=vol)
     timings["reconstruct"] = time.perf_counter() - t2
-    if out is not None:
+    if out is not None and not direct:
         out[...] = vol
         vol = out
     timings["total"] = time.perf_counter() - t0

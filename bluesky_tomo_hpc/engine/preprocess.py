@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from bluesky_tomo_hpc.engine.backend import get_array_module, to_numpy
+from bluesky_tomo_hpc.engine.backend import get_array_module, run_blocks, to_numpy
 from bluesky_tomo_hpc.model import MissingCalibrationError, ScanData, TomoDataError
 
 __all__ = [
     "normalize",
     "minus_log",
+    "all_finite",
     "remove_zingers",
     "validate_scan",
     "check_angles",
@@ -129,14 +130,23 @@ def normalize(
         dead = denom <= 0
         return xp.float32(1.0) / xp.where(dead, xp.float32(1.0), denom), dead
 
-    # one float32 copy of the projections, then in place: large stacks stay within 1x memory
-    out = proj.astype(xp.float32, copy=True)
-    out -= dark
+    # one float32 result, filled block by block (cache-sized, threaded): large stacks stay
+    # within 1x memory and each frame is read from main memory once
+    out = xp.empty(proj.shape, dtype=xp.float32)
     if weights is None:
         inv, dead = _inverse(flat_mean - dark)
-        out *= inv
-        out[:, dead] = 1.0
+        any_dead = bool(dead.any())
+
+        def block(sl: slice) -> None:
+            o = out[sl]
+            xp.subtract(proj[sl], dark, out=o)
+            o *= inv
+            if any_dead:
+                o[:, dead] = 1.0
+
+        _by_frames(block, out)
     else:
+        xp.subtract(proj, dark, out=out)
         before, after, w = weights
         fb = flats[xp.asarray(before)].mean(axis=0) - dark
         fa = flats[xp.asarray(after)].mean(axis=0) - dark
@@ -148,17 +158,50 @@ def normalize(
     return out
 
 
-def minus_log(x: Any, clip: float = 1e-6) -> Any:
+def _by_frames(work: Any, arr: Any) -> None:
+    """``work(slice of frames)`` over ``arr``'s first axis: cache-sized threaded blocks for
+    NumPy (:func:`~bluesky_tomo_hpc.engine.backend.run_blocks`), one call on a GPU."""
+    if get_array_module(arr) is not np or arr.ndim < 2:
+        work(slice(None))
+        return
+    frame_bytes = max(1, arr[0].nbytes)
+    run_blocks(work, arr.shape[0], max(1, 2**20 // frame_bytes))
+
+
+def minus_log(x: Any, clip: float = 1e-6, *, out: Any = None) -> Any:
     """``-log(x)`` with transmission floored at ``clip`` and NaN/inf mapped to finite values,
-    so one saturated or dead pixel cannot poison a whole slice through the filter."""
+    so one saturated or dead pixel cannot poison a whole slice through the filter.
+    ``out=x`` (a float32 array the caller owns) works in place."""
     xp = get_array_module(x)
-    out = xp.array(x, dtype=xp.float32, copy=True)
-    if not bool(xp.isfinite(out).all()):  # rare: skip nan_to_num's extra passes otherwise
-        xp.nan_to_num(out, copy=False, nan=1.0, posinf=1.0, neginf=clip)
-    xp.maximum(out, xp.float32(clip), out=out)
-    xp.log(out, out=out)
-    xp.negative(out, out=out)
+    if out is None:
+        out = xp.array(x, dtype=xp.float32, copy=True)
+    elif out is not x:
+        out[...] = x
+
+    def block(sl: slice) -> None:
+        o = out[sl]
+        if not bool(xp.isfinite(o).all()):  # rare: skip nan_to_num's extra passes otherwise
+            xp.nan_to_num(o, copy=False, nan=1.0, posinf=1.0, neginf=clip)
+        xp.maximum(o, xp.float32(clip), out=o)
+        xp.log(o, out=o)
+        xp.negative(o, out=o)
+
+    _by_frames(block, out)
     return out
+
+
+def all_finite(arr: Any) -> bool:
+    """True when ``arr`` holds no NaN/inf (integers always do): one threaded pass, no full-size mask."""
+    xp = get_array_module(arr)
+    if not xp.issubdtype(arr.dtype, xp.inexact):
+        return True
+    flags: list[bool] = []
+
+    def block(sl: slice) -> None:
+        flags.append(bool(xp.isfinite(arr[sl]).all()))
+
+    _by_frames(block, arr)
+    return all(flags)
 
 
 # -- outliers and bad frames ----------------------------------------------------------------------
@@ -208,6 +251,8 @@ def mask_bad_frames(proj: Any, max_bad_fraction: float = 0.5) -> tuple[Any, np.n
     arr = xp.asarray(proj)
     if arr.ndim != 3:
         raise TomoDataError(f"mask_bad_frames expects (n_angles, ny, nx), got shape {tuple(arr.shape)}")
+    if all_finite(arr):  # the usual case: one pass, no boolean stack
+        return arr, np.empty(0, dtype=np.int64)
     bad = ~xp.isfinite(arr)
     frac = to_numpy(bad.reshape(arr.shape[0], -1).mean(axis=1))
     touched = np.flatnonzero(frac > 0)
@@ -307,8 +352,9 @@ def validate_scan(data: ScanData) -> list[str]:
         warnings.append(f"{tag}{n - uniq.size} duplicate projection angles")
     if np.any(np.diff(theta_rad) < 0) and not np.all(np.diff(theta_rad) <= 0):
         warnings.append(f"{tag}projection angles are not monotonic")
-    bad = ~np.isfinite(to_numpy(proj).reshape(n, -1))
-    n_bad = int(bad.any(axis=1).sum())
+    n_bad = 0
+    if not all_finite(proj):
+        n_bad = int((~np.isfinite(to_numpy(proj).reshape(n, -1))).any(axis=1).sum())
     if n_bad:
         warnings.append(f"{tag}{n_bad} projections contain NaN/inf values (will be masked)")
     dead = int(np.count_nonzero(to_numpy(data.flats).mean(axis=0) <= to_numpy(data.darks).mean(axis=0)))
@@ -346,9 +392,10 @@ def unpad(x: Any, npad: int | tuple[int, int], axis: int = -1) -> Any:
     return x[tuple(index)]
 
 
-def circular_mask(vol: Any, ratio: float = 0.95, val: float = 0.0) -> Any:
+def circular_mask(vol: Any, ratio: float = 0.95, val: float = 0.0, *, out: Any = None) -> Any:
     """Set everything outside a centred circle of radius ``ratio * n / 2`` to ``val`` in each
-    (…, ny, nx) slice: outside that circle not every angle saw the sample."""
+    (…, ny, nx) slice: outside that circle not every angle saw the sample. ``out`` (may be
+    ``vol`` itself) receives the result without a new volume-sized array."""
     if not 0 < ratio <= 1:
         raise ValueError(f"circular_mask ratio must be in (0, 1], got {ratio}")
     xp = get_array_module(vol)
@@ -357,7 +404,12 @@ def circular_mask(vol: Any, ratio: float = 0.95, val: float = 0.0) -> Any:
     xx = xp.arange(nx, dtype=xp.float32) - (nx - 1) / 2
     r = ratio * min(nx, ny) / 2
     inside = (yy[:, None] ** 2 + xx[None, :] ** 2) <= r * r
-    return xp.where(inside, vol, xp.asarray(val, dtype=vol.dtype))
+    if out is None:
+        return xp.where(inside, vol, xp.asarray(val, dtype=vol.dtype))
+    if out is not vol:
+        out[...] = vol
+    xp.copyto(out, xp.asarray(val, dtype=out.dtype), where=~inside)
+    return out
 
 
 def bin_frames(frames: np.ndarray, binning: int) -> np.ndarray:
