@@ -376,7 +376,8 @@ def run_size(m: int, n: int, methods: list[str], threads_list: list[int], repeat
             run()
             wall.append((time.perf_counter() - w0) / nz)
             # CPU time of this process; peers in worker processes (2t ASTRA / scikit-image): n/a
-            cpu.append((time.process_time() - c0) / nz if not (name in PROCESS_PEERS and t > 1) else float("nan"))
+            in_children = name in PROCESS_PEERS and t > 1
+            cpu.append(float("nan") if in_children else (time.process_time() - c0) / nz)
         print(f"  {size}: round {rep + 1}/{repeats} done, load {load()}", flush=True)
     pinned(max(threads_list))
     rows = []
