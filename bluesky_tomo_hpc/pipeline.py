@@ -132,7 +132,8 @@ class TomoPipeline:
         center = recon.center if isinstance(recon.center, float | int) else None
         sink = PreviewSink(outputs, binning=pv.binning, positions=pv.positions, center=center,
                            fallback_center=self._previous_center,
-                           filter_name=recon.filter_name, max_queue_bytes=int(pv.max_queue_mb * 2**20),
+                           filter_name=recon.filter_name, device=recon.device,
+                           max_queue_bytes=int(pv.max_queue_mb * 2**20),
                            publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
                            refine_center=pv.refine_center)
         self._preview_sinks.append(sink)

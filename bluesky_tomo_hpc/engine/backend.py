@@ -27,15 +27,34 @@ except Exception:  # pragma: no cover - depends on the machine
     _CUPY_USABLE = False
 
 
+_PINNED: list[int] | None = None  # set by use_gpu_of_local_rank: this process keeps to one GPU
+
+
 def gpu_devices() -> list[int]:
     """Ids of the CUDA devices this process may use (all visible ones; empty without CuPy).
 
-    Why a list: a node's full-volume reconstruction runs one conveyor per device, and an MPI
-    rank takes ``gpu_devices()[local_rank % len(...)]``. ``CUDA_VISIBLE_DEVICES`` narrows it.
+    Why a list: a node's full-volume reconstruction runs one conveyor per device (the worker,
+    the in-process session); an MPI rank keeps to the one :func:`use_gpu_of_local_rank` gave it.
+    ``CUDA_VISIBLE_DEVICES`` narrows the list as usual.
     """
     if not _CUPY_USABLE:
         return []
+    if _PINNED is not None:  # pragma: no cover - needs a CUDA device
+        return list(_PINNED)
     return list(range(_cp.cuda.runtime.getDeviceCount()))  # pragma: no cover - needs a CUDA device
+
+
+def use_gpu_of_local_rank(local_rank: int) -> int | None:
+    """Give this MPI rank GPU ``local_rank % n_gpus`` of its node (one rank per device and
+    stream set); ``None`` on a machine without GPUs, where nothing changes."""
+    global _PINNED
+    devices = gpu_devices()
+    if not devices:
+        return None
+    device = devices[local_rank % len(devices)]  # pragma: no cover - needs a CUDA device
+    _cp.cuda.Device(device).use()  # pragma: no cover
+    _PINNED = [device]  # pragma: no cover
+    return device  # pragma: no cover
 
 
 def get_array_module(*arrays: Any) -> ModuleType:

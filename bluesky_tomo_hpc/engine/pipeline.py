@@ -98,10 +98,18 @@ def preprocess_projections(
     flats = bin_frames(np.asarray(data.flats[:, r0:r1]), b)
     darks = bin_frames(np.asarray(data.darks[:, r0:r1]), b)
     xp = choose_device(params.device)
+    # integer frames convert to float32 in normalize's first pass
+    proj_log = line_integrals(xp.asarray(proj), xp.asarray(flats, dtype=xp.float32),
+                              xp.asarray(darks, dtype=xp.float32), data, params, warnings)
+    return proj_log, theta, warnings
+
+
+def line_integrals(proj: Any, flats: Any, darks: Any, data: ScanData, params: ReconParams,
+                   warnings: list[str]) -> Any:
+    """Binned frames (NumPy or CuPy) -> -log line integrals: normalise, repair, dezinger, phase,
+    -log, rings. The one sequence for the whole scan on the host and for each slab on a GPU."""
     norm = preprocess.normalize(
-        xp.asarray(proj), xp.asarray(flats, dtype=xp.float32),  # integer frames convert in normalize's pass
-        xp.asarray(darks, dtype=xp.float32),
-        proj_times=data.projection_times, flat_times=data.flat_times,
+        proj, flats, darks, proj_times=data.projection_times, flat_times=data.flat_times,
         interpolate=params.flat_interpolation,
     )
     norm, bad = preprocess.mask_bad_frames(norm)
@@ -120,7 +128,7 @@ def preprocess_projections(
         from .stripes import remove_rings
 
         proj_log = remove_rings(proj_log, params.ring_removal)
-    return proj_log, theta, warnings
+    return proj_log
 
 
 def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> tuple[float, float, str]:
@@ -223,6 +231,8 @@ def reconstruct_scan(
     the centre is found from the data (``params.center_method``). ``out`` receives the masked
     slices when given (e.g. a Zarr array); ``ReconResult.volume`` is then that array.
     """
+    if _gpu_slabs_apply(params):  # pragma: no cover - needs a CUDA device
+        return _reconstruct_scan_gpu(data, params, rows=rows, center=center, progress=progress, out=out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     proj_log, theta, warnings = preprocess_projections(data, params, rows)
@@ -231,11 +241,8 @@ def reconstruct_scan(
     (r0, r1), _ = _row_range(data, params, rows)
 
     t1 = time.perf_counter()
-    given = center if center is not None else (None if params.center == "auto" else float(params.center))
+    given = _given_center(data, params, center)
     if given is not None:
-        nx_unbinned = data.projections.shape[2] * _loaded(data, params)[1]
-        if not -nx_unbinned <= given <= 2 * nx_unbinned:
-            raise TomoDataError(f"centre {given} is far outside the detector's {nx_unbinned} columns")
         c_b, conf, method = to_binned(given, b), 1.0, "given"
     else:
         c_b, conf, method = find_center(proj_log, theta, params)
@@ -257,4 +264,85 @@ def reconstruct_scan(
         volume=vol, center=to_unbinned(c_b, b), center_confidence=conf, center_method=method,
         timings=timings, params=params, warnings=warnings, rows=(r0, r1),
         engine=resolve_engine(params),
+    )
+
+
+def _given_center(data: ScanData, params: ReconParams, center: float | None) -> float | None:
+    """The caller's or the parameters' centre (unbinned), checked; ``None`` means find it."""
+    given = center if center is not None else (None if params.center == "auto" else float(params.center))
+    if given is not None:
+        nx_unbinned = data.projections.shape[2] * _loaded(data, params)[1]
+        if not -nx_unbinned <= given <= 2 * nx_unbinned:
+            raise TomoDataError(f"centre {given} is far outside the detector's {nx_unbinned} columns")
+    return given
+
+
+def _gpu_slabs_apply(params: ReconParams) -> bool:
+    """The GPU path streams raw row slabs through the device: only when no step needs whole
+    frames (Paganin, the zinger median filter) and the native Fourier method runs on a GPU."""
+    return (choose_device(params.device) is not np and resolve_engine(params) == "native"
+            and params.algorithm == "fourier" and params.phase_retrieval is None
+            and params.dezinger_threshold is None)
+
+
+def _reconstruct_scan_gpu(
+    data: ScanData, params: ReconParams, *, rows: tuple[int, int] | None, center: float | None,
+    progress: Progress | None, out: Any,
+) -> ReconResult:  # pragma: no cover - needs a CUDA device
+    """:func:`reconstruct_scan` on GPUs: raw row slabs (darks, flats, projections in one
+    upload, uint16 when the detector's) go through the overlapped conveyor of every visible GPU,
+    where they are normalised, -log'ed, reconstructed and masked; only slices come back.
+
+    An automatic centre is found first on the host from a few middle rows (as the batch job
+    does), since a slab does not hold the whole scan. Not yet run on a GPU (see docs).
+    """
+    from .fourier import reconstruct_fourier
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    warnings = preprocess.validate_scan(data)
+    theta, _ = preprocess.check_angles(data.theta)
+    b_total = params.binning
+    (r0, r1), (a0, a1) = _row_range(data, params, rows)
+    b = _loaded(data, params)[2]
+    given = _given_center(data, params, center)
+    if given is not None:
+        c_b, conf, method = to_binned(given, b_total), 1.0, "given"
+    else:
+        mid = (r0 + r1) // 2
+        few = (max(r0, mid - 2 * b_total), min(r1, mid + 2 * b_total))
+        proj_log, _, _ = preprocess_projections(data, params.with_updates(device="cpu"), few)
+        c_b, conf, method = find_center(proj_log, theta, params)
+    timings["center"] = time.perf_counter() - t0
+    nd, nf = len(data.darks), len(data.flats)
+    nz, nx = (a1 - a0) // b, data.projections.shape[2] // b
+
+    def read(i: int, j: int) -> np.ndarray:
+        ra, rb = a0 + i * b, a0 + j * b
+        parts = [bin_frames(np.asarray(s[:, ra:rb]), b) for s in (data.darks, data.flats, data.projections)]
+        return np.concatenate(parts)
+
+    filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
+                            "order": params.butterworth_order, "pad": params.pad}
+
+    def recon(block: Any, _out: Any = None) -> Any:
+        xp = get_array_module(block)
+        darks = block[:nd].astype(xp.float32)
+        flats = block[nd : nd + nf].astype(xp.float32)
+        proj_log = line_integrals(block[nd + nf :], flats, darks, data, params, warnings)
+        slices = reconstruct_fourier(proj_log.transpose(1, 0, 2), theta, c_b, **filt)
+        if params.circular_mask is not None:
+            preprocess.circular_mask(slices, params.circular_mask, out=slices)
+        return slices
+
+    t1 = time.perf_counter()
+    vol = out if out is not None else np.empty((nz, nx, nx), dtype=np.float32)
+    reconstruct_volume(read, recon, vol, rows=(0, nz), chunk=params.chunk_slices, progress=progress,
+                       devices=gpu_devices())
+    timings["reconstruct"] = time.perf_counter() - t1
+    timings["preprocess"] = 0.0  # inside the conveyor, on the device
+    timings["total"] = time.perf_counter() - t0
+    return ReconResult(
+        volume=vol, center=to_unbinned(c_b, b_total), center_confidence=conf, center_method=method,
+        timings=timings, params=params, warnings=warnings, rows=(r0, r1), engine="native",
     )

@@ -412,21 +412,23 @@ def circular_mask(vol: Any, ratio: float = 0.95, val: float = 0.0, *, out: Any =
     return out
 
 
-def bin_frames(frames: np.ndarray, binning: int) -> np.ndarray:
+def bin_frames(frames: Any, binning: int) -> Any:
     """Average ``binning x binning`` pixel blocks of ``(n, ny, nx)`` frames as float32 (edges that
     do not fill a block are cut); ``binning == 1`` returns the frames as they are. Strided adds
-    rather than a reshaped mean: about 5x faster on 2160 x 2560 frames (the live preview)."""
+    rather than a reshaped mean: about 5x faster on 2160 x 2560 frames (the live preview).
+    NumPy or CuPy, answered in the same module."""
     if binning == 1:
         return frames
+    xp = get_array_module(frames)
     n, ny, nx = frames.shape
     by, bx = ny // binning, nx // binning
     if by == 0 or bx == 0:
         raise TomoDataError(f"binning {binning} is larger than the frame ({ny} x {nx})")
     f = frames[:, : by * binning, : bx * binning]
-    rows = np.zeros((n, by, bx * binning), np.float32)
+    rows = xp.zeros((n, by, bx * binning), xp.float32)
     for k in range(binning):
         rows += f[:, k::binning, :]
-    out = np.zeros((n, by, bx), np.float32)
+    out = xp.zeros((n, by, bx), xp.float32)
     for k in range(binning):
         out += rows[..., k::binning]
     out *= np.float32(1.0 / (binning * binning))

@@ -268,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank}: %(message)s", stream=sys.stderr)
+    from ..engine.backend import use_gpu_of_local_rank
+
+    # every GPU of a node: launch one rank per GPU; each keeps to the device of its node-local rank
+    gpu = use_gpu_of_local_rank(comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank())
+    if gpu is not None:
+        log.info("rank %d uses GPU %d", rank, gpu)
     if len(argv) != 1:
         if rank == 0:
             print("usage: python -m bluesky_tomo_hpc.batch JOB.json", file=sys.stderr)
