@@ -232,7 +232,7 @@ def reconstruct_scan(
     slices when given (e.g. a Zarr array); ``ReconResult.volume`` is then that array.
     """
     if _gpu_slabs_apply(params):  # pragma: no cover - needs a CUDA device
-        return _reconstruct_scan_gpu(data, params, rows=rows, center=center, progress=progress, out=out)
+        return _reconstruct_scan_slabs(data, params, rows=rows, center=center, progress=progress, out=out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     proj_log, theta, warnings = preprocess_projections(data, params, rows)
@@ -285,7 +285,7 @@ def _gpu_slabs_apply(params: ReconParams) -> bool:
             and params.dezinger_threshold is None)
 
 
-def _reconstruct_scan_gpu(
+def _reconstruct_scan_slabs(
     data: ScanData, params: ReconParams, *, rows: tuple[int, int] | None, center: float | None,
     progress: Progress | None, out: Any,
 ) -> ReconResult:  # pragma: no cover - needs a CUDA device
@@ -294,7 +294,9 @@ def _reconstruct_scan_gpu(
     where they are normalised, -log'ed, reconstructed and masked; only slices come back.
 
     An automatic centre is found first on the host from a few middle rows (as the batch job
-    does), since a slab does not hold the whole scan. Not yet run on a GPU (see docs).
+    does), since a slab does not hold the whole scan. With ``device="cpu"`` the same slabs run
+    through the CPU loop: the NumPy twin the tests compare with :func:`reconstruct_scan`.
+    Not yet run on a GPU (see docs).
     """
     from .fourier import reconstruct_fourier
 
@@ -320,7 +322,7 @@ def _reconstruct_scan_gpu(
     def read(i: int, j: int) -> np.ndarray:
         ra, rb = a0 + i * b, a0 + j * b
         parts = [bin_frames(np.asarray(s[:, ra:rb]), b) for s in (data.darks, data.flats, data.projections)]
-        return np.concatenate(parts)
+        return np.concatenate(parts, dtype=np.result_type(*parts))
 
     filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
                             "order": params.butterworth_order, "pad": params.pad}
@@ -333,12 +335,15 @@ def _reconstruct_scan_gpu(
         slices = reconstruct_fourier(proj_log.transpose(1, 0, 2), theta, c_b, **filt)
         if params.circular_mask is not None:
             preprocess.circular_mask(slices, params.circular_mask, out=slices)
+        if _out is not None:  # the CPU loop hands a host view to fill
+            _out[...] = to_numpy(slices)
         return slices
 
     t1 = time.perf_counter()
     vol = out if out is not None else np.empty((nz, nx, nx), dtype=np.float32)
+    on_gpu = choose_device(params.device) is not np
     reconstruct_volume(read, recon, vol, rows=(0, nz), chunk=params.chunk_slices, progress=progress,
-                       devices=gpu_devices())
+                       devices=gpu_devices() if on_gpu else None)
     timings["reconstruct"] = time.perf_counter() - t1
     timings["preprocess"] = 0.0  # inside the conveyor, on the device
     timings["total"] = time.perf_counter() - t0
