@@ -265,3 +265,23 @@ def test_fourier_and_volume_agree_on_every_backend(phantom128, array_backend):
     devices = gpu_devices() if array_backend == "gpu" else None
     reconstruct_volume(proj, recon, out, rows=(0, 3), chunk=2, devices=devices)
     np.testing.assert_allclose(out, ref, atol=tol)
+
+
+def test_plans_are_cached_by_geometry_and_threads_split_pairs_exactly(phantom128):
+    """One plan per geometry (made once: seconds at 2048), and threads working on whole slice
+    pairs give the single thread's slices."""
+    from bluesky_tomo_hpc.engine.fourier import fourier_plan
+
+    n, theta, sino, _ = phantom128
+    n_pad = padded_width(n)
+    plan = fourier_plan(n, theta, n_pad, threads=1)
+    assert fourier_plan(n, theta.copy(), n_pad, threads=1) is plan
+    assert fourier_plan(n, theta[:90], n_pad, threads=1) is not plan
+    assert fourier_plan(n, theta, n_pad, threads=2) is not plan
+    five = np.stack([sino * (1 + 0.2 * k) for k in range(5)])
+    one = reconstruct_fourier(five, theta, (n - 1) / 2, threads=1)
+    two = reconstruct_fourier(five, theta, (n - 1) / 2, threads=2)
+    np.testing.assert_allclose(two, one, rtol=1e-6, atol=1e-6 * float(np.abs(one).max()))
+    # a strided view of projections (angles, nz, n) is read in place, same slices
+    proj = np.ascontiguousarray(five.transpose(1, 0, 2))
+    np.testing.assert_allclose(reconstruct_fourier(proj.transpose(1, 0, 2), theta, (n - 1) / 2, threads=1), one)

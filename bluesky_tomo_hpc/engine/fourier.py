@@ -44,8 +44,11 @@ except Exception:  # pragma: no cover - depends on the machine
 
 #: FFTW planner flags as FINUFFT takes them (``fftw`` option)
 FFTW_MEASURE, FFTW_ESTIMATE = 0, 64
-#: below this image size FFTW_MEASURE's planning time is not worth it
+#: FFTW_MEASURE (seconds of planning, once per geometry and process) only pays from about this
+#: image size and this many slices in one call; one-slice calls (the preview's centre check,
+#: centre searches) keep FFTW_ESTIMATE plans, which are made in milliseconds
 MEASURE_FROM = 256
+MEASURE_FROM_SLICES = 8
 
 
 class FourierPlan:
@@ -70,6 +73,7 @@ class FourierPlan:
         batch_pairs: int = 4,
         gpu: bool = False,
         upsampfac: float = 1.25,
+        fft_measure: bool = True,
     ) -> None:
         self.n, self.n_pad, self.gpu = n, n_pad, gpu
         self.theta = np.asarray(theta, dtype=np.float64)
@@ -102,7 +106,7 @@ class FourierPlan:
             import finufft
 
             points = (wy.astype(np.float32), wx.astype(np.float32))
-            fftw = FFTW_MEASURE if n >= MEASURE_FROM else FFTW_ESTIMATE
+            fftw = FFTW_MEASURE if fft_measure and n >= MEASURE_FROM else FFTW_ESTIMATE
             self._cpu_plans = []
             for _ in range(self.threads):  # made one after the other: FFTW's planner is not thread-safe
                 plan = finufft.Plan(1, (n, n), n_trans=1, eps=eps, isign=1, dtype="complex64",
@@ -130,7 +134,7 @@ class FourierPlan:
         response = response * np.sinc(np.fft.fftfreq(n_pad)) ** 2  # = fbp's linear interpolation
         ramp = xp.asarray((center_phase(n_pad, center_pad) * response).astype(np.complex64))
         k = self.shift * ramp[None, :]
-        if len(self._kernels) >= 4:
+        if len(self._kernels) >= 2:  # 50 MB each at 1500 x 4096
             self._kernels.popitem(last=False)
         self._kernels[key] = k
         return k
@@ -223,7 +227,8 @@ _PLAN_CACHE_LOCK = threading.Lock()
 
 
 def fourier_plan(
-    n: int, theta: Any, n_pad: int, *, eps: float = 1e-3, threads: int | None = None, gpu: bool = False
+    n: int, theta: Any, n_pad: int, *, eps: float = 1e-3, threads: int | None = None, gpu: bool = False,
+    fft_measure: bool = True,
 ) -> FourierPlan:
     """The cached :class:`FourierPlan` for this geometry (made on first use).
 
@@ -238,11 +243,12 @@ def fourier_plan(
         import cupy as cp  # type: ignore[import-not-found]
 
         device = cp.cuda.Device().id
-    key = (n, n_pad, hashlib.sha1(theta.tobytes()).hexdigest(), float(eps), cpu_threads(threads), gpu, device)
+    key = (n, n_pad, hashlib.sha1(theta.tobytes()).hexdigest(), float(eps), cpu_threads(threads), gpu, device,
+           bool(fft_measure))
     with _PLAN_CACHE_LOCK:
         plan = _PLAN_CACHE.get(key)
         if plan is None:
-            plan = FourierPlan(n, theta, n_pad, eps=eps, threads=threads, gpu=gpu)
+            plan = FourierPlan(n, theta, n_pad, eps=eps, threads=threads, gpu=gpu, fft_measure=fft_measure)
             _PLAN_CACHE[key] = plan
             while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
                 _PLAN_CACHE.popitem(last=False)
@@ -265,6 +271,7 @@ def reconstruct_fourier(
     threads: int | None = None,
     plan: FourierPlan | None = None,
     out: Any = None,
+    fft_measure: bool | None = None,
 ) -> Any:
     """Reconstruct sinograms ``(nz, n_angles, n_det)`` -> ``(nz, n, n)`` float32.
 
@@ -272,7 +279,9 @@ def reconstruct_fourier(
     it is read once, pair by pair, never copied whole. ``center``: the axis as a 0-based
     detector column. ``eps``: NUFFT relative accuracy (1e-3 is well below the discretisation
     error of any FBP). ``plan``: a given plan, else the cached one for this geometry
-    (:func:`fourier_plan`). ``out``: an ``(nz, n, n)`` float32 array to fill.
+    (:func:`fourier_plan`). ``out``: an ``(nz, n, n)`` float32 array to fill. ``fft_measure``:
+    plan the FFT with FFTW_MEASURE (default: for calls of ``MEASURE_FROM_SLICES`` slices or more;
+    a volume's chunk reconstructor says yes for every chunk).
     """
     xp = get_array_module(sino)
     if sino.ndim == 2:
@@ -284,7 +293,8 @@ def reconstruct_fourier(
     n = n_det if n is None else n
     n_pad = padded_width(n_det, pad)
     if plan is None:
-        plan = fourier_plan(n, theta, n_pad, eps=eps, threads=threads, gpu=xp is not np)
+        measure = nz >= MEASURE_FROM_SLICES if fft_measure is None else fft_measure
+        plan = fourier_plan(n, theta, n_pad, eps=eps, threads=threads, gpu=xp is not np, fft_measure=measure)
     elif not plan.matches(n, theta, n_pad):
         raise ValueError("FourierPlan was made for another geometry (size, padding or angles)")
     left = (n_pad - n_det) // 2

@@ -169,7 +169,7 @@ def reconstruct_sinograms(
     engine = resolve_engine(params)
     if out is None:
         out = np.empty((nz, nx, nx), dtype=np.float32)
-    recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine)
+    recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine, slices=nz)
     devices = None
     if engine == "native" and choose_device(params.device) is not np and get_array_module(proj_log) is np:
         devices = gpu_devices()  # pragma: no cover - needs a CUDA device
@@ -179,13 +179,15 @@ def reconstruct_sinograms(
 
 
 def make_chunk_reconstructor(
-    theta: np.ndarray, center: float, nx: int, params: ReconParams, *, engine: str = "native"
+    theta: np.ndarray, center: float, nx: int, params: ReconParams, *, engine: str = "native",
+    slices: int = 1 << 30,
 ) -> ReconChunk:
     """``recon(block (n_angles, k, nx), out) -> (k, nx, nx)`` for :func:`.volume.reconstruct_volume`.
 
     The NUFFT plan comes from the geometry cache (:func:`.fourier.fourier_plan`), so every
-    chunk, slab and call with the same geometry reuses it. The block is read through a
-    transposed view: no sinogram copy.
+    chunk, slab and call with the same geometry reuses it; ``slices`` (the volume's total)
+    decides whether its FFT is worth measuring. The block is read through a transposed view: no
+    sinogram copy.
     """
     filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
                             "order": params.butterworth_order, "pad": params.pad}
@@ -205,7 +207,9 @@ def make_chunk_reconstructor(
 
         return lambda block, out=None: filled(
             out, reconstruct_fbp(xp.asarray(block).transpose(1, 0, 2), theta, center, **filt))
-    from .fourier import reconstruct_fourier
+    from .fourier import MEASURE_FROM_SLICES, reconstruct_fourier
+
+    filt["fft_measure"] = slices >= MEASURE_FROM_SLICES
 
     def fourier(block: Any, out: Any = None) -> Any:
         sino = xp.asarray(block).transpose(1, 0, 2)
@@ -298,7 +302,7 @@ def _reconstruct_scan_slabs(
     through the CPU loop: the NumPy twin the tests compare with :func:`reconstruct_scan`.
     Not yet run on a GPU (see docs).
     """
-    from .fourier import reconstruct_fourier
+    from .fourier import MEASURE_FROM_SLICES, reconstruct_fourier
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -332,7 +336,8 @@ def _reconstruct_scan_slabs(
         darks = block[:nd].astype(xp.float32)
         flats = block[nd : nd + nf].astype(xp.float32)
         proj_log = line_integrals(block[nd + nf :], flats, darks, data, params, warnings)
-        slices = reconstruct_fourier(proj_log.transpose(1, 0, 2), theta, c_b, **filt)
+        sino = proj_log.transpose(1, 0, 2)
+        slices = reconstruct_fourier(sino, theta, c_b, fft_measure=nz >= MEASURE_FROM_SLICES, **filt)
         if params.circular_mask is not None:
             preprocess.circular_mask(slices, params.circular_mask, out=slices)
         if _out is not None:  # the CPU loop hands a host view to fill
