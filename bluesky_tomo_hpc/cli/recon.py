@@ -91,8 +91,8 @@ def _slabs(r0: int, r1: int, size: int, binning: int) -> list[tuple[int, int]]:
 
 def _estimate_center(path: Path, rows: tuple[int, int], params: Any, slab: int) -> tuple[float, float, str]:
     """Centre from (at most) one slab of rows in the middle of the range."""
-    from ..engine.pipeline import find_center, preprocess_projections, to_unbinned
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import find_center, preprocess_projections, to_unbinned
+    from ..sources.raw_files import load_scan
 
     r0, r1 = rows
     if r1 - r0 > slab:
@@ -108,10 +108,10 @@ def _estimate_center(path: Path, rows: tuple[int, int], params: Any, slab: int) 
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..engine.pipeline import ReconResult, reconstruct_scan
+    from ..engine.reconstruct import ReconResult, reconstruct_scan
     from ..model import TomoDataError
-    from ..results.files import create_zarr_volume, write_provenance, write_tiff_stack
-    from ..sources.files import describe_scan
+    from ..results.volume_files import create_zarr_volume, write_provenance, write_tiff_stack
+    from ..sources.raw_files import describe_scan
 
     path: Path = args.file
     if not path.is_file():
@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     written = 0
     columns = (TextColumn("[bold]recon"), BarColumn(), TextColumn("{task.completed}/{task.total} slices"),
                TimeElapsedColumn(), TimeRemainingColumn())
-    from ..sources.files import load_scan
+    from ..sources.raw_files import load_scan
 
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("recon", total=nz)
@@ -177,8 +177,8 @@ def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: fl
          args: argparse.Namespace, out: Path) -> int:
     """Contact sheet of centres ``estimate +/- width`` around the middle row of ``rows``."""
     from ..engine.center import try_centers
-    from ..engine.pipeline import preprocess_projections, to_binned
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import preprocess_projections, to_binned
+    from ..sources.raw_files import load_scan
 
     b = params.binning
     mid = (rows[0] + rows[1]) // 2

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from ..engine.preprocess import bin_frames
 from ..model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec, TomoDataError
 from .hdf5 import open_swmr
 
@@ -336,16 +337,6 @@ def _check_rows(rows: tuple[int, int] | None, ny: int, binning: int, path: str) 
     return r0, r1
 
 
-def _bin(frames: np.ndarray, binning: int) -> np.ndarray:
-    """Average ``binning`` x ``binning`` pixel blocks (columns cropped to a multiple)."""
-    if binning == 1:
-        return frames
-    n, ny, nx = frames.shape
-    nx_b = nx - nx % binning
-    blocks = frames[:, :, :nx_b].reshape(n, ny // binning, binning, nx_b // binning, binning)
-    return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
-
-
 def _read(ds: h5py.Dataset, index: np.ndarray, r0: int, r1: int, binning: int) -> np.ndarray:
     """Frames ``index`` (sorted) rows [r0, r1), read as a few contiguous hyperslabs."""
     out = np.empty((len(index), r1 - r0, ds.shape[2]), dtype=ds.dtype)
@@ -353,7 +344,7 @@ def _read(ds: h5py.Dataset, index: np.ndarray, r0: int, r1: int, binning: int) -
     for a, b in _runs(index):
         ds.read_direct(out, np.s_[a:b, r0:r1, :], np.s_[pos:pos + b - a])
         pos += b - a
-    return _bin(out, binning)
+    return bin_frames(out, binning)
 
 
 def load_scan(path: str | os.PathLike[str], rows: tuple[int, int] | None = None, *,
