@@ -21,7 +21,7 @@ process is pinned to N CPUs (``sched_setaffinity``) and the method is asked for 
 
 Rows:
   * ``ours fourier``: ``engine.fourier.reconstruct_fourier`` (cached plan).
-  * ``ours reconstruct_scan``: the entry point every sink calls (``engine.pipeline``) on a
+  * ``ours reconstruct_scan``: the entry point every sink calls (``engine.reconstruct``) on a
     ScanData of float32 transmissions (flats 1, darks 0): normalise, -log, reconstruct, mask.
   * ``finufft floor``: the type-1 NUFFT (gridding + FFT) alone on the same points and grid with
     the same options, one single-threaded plan per thread: what any NUFFT method pays.
@@ -50,8 +50,8 @@ import numpy as np
 from bluesky_tomo_hpc.engine.filters import padded_width
 from bluesky_tomo_hpc.engine.fourier import FFTW_MEASURE, fourier_plan, reconstruct_fourier
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
 from bluesky_tomo_hpc.engine.projector import MODIFIED_SHEPP_LOGAN, ellipse_image, ellipse_sinogram
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
 from bluesky_tomo_hpc.model import ScanData
 
 PEERS = ("algotom dfi", "algotom fbp", "astra cpu fbp", "skimage iradon")

@@ -56,7 +56,7 @@ def scan_data(n_angles: int, ny: int, nx: int):
 
 def bench_volume(n_angles: int, ny: int, nx: int, chunk: int, device: str) -> dict:
     from bluesky_tomo_hpc.engine.params import ReconParams
-    from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
+    from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
 
     data = scan_data(n_angles, ny, nx)
     params = ReconParams(device=device, center=nx / 2, filter_name="shepp", chunk_slices=chunk,

@@ -156,7 +156,7 @@ class PeakRss:
 # -- the preview subscriber (a child process of this script) ------------------------------------
 def subscriber_main(address: str, record: str, timeout: float) -> int:
     """Receive preview updates and append one JSON line per update (receive time first)."""
-    from bluesky_tomo_hpc.preview_protocol import PreviewSubscriber
+    from bluesky_tomo_hpc.sinks.preview_stream import PreviewSubscriber
 
     sub = PreviewSubscriber(address)
     print("READY", flush=True)

@@ -248,7 +248,7 @@ def test_orientation_matches_tomopy_convention(method):
 def test_fourier_and_volume_agree_on_every_backend(phantom128, array_backend):
     """CuPy in, CuPy out, same slices; the volume loop (the GPU conveyor with devices) too."""
     from bluesky_tomo_hpc.engine.backend import choose_device, gpu_devices, to_numpy
-    from bluesky_tomo_hpc.engine.pipeline import make_chunk_reconstructor
+    from bluesky_tomo_hpc.engine.reconstruct import make_chunk_reconstructor
 
     n, theta, sino, _ = phantom128
     xp = choose_device(array_backend)

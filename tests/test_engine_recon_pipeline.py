@@ -184,7 +184,7 @@ def test_reconstruct_scan_same_on_every_backend(array_backend):
     tol = 2e-3 * float(np.abs(ref.volume).max())
     np.testing.assert_allclose(got.volume, ref.volume, atol=tol)
     if array_backend == "cpu":  # the GPU's slab path itself, run through the CPU loop
-        from bluesky_tomo_hpc.engine.pipeline import _reconstruct_scan_slabs
+        from bluesky_tomo_hpc.engine.reconstruct import _reconstruct_scan_slabs
 
         slabs = _reconstruct_scan_slabs(data, ReconParams(center=42.0, device="cpu", chunk_slices=2),
                                         rows=None, center=None, progress=None, out=None)
