@@ -438,12 +438,13 @@ def main() -> None:
           f"{args.repeats} interleaved rounds; Nt = pinned to N CPUs", flush=True)
     rows: list[Row] = []
     for m, n in sizes:
-        rows += run_size(m, n, methods, threads_list, args.repeats, slices, args.save)
-    print_table(rows)
+        size_rows = run_size(m, n, methods, threads_list, args.repeats, slices, args.save)
+        print_table(size_rows)  # each size as soon as it is done
+        rows += size_rows
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump([asdict(r) for r in rows], f, indent=2)
     print(f"\nload at the end {load()}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in rows], f, indent=2)
 
 
 if __name__ == "__main__":
