@@ -193,7 +193,7 @@ def minus_log(x: Any, clip: float = 1e-6, *, out: Any = None) -> Any:
 def all_finite(arr: Any) -> bool:
     """True when ``arr`` holds no NaN/inf (integers always do): one threaded pass, no full-size mask."""
     xp = get_array_module(arr)
-    if not xp.issubdtype(arr.dtype, xp.inexact):
+    if not np.issubdtype(arr.dtype, np.inexact):  # dtypes are NumPy's for CuPy too
         return True
     flags: list[bool] = []
 

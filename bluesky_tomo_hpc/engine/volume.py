@@ -193,7 +193,7 @@ def _gpu_conveyor(
             if pin_out[s] is None or pin_out[s].nbytes < res.nbytes:
                 pin_out[s] = cupyx.empty_pinned(res.nbytes, dtype=np.uint8)
             host_out = pin_out[s][: res.nbytes].view(res.dtype).reshape(res.shape)
-            res.get(stream=d2h, out=host_out)
+            res.get(stream=d2h, out=host_out, blocking=False)  # the host goes on reading chunk i + 1
             pending = (a, b, host_out, d2h.record(), res)
         flush()
         for st in (h2d, comp, d2h):

@@ -349,7 +349,7 @@ class PreviewSink:
         xp.clip(s, -1.0, float(self._n_pad), out=s)
         i0 = xp.floor(s)
         w = s - i0
-        return i0.astype(xp.intp) + 1, w
+        return i0.astype(np.intp) + 1, w
 
     def _backproject(self, q: np.ndarray, theta: float) -> None:
         """Add one filtered projection (nz, n_pad + 3) to the three accumulators.
