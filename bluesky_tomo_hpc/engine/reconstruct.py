@@ -156,20 +156,24 @@ def reconstruct_sinograms(
     *,
     progress: Progress | None = None,
     out: Any = None,
+    recon: ReconChunk | None = None,
 ) -> Any:
     """-log projections ``(n_angles, nz, nx)`` -> slices ``(nz, nx, nx)`` float32, in chunks.
 
     ``center`` is in the columns of ``proj_log``. ``out`` (any array-like) receives the slices;
     a new NumPy array otherwise. No circular mask here (that is the pipeline's last step).
     Host projections with ``device`` on a GPU run through the overlapped conveyor on every
-    visible GPU (:func:`.volume.reconstruct_volume`).
+    visible GPU (:func:`.volume.reconstruct_volume`). ``recon`` (from
+    :func:`make_chunk_reconstructor` for the same angles, centre and width) lets a caller that
+    reconstructs many slabs build the NUFFT plan once instead of once per slab.
     """
     n_angles, nz, nx = proj_log.shape
     theta = np.asarray(theta, dtype=np.float64)
-    engine = resolve_engine(params)
     if out is None:
         out = np.empty((nz, nx, nx), dtype=np.float32)
-    recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine, slices=nz)
+    engine = resolve_engine(params)
+    if recon is None:
+        recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine, slices=nz)
     devices = None
     if engine == "native" and choose_device(params.device) is not np and get_array_module(proj_log) is np:
         devices = gpu_devices()  # pragma: no cover - needs a CUDA device
@@ -220,6 +224,30 @@ def make_chunk_reconstructor(
     return fourier
 
 
+def reconstruct_prepared(
+    proj_log: Any,
+    theta: Any,
+    center: float,
+    params: ReconParams,
+    *,
+    progress: Progress | None = None,
+    recon: ReconChunk | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Preprocessed -log projections -> masked NumPy slices: the pipeline after the centre.
+
+    ``center`` is in the (binned) columns of ``proj_log``; ``recon`` as in
+    :func:`reconstruct_sinograms` (a plan built once for many slabs). ``out``: a float32
+    ``(nz, nx, nx)`` NumPy array filled in place (no volume-sized copy).
+    """
+    nz, nx = proj_log.shape[1], proj_log.shape[2]
+    vol = out if out is not None else np.empty((nz, nx, nx), dtype=np.float32)
+    reconstruct_sinograms(proj_log, theta, center, params, progress=progress, out=vol, recon=recon)
+    if params.circular_mask is not None:
+        preprocess.circular_mask(vol, params.circular_mask, in_place=True)
+    return vol
+
+
 def reconstruct_scan(
     data: ScanData,
     params: ReconParams,
@@ -255,10 +283,7 @@ def reconstruct_scan(
     t2 = time.perf_counter()
     nz, nx = proj_log.shape[1], proj_log.shape[2]
     direct = isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (nz, nx, nx)
-    vol = out if direct else np.empty((nz, nx, nx), dtype=np.float32)
-    reconstruct_sinograms(proj_log, theta, c_b, params, progress=progress, out=vol)
-    if params.circular_mask is not None:
-        preprocess.circular_mask(vol, params.circular_mask, out=vol)
+    vol = reconstruct_prepared(proj_log, theta, c_b, params, progress=progress, out=out if direct else None)
     timings["reconstruct"] = time.perf_counter() - t2
     if out is not None and not direct:
         out[...] = vol
@@ -339,7 +364,7 @@ def _reconstruct_scan_slabs(
         sino = proj_log.transpose(1, 0, 2)
         slices = reconstruct_fourier(sino, theta, c_b, fft_measure=nz >= MEASURE_FROM_SLICES, **filt)
         if params.circular_mask is not None:
-            preprocess.circular_mask(slices, params.circular_mask, out=slices)
+            preprocess.circular_mask(slices, params.circular_mask, in_place=True)
         if _out is not None:  # the CPU loop hands a host view to fill
             _out[...] = to_numpy(slices)
         return slices
