@@ -6,8 +6,9 @@ Two feeds of the same 2160 x 2560 uint16 frames at --fps (11 = ALS), each into a
 which timestamps every update it receives:
 
   zmq: RunEngine + ophyd v1 simulated detector writing each frame into HDF5 (SWMR, Resource /
-       Datum) -> bluesky 0MQ ``Publisher`` -> ``bluesky-0MQ-proxy`` -> worker (preview + full
-       volume into a real Tiled server process) -> 0MQ preview -> subscriber.
+       Datum) -> bluesky 0MQ ``Publisher`` (msgpack documents) -> ``bluesky-0MQ-proxy`` ->
+       worker (preview + full volume into a real Tiled server process) -> 0MQ preview ->
+       subscriber.
   pva: ``callbacks/pva_sim_detector.py`` (a pvapy NTNDArray server) -> worker --pva -> ... .
 
 Frames: --distinct projections are computed once and cycled over the scan's angles (the
@@ -211,11 +212,10 @@ def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, fe
 
 
 def run_zmq(work: Path, a: argparse.Namespace) -> dict:
-    import bluesky.preprocessors  # noqa: F401 - RunEngine import side effects
     from bluesky import RunEngine
-    from bluesky.callbacks.zmq import Publisher
 
     from bluesky_tomo_hpc.sim import hdf5_writer, make_sim_beamline, tomo_scan
+    from bluesky_tomo_hpc.sources.zmq_documents import document_publisher
 
     rss = PeakRss()
     rss.watch("RunEngine + detector (this process)", os.getpid())
@@ -264,7 +264,7 @@ def run_zmq(work: Path, a: argparse.Namespace) -> dict:
             return n
 
         hdf5_writer.FrameFile.append = timed_append
-        pub = Publisher(f"tcp://127.0.0.1:{pin}")
+        pub = document_publisher(f"tcp://127.0.0.1:{pin}")  # msgpack, as the worker expects
         RE.subscribe(pub)
         stop_time: dict[str, float] = {}
         RE.subscribe(lambda name, doc: stop_time.setdefault("t", time.time()) if name == "stop" else None)
