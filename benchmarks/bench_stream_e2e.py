@@ -231,6 +231,10 @@ def run_zmq(work: Path, a: argparse.Namespace) -> dict:
             work, a.binning, a.volume_binning, rss, ["--zmq", f"tcp://127.0.0.1:{pout}"], {}, a.timeout)
         procs += [tiled, sub, worker]
         RE = RunEngine({})
+        # connect the publisher first: 0MQ drops what a PUB socket sends before its connection
+        # to the proxy is up (the start document would be lost)
+        pub = document_publisher(f"tcp://127.0.0.1:{pin}")  # msgpack, as the worker expects
+        RE.subscribe(pub)
         bl = make_sim_beamline(work / "raw", flavour="ophyd_v1", shape=(NY, NX), external_files=True)
         t0 = time.perf_counter()
         angles = np.linspace(0, 180, a.distinct, endpoint=False)
@@ -264,8 +268,7 @@ def run_zmq(work: Path, a: argparse.Namespace) -> dict:
             return n
 
         hdf5_writer.FrameFile.append = timed_append
-        pub = document_publisher(f"tcp://127.0.0.1:{pin}")  # msgpack, as the worker expects
-        RE.subscribe(pub)
+        time.sleep(1.0)
         stop_time: dict[str, float] = {}
         RE.subscribe(lambda name, doc: stop_time.setdefault("t", time.time()) if name == "stop" else None)
         (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=a.frames, num_darks=a.darks,
