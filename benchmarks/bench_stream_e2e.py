@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -112,13 +113,19 @@ class Proc:
         self.proc.stdin.flush()
 
     def stop(self) -> None:
+        """Terminate, then kill; never raises (every process of the run must go)."""
+        try:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                self.proc.wait(10)
+        except Exception:
+            pass
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.kill()
             try:
                 self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            except Exception:
+                pass
 
 
 class PeakRss:
@@ -382,6 +389,8 @@ def main() -> int:
     a = ap.parse_args()
     if a.subscribe:
         return subscriber_main(a.subscribe, a.record, a.timeout)
+    # a SIGTERM must still run the clean-up below (it stops every child process)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="e2e-", dir=os.environ.get("TMPDIR")))
     results = {"load_before": os.getloadavg(), "frames": a.frames, "fps": a.fps, "binning": a.binning,
                "volume_binning": a.volume_binning, "runs": {}}
