@@ -95,7 +95,7 @@ class SingleRank:
         return None
 
 
-def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
+def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
     from ..engine.reconstruct import find_center, preprocess_projections, to_unbinned
     from ..sources.raw_files import load_scan
@@ -186,7 +186,7 @@ def run(
         hasher.start()  # after the input was found; overlaps the centre search and reconstruction
         t = time.perf_counter()
         try:
-            plan["center"] = _find_center(job, plan["rows"])
+            plan["center"] = choose_center(job, plan["rows"])
         except BaseException as exc:
             writer.fail(exc)
             raise
