@@ -129,7 +129,10 @@ def _run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CliError(f"no such scan file: {path}; give the path of an HDF5 scan", EXIT_INPUT)
     params = _params(args)
-    ny = describe_scan(path).frame_shape[0]
+    ny, nx = describe_scan(path).frame_shape
+    if isinstance(params.center, float) and not -nx <= params.center <= 2 * nx:
+        raise CliError(f"--center {params.center:g} is far outside the detector's {nx} columns; "
+                       "give a column (0-based) near the rotation axis, or auto")
     rows = params.rows or (0, ny)
     if not (0 <= rows[0] < rows[1] <= ny):
         raise CliError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows; "
@@ -163,11 +166,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _estimate_center(path: Path, rows: tuple[int, int], params: Any) -> tuple[float, float, str]:
     """The centre the batch program would use for these rows (given, or found)."""
-    from ..jobs.batch_program import _find_center
+    from ..jobs.batch_program import choose_center
     from ..jobs.job import JobOutputs, ReconJob
 
     job = ReconJob(run_uid="try", input_path=path, params=params, outputs=JobOutputs(directory=Path(".")))
-    found = _find_center(job, rows)
+    found = choose_center(job, rows)
     return found.value, found.confidence, found.method
 
 

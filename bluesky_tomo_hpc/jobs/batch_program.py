@@ -95,7 +95,7 @@ class SingleRank:
         return None
 
 
-def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
+def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
     from ..engine.reconstruct import find_center, preprocess_projections, to_unbinned
     from ..sources.raw_files import load_scan
@@ -186,7 +186,7 @@ def run(
         hasher.start()  # after the input was found; overlaps the centre search and reconstruction
         t = time.perf_counter()
         try:
-            plan["center"] = _find_center(job, plan["rows"])
+            plan["center"] = choose_center(job, plan["rows"])
         except BaseException as exc:
             writer.fail(exc)
             raise
@@ -252,6 +252,7 @@ def run(
         rows=plan["rows"], voxel_size_um=plan["voxel_size_um"], engine=report.engine,
         warnings=result["warnings"],
         extra={"job_id": job.job_id, "ranks": size, "slabs": result["slabs"], "slab_rows": plan["slab"],
+               "sample": job.metadata.get("sample"), "series": job.metadata.get("series"),
                "timing_note": "per stage: seconds in that stage on the busiest rank; stages overlap "
                               "(reader and writer threads), so they add up to more than total"},
     )
