@@ -61,8 +61,16 @@ class ReconParams(_Frozen):
     center: float | Literal["auto"] = Field(
         "auto", description="rotation axis as a 0-based detector column (pixel-index convention)"
     )
-    center_method: Literal["vo", "pairs", "auto"] = "auto"
-    center_search_width: float = Field(50.0, gt=0, description="px either side of the detector middle")
+    center_method: Literal["vo", "pairs", "halfturn", "auto"] = Field(
+        "auto", description="auto: halfturn for 360-degree scans, Vo + sharpness for 180-degree ones"
+    )
+    center_search_width: float = Field(
+        50.0, gt=0, description="px either side of the detector middle (full-field scans)"
+    )
+    half_acquisition: Literal["auto", "on", "off"] = Field(
+        "auto", description="360-degree offset-axis scan stitched to a 180-degree one of the full width; "
+        "auto: when the axis lies in the outer quarter of the detector"
+    )
     pad: bool = Field(True, description="edge-pad sinograms to avoid wrap-around")
     minus_log_clip: float = Field(1e-6, gt=0, description="transmission floor before -log")
     flat_interpolation: bool = Field(

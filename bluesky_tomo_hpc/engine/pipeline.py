@@ -9,20 +9,27 @@ chunks, circular mask. Centres are always reported in unbinned pixel-index detec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..model import ScanData, TomoDataError
+from . import center as center_mod
 from . import preprocess
 from .backend import choose_device, get_array_module, to_numpy
-from .filters import padded_width
+from .center import CenterEstimate, resolve_uncertain_center
+from .halfturn import is_half_acquisition, stitch_half_acquisition
 from .params import ReconParams
-from .preprocess import bin_frames
-from .tomopy_engine import reconstruct_tomopy, resolve_engine
-from .volume import Progress, reconstruct_volume
+from .preprocess import bin_frames, to_binned, to_unbinned
+from .sinogram_recon import make_chunk_reconstructor, reconstruct_sinograms
+from .tomopy_engine import resolve_engine
+from .volume import Progress
+
+__all__ = [
+    "ReconResult", "preprocess_projections", "find_center", "reconstruct_scan", "center_summary",
+    "reconstruct_sinograms", "make_chunk_reconstructor", "to_binned", "to_unbinned",
+]
 
 
 @dataclass
@@ -38,16 +45,9 @@ class ReconResult:
     warnings: list[str] = field(default_factory=list)
     rows: tuple[int, int] = (0, 0)
     engine: str = "native"
-
-
-def to_binned(center: float, binning: int) -> float:
-    """Unbinned pixel-index column -> binned pixel-index column."""
-    return (center - (binning - 1) / 2.0) / binning
-
-
-def to_unbinned(center: float, binning: int) -> float:
-    """Binned pixel-index column -> unbinned pixel-index column."""
-    return center * binning + (binning - 1) / 2.0
+    #: how the centre was found: uncertainty_px, half_acquisition, the automatic estimate when
+    #: a fallback replaced it (``uncertain``), ... (JSON-friendly)
+    center_details: dict[str, Any] = field(default_factory=dict)
 
 
 def _loaded(data: ScanData, params: ReconParams) -> tuple[int, int, int]:
@@ -125,70 +125,23 @@ def preprocess_projections(
     return proj_log, theta, warnings
 
 
-def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> tuple[float, float, str]:
-    """``(center, confidence, method)`` in the columns of ``proj_log`` (binned if it is).
+def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
+    """The automatic centre in the columns of ``proj_log`` (binned if it is), with its
+    confidence, uncertainty and ``details["seconds"]`` (the time it took, for provenance).
 
     The centre finder takes transmission; ``exp(-proj_log)`` gives it back after ring removal
     and phase retrieval. ``proj_log`` holds the selected rows only, so ``params.rows`` must not
     apply again, and the search width shrinks with the binning.
     """
-    from .center import find_center as _find
-
+    t0 = time.perf_counter()
     xp = get_array_module(proj_log)
     local = params.with_updates(
         rows=None, center="auto", center_search_width=params.center_search_width / params.binning
     )
-    est = _find(xp.exp(-proj_log), theta, local)
-    return float(est.center), float(est.confidence), str(est.method)
-
-
-def reconstruct_sinograms(
-    proj_log: Any,
-    theta: Any,
-    center: float,
-    params: ReconParams,
-    *,
-    progress: Progress | None = None,
-    out: Any = None,
-) -> Any:
-    """-log projections ``(n_angles, nz, nx)`` -> slices ``(nz, nx, nx)`` float32, in chunks.
-
-    ``center`` is in the columns of ``proj_log``. ``out`` (any array-like) receives the slices;
-    a new NumPy array otherwise. No circular mask here (that is the pipeline's last step).
-    """
-    n_angles, nz, nx = proj_log.shape
-    theta = np.asarray(theta, dtype=np.float64)
-    engine = resolve_engine(params)
-    if out is None:
-        out = np.empty((nz, nx, nx), dtype=np.float32)
-    recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine)
-    return reconstruct_volume(
-        proj_log, recon, out, rows=(0, nz), chunk=params.chunk_slices, progress=progress
-    )
-
-
-def make_chunk_reconstructor(
-    theta: np.ndarray, center: float, nx: int, params: ReconParams, *, engine: str = "native"
-) -> Callable[[Any], Any]:
-    """``recon(block (n_angles, k, nx)) -> (k, nx, nx)`` for :func:`.volume.reconstruct_volume`.
-
-    Builds the NUFFT plan once, so every chunk of a volume reuses it.
-    """
-    filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
-                            "order": params.butterworth_order, "pad": params.pad}
-    if engine == "tomopy":
-        return lambda block: reconstruct_tomopy(np.asarray(block).transpose(1, 0, 2), theta, center, params)
-    xp = choose_device(params.device)
-    if params.algorithm == "fbp":
-        from .fbp import reconstruct_fbp
-
-        return lambda block: reconstruct_fbp(xp.asarray(block).transpose(1, 0, 2), theta, center, **filt)
-    from .fourier import FourierPlan, reconstruct_fourier
-
-    plan = FourierPlan(nx, theta, padded_width(nx, params.pad), gpu=xp is not np)
-    return lambda block: reconstruct_fourier(
-        xp.ascontiguousarray(xp.asarray(block).transpose(1, 0, 2)), theta, center, plan=plan, **filt
-    )
+    nz = proj_log.shape[1]
+    pick = np.unique(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int))  # all a search uses
+    est = center_mod.find_center(xp.exp(-proj_log[:, pick, :]), theta, local)
+    return replace(est, details={**est.details, "seconds": time.perf_counter() - t0})
 
 
 def reconstruct_scan(
@@ -197,14 +150,19 @@ def reconstruct_scan(
     *,
     rows: tuple[int, int] | None = None,
     center: float | None = None,
+    fallback: float | None = None,
     progress: Progress | None = None,
     out: Any = None,
 ) -> ReconResult:
     """Reconstruct a scan (or rows of it): the function every sink calls.
 
     ``center`` (unbinned pixel-index column) overrides ``params.center``; with neither,
-    the centre is found from the data (``params.center_method``). ``out`` receives the masked
-    slices when given (e.g. a Zarr array); ``ReconResult.volume`` is then that array.
+    the centre is found from the data (``params.center_method``); when its confidence is below
+    :data:`.center.CONFIDENCE_THRESHOLD` it is replaced by ``fallback`` (unbinned, like
+    ``center``: the last confident centre of this detector) or the detector middle, with a warning. A
+    half-acquisition scan is stitched to 180 degrees first: the slices are then wider than the
+    detector. ``out`` receives the masked slices when given (e.g. a Zarr array);
+    ``ReconResult.volume`` is then that array.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -215,19 +173,32 @@ def reconstruct_scan(
 
     t1 = time.perf_counter()
     given = center if center is not None else (None if params.center == "auto" else float(params.center))
+    info: dict[str, Any] = {}
     if given is not None:
         nx_unbinned = data.projections.shape[2] * _loaded(data, params)[1]
         if not -nx_unbinned <= given <= 2 * nx_unbinned:
             raise TomoDataError(f"centre {given} is far outside the detector's {nx_unbinned} columns")
         c_b, conf, method = to_binned(given, b), 1.0, "given"
     else:
-        c_b, conf, method = find_center(proj_log, theta, params)
+        est = find_center(proj_log, theta, params)
+        fb = None if fallback is None else to_binned(fallback, b)
+        est = resolve_uncertain_center(est, proj_log.shape[2], fb, b)
+        c_b, conf, method = est.center, est.confidence, est.method
+        info = center_summary(est, b)
+        if est.details.get("uncertain"):
+            warnings.append(est.details["warning"])
     timings["center"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
+    c_rec = c_b
+    if is_half_acquisition(c_b, proj_log.shape[2], theta, params.half_acquisition):
+        # offset axis: the two half-turns make one 180-degree sinogram twice as wide
+        proj_log, theta, c_rec = stitch_half_acquisition(proj_log, theta, c_b)
+        info["half_acquisition"] = True
+        info["field_of_view_px"] = int(proj_log.shape[2])
     nz, nx = proj_log.shape[1], proj_log.shape[2]
     vol = np.empty((nz, nx, nx), dtype=np.float32)
-    reconstruct_sinograms(proj_log, theta, c_b, params, progress=progress, out=vol)
+    reconstruct_sinograms(proj_log, theta, c_rec, params, progress=progress, out=vol)
     if params.circular_mask is not None:
         vol = to_numpy(preprocess.circular_mask(vol, params.circular_mask))
     timings["reconstruct"] = time.perf_counter() - t2
@@ -238,5 +209,18 @@ def reconstruct_scan(
     return ReconResult(
         volume=vol, center=to_unbinned(c_b, b), center_confidence=conf, center_method=method,
         timings=timings, params=params, warnings=warnings, rows=(r0, r1),
-        engine=resolve_engine(params),
+        engine=resolve_engine(params), center_details=info,
     )
+
+
+def center_summary(est: CenterEstimate, binning: int) -> dict[str, Any]:
+    """The JSON-friendly facts of an automatic centre (unbinned columns) for results and
+    provenance: uncertainty, time, half acquisition, and the estimate a fallback replaced."""
+    d = est.details
+    out: dict[str, Any] = {"uncertainty_px": round(float(d.get("uncertainty_px", 0.0)) * binning, 3),
+                           "seconds": round(float(d.get("seconds", 0.0)), 4),
+                           "half_acquisition": bool(d.get("half_acquisition", False))}
+    if d.get("uncertain"):
+        out.update(uncertain=True, estimate=round(to_unbinned(float(d["estimate"]), binning), 3),
+                   estimate_method=d.get("estimate_method"), fallback=d.get("fallback"))
+    return out

@@ -28,6 +28,9 @@ __all__ = [
     "unpad",
     "circular_mask",
     "ndimage_for",
+    "bin_frames",
+    "to_binned",
+    "to_unbinned",
 ]
 
 
@@ -379,3 +382,14 @@ def bin_frames(frames: np.ndarray, binning: int) -> np.ndarray:
         out += rows[..., k::binning]
     out *= np.float32(1.0 / (binning * binning))
     return out
+
+
+def to_binned(center: float, binning: int) -> float:
+    """Unbinned pixel-index column -> binned pixel-index column (bin k covers unbinned
+    columns k*b .. k*b + b - 1, so its middle is k*b + (b - 1) / 2)."""
+    return (center - (binning - 1) / 2.0) / binning
+
+
+def to_unbinned(center: float, binning: int) -> float:
+    """Binned pixel-index column -> unbinned pixel-index column."""
+    return center * binning + (binning - 1) / 2.0
