@@ -79,8 +79,8 @@ def _params(args: argparse.Namespace) -> Any:
             updates["center"] = float(args.center)
         except ValueError:
             raise ValueError(f"--center must be auto, try or a number, got {args.center!r}") from None
-    elif args.center in ("auto", "try"):
-        updates["center"] = "auto"
+    elif args.center == "auto":
+        updates["center"] = "auto"  # (try keeps a centre given in --params: the sweep centres on it)
     return params.with_updates(**updates) if updates else params
 
 
@@ -89,9 +89,12 @@ def _slabs(r0: int, r1: int, size: int, binning: int) -> list[tuple[int, int]]:
     return [(a, min(a + size, r1)) for a in range(r0, r1, size) if min(a + size, r1) - a >= binning]
 
 
-def _estimate_center(path: Path, rows: tuple[int, int], params: Any, slab: int) -> tuple[float, float, str]:
-    """Centre from (at most) one slab of rows in the middle of the range."""
-    from ..engine.pipeline import find_center, preprocess_projections, to_unbinned
+def _estimate_center(path: Path, rows: tuple[int, int], params: Any, slab: int) -> Any:
+    """Centre from (at most) one slab of rows in the middle of the range: a
+    :class:`~bluesky_tomo_hpc.engine.center.CenterEstimate` in binned columns, resolved (a
+    low confidence falls back, with ``details["warning"]``), ``details["seconds"]`` its time."""
+    from ..engine.center import resolve_uncertain_center
+    from ..engine.pipeline import find_center, preprocess_projections
     from ..sources.files import load_scan
 
     r0, r1 = rows
@@ -101,14 +104,15 @@ def _estimate_center(path: Path, rows: tuple[int, int], params: Any, slab: int) 
         r1 = min(rows[1], r0 + slab)
     data = load_scan(path, rows=(r0, r1))
     proj_log, theta, _ = preprocess_projections(data, params, rows=(r0, r1))
-    c, conf, method = find_center(proj_log, theta, params)
-    return to_unbinned(c, params.binning), conf, method
+    return resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], None,
+                                    params.binning)
 
 
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..engine.pipeline import ReconResult, reconstruct_scan
+    from ..engine.halfturn import output_width
+    from ..engine.pipeline import ReconResult, center_summary, reconstruct_scan, to_binned, to_unbinned
     from ..model import TomoDataError
     from ..results.files import create_zarr_volume, write_provenance, write_tiff_stack
     from ..sources.files import describe_scan
@@ -126,9 +130,20 @@ def _run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     b = params.binning
 
+    timings: dict[str, float] = {}
+    warnings: list[str] = []
+    center_info: dict[str, Any] = {}
     if params.center == "auto":
-        center, conf, method = _estimate_center(path, rows, params, args.slab_rows)
+        est = _estimate_center(path, rows, params, args.slab_rows)
+        center, conf, method = to_unbinned(est.center, b), est.confidence, est.method
+        timings["center"] = float(est.details["seconds"])
+        center_info = center_summary(est, b)
         print(f"centre {center:.2f} px (confidence {conf:.2f}, {method})", file=sys.stderr)
+        if est.details.get("uncertain"):
+            print(f"recon: WARNING {est.details['warning']}", file=sys.stderr)
+            warnings.append(est.details["warning"])
+            if args.center != "try":  # the sheet a person needs to decide, written without asking
+                _try(path, rows, params, center_info["estimate"], conf, method, args, out, also=[center])
     else:
         center, conf, method = float(params.center), 1.0, "given"
 
@@ -137,11 +152,9 @@ def _run(args: argparse.Namespace) -> int:
 
     slabs = _slabs(rows[0], rows[1], args.slab_rows, b)
     nz = sum((s1 - s0) // b for s0, s1 in slabs)
-    n = nx // b
+    n = output_width(nx // b, to_binned(center, b), desc.theta, params.half_acquisition)
     zarr_path = out / "recon.zarr"
     volume = create_zarr_volume(zarr_path, (nz, n, n), attrs={"params_hash": params.params_hash})
-    timings: dict[str, float] = {}
-    warnings: list[str] = []
     written = 0
     columns = (TextColumn("[bold]recon"), BarColumn(), TextColumn("{task.completed}/{task.total} slices"),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -160,12 +173,14 @@ def _run(args: argparse.Namespace) -> int:
             if not args.no_tiff:
                 write_tiff_stack(out / "tiff", res.volume, start=written)
             for key, val in res.timings.items():
-                timings[key] = timings.get(key, 0.0) + val
+                if key != "center" or "center" not in timings:  # (the slabs' centre is given: 0 s)
+                    timings[key] = timings.get(key, 0.0) + val
+            center_info.update({k: v for k, v in res.center_details.items() if k not in center_info})
             warnings.extend(w for w in res.warnings if w not in warnings)
             written += k
     summary = ReconResult(volume=volume, center=center, center_confidence=conf, center_method=method,
                           timings=timings, params=params, warnings=warnings, rows=(rows[0], rows[1]),
-                          engine=res.engine)
+                          engine=res.engine, center_details=center_info)
     extra = {"input": str(path.resolve()), "format": desc.format, "outputs": {
         "zarr": str(zarr_path), "tiff_dir": None if args.no_tiff else str(out / "tiff")}}
     prov = write_provenance(out / "provenance.json", summary, extra)
@@ -174,10 +189,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: float, method: str,
-         args: argparse.Namespace, out: Path) -> int:
-    """Contact sheet of centres ``estimate +/- width`` around the middle row of ``rows``."""
+         args: argparse.Namespace, out: Path, also: list[float] | None = None) -> int:
+    """Contact sheet of centres ``center +/- width`` (plus the centres in ``also``, e.g. a
+    fallback) at the middle row of ``rows``; ``center`` is the estimate or the given centre."""
     from ..engine.center import try_centers
     from ..engine.pipeline import preprocess_projections, to_binned
+    from ..results.pictures import save_center_sheet_png
     from ..sources.files import load_scan
 
     b = params.binning
@@ -187,11 +204,12 @@ def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: fl
     data = load_scan(path, rows=(r0, r1))
     proj_log, theta, _ = preprocess_projections(data, params, rows=(r0, r1))
     steps = np.arange(-args.try_width, args.try_width + 1e-9, args.try_step)
-    candidates = [round(center + s, 3) for s in steps]
-    slices = try_centers(proj_log, theta, [to_binned(c, b) for c in candidates], params,
-                         png_path=out / "center_try.png", row=0)
+    candidates = sorted({round(center + s, 3) for s in steps} | {round(c, 3) for c in also or []})
+    slices = try_centers(proj_log, theta, [to_binned(c, b) for c in candidates], params, row=0)
+    png = save_center_sheet_png(dict(zip(candidates, slices.values(), strict=True)), out / "center_try.png",
+                                row=r0, highlight=round(center, 3))
     record = {"estimate": center, "confidence": conf, "method": method, "row": r0,
-              "candidates": candidates, "png": str(slices["png"])}
+              "candidates": candidates, "png": str(png)}
     (out / "center_try.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"contact sheet of {len(candidates)} centres: {slices['png']}", file=sys.stderr)
+    print(f"contact sheet of {len(candidates)} centres: {png}", file=sys.stderr)
     return 0

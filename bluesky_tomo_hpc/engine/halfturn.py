@@ -27,6 +27,7 @@ __all__ = [
     "mirrored_half_turns",
     "match_half_turns",
     "is_half_acquisition",
+    "output_width",
     "stitch_half_acquisition",
 ]
 
@@ -193,6 +194,14 @@ def is_half_acquisition(center: float, nx: int, theta: np.ndarray, setting: str 
             raise TomoDataError("half acquisition needs a 360-degree scan; the angles cover less")
         return True
     return full and abs(center - (nx - 1) / 2.0) > nx / 4.0
+
+
+def output_width(nx: int, center: float, theta: np.ndarray, setting: str = "auto") -> int:
+    """Width of the reconstructed slices of an ``nx``-wide scan with this centre: ``nx``, or the
+    stitched width ``nx + |round(2 * center - (nx - 1))|`` of a half acquisition."""
+    if is_half_acquisition(center, nx, theta, setting):
+        return nx + abs(int(round(2.0 * center - (nx - 1))))
+    return nx
 
 
 def stitch_half_acquisition(

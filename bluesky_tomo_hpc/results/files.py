@@ -96,6 +96,7 @@ def provenance(result: Any, extra: dict[str, Any] | None = None) -> dict[str, An
         "center_convention": "0-based unbinned detector column (pixel-index)",
         "center_confidence": float(result.center_confidence),
         "center_method": result.center_method,
+        "center_details": dict(getattr(result, "center_details", {}) or {}),
         "engine": getattr(result, "engine", "native"),
         "rows": list(result.rows),
         "shape": list(result.volume.shape),
