@@ -453,7 +453,8 @@ def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEs
     spread = float(np.abs(centers - center).max()) if len(centers) > 1 else 0.0
     conf = float(np.median([e.confidence for e in ests]))
     details = {"rows": rows, "row_centers": centers.tolist(), "row_spread_px": spread,
-               "row_confidences": [e.confidence for e in ests]}
+               "row_confidences": [e.confidence for e in ests],
+               "minimum_at_search_edge": any(e.details["minimum_at_search_edge"] for e in ests)}
     return CenterEstimate(center, float(np.clip(conf, 0.0, 1.0)), "vo", details)
 
 
@@ -525,30 +526,38 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
         u = _vo_uncertainty(vo)
         return CenterEstimate(vo.center, confidence_from_uncertainty(u), "vo",
                               {**vo.details, **extra, "uncertainty_px": u})
-    est = refine_center_sharpness(arr, th, vo, params)
-    # the image optimum is what a person checks; Vo's metric may sit ~1 px off it (the tooth)
-    u = math.hypot(_vo_uncertainty(vo), 0.25 * abs(est.center - vo.center))
-    details: dict[str, Any] = {**est.details, "vo": vo, **extra}
-    if est.details.get("sharpness_at_edge"):
-        u += 1.0  # the image optimum is further from Vo's answer than the refinement follows
     try:
         pr: CenterEstimate | None = find_center_pairs(arr, th)
     except TomoDataError:
         pr = None
-    details["pairs"] = pr
-    if pr is not None and pr.details["angle_mismatch_deg"] < 0.5 and pr.confidence > 0.3:
+    lo, hi = search_window(arr.shape[2], params)
+    start, u_start = vo, _vo_uncertainty(vo)
+    if (pr is not None and (vo.details["minimum_at_search_edge"] or vo.confidence < 0.3)
+            and lo <= pr.center <= hi and min(pr.details["peaks"]) > 0.5
+            and pr.details["angle_mismatch_deg"] <= 1.5):
+        # Vo's metric has a false minimum where the mirrored copy barely overlaps (axis more
+        # than ~nx/8 from the middle, small sample): the 0/180 pair does not, so start there;
+        # features at a quarter of the width move by r * mismatch between the two projections
+        start = pr
+        u_start = math.hypot(0.3 / min(pr.details["peaks"]),
+                             0.125 * arr.shape[2] * math.radians(pr.details["angle_mismatch_deg"]))
+    est = refine_center_sharpness(arr, th, start, params)
+    details: dict[str, Any] = {**est.details, "vo": vo, "pairs": pr, "started_from": start.method, **extra}
+    # the image optimum is what a person checks; Vo's metric may sit ~1 px off it (the tooth)
+    u = math.hypot(u_start, 0.25 * abs(est.center - start.center))
+    if est.details.get("sharpness_at_edge"):
+        u += 1.0  # the image optimum is further from the start than the refinement follows
+    if pr is not None and start is vo and pr.details["angle_mismatch_deg"] < 0.5 and pr.confidence > 0.3:
         diff = abs(pr.center - est.center)
         details["disagreement_px"] = diff
         if diff > 1.0:  # two independent methods disagree: the worse of them bounds the error
             u = math.hypot(u, diff / 2.0)
-    lo, hi = search_window(arr.shape[2], params)
     center = est.center
     if not lo <= center <= hi:
         center = float(np.clip(center, lo, hi))
         u += abs(center - est.center)
     details.update(uncertainty_px=u, search_window=(lo, hi))
-    method = est.method.replace("vo", "auto:vo")
-    return CenterEstimate(center, confidence_from_uncertainty(u), method, details)
+    return CenterEstimate(center, confidence_from_uncertainty(u), f"auto:{est.method}", details)
 
 
 def resolve_uncertain_center(
