@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .jobs.batch import main
+from .jobs.batch_program import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -19,11 +19,11 @@ import json
 from pathlib import Path
 
 from bluesky_tomo_hpc import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
-from bluesky_tomo_hpc.results.files import write_provenance, write_zarr_volume
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
 from bluesky_tomo_hpc.results.pictures import save_orthoslices_png
 from bluesky_tomo_hpc.results.tiled_results import preview_slices
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.results.volume_files import write_provenance, write_zarr_volume
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 TOOTH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
 

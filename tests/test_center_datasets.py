@@ -19,11 +19,11 @@ from bluesky_tomo_hpc.cli import recon as recon_cli
 from bluesky_tomo_hpc.engine.center import CONFIDENCE_THRESHOLD, find_center, resolve_uncertain_center
 from bluesky_tomo_hpc.engine.halfturn import match_half_turns, stitch_half_acquisition
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import preprocess_projections, reconstruct_scan
 from bluesky_tomo_hpc.engine.preprocess import circular_mask
+from bluesky_tomo_hpc.engine.reconstruct import preprocess_projections, reconstruct_scan
 from bluesky_tomo_hpc.sim.phantom import shepp_logan_3d
 from bluesky_tomo_hpc.sim.scan_arrays import offset_axis_geometry, simulate_scan
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 #: dataset folder/file -> reference centre; None: the data cannot decide (must say so)
 REAL = {
@@ -60,13 +60,16 @@ def test_real_dataset_center_or_says_unsure(shared_data, name):
 def test_real_half_acquisition_is_recognised_and_stitched(shared_data):
     data = load_scan(shared_data / "muhrec_wood360_halfacq" / "muhrec_wood360_halfacq.h5")
     est, nx = _auto(data)
-    assert est.method == "halfturn" and est.details["half_acquisition"] and est.details["axis_side"] == "right"
+    assert est.method == "halfturn" and est.details["half_acquisition"]
+    assert est.details["axis_side"] == "right"
     assert 80 < est.details["overlap_px"] < 110  # 332 columns, axis 47 px from the right edge
     res = reconstruct_scan(data, ReconParams())
-    assert res.center_details["half_acquisition"] and res.volume.shape[-1] == res.center_details["field_of_view_px"]
+    assert res.center_details["half_acquisition"]
+    assert res.volume.shape[-1] == res.center_details["field_of_view_px"]
     assert res.volume.shape[-1] > 1.6 * nx
     # the stitched slice shows the same wood as the full-width parent scan, reconstructed at 284
-    parent = reconstruct_scan(load_scan(shared_data / "muhrec_wood360" / "muhrec_wood360.h5"), ReconParams(center=284))
+    parent_data = load_scan(shared_data / "muhrec_wood360" / "muhrec_wood360.h5")
+    parent = reconstruct_scan(parent_data, ReconParams(center=284))
     n = min(res.volume.shape[-1], parent.volume.shape[-1])
     a, b = (circular_mask(v[0, (v.shape[1] - n) // 2 :][:n, (v.shape[2] - n) // 2 :][:, :n], 0.8)
             for v in (res.volume, parent.volume))
@@ -82,11 +85,11 @@ def test_window_is_honoured_on_real_interior_scan(shared_data):
 
 # -- simulated scans with a known axis ------------------------------------------------------------
 SIM = {
-    "180 degrees, few projections": dict(rotation_offset_px=-4.6, n_angles=45),
-    "rings": dict(rotation_offset_px=5.7, ring_columns={c: 0.05 for c in range(20, 110, 9)}),
-    "axis far from the middle": dict(rotation_offset_px=29.3, fill=0.45),  # Vo reaches nx / 4
-    "interior": dict(rotation_offset_px=2.4, fill=1.8),
-    "360 degrees": dict(rotation_offset_px=-12.6, span_deg=360, n_angles=360),
+    "180 degrees, few projections": {"rotation_offset_px": -4.6, "n_angles": 45},
+    "rings": {"rotation_offset_px": 5.7, "ring_columns": dict.fromkeys(range(20, 110, 9), 0.05)},
+    "axis far from the middle": {"rotation_offset_px": 29.3, "fill": 0.45},  # Vo reaches nx / 4
+    "interior": {"rotation_offset_px": 2.4, "fill": 1.8},
+    "360 degrees": {"rotation_offset_px": -12.6, "span_deg": 360, "n_angles": 360},
 }
 
 
@@ -126,7 +129,8 @@ def test_half_turn_match_needs_a_full_turn_and_stitch_refuses_no_overlap():
     with pytest.raises(Exception, match="360-degree"):
         match_half_turns(np.log(data.projections[:, 1].astype(float)), data.theta)
     with pytest.raises(Exception, match="no overlap"):
-        stitch_half_acquisition(np.zeros((8, 1, 16), np.float32), np.linspace(0, 2 * np.pi, 8, endpoint=False), 15.5)
+        theta = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+        stitch_half_acquisition(np.zeros((8, 1, 16), np.float32), theta, 15.5)
 
 
 # -- the recon command --------------------------------------------------------------------------

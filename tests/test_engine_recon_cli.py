@@ -12,14 +12,14 @@ from test_engine_recon_pipeline import make_scan  # tests/ is on sys.path (prepe
 
 from bluesky_tomo_hpc.cli import recon as recon_cli
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
-from bluesky_tomo_hpc.results.files import (
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
+from bluesky_tomo_hpc.results.volume_files import (
     create_zarr_volume,
     write_provenance,
     write_tiff_stack,
     write_zarr_volume,
 )
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

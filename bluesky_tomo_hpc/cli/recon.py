@@ -94,8 +94,8 @@ def _estimate_center(path: Path, rows: tuple[int, int], params: Any, slab: int) 
     :class:`~bluesky_tomo_hpc.engine.center.CenterEstimate` in binned columns, resolved (a
     low confidence falls back, with ``details["warning"]``), ``details["seconds"]`` its time."""
     from ..engine.center import resolve_uncertain_center
-    from ..engine.pipeline import find_center, preprocess_projections
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import find_center, preprocess_projections
+    from ..sources.raw_files import load_scan
 
     r0, r1 = rows
     if r1 - r0 > slab:
@@ -112,10 +112,10 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..engine.halfturn import output_width
-    from ..engine.pipeline import ReconResult, center_summary, reconstruct_scan, to_binned, to_unbinned
+    from ..engine.reconstruct import ReconResult, center_summary, reconstruct_scan, to_binned, to_unbinned
     from ..model import TomoDataError
-    from ..results.files import create_zarr_volume, write_provenance, write_tiff_stack
-    from ..sources.files import describe_scan
+    from ..results.volume_files import create_zarr_volume, write_provenance, write_tiff_stack
+    from ..sources.raw_files import describe_scan
 
     path: Path = args.file
     if not path.is_file():
@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace) -> int:
     written = 0
     columns = (TextColumn("[bold]recon"), BarColumn(), TextColumn("{task.completed}/{task.total} slices"),
                TimeElapsedColumn(), TimeRemainingColumn())
-    from ..sources.files import load_scan
+    from ..sources.raw_files import load_scan
 
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("recon", total=nz)
@@ -193,9 +193,9 @@ def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: fl
     """Contact sheet of centres ``center +/- width`` (plus the centres in ``also``, e.g. a
     fallback) at the middle row of ``rows``; ``center`` is the estimate or the given centre."""
     from ..engine.center import try_centers
-    from ..engine.pipeline import preprocess_projections, to_binned
+    from ..engine.reconstruct import preprocess_projections, to_binned
     from ..results.pictures import save_center_sheet_png
-    from ..sources.files import load_scan
+    from ..sources.raw_files import load_scan
 
     b = params.binning
     mid = (rows[0] + rows[1]) // 2

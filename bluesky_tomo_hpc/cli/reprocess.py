@@ -54,10 +54,16 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..config import load_settings
     from ..engine.params import ReconParams
-    from ..reprocess import ReprocessError, RunQuery, already_reconstructed, reprocess, tomography_runs
+    from ..live.catalog_replay import (
+        ReprocessError,
+        RunQuery,
+        already_reconstructed,
+        reprocess,
+        tomography_runs,
+    )
     from ..results.tiled_results import processed_container
+    from ..settings import load_settings
 
     console = Console(stderr=True)
     try:
@@ -93,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.executor != "inprocess":
         from ..jobs.factory import make_monitor
         from ..jobs.job import Resources
-        from ..reprocess import batch_submitter
+        from ..live.catalog_replay import batch_submitter
 
         settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(
             update={"executor": args.executor})})

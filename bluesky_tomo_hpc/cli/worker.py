@@ -54,7 +54,7 @@ def register(subparsers: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """Settings from the file/environment, overridden by the command line."""
-    from ..config import Settings, load_settings
+    from ..settings import Settings, load_settings
 
     data = load_settings().model_dump()
     preview = data["preview"]
@@ -76,7 +76,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..worker import StreamWorker
+    from ..live.stream_worker import StreamWorker
 
     settings = settings_from_args(args)
     worker = StreamWorker(settings, journal_dir=args.journal)

@@ -1,11 +1,11 @@
-"""Build the job machinery from :class:`~bluesky_tomo_hpc.config.Settings` (one place, so the
+"""Build the job machinery from :class:`~bluesky_tomo_hpc.settings.Settings` (one place, so the
 pipeline, the CLI and profile startup files wire it the same way)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import Settings
+from ..settings import Settings
 from .executors import make_executor
 from .journal import Journal
 from .monitor import JobMonitor, tiled_container

@@ -135,7 +135,7 @@ class RemoteSite:
     def from_plan(cls, plan: DataPlan, transfer_client: Any | None = None) -> RemoteSite:
         """Movers for ``plan``; a Globus client comes from the environment unless given."""
         if plan.mover == "local":
-            from .movers.local import LocalMover
+            from .movers.copy import LocalMover
 
             return cls(plan, LocalMover(), LocalMover())
         from .movers.globus import GlobusMover, transfer_client_from_environment

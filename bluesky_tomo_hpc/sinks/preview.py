@@ -40,7 +40,7 @@ from ..engine.filters import center_phase, filter_response, padded_width
 from ..engine.params import ReconParams
 from ..engine.preprocess import bin_frames
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
-from ..preview_protocol import PreviewUpdate
+from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ def make_executor(name: str, options: dict | None = None) -> Executor:
     """The executor called ``name`` ("local", "slurm", "nersc", "alcf") built from ``options``."""
     options = dict(options or {})
     if name == "local":
-        from .local import LocalExecutor
+        from .mpiexec import LocalExecutor
 
         return LocalExecutor(**options)
     if name == "slurm":

@@ -67,7 +67,7 @@ def chunk_split(n_rows: int, chunk: int, size: int) -> list[tuple[int, int]]:
 
 def _input_shape(path: Path) -> tuple[int, int, int]:
     """(projections, rows, columns) of the input, read from its description (no frames)."""
-    from ..sources.files import describe_scan
+    from ..sources.raw_files import describe_scan
 
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
@@ -76,8 +76,8 @@ def _input_shape(path: Path) -> tuple[int, int, int]:
 
 
 def _reconstruct_rows(job: ReconJob, rows: tuple[int, int], center: float | None) -> Any:
-    from ..engine.pipeline import reconstruct_scan
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import reconstruct_scan
+    from ..sources.raw_files import load_scan
 
     # rows are unbinned; the engine bins (so the loader must not)
     data = load_scan(job.input_path, rows=rows, binning=1)

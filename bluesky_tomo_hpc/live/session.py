@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
-from .results.tiled_results import processed_container
-from .results.tiled_server import EmbeddedTiledServer, raw_catalog
-from .results.writer import TiledResultWriter
-from .sinks.base import Sink, SinkFanout
-from .sinks.full_volume import FullVolumeSink, ReconService
+from ..results.tiled_results import processed_container
+from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
+from ..results.writer import TiledResultWriter
+from ..settings import Settings, load_settings
+from ..sinks.base import Sink, SinkFanout
+from ..sinks.full_volume import FullVolumeSink, ReconService
 from .threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ class TomoPipeline:
     ):
         from bluesky_tiled_plugins import TiledWriter
 
-        from .sources.callback import TomoCallback
-        from .sources.documents import tiled_dark_flat_resolver
+        from ..sources.callback import TomoCallback
+        from ..sources.documents import tiled_dark_flat_resolver
 
         self.settings = settings
         self.client = client
@@ -64,7 +64,7 @@ class TomoPipeline:
         self.centers: dict[tuple[str, tuple[int, ...]], float] = {}
         self.service.listeners.append(self._remember_center)
         if settings.jobs.executor != "none":
-            from .jobs.factory import make_monitor
+            from ..jobs.factory import make_monitor
 
             # the embedded server reads the data folder, so batch volumes are registered in place
             roots = [self.data_dir] if server is not None else None
@@ -105,7 +105,7 @@ class TomoPipeline:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
                                         progress=self.progress))
         if self.monitor is not None:
-            from .jobs.factory import make_submit_sink
+            from ..jobs.factory import make_submit_sink
 
             submit = make_submit_sink(self.settings, self.monitor)
             self._submit_sinks.append(submit)
@@ -116,13 +116,13 @@ class TomoPipeline:
     def make_preview(self) -> Sink:
         """A live three-slice preview: TIFFs + final PNG in ``data_dir/previews``, the final in
         Tiled (kind ``preview``), and 0MQ PUB when ``preview.zmq_address`` is set."""
-        from .sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
+        from ..sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
 
         pv, recon = self.settings.preview, self.settings.recon
         outputs: list[Any] = []
         if pv.zmq_address:
             if self._preview_publisher is None:
-                from .preview_protocol import PreviewPublisher
+                from ..sinks.preview_stream import PreviewPublisher
 
                 self._preview_publisher = PreviewPublisher(pv.zmq_address)
             outputs.append(self._preview_publisher)

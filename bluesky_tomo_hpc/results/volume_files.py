@@ -87,7 +87,7 @@ def versions() -> dict[str, str]:
 
 
 def provenance(result: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The provenance record of a :class:`~bluesky_tomo_hpc.engine.pipeline.ReconResult`."""
+    """The provenance record of a :class:`~bluesky_tomo_hpc.engine.reconstruct.ReconResult`."""
     params = result.params
     record = {
         "params": params.model_dump(mode="json"),

@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine.params import ReconParams
-from .results.tiled_results import find_reconstructions
-from .results.writer import TiledResultWriter
-from .sinks.base import Sink
-from .sinks.full_volume import FullVolumeSink, ReconService
-from .sources.recognise import recognise
+from ..engine.params import ReconParams
+from ..results.tiled_results import find_reconstructions
+from ..results.writer import TiledResultWriter
+from ..sinks.base import Sink
+from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..sources.recognise import recognise
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def already_reconstructed(processed: Any, uid: str, params: ReconParams) -> bool
 
 def _replay(run: Any, sink_factory: Callable[[], Sink], catalog: Any) -> list[str]:
     """Feed a stored run's documents through the live router; returns the router's errors."""
-    from .sources.documents import TomoRunRouter, tiled_dark_flat_resolver
+    from ..sources.documents import TomoRunRouter, tiled_dark_flat_resolver
 
     router = TomoRunRouter(sink_factory, dark_flat_resolver=tiled_dark_flat_resolver(catalog))
     for name, doc in run.documents():
@@ -207,7 +207,7 @@ def batch_submitter(monitor: Any, work_dir: Any, params: ReconParams, executor: 
     """A ``submit`` for :func:`reprocess` that replays a run into an on-stop batch sink: the job
     input is staged (zero-copy where frames are in files) and handed to ``monitor``'s executor;
     the journal makes a second submission of the same run + parameters reuse the first job."""
-    from .jobs.submit_sink import HPCSubmitSink
+    from ..jobs.submit_sink import HPCSubmitSink
 
     def submit(uid: str, run: Any) -> str:
         sink = HPCSubmitSink(monitor, work_dir, params=params, executor=executor, resources=resources)
