@@ -27,14 +27,20 @@ class RingRemoval(_Frozen):
     """Stripe (ring) removal on sinograms.
 
     ``fw``: Münch et al. wavelet-Fourier filter (TomoPy ``remove_stripe_fw``).
-    ``sort``: Vo et al. sorting-based filter (algotom ``remove_stripe_based_sorting``).
+    ``sort`` (default, chosen by ``benchmarks/bench_rings.py``: least artefact on a simulated
+    scan with ring, dead and partial stripes, where ``fw`` spreads arcs into rings and ``all``'s
+    dead-stripe step interpolates across sample edges; second on the real neutron scan): Vo et
+    al. sorting-based filter (algotom ``remove_stripe_based_sorting``).
+    ``all``: Vo et al.'s combined dead + large + sorting removal (algotom ``remove_all_stripe``).
     """
 
-    method: Literal["fw", "sort"] = "fw"
+    method: Literal["fw", "sort", "all"] = "sort"
     level: int | None = Field(None, ge=1, le=12, description="fw: wavelet levels (auto if None)")
     wavelet: str = Field("db5", description="fw: PyWavelets wavelet name")
     sigma: float = Field(2.0, gt=0, description="fw: damping width of the Fourier filter")
-    size: int = Field(21, ge=3, description="sort: median window across the detector")
+    size: int = Field(21, ge=3, description="sort, all: median window across the detector (small stripes)")
+    large_size: int = Field(61, ge=3, description="all: median window for large and dead stripes")
+    snr: float = Field(3.0, gt=0, description="all: how far a column must stand out to be a stripe")
 
 
 class PhaseRetrieval(_Frozen):

@@ -109,6 +109,14 @@ def preprocess_projections(
     norm, bad = preprocess.mask_bad_frames(norm)
     if len(bad):
         warnings.append(f"{len(bad)} projections had NaN/inf values, repaired: {list(map(int, bad[:10]))}")
+    raw = data.projections
+    saturated = None
+    if b == 1 and np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize <= 2:
+        saturated = xp.asarray(proj >= np.iinfo(raw.dtype).max)  # a full-scale count is a floor
+    norm, n_dead = preprocess.repair_dead_pixels(norm, saturated)
+    if n_dead:
+        warnings.append(f"{n_dead} pixels with zero, negative, non-finite or saturated values "
+                        "(dead, dark-dominated or full-scale) were interpolated from their neighbours")
     if params.dezinger_threshold is not None:
         norm = preprocess.remove_zingers(norm, params.dezinger_threshold)
     if params.phase_retrieval is not None:
