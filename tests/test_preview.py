@@ -246,3 +246,26 @@ def test_a_right_centre_is_confirmed_without_recomputing(scan):
     first, second = [u for u in updates if u.final]
     assert first.metadata["refinement_pending"] and not second.metadata["refinement_pending"]
     np.testing.assert_array_equal(first.slices["xy"], second.slices["xy"])
+
+
+def test_unconfirmed_guess_is_marked_centre_uncertain_on_metadata_and_picture(tmp_path):
+    """No hint and no 0/180 pair (90 degrees only): the detector middle is a guess, and the
+    final says so in its metadata and on the picture's title."""
+    from bluesky_tomo_hpc.sinks.preview import PreviewFileWriter
+
+    scan = phantom_scan(n_angles=46)
+    scan["theta"] = scan["theta"][:23]
+    scan["proj"] = scan["proj"][:23]
+    writer = PreviewFileWriter(tmp_path, live=False)
+    sink = PreviewSink([writer], publish_interval_s=10)
+    sink.open(spec_for(scan))
+    feed(sink, scan)
+    sink.close(ScanEnd("run-1"))
+    final = sink.wait_final(30)
+    assert final.metadata["center_check"]["done"] is False and final.metadata["center_uncertain"] is True
+    assert any(p.name.endswith("_preview.png") for p in writer.written)
+
+
+def test_confirmed_centre_is_not_uncertain(scan):
+    _, final, _ = run_preview(scan)
+    assert final.metadata["center_uncertain"] is False

@@ -108,13 +108,20 @@ def phase_correlation_shift(
     return float(ys[jy]), float(xs[jx]), max(0.0, min(1.0, peak))
 
 
-def center_from_pair(p0: Any, p180: Any, upsample: int = 20) -> tuple[float, float]:
+def center_from_pair(p0: Any, p180: Any, upsample: int = 20, max_rows: int = 256) -> tuple[float, float]:
     """Centre (pixel-index convention) and correlation peak from a projection and the one taken
-    180 degrees later: ``p180`` mirrored is ``p0`` shifted by (N - 1) - 2 * centre."""
+    180 degrees later: ``p180`` mirrored is ``p0`` shifted by (N - 1) - 2 * centre. Frames taller
+    than ``max_rows`` are averaged in blocks of rows first (the live preview's 1 s budget)."""
     if p0.shape != p180.shape or p0.ndim != 2:
         raise ValueError(f"center_from_pair: need two equal (ny, nx) images, got {p0.shape}, {p180.shape}")
     xp = get_array_module(p0, p180)
-    _, dx, peak = phase_correlation_shift(p0, xp.flip(xp.asarray(p180), axis=1), upsample)
+    a, b = xp.asarray(p0, dtype=xp.float32), xp.asarray(p180, dtype=xp.float32)
+    k = -(-a.shape[0] // max_rows)
+    if k > 1:  # only the horizontal shift matters: averaging rows keeps it and saves the time
+        n = a.shape[0] // k
+        a = a[: n * k].reshape(n, k, -1).mean(axis=1)
+        b = b[: n * k].reshape(n, k, -1).mean(axis=1)
+    _, dx, peak = phase_correlation_shift(a, xp.flip(b, axis=1), upsample)
     return ((p0.shape[1] - 1) - dx) / 2.0, peak
 
 
