@@ -174,6 +174,7 @@ def reconstruct_scan(
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    hinted = _with_half_acquisition_hint(data, params)  # (the result keeps the params as given)
     proj_log, theta, warnings = preprocess_projections(data, params, rows)
     timings["preprocess"] = time.perf_counter() - t0
     b = params.binning
@@ -188,7 +189,7 @@ def reconstruct_scan(
             raise TomoDataError(f"centre {given} is far outside the detector's {nx_unbinned} columns")
         c_b, conf, method = to_binned(given, b), 1.0, "given"
     else:
-        est = find_center(proj_log, theta, params)
+        est = find_center(proj_log, theta, hinted)
         fb = None if fallback is None else to_binned(fallback, b)
         est = resolve_uncertain_center(est, proj_log.shape[2], fb, b)
         c_b, conf, method = est.center, est.confidence, est.method
@@ -199,7 +200,7 @@ def reconstruct_scan(
 
     t2 = time.perf_counter()
     c_rec = c_b
-    if is_half_acquisition(c_b, proj_log.shape[2], theta, params.half_acquisition):
+    if is_half_acquisition(c_b, proj_log.shape[2], theta, hinted.half_acquisition):
         # offset axis: the two half-turns make one 180-degree sinogram twice as wide
         proj_log, theta, c_rec = stitch_half_acquisition(proj_log, theta, c_b)
         info["half_acquisition"] = True
@@ -219,6 +220,16 @@ def reconstruct_scan(
         timings=timings, params=params, warnings=warnings, rows=(r0, r1),
         engine=resolve_engine(params), center_details=info,
     )
+
+
+def _with_half_acquisition_hint(data: ScanData, params: ReconParams) -> ReconParams:
+    """``half_acquisition: auto`` follows the scan's own word when it has one
+    (``start["tomo"]["half_acquisition"]``: true or false); otherwise the data decide."""
+    tomo = (data.metadata or {}).get("tomo")
+    hint = tomo.get("half_acquisition") if isinstance(tomo, dict) else None
+    if params.half_acquisition != "auto" or not isinstance(hint, bool):
+        return params
+    return params.with_updates(half_acquisition="on" if hint else "off")
 
 
 def center_summary(est: CenterEstimate, binning: int) -> dict[str, Any]:
