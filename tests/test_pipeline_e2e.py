@@ -134,7 +134,8 @@ def test_unknown_layout_skipped_with_a_warning(RE, pipeline, caplog):
 def test_half_acquisition_scan_reconstructed_to_the_full_field_of_view(RE, pipeline):
     """Offset axis (nx / 8 from the edge), 360 degrees, sample wider than the detector: the
     pipeline finds the axis and the overlap, stitches, and reconstructs the whole sample."""
-    bl = make_sim_beamline(pipeline.data_dir / "raw", flavour="ophyd_v1", shape=(8, 96), half_acquisition=True)
+    bl = make_sim_beamline(pipeline.data_dir / "raw", flavour="ophyd_v1", shape=(8, 96),
+                           half_acquisition=True)
     pipeline.subscribe(RE)
     (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=360, num_darks=4, num_flats=4, stop=360.0))
     assert pipeline.wait(180)

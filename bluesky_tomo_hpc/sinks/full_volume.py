@@ -107,11 +107,15 @@ class FullVolumeSink:
         service: ReconService,
         writer: ResultWriter | None = None,
         progress: Callable[[int, int], None] | None = None,
+        fallback_center: Callable[[ScanSpec], float | None] | None = None,
     ):
         self.params = params
         self.service = service
         self.writer = writer
         self.progress = progress
+        #: the last confident centre of the scan's detector: used when the automatic centre is
+        #: uncertain (see ``engine.center.resolve_uncertain_center``)
+        self.fallback_center = fallback_center
         self._acc: FrameAccumulator | None = None
 
     def open(self, spec: ScanSpec) -> None:
@@ -138,7 +142,8 @@ class FullVolumeSink:
             from ..engine.reconstruct import reconstruct_scan
 
             data = acc.assemble()
-            result = reconstruct_scan(data, params, progress=progress)
+            fallback = self.fallback_center(acc.spec) if self.fallback_center is not None else None
+            result = reconstruct_scan(data, params, progress=progress, fallback=fallback)
             location = writer.write(acc.spec, result) if writer is not None else ""
             return ReconOutcome(
                 run_uid=acc.spec.run_uid,
