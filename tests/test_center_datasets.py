@@ -8,12 +8,11 @@ shift it by their first column; STXM: no peer reference, our 44.8 +/- 1.5, sampl
 
 from __future__ import annotations
 
-import argparse
 import json
 
-import h5py
 import numpy as np
 import pytest
+from test_engine_recon_cli import _parse, write_data_exchange  # tests/ is on sys.path (prepend import mode)
 
 from bluesky_tomo_hpc.cli import recon as recon_cli
 from bluesky_tomo_hpc.engine.center import CONFIDENCE_THRESHOLD, find_center, resolve_uncertain_center
@@ -134,23 +133,9 @@ def test_half_turn_match_needs_a_full_turn_and_stitch_refuses_no_overlap():
 
 
 # -- the recon command --------------------------------------------------------------------------
-def _write(path, data):
-    with h5py.File(path, "w") as f:
-        f["/exchange/data"] = data.projections
-        f["/exchange/data_white"] = data.flats
-        f["/exchange/data_dark"] = data.darks
-        f["/exchange/theta"] = np.rad2deg(data.theta)
-    return path
-
-
-def _parse(argv):
-    parser = argparse.ArgumentParser()
-    recon_cli.register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(argv)
-
-
 def test_cli_uncertain_centre_warns_and_writes_contact_sheet(tmp_path, capsys):
-    path = _write(tmp_path / "empty.h5", simulate_scan((4, 64), n_angles=60, peak_line_integral=1e-4))
+    empty = simulate_scan((4, 64), n_angles=60, peak_line_integral=1e-4)
+    path = write_data_exchange(tmp_path / "empty.h5", empty)
     out = tmp_path / "out"
     assert recon_cli.run(_parse(["recon", str(path), "--out", str(out), "--no-tiff"])) == 0
     assert "WARNING centre uncertain" in capsys.readouterr().err
@@ -162,7 +147,7 @@ def test_cli_uncertain_centre_warns_and_writes_contact_sheet(tmp_path, capsys):
 
 def test_cli_try_centres_on_the_params_centre(tmp_path):
     data = simulate_scan((6, 64), n_angles=90, rotation_offset_px=2.0)
-    path = _write(tmp_path / "s.h5", data)
+    path = write_data_exchange(tmp_path / "s.h5", data)
     (tmp_path / "p.yaml").write_text("center: 30.0\n")
     out = tmp_path / "try"
     argv = ["recon", str(path), "--out", str(out), "--center", "try", "--params", str(tmp_path / "p.yaml"),

@@ -28,17 +28,20 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@pytest.fixture
-def dx_file(tmp_path):
-    """A data-exchange file of the simulated phantom: 10 rows, 79 columns (odd), axis at 40.0."""
-    data = make_scan(n_det=79, ny=10, n_angles=90, center=40.0)
-    path = tmp_path / "scan.h5"
+def write_data_exchange(path, data):
+    """``data`` (a ScanData) as an APS data-exchange file at ``path`` (theta in degrees)."""
     with h5py.File(path, "w") as f:
         f["/exchange/data"] = data.projections
         f["/exchange/data_white"] = data.flats
         f["/exchange/data_dark"] = data.darks
         f["/exchange/theta"] = np.rad2deg(data.theta)
     return path
+
+
+@pytest.fixture
+def dx_file(tmp_path):
+    """A data-exchange file of the simulated phantom: 10 rows, 79 columns (odd), axis at 40.0."""
+    return write_data_exchange(tmp_path / "scan.h5", make_scan(n_det=79, ny=10, n_angles=90, center=40.0))
 
 
 def test_recon_writes_zarr_tiff_provenance_in_slabs(dx_file, tmp_path):
