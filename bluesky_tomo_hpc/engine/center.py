@@ -449,11 +449,11 @@ def _row_groups(proj_norm: Any, params: ReconParams, clip: float) -> tuple[list[
 
 
 def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
-    """Vo's centre of two row groups (see :func:`_row_groups`), sized for speed: at most 256 / 512
+    """Vo's centre of two row groups (see :func:`_row_groups`), sized for speed: at most 192 / 384
     angles and 512 columns in the coarse search, +/- 2 px at 0.25 px in the fine one."""
     rows, groups = _row_groups(proj_norm, params, params.minus_log_clip)
     width = params.center_search_width
-    ests = [find_center_vo(g, theta, width, fine_radius=2.0, max_rows=(256, 512), max_cols=512)
+    ests = [find_center_vo(g, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
             for g in groups]
     centers = np.array([e.center for e in ests])
     center = float(np.median(centers))
@@ -559,6 +559,10 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
         details["disagreement_px"] = diff
         if diff > 1.0:  # two independent methods disagree: the worse of them bounds the error
             u = math.hypot(u, diff / 2.0)
+        elif diff < 0.5 and pr.confidence >= 0.5:
+            # a sinogram metric plus image sharpness, and a projection registration, fail in
+            # different ways: agreeing, they pin the centre to about their difference
+            u = min(u, max(0.35, diff))
     center = est.center
     if not lo <= center <= hi:
         center = float(np.clip(center, lo, hi))
@@ -603,7 +607,7 @@ def total_variation(img: Any) -> float:
 
 def refine_center_sharpness(
     proj_norm: Any, theta: np.ndarray, estimate: CenterEstimate, params: ReconParams,
-    radius: float = 1.0, step: float = 0.25, max_width: int = 768, extend: int = 2,
+    radius: float = 1.0, step: float = 0.25, max_width: int = 768, max_angles: int = 400, extend: int = 2,
 ) -> CenterEstimate:
     """Polish an estimate to the centre whose reconstructed slice is sharpest (least total
     variation), within ``radius`` px, followed up to ``extend`` px further when the
@@ -623,6 +627,8 @@ def refine_center_sharpness(
     if b > 1:
         nb = sino.shape[1] // b
         sino = sino[:, : nb * b].reshape(sino.shape[0], nb, b).mean(axis=2)
+    stride = -(-sino.shape[0] // max_angles)  # long scans: every k-th angle is enough to compare
+    sino, theta = sino[::stride], np.asarray(theta)[::stride]
     def tv_at(cs: np.ndarray) -> np.ndarray:
         slices = reconstruct_at_centers(sino, theta, [to_binned(float(c), b) for c in cs], params)
         return np.array([total_variation(circular_mask(s, ratio)) for s in slices])
