@@ -68,7 +68,7 @@ def mirrored_half_turns(sino: Any, theta: np.ndarray) -> tuple[np.ndarray, np.nd
 @dataclass(frozen=True)
 class HalfTurnMatch:
     """Result of registering the two half-turns: ``center`` (pixel-index column), ``shift``
-    ``d = 2 * center - (nx - 1)``, ``overlap_px`` = nx - |d|, ``uncertainty_px`` (from the
+    ``d = 2 * center - (nx - 1)``, ``overlap_px = nx - abs(d)``, ``uncertainty_px`` (from the
     disagreement of independent subsets of angles and the depth of the cost minimum)."""
 
     center: float
@@ -208,7 +208,7 @@ def stitch_half_acquisition(
     proj_log: Any, theta: np.ndarray, center: float
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """A 360-degree offset-axis stack (n_angles, nz, nx) -> the 180-degree stack of the full
-    field of view (n_half, nz, nx + |d|), its angles and the centre in the new columns.
+    field of view ``(n_half, nz, nx + abs(d))``, its angles and the centre in the new columns.
 
     The second half-turn, mirrored and shifted by ``d = 2 * center - (nx - 1)`` (fractional part
     by linear interpolation), continues the first one beyond the axis; in the overlap the two are
