@@ -1,4 +1,4 @@
-"""``python -m bluesky_tomo_hpc.batch JOB.json``: the MPI batch program (see ``jobs.batch``)."""
+"""``python -m bluesky_tomo_hpc.batch JOB.json``: the MPI batch program (see ``jobs.batch_program``)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from test_engine_recon_cli import _parse, write_data_exchange  # tests/ is on sys.path (prepend import mode)
+from test_engine_recon_cli import _parse, write_dxchange  # tests/ is on sys.path (prepend import mode)
 
 from bluesky_tomo_hpc.cli import recon as recon_cli
 from bluesky_tomo_hpc.engine.center import CONFIDENCE_THRESHOLD, find_center, resolve_uncertain_center
@@ -135,19 +135,20 @@ def test_half_turn_match_needs_a_full_turn_and_stitch_refuses_no_overlap():
 # -- the recon command --------------------------------------------------------------------------
 def test_cli_uncertain_centre_warns_and_writes_contact_sheet(tmp_path, capsys):
     empty = simulate_scan((4, 64), n_angles=60, peak_line_integral=1e-4)
-    path = write_data_exchange(tmp_path / "empty.h5", empty)
+    path = write_dxchange(tmp_path / "empty.h5", empty)
     out = tmp_path / "out"
     assert recon_cli.run(_parse(["recon", str(path), "--out", str(out), "--no-tiff"])) == 0
     assert "WARNING centre uncertain" in capsys.readouterr().err
     assert (out / "center_try.png").is_file()
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["center_details"]["uncertain"] and any("centre uncertain" in w for w in prov["warnings"])
+    assert prov["center"]["details"]["uncertain"] and prov["center"]["method"] == "fallback"
+    assert any("centre uncertain" in w for w in prov["warnings"])
     assert prov["timings_s"]["center"] > 0
 
 
 def test_cli_try_centres_on_the_params_centre(tmp_path):
     data = simulate_scan((6, 64), n_angles=90, rotation_offset_px=2.0)
-    path = write_data_exchange(tmp_path / "s.h5", data)
+    path = write_dxchange(tmp_path / "s.h5", data)
     (tmp_path / "p.yaml").write_text("center: 30.0\n")
     out = tmp_path / "try"
     argv = ["recon", str(path), "--out", str(out), "--center", "try", "--params", str(tmp_path / "p.yaml"),

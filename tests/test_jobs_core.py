@@ -13,8 +13,8 @@ from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.batch_program import chunk_split
 from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
 from bluesky_tomo_hpc.jobs.journal import Journal, JournalError, stage_statistics
-from bluesky_tomo_hpc.jobs.movers.base import TransferError
 from bluesky_tomo_hpc.jobs.movers.copy import LocalMover
+from bluesky_tomo_hpc.jobs.movers.mover import TransferError
 from bluesky_tomo_hpc.jobs.retention import RetentionRule, RetentionScheduler, prune
 from bluesky_tomo_hpc.jobs.sizing import Allocation, CostModel, SizingError, size_job
 from bluesky_tomo_hpc.jobs.staging import write_exchange_file

@@ -95,7 +95,8 @@ def test_two_ranks_end_to_end_into_tiled(tmp_path, monitor, tiled_client):
     assert zarr.open_array(result["ome_zarr"] + "/1", mode="r").shape == (8, 32, 32)
     assert len(list((rec.job.outputs.tiff_dir).glob("*.tiff"))) == 16
     prov = json.loads(rec.job.outputs.provenance_path.read_text())
-    assert prov["params_hash"] == ReconParams().params_hash and prov["result"]["ranks"] == 2
+    assert prov["params_hash"] == ReconParams().params_hash and prov["extra"]["ranks"] == 2
+    assert prov["source"]["run_uid"] == spec.run_uid and prov["center"]["value"] == result["center"]
 
     # in Tiled, linked to the raw run, lazily sliceable
     nodes = find_reconstructions(processed_container(tiled_client), raw_uid=spec.run_uid)

@@ -9,6 +9,7 @@ chunks, circular mask. Centres are always reported in unbinned pixel-index detec
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 from ..model import ScanData, TomoDataError
 from . import center as center_mod
 from . import preprocess
-from .backend import choose_device, get_array_module, to_numpy
+from .backend import choose_device, get_array_module
 from .center import CenterEstimate, resolve_uncertain_center
 from .halfturn import is_half_acquisition, stitch_half_acquisition
 from .params import ReconParams
@@ -152,6 +153,28 @@ def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> Center
     return replace(est, details={**est.details, "seconds": time.perf_counter() - t0})
 
 
+def reconstruct_prepared(
+    proj_log: Any,
+    theta: Any,
+    center: float,
+    params: ReconParams,
+    *,
+    progress: Progress | None = None,
+    recon: Callable[[Any], Any] | None = None,
+) -> np.ndarray:
+    """Preprocessed -log projections -> masked NumPy slices: the pipeline after the centre.
+
+    ``center`` is in the (binned) columns of ``proj_log``; ``recon`` as in
+    :func:`reconstruct_sinograms` (a plan built once for many slabs).
+    """
+    nz, nx = proj_log.shape[1], proj_log.shape[2]
+    vol = np.empty((nz, nx, nx), dtype=np.float32)
+    reconstruct_sinograms(proj_log, theta, center, params, progress=progress, out=vol, recon=recon)
+    if params.circular_mask is not None:
+        preprocess.circular_mask(vol, params.circular_mask, in_place=True)
+    return vol
+
+
 def reconstruct_scan(
     data: ScanData,
     params: ReconParams,
@@ -205,11 +228,7 @@ def reconstruct_scan(
         proj_log, theta, c_rec = stitch_half_acquisition(proj_log, theta, c_b)
         info["half_acquisition"] = True
         info["field_of_view_px"] = int(proj_log.shape[2])
-    nz, nx = proj_log.shape[1], proj_log.shape[2]
-    vol = np.empty((nz, nx, nx), dtype=np.float32)
-    reconstruct_sinograms(proj_log, theta, c_rec, params, progress=progress, out=vol)
-    if params.circular_mask is not None:
-        vol = to_numpy(preprocess.circular_mask(vol, params.circular_mask))
+    vol = reconstruct_prepared(proj_log, theta, c_rec, params, progress=progress)
     timings["reconstruct"] = time.perf_counter() - t2
     if out is not None:
         out[...] = vol

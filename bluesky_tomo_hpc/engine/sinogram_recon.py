@@ -29,18 +29,21 @@ def reconstruct_sinograms(
     *,
     progress: Progress | None = None,
     out: Any = None,
+    recon: Callable[[Any], Any] | None = None,
 ) -> Any:
     """-log projections ``(n_angles, nz, nx)`` -> slices ``(nz, nx, nx)`` float32, in chunks.
 
     ``center`` is in the columns of ``proj_log``. ``out`` (any array-like) receives the slices;
     a new NumPy array otherwise. No circular mask here (that is the pipeline's last step).
+    ``recon`` (from :func:`make_chunk_reconstructor` for the same angles, centre and width) lets
+    a caller that reconstructs many slabs build the NUFFT plan once instead of once per slab.
     """
     n_angles, nz, nx = proj_log.shape
     theta = np.asarray(theta, dtype=np.float64)
-    engine = resolve_engine(params)
     if out is None:
         out = np.empty((nz, nx, nx), dtype=np.float32)
-    recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine)
+    if recon is None:
+        recon = make_chunk_reconstructor(theta, center, nx, params, engine=resolve_engine(params))
     return reconstruct_volume(
         proj_log, recon, out, rows=(0, nz), chunk=params.chunk_slices, progress=progress
     )

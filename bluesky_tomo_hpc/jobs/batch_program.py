@@ -1,14 +1,18 @@
-"""The MPI batch program: ``mpiexec -n N python -m bluesky_tomo_hpc.batch JOB.json``.
+"""The batch program: ``mpiexec -n N python -m bluesky_tomo_hpc.batch JOB.json``, and
+``recon FILE`` as the same program on one rank (:class:`SingleRank`, no MPI needed).
 
-Ranks split the sinogram rows in whole Zarr chunks (so no two ranks ever write the same chunk),
-each reads only its slab of the data-exchange input, reconstructs it and writes it into level 0
-of one OME-Zarr group. Rank 0 finds the rotation centre once and broadcasts it, and after a
-barrier writes the coarser levels, the NGFF metadata (through ``ome-zarr``), a TIFF stack, the
-provenance record and, last, ``result.json``: the job's own proof that it finished.
+Rank 0 plans the job (rows, the rotation centre found once, slab size from the memory budget) and
+creates the result's ``.partial`` folder (:class:`~..results.volume_files.VolumeWriter`); ranks
+split the slices in whole Zarr chunks (so no two ranks ever write the same chunk) and each streams
+its rows through :mod:`.slab_pipeline` (reader and writer threads around the reconstruction) into
+the OME-Zarr levels and TIFFs. After a barrier rank 0 writes the NGFF metadata and the provenance
+record, renames the result into place and, last, ``result.json``: the job's own proof that it
+finished.
 
 A failure on any rank is logged with the rank and the reason and ends the whole job through
 ``MPI.Abort`` with a sysexits-style code, so schedulers and the journal can tell a permanent
-fault (bad input: 64-66, 77) from a transient one (75) or a bug (70).
+fault (bad input: 64-66, 77) from a transient one (75) or a bug (70); the unfinished result
+never carries the result's name.
 """
 
 from __future__ import annotations
@@ -16,14 +20,20 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .job import ReconJob
+from ..model import TomoDataError
+from ..results.provenance import CenterChoice, provenance_record
+from ..results.volume_files import ResultLayout, VolumeWriter
+from .job import ReconJob, Resources
+from .slab_pipeline import RankReport, reconstruct_rows, slab_rows
 
 log = logging.getLogger("bluesky_tomo_hpc.batch")
 
@@ -35,12 +45,12 @@ EX_TEMPFAIL = 75  # I/O trouble that may pass (retry)
 EX_NOPERM = 77  # permission denied
 #: exit codes that a retry cannot fix
 PERMANENT_EXIT_CODES = frozenset({EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_NOPERM})
+#: detector rows (x binning) the centre is found from, in the middle of the reconstructed rows
+CENTER_ROWS = 8
 
 
 def exit_code_for(exc: BaseException) -> int:
     """Map an exception to the exit code the job ends with."""
-    from ..model import TomoDataError
-
     if isinstance(exc, FileNotFoundError):
         return EX_NOINPUT
     if isinstance(exc, PermissionError):
@@ -65,196 +75,211 @@ def chunk_split(n_rows: int, chunk: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _input_shape(path: Path) -> tuple[int, int, int]:
-    """(projections, rows, columns) of the input, read from its description (no frames)."""
+class SingleRank:
+    """The slice of ``mpi4py``'s communicator the batch program uses, for one process without MPI
+    (``recon FILE``): the same program, one rank."""
+
+    def Get_rank(self) -> int:  # noqa: N802 - mpi4py's names
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 1
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def gather(self, obj: Any, root: int = 0) -> list[Any]:
+        return [obj]
+
+    def Barrier(self) -> None:  # noqa: N802
+        return None
+
+
+def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
+    """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
+    from ..engine.center import resolve_uncertain_center
+    from ..engine.reconstruct import center_summary, find_center, preprocess_projections, to_unbinned
+    from ..sources.raw_files import load_scan
+
+    if job.params.center != "auto":
+        return CenterChoice(float(job.params.center), 1.0, "given")
+    b = job.params.binning
+    half = min(CENTER_ROWS * b, rows[1] - rows[0]) // 2 // b * b or b
+    mid = (rows[0] + rows[1]) // 2
+    r0 = max(rows[0], mid - half)
+    r1 = min(rows[1], r0 + max(2 * half, b))
+    params = job.params.with_updates(rows=None)
+    proj_log, theta, _ = preprocess_projections(load_scan(job.input_path, rows=(r0, r1)), params)
+    # below the confidence threshold: the detector middle, with a warning (never a silent guess)
+    est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], None, b)
+    if est.details.get("half_acquisition"):
+        raise TomoDataError(
+            "half-acquisition (offset-axis 360-degree) scan: the batch program does not write the "
+            "stitched, wider volume yet; reconstruct it with engine.reconstruct.reconstruct_scan or "
+            "the live pipeline's full-volume sink"
+        )
+    details = center_summary(est, b)
+    if est.details.get("uncertain"):
+        details["warning"] = est.details["warning"]
+    return CenterChoice(to_unbinned(est.center, b), est.confidence, est.method, details)
+
+
+def rank_budget_bytes(resources: Resources, size: int) -> int:
+    """One rank's share of its node's memory budget (``Resources.memory_budget_mb``, else the
+    node's default): ranks on one node share it, so N ranks never take N budgets."""
+    from ..engine.memory import budget_bytes
+
+    per_node = -(-min(size, resources.ranks) // resources.nodes)
+    return budget_bytes(resources.memory_budget_mb) // max(1, per_node)
+
+
+def _plan(job: ReconJob, size: int) -> dict[str, Any]:
+    """Rank 0: what the ranks share (shape, rows, slab size, voxel size; the centre comes next)."""
     from ..sources.raw_files import describe_scan
 
+    path = Path(job.input_path)
     if not path.exists():
         raise FileNotFoundError(f"input {path} does not exist")
     desc = describe_scan(path)
-    return desc.n_projections, desc.frame_shape[0], desc.frame_shape[1]
-
-
-def _reconstruct_rows(job: ReconJob, rows: tuple[int, int], center: float | None) -> Any:
-    from ..engine.reconstruct import reconstruct_scan
-    from ..sources.raw_files import load_scan
-
-    # rows are unbinned; the engine bins (so the loader must not)
-    data = load_scan(job.input_path, rows=rows, binning=1)
-    return reconstruct_scan(data, job.params.with_updates(rows=None), center=center)
-
-
-def _find_center(job: ReconJob, n_rows: int) -> float | None:
-    """Rank 0: the centre from a few middle rows (None lets each slab find its own)."""
-    if job.params.center != "auto":
-        return float(job.params.center)
+    nproj, (ny, nx) = desc.n_projections, desc.frame_shape
     b = job.params.binning
-    mid = n_rows // 2
-    rows = (max(0, mid - 2 * b), min(n_rows, mid + 2 * b))
-    return float(_reconstruct_rows(job, rows, None).center)
-
-
-def _downsample(a: np.ndarray) -> np.ndarray:
-    """2x mean in every axis (odd edges dropped), for the coarser multiscale levels."""
-    s = tuple(slice(0, (n // 2) * 2) for n in a.shape)
-    a = a[s]
-    nz, ny, nx = a.shape
-    return a.reshape(nz // 2, 2, ny // 2, 2, nx // 2, 2).mean(axis=(1, 3, 5)).astype(np.float32)
-
-
-def write_levels(job: ReconJob, slab: int = 32) -> list[dict[str, Any]]:
-    """Rank 0: coarser levels and the NGFF multiscales metadata written by ``ome-zarr``.
-
-    Each level is made from the one above in z-slabs of ``slab`` slices (even), so memory stays
-    bounded by a slab, not the volume.
-    """
-    import zarr
-    from ome_zarr.writer import write_multiscales_metadata
-
-    group = zarr.open_group(str(job.outputs.zarr_path), mode="r+")
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 1.0]}]}]
-    slab += slab % 2
-    prev = group["0"]
-    for i in range(1, job.outputs.multiscale_levels):
-        if min(prev.shape) < 2:
-            break
-        shape = tuple(n // 2 for n in prev.shape)
-        arr = group.create_array(
-            str(i),
-            shape=shape,
-            dtype="float32",
-            chunks=(max(1, min(job.outputs.zarr_chunk_z, shape[0])), *shape[1:]),
-            overwrite=True,
-        )
-        for z in range(0, 2 * shape[0], slab):
-            part = _downsample(np.asarray(prev[z : min(z + slab, 2 * shape[0])]))
-            arr[z // 2 : z // 2 + part.shape[0]] = part
-        f = float(2**i)
-        datasets.append(
-            {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [f, f, f]}]}
-        )
-        prev = arr
-    write_multiscales_metadata(group, datasets, axes="zyx", name="volume")
-    return datasets
-
-
-def write_tiffs(job: ReconJob) -> int:
-    """Rank 0: one float32 TIFF per slice (what TomoPy users and Fiji expect)."""
-    import tifffile
-    import zarr
-
-    vol = zarr.open_array(str(job.outputs.full_resolution), mode="r")
-    out = job.outputs.tiff_dir
-    out.mkdir(parents=True, exist_ok=True)
-    for z in range(vol.shape[0]):
-        tifffile.imwrite(out / f"recon_{z:05d}.tiff", np.asarray(vol[z], dtype=np.float32))
-    return int(vol.shape[0])
-
-
-def run(job: ReconJob, comm: Any) -> dict[str, Any]:
-    """The work of one rank; rank 0 returns the result record, others an empty dict."""
-    import zarr
-
-    rank, size = comm.Get_rank(), comm.Get_size()
-    t0 = time.time()
-    timings: dict[str, float] = {}
-    header = None
-    if rank == 0:
-        nproj, n_rows_raw, nx_raw = _input_shape(Path(job.input_path))
-        if job.params.rows is not None:
-            r0, r1 = job.params.rows[0], min(job.params.rows[1], n_rows_raw)
-        else:
-            r0, r1 = 0, n_rows_raw
-        t = time.time()
-        center = _find_center(job, n_rows_raw)
-        timings["center_s"] = time.time() - t
-        header = {"shape": (nproj, n_rows_raw, nx_raw), "rows": (r0, r1), "center": center}
-    header = comm.bcast(header, root=0)
-    b = job.params.binning
-    r0, r1 = header["rows"]
+    r0, r1 = job.params.rows if job.params.rows is not None else (0, ny)
+    if not 0 <= r0 < r1 <= ny:
+        raise TomoDataError(f"rows {r0}:{r1} outside the detector's {ny} rows")
     nz = (r1 - r0) // b
     if nz < 1:
-        raise ValueError(f"rows {header['rows']} with binning {b} leave no slice to reconstruct")
-    nx = header["shape"][2] // b
-    chunk = job.outputs.zarr_chunk_z
+        raise TomoDataError(f"rows {r0}:{r1} with binning {b} leave no slice to reconstruct")
+    chunk = min(job.outputs.zarr_chunk_z, nz)
+    slab = slab_rows(rank_budget_bytes(job.resources, size), nproj, nx, b, chunk_slices=chunk,
+                     cap_slices=job.outputs.slab_slices)
+    pixel = (job.outputs.pixel_size_um or job.metadata.get("pixel_size_um")
+             or desc.metadata.get("pixel_size_um"))
+    return {"rows": (r0, r0 + nz * b), "shape": (nz, nx // b, nx // b), "chunk": chunk, "slab": slab,
+            "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None}
+
+
+def _writer(job: ReconJob, plan: dict[str, Any], create: bool) -> VolumeWriter:
+    return VolumeWriter(
+        job.outputs.result_dir, plan["shape"], first_row=plan["rows"][0], row_step=job.params.binning,
+        voxel_size_um=plan["voxel_size_um"], tiff=job.outputs.tiff, overwrite=job.outputs.overwrite,
+        chunk_z=plan["chunk"], levels=job.outputs.multiscale_levels, create=create,
+    )
+
+
+def run(
+    job: ReconJob,
+    comm: Any,
+    *,
+    call: list[str] | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """The work of one rank; rank 0 returns the result record, others an empty dict.
+
+    Rank 0 plans (centre, slab size from the memory budget) and creates the result's
+    ``.partial`` folder; every rank reconstructs its whole chunks of slices through
+    :func:`.slab_pipeline.reconstruct_rows` into it; rank 0 then finishes the result (levels,
+    metadata, provenance) and renames it into place. ``call`` is recorded in the provenance (the
+    command line by default); ``progress(slices_done, slices_total)`` is called on rank 0.
+    """
+    from ..results.provenance import command_line, file_sha256
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    t0 = time.perf_counter()
+    plan: dict[str, Any] | None = None
+    writer: VolumeWriter | None = None
+    checksum: dict[str, str] = {}
+    hasher = None
     if rank == 0:
-        job.outputs.directory.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(job.outputs.zarr_path), mode="w")
-        group.create_array(
-            "0", shape=(nz, nx, nx), dtype="float32", chunks=(chunk, nx, nx), fill_value=np.nan
-        )
-    comm.Barrier()
-    z0, z1 = chunk_split(nz, chunk, size)[rank]
-    rec_info: dict[str, Any] = {}
-    t = time.time()
-    if z1 > z0:
-        res = _reconstruct_rows(job, (r0 + z0 * b, r0 + z1 * b), header["center"])
-        vol = np.asarray(res.volume, dtype=np.float32)
-        if vol.shape != (z1 - z0, nx, nx):
-            raise ValueError(f"rank {rank}: engine returned {vol.shape}, expected {(z1 - z0, nx, nx)}")
-        zarr.open_array(str(job.outputs.full_resolution), mode="r+")[z0:z1] = vol
-        rec_info = {
-            "center": float(res.center),
-            "timings": dict(res.timings),
-            "engine": res.engine,
-            "warnings": list(res.warnings),
-        }
-    slab_s = time.time() - t
-    infos = comm.gather({"rank": rank, "rows": (z0, z1), "seconds": slab_s, **rec_info}, root=0)
+        hasher = threading.Thread(target=lambda: checksum.update(sha256=file_sha256(job.input_path)),
+                                  name="input-checksum", daemon=True)
+        plan = _plan(job, size)
+        writer = _writer(job, plan, create=True)  # refuses an existing result before any work
+        hasher.start()  # after the input was found; overlaps the centre search and reconstruction
+        t = time.perf_counter()
+        try:
+            plan["center"] = _find_center(job, plan["rows"])
+        except BaseException as exc:
+            writer.fail(exc)
+            raise
+        plan["center_s"] = time.perf_counter() - t
+    plan = comm.bcast(plan, root=0)
+    comm.Barrier()  # the .partial folder exists
+    if writer is None:
+        writer = _writer(job, plan, create=False)
+    b, (r0, _), nz = job.params.binning, plan["rows"], plan["shape"][0]
+    z0, z1 = chunk_split(nz, plan["chunk"], size)[rank]
+    center: CenterChoice = plan["center"]
+    report = RankReport()
+    t = time.perf_counter()
+    try:
+        if z1 > z0:
+            done = [0]
+
+            def tick(k: int) -> None:
+                done[0] += k
+                if progress is not None and rank == 0:
+                    progress(done[0], z1 - z0)
+
+            report = reconstruct_rows(job.input_path, job.params, (r0 + z0 * b, r0 + z1 * b), center.value,
+                                      writer.write, slab=plan["slab"], z_offset=z0, progress=tick)
+    except BaseException as exc:
+        if rank == 0:  # the note says why; the original error keeps its exit code
+            writer.fail(exc)
+        raise
+    info = {"rank": rank, "rows": (z0, z1), "seconds": time.perf_counter() - t, "timings": report.timings,
+            "engine": report.engine, "warnings": report.warnings, "levels_complete": writer.levels_complete}
+    infos = comm.gather(info, root=0)
     comm.Barrier()
     if rank != 0:
         return {}
-    timings["reconstruct_s"] = max(i["seconds"] for i in infos)
-    t = time.time()
-    write_levels(job)
-    timings["multiscale_s"] = time.time() - t
-    if job.outputs.tiff:
-        t = time.time()
-        write_tiffs(job)
-        timings["tiff_s"] = time.time() - t
-    timings["total_s"] = time.time() - t0
-    warnings = sorted({w for i in infos for w in i.get("warnings", [])})
+    assert writer is not None and hasher is not None
+    hasher.join()
+    busiest = {k: max(i["timings"].get(k, 0.0) for i in infos) for k in report.timings}
+    timings = {**busiest, "center": plan["center_s"]}
+    t = time.perf_counter()
+    layout = ResultLayout(job.outputs.result_dir)
     result = {
         "job_id": job.job_id,
         "run_uid": job.run_uid,
         "params_hash": job.params.params_hash,
-        "shape": [nz, nx, nx],
-        "center": header["center"]
-        if header["center"] is not None
-        else next((i["center"] for i in infos if "center" in i), None),
-        "engine": next((i["engine"] for i in infos if "engine" in i), None),
+        "shape": list(plan["shape"]),
+        "center": center.value,
+        "engine": report.engine,
         "ranks": size,
         "slabs": [{"rank": i["rank"], "rows": list(i["rows"]), "seconds": i["seconds"]} for i in infos],
-        "timings": timings,
-        "warnings": warnings,
-        "volume_zarr": str(job.outputs.full_resolution),
-        "ome_zarr": str(job.outputs.zarr_path),
-        "tiff_dir": str(job.outputs.tiff_dir) if job.outputs.tiff else None,
+        "timings": {"center_s": plan["center_s"], "reconstruct_s": max(i["seconds"] for i in infos)},
+        "warnings": sorted({w for i in infos for w in i["warnings"]} | (
+            {center.details["warning"]} if "warning" in center.details else set())),
+        "center_confidence": center.confidence,
+        "center_details": dict(center.details),
+        "volume_zarr": str(layout.full_resolution),
+        "ome_zarr": str(layout.zarr),
+        "tiff_dir": str(layout.tiff_dir) if job.outputs.tiff else None,
+        "provenance": str(layout.provenance),
     }
-    write_provenance(job, result)
-    tmp = job.outputs.result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(job.outputs.result_path)
+    timings["total"] = time.perf_counter() - t0  # up to the finish, which the record cannot time
+    record = provenance_record(
+        params=job.params, center=center,
+        source={"path": str(Path(job.input_path).resolve()), "sha256": checksum.get("sha256"),
+                "format": plan["format"], "run_uid": job.run_uid},
+        call=call if call is not None else command_line(), timings_s=timings, shape=plan["shape"],
+        rows=plan["rows"], voxel_size_um=plan["voxel_size_um"], engine=report.engine,
+        warnings=result["warnings"],
+        extra={"job_id": job.job_id, "ranks": size, "slabs": result["slabs"], "slab_rows": plan["slab"],
+               "timing_note": "per stage: seconds in that stage on the busiest rank; stages overlap "
+                              "(reader and writer threads), so they add up to more than total"},
+    )
+    writer.finish(record, levels_complete=all(i["levels_complete"] for i in infos))
+    result["timings"]["finish_s"] = time.perf_counter() - t
+    result["timings"]["total_s"] = time.perf_counter() - t0
     return result
 
 
-def write_provenance(job: ReconJob, result: dict[str, Any]) -> None:
-    """What was run, on what, with which software: enough to reproduce the volume."""
-    import platform
-
-    from ..results.tiled_results import software_versions
-
-    record = {
-        "job": json.loads(job.model_dump_json()),
-        "params_hash": job.params.params_hash,
-        "params": job.params.model_dump(mode="json"),
-        "input": str(job.input_path),
-        "host": platform.node(),
-        "software": software_versions(),
-        "result": result,
-        "finished_at": time.time(),
-    }
-    job.outputs.provenance_path.write_text(json.dumps(record, indent=2, default=str))
+def write_result_record(job: ReconJob, result: dict[str, Any]) -> None:
+    """``result.json`` beside the job file, written last: the job's own proof that it finished."""
+    tmp = job.outputs.result_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(job.outputs.result_path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
     try:
         result = run(job, comm)
+        if rank == 0:
+            write_result_record(job, result)
     except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
         code = exit_code_for(exc)
         print(

@@ -54,7 +54,11 @@ def make_submit_sink(settings: Settings, monitor: JobMonitor) -> HPCSubmitSink:
     from .job import Resources
 
     jobs = settings.jobs
-    resources: Any = Resources(ranks=jobs.ranks) if jobs.ranks else _sizer(settings)
+    # the memory budget is this machine's: it bounds the ranks of jobs that run here
+    budget = settings.memory_budget_mb if jobs.executor == "local" else None
+    sized = _sizer(settings)
+    resources: Any = (Resources(ranks=jobs.ranks, memory_budget_mb=budget) if jobs.ranks else
+                      lambda shape: sized(shape).model_copy(update={"memory_budget_mb": budget}))
     return HPCSubmitSink(
         monitor,
         settings.data_dir / "jobs",

@@ -28,10 +28,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .executors.base import Executor, ExecutorError, RemoteState
+from .executors.executor import Executor, ExecutorError, RemoteState
 from .job import ReconJob
 from .journal import JobRecord, Journal
-from .movers.base import TransferError
+from .movers.mover import TransferError
 from .transfer_plan import RemoteSite, TransferLog
 
 log = logging.getLogger(__name__)

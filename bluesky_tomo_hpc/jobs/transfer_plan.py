@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .job import ReconJob
 from .journal import Journal, StageStats
-from .movers.base import StagedMover
+from .movers.mover import StagedMover
 
 Direction = Literal["in", "out"]
 

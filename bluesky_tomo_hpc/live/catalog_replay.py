@@ -18,8 +18,8 @@ from typing import Any
 from ..engine.params import ReconParams
 from ..results.tiled_results import find_reconstructions
 from ..results.writer import TiledResultWriter
-from ..sinks.base import Sink
 from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..sinks.sink import Sink
 from ..sources.recognise import recognise
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
 from ..results.writer import TiledResultWriter
 from ..settings import Settings, load_settings
-from ..sinks.base import Sink, SinkFanout
 from ..sinks.full_volume import FullVolumeSink, ReconService
-from .threaded import ThreadedCallback
+from ..sinks.sink import Sink, SinkFanout
+from ..sources.threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ class TomoPipeline:
 
     def close(self) -> None:
         self.unsubscribe()
-        self.callback.stop()
+        self.callback.close()
         self.tiled_writer.close()
         if self.monitor is not None:
             self.monitor.stop()

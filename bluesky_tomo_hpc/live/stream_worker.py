@@ -28,10 +28,10 @@ from typing import Any
 
 from ..model import ScanEnd
 from ..settings import Settings, load_settings
-from ..sinks.base import Sink, SinkFanout
 from ..sinks.full_volume import FullVolumeSink, ReconService
 from ..sinks.preview import PreviewFileWriter, PreviewOutput, PreviewSink, PreviewTiledWriter
 from ..sinks.preview_stream import PreviewPublisher
+from ..sinks.sink import Sink, SinkFanout
 from ..sources.documents import TomoRunRouter
 
 log = logging.getLogger(__name__)

@@ -62,7 +62,7 @@ class _Geometry:
 
 
 class PreviewSink:
-    """A :class:`~bluesky_tomo_hpc.sinks.base.Sink` that keeps three orthogonal slices live.
+    """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that keeps three orthogonal slices live.
 
     ``outputs`` are called (from the preview thread) with each :class:`PreviewUpdate`: at most
     every ``publish_interval_s`` during the scan, and once with ``final=True`` after stop.

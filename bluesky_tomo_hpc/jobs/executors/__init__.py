@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Executor, ExecutorError, PermanentError, RemoteState, RemoteStatus, TransientError
+from .executor import Executor, ExecutorError, PermanentError, RemoteState, RemoteStatus, TransientError
 
 __all__ = [
     "Executor",

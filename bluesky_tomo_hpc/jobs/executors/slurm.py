@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 
 from ..job import ReconJob
-from .base import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
+from .executor import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
 
 _PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"}
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}

@@ -75,7 +75,7 @@ class Executor(Protocol):
 
 
 def status_from_exit_code(code: int | None, reason: str = "") -> RemoteStatus:
-    """Completed/failed from a batch-program exit code, with its permanence (see ``jobs.batch``)."""
+    """Completed/failed from a batch-program exit code, with its permanence (see ``jobs.batch_program``)."""
     from ..batch_program import EX_TEMPFAIL, PERMANENT_EXIT_CODES
 
     if code == 0:
