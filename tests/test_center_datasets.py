@@ -157,3 +157,13 @@ def test_cli_try_centres_on_the_params_centre(tmp_path):
     record = json.loads((out / "center_try.json").read_text())
     assert record["estimate"] == 30.0 and record["candidates"] == [28.0, 29.0, 30.0, 31.0, 32.0]
     assert record["row"] == 3
+
+
+def test_cli_reconstructs_the_real_half_acquisition_to_the_full_field_of_view(shared_data, tmp_path):
+    out = tmp_path / "half"
+    path = shared_data / "muhrec_wood360_halfacq" / "muhrec_wood360_halfacq.h5"
+    assert recon_cli.run(_parse(["recon", str(path), "--out", str(out), "--no-tiff"])) == 0
+    prov = json.loads((out / "provenance.json").read_text())
+    assert abs(prov["center"]["value"] - 284.0) <= 0.5
+    assert prov["center"]["details"]["half_acquisition"] is True
+    assert prov["shape"][1] == prov["shape"][2] == prov["center"]["details"]["field_of_view_px"] > 500

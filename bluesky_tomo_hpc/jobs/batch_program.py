@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -98,6 +99,7 @@ class SingleRank:
 def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
     from ..engine.center import resolve_uncertain_center
+    from ..engine.halfturn import output_width
     from ..engine.reconstruct import center_summary, find_center, preprocess_projections, to_unbinned
     from ..sources.raw_files import load_scan
 
@@ -112,13 +114,10 @@ def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     proj_log, theta, _ = preprocess_projections(load_scan(job.input_path, rows=(r0, r1)), params)
     # below the confidence threshold: the detector middle, with a warning (never a silent guess)
     est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], None, b)
-    if est.details.get("half_acquisition"):
-        raise TomoDataError(
-            "half-acquisition (offset-axis 360-degree) scan: the batch program does not write the "
-            "stitched, wider volume yet; reconstruct it with engine.reconstruct.reconstruct_scan or "
-            "the live pipeline's full-volume sink"
-        )
     details = center_summary(est, b)
+    width = output_width(proj_log.shape[2], est.center, theta, params.half_acquisition)
+    if width != proj_log.shape[2]:  # half acquisition: the slices cover the stitched field of view
+        details.update(half_acquisition=True, field_of_view_px=width)
     if est.details.get("uncertain"):
         details["warning"] = est.details["warning"]
     return CenterChoice(to_unbinned(est.center, b), est.confidence, est.method, details)
@@ -202,6 +201,11 @@ def run(
             writer.fail(exc)
             raise
         plan["center_s"] = time.perf_counter() - t
+        width = plan["center"].details.get("field_of_view_px")
+        if width and width != plan["shape"][1]:  # half acquisition: a wider volume than planned
+            shutil.rmtree(writer.layout.partial)
+            plan["shape"] = (plan["shape"][0], width, width)
+            writer = _writer(job, plan, create=True)
     plan = comm.bcast(plan, root=0)
     comm.Barrier()  # the .partial folder exists
     if writer is None:
