@@ -138,7 +138,7 @@ def test_cli_uncertain_centre_warns_and_writes_contact_sheet(tmp_path, capsys):
     path = write_dxchange(tmp_path / "empty.h5", empty)
     out = tmp_path / "out"
     assert recon_cli.run(_parse(["recon", str(path), "--out", str(out), "--no-tiff"])) == 0
-    assert "WARNING centre uncertain" in capsys.readouterr().err
+    assert "centre uncertain" in capsys.readouterr().err
     assert (out / "center_try.png").is_file()
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["center"]["details"]["uncertain"] and prov["center"]["method"] == "fallback"

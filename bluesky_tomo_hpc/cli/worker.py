@@ -8,6 +8,8 @@ import logging
 import sys
 from typing import Any
 
+from .errors import one_line
+
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": round(outcome.seconds, 3)}}), flush=True)
         if worker.router.errors:
             for uid, msg in worker.router.errors:
-                print(f"run {uid}: {msg}", file=sys.stderr)
+                print(one_line(f"run {uid}: {msg}"), file=sys.stderr)
         return 0 if finished else 1
     finally:
         worker.close()

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..model import ScanSpec
+from ..model import ScanSpec, safe_component
 from .pictures import save_orthoslices_png
 from .tiled_results import preview_slices, recon_key, write_reconstruction
 
@@ -56,7 +56,7 @@ class TiledResultWriter:
             if (getattr(result, "center_details", {}) or {}).get("uncertain"):
                 title += "  (centre uncertain)"
             self.pngs[spec.run_uid] = save_orthoslices_png(
-                previews, self.png_dir / f"{spec.run_uid[:8]}_slices.png", title)
+                previews, self.png_dir / f"{safe_component(spec.run_uid[:8], 'run uid')}_slices.png", title)
         container = self.container()
         node = write_reconstruction(
             container, raw_uid=spec.run_uid, params=result.params, volume=result.volume,
