@@ -53,6 +53,18 @@ def module_RE():
     yield from _run_engine()
 
 
+@pytest.fixture(scope="module")
+def module_tiled_server(tmp_path_factory):
+    """One embedded Tiled server for a whole test module (starting one costs seconds under load);
+    ``.root`` is a folder it may read (give each test its own folder below it)."""
+    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+
+    root = tmp_path_factory.mktemp("module-tiled")
+    with EmbeddedTiledServer(root / "tiled", readable_storage=[root]) as srv:
+        srv.root = root
+        yield srv
+
+
 @pytest.fixture
 def tiled_server(tmp_path):
     """A real embedded Tiled server (SQLite + files + DuckDB) on 127.0.0.1 that may read tmp_path."""

@@ -129,7 +129,10 @@ def _run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CliError(f"no such scan file: {path}; give the path of an HDF5 scan", EXIT_INPUT)
     params = _params(args)
-    ny = describe_scan(path).frame_shape[0]
+    ny, nx = describe_scan(path).frame_shape
+    if isinstance(params.center, float) and not -nx <= params.center <= 2 * nx:
+        raise CliError(f"--center {params.center:g} is far outside the detector's {nx} columns; "
+                       "give a column (0-based) near the rotation axis, or auto")
     rows = params.rows or (0, ny)
     if not (0 <= rows[0] < rows[1] <= ny):
         raise CliError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows; "

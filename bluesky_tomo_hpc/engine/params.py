@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 FilterName = Literal[
     "none", "ramp", "shepp", "cosine", "hann", "hamming", "parzen", "butterworth"
@@ -64,7 +64,7 @@ class ReconParams(_Frozen):
     filter_name: FilterName = "shepp"
     butterworth_order: int = Field(2, ge=1)
     filter_cutoff: float = Field(1.0, gt=0, le=1.0, description="fraction of Nyquist")
-    center: float | Literal["auto"] = Field(
+    center: FiniteFloat | Literal["auto"] = Field(
         "auto", description="rotation axis as a 0-based detector column (pixel-index convention)"
     )
     center_method: Literal["vo", "pairs", "halfturn", "auto"] = Field(

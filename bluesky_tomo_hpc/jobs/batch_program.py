@@ -270,6 +270,7 @@ def run(
         rows=plan["rows"], voxel_size_um=plan["voxel_size_um"], engine=report.engine,
         warnings=result["warnings"],
         extra={"job_id": job.job_id, "ranks": size, "slabs": result["slabs"], "slab_rows": plan["slab"],
+               "sample": job.metadata.get("sample"), "series": job.metadata.get("series"),
                "timing_note": "per stage: seconds in that stage on the busiest rank; stages overlap "
                               "(reader and writer threads), so they add up to more than total"},
     )

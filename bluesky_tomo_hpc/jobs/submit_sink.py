@@ -101,6 +101,8 @@ class HPCSubmitSink:
                 "shape": list(shape),
                 "raw_files": list(spec.raw_files),
                 "tomo": spec.metadata.get("tomo", {}),
+                "sample": spec.metadata.get("sample"),
+                "series": spec.metadata.get("series"),
             },
         )
         rec = self.monitor.add(job, self.executor)

@@ -29,7 +29,8 @@ def result_metadata(spec: ScanSpec, result: Any) -> dict[str, Any]:
         "shape": list(result.volume.shape),
         "scan_id": spec.scan_id,
         "plan_name": spec.plan_name,
-        "sample": tomo.get("sample") or spec.metadata.get("sample"),
+        "sample": spec.metadata.get("sample") or tomo.get("sample"),
+        "series": spec.metadata.get("series"),
         "source": spec.source,
         "raw_files": list(spec.raw_files),
     }

@@ -368,6 +368,8 @@ class PreviewSink:
             "units": "attenuation per binned pixel", "peak_queued_bytes": self.peak_queued_bytes,
             "ingest_s": round(self._ingest_s, 3),
         }
+        if self._spec.metadata.get("series"):  # a viewer steps through a series' time points
+            meta["series"] = self._spec.metadata["series"]
         if final:
             meta["refinement_pending"] = self._pending_refinement
             if self.center_check:

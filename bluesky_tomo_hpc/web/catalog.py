@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metadata.sample import sample_name
 from ..results.tiled_results import RECON_SPEC
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -118,7 +119,8 @@ class Catalog:
     @staticmethod
     def _run_summary(uid: str, md: Any) -> dict[str, Any]:
         start, stop = md.get("start") or {}, md.get("stop") or {}
-        return {"uid": uid, "scan_id": start.get("scan_id"), "sample": start.get("sample"),
+        # the sample's name: start["sample"] is a dict since the sample schema (a string before)
+        return {"uid": uid, "scan_id": start.get("scan_id"), "sample": sample_name(start.get("sample")),
                 "plan": start.get("plan_name"), "time": _when(start.get("time")),
                 "state": stop.get("exit_status", "running") if stop else "running",
                 "num_events": dict(stop.get("num_events") or {})}

@@ -52,7 +52,8 @@ def scan(world) -> Path:
 
 
 def _recon(capsys, world, path: Path, *extra: str) -> tuple[int, str]:
-    return _cli(capsys, "recon", str(path), "--out", str(world.data / "rec"), "--center", "12", *extra)
+    center = [] if "--center" in extra else ["--center", "12"]
+    return _cli(capsys, "recon", str(path), "--out", str(world.data / "rec"), *center, *extra)
 
 
 # -- bad files --------------------------------------------------------------------------------------
@@ -154,6 +155,8 @@ def test_recon_out_not_writable(capsys, world, scan):
     (["--binning", "0"], ["--binning", "at least 1"]),
     (["--filter", "banana"], ["filter"]),
     (["--center", "left"], ["--center"]),
+    (["--center", "nan"], ["center", "finite"]),
+    (["--center", "1e300"], ["--center", "outside the detector"]),
 ])
 def test_recon_bad_parameter(capsys, world, scan, argv, words):
     """A bad recon parameter: exit 2, one line naming the parameter."""
