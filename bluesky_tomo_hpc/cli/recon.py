@@ -170,11 +170,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _estimate_center(path: Path, rows: tuple[int, int], params: Any) -> tuple[float, float, str]:
     """The centre the batch program would use for these rows (given, or found)."""
-    from ..jobs.batch_program import _find_center
+    from ..jobs.batch_program import choose_center
     from ..jobs.job import JobOutputs, ReconJob
 
     job = ReconJob(run_uid="try", input_path=path, params=params, outputs=JobOutputs(directory=Path(".")))
-    found = _find_center(job, rows)
+    found = choose_center(job, rows)
     return found.value, found.confidence, found.method
 
 

@@ -96,7 +96,7 @@ class SingleRank:
         return None
 
 
-def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
+def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
     from ..engine.center import resolve_uncertain_center
     from ..engine.halfturn import output_width
@@ -196,7 +196,7 @@ def run(
         hasher.start()  # after the input was found; overlaps the centre search and reconstruction
         t = time.perf_counter()
         try:
-            plan["center"] = _find_center(job, plan["rows"])
+            plan["center"] = choose_center(job, plan["rows"])
         except BaseException as exc:
             writer.fail(exc)
             raise
