@@ -269,3 +269,26 @@ def test_batched_gather_equals_the_per_frame_one():
     for got, want in zip((sink.acc_xy, sink.acc_xz, sink.acc_yz), per_frame, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(per_frame[0]).max() > 0.1  # the check compares something
+
+
+def test_unconfirmed_guess_is_marked_centre_uncertain_on_metadata_and_picture(tmp_path):
+    """No hint and no 0/180 pair (90 degrees only): the detector middle is a guess, and the
+    final says so in its metadata and on the picture's title."""
+    from bluesky_tomo_hpc.sinks.preview import PreviewFileWriter
+
+    scan = phantom_scan(n_angles=46)
+    scan["theta"] = scan["theta"][:23]
+    scan["proj"] = scan["proj"][:23]
+    writer = PreviewFileWriter(tmp_path, live=False)
+    sink = PreviewSink([writer], publish_interval_s=10)
+    sink.open(spec_for(scan))
+    feed(sink, scan)
+    sink.close(ScanEnd("run-1"))
+    final = sink.wait_final(30)
+    assert final.metadata["center_check"]["done"] is False and final.metadata["center_uncertain"] is True
+    assert any(p.name.endswith("_preview.png") for p in writer.written)
+
+
+def test_confirmed_centre_is_not_uncertain(scan):
+    _, final, _ = run_preview(scan)
+    assert final.metadata["center_uncertain"] is False

@@ -24,11 +24,15 @@ __all__ = [
     "validate_scan",
     "check_angles",
     "mask_bad_frames",
+    "repair_dead_pixels",
     "pad_width_for",
     "pad_edge",
     "unpad",
     "circular_mask",
     "ndimage_for",
+    "bin_frames",
+    "to_binned",
+    "to_unbinned",
 ]
 
 
@@ -280,6 +284,39 @@ def mask_bad_frames(proj: Any, max_bad_fraction: float = 0.5) -> tuple[Any, np.n
     return out, touched
 
 
+def repair_dead_pixels(norm: Any, saturated: Any = None) -> tuple[Any, int]:
+    """Interpolate the pixels -log cannot take: transmission <= 0 (dead or zero-count pixels,
+    dark >= signal), non-finite values, and ``saturated`` (a boolean mask of the raw frames at
+    the detector's full scale, where the count is a floor, not a measure).
+
+    Why not clip: a floor of 1e-6 turns a zero into an attenuation of 13.8, which the ramp
+    filter spreads into streaks across the slice. Each bad pixel takes the mean of the good
+    pixels of its row within +/-2 columns (wider gaps: the nearest good ones on each side).
+    Returns the repaired stack (the input itself when nothing was bad) and how many pixels were
+    repaired, so the caller can report it."""
+    xp = get_array_module(norm)
+    bad = ~(norm > 0) | ~xp.isfinite(norm)  # NaN compares False: caught by the first term
+    if saturated is not None:
+        bad |= xp.asarray(saturated)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return norm, 0
+    out = xp.where(bad, xp.float32(0), norm).astype(xp.float32, copy=False)
+    good = (~bad).astype(xp.float32)
+    for reach in (2, 8, 32):  # grow the window until every bad pixel has a good neighbour
+        kernel = ndimage_for(xp).uniform_filter1d
+        total = kernel(out * good, 2 * reach + 1, axis=-1, mode="nearest")
+        count = kernel(good, 2 * reach + 1, axis=-1, mode="nearest")
+        fill = bad & (count > 0)
+        out = xp.where(fill, total / xp.maximum(count, 1e-12), out)
+        good = xp.where(fill, xp.float32(1), good)
+        bad = bad & ~fill
+        if not bool(bad.any()):
+            break
+    out = xp.where(bad, xp.float32(1), out)  # whole dead rows: no attenuation
+    return out, n_bad
+
+
 # -- validation -----------------------------------------------------------------------------------
 #: angles spanning less than this are refused: nothing rotated (a stuck stage, the wrong signal)
 MIN_SPAN_DEG = 1.0
@@ -449,3 +486,14 @@ def bin_frames(frames: Any, binning: int) -> Any:
         out += rows[..., k::binning]
     out *= np.float32(1.0 / (binning * binning))
     return out
+
+
+def to_binned(center: float, binning: int) -> float:
+    """Unbinned pixel-index column -> binned pixel-index column (bin k covers unbinned
+    columns k*b .. k*b + b - 1, so its middle is k*b + (b - 1) / 2)."""
+    return (center - (binning - 1) / 2.0) / binning
+
+
+def to_unbinned(center: float, binning: int) -> float:
+    """Binned pixel-index column -> unbinned pixel-index column."""
+    return center * binning + (binning - 1) / 2.0

@@ -125,7 +125,8 @@ class TomoPipeline:
             sinks.append(self.make_preview())
         if self.settings.full_volume:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
-                                        progress=self.progress, center_for=self.pinned.center_for))
+                                        progress=self.progress, center_for=self.pinned.center_for,
+                                        fallback_center=self._previous_center))
         if self.monitor is not None:
             from ..jobs.factory import make_submit_sink
 
@@ -187,9 +188,12 @@ class TomoPipeline:
         return self.centers.get((spec.detector_key, tuple(spec.frame_shape)))
 
     def _remember_center(self, outcome: Any) -> None:
+        from ..engine.center import CONFIDENCE_THRESHOLD
+
         result = getattr(outcome, "result", None)
         spec = getattr(outcome, "spec", None)
-        if outcome.ok and result is not None and spec is not None and outcome.center_confidence > 0.5:
+        if (outcome.ok and result is not None and spec is not None
+                and outcome.center_confidence >= CONFIDENCE_THRESHOLD):
             self.centers[(spec.detector_key, tuple(spec.frame_shape))] = float(outcome.center)
 
     def batch_jobs(self, run_uid: str | None = None) -> list[Any]:

@@ -45,13 +45,16 @@ import scipy.fft
 from ..engine.backend import choose_device, get_array_module, to_numpy
 from ..engine.filters import center_phase, filter_response, padded_width
 from ..engine.params import ReconParams
-from ..engine.preprocess import bin_frames
+from ..engine.preprocess import bin_frames, to_binned, to_unbinned
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError, safe_component
 from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
 
 PreviewOutput = Callable[[PreviewUpdate], None]
+
+#: correlation peak of the mirrored 0/180 pair above which the pair's centre is trusted
+PAIR_PEAK_CONFIDENT = 0.3
 
 
 @dataclass
@@ -193,7 +196,7 @@ class PreviewSink:
         if center is None:
             center, hint_source = (nx - 1) / 2.0, "detector middle"
         pz, py, px = self.positions
-        self.geo = _Geometry(nz=nz, nw=nw, b=b, center=(float(center) - (b - 1) / 2.0) / b,
+        self.geo = _Geometry(nz=nz, nw=nw, b=b, center=to_binned(float(center), b),
                              z0=min(nz - 1, int(round(pz * (nz - 1)))),
                              y0=min(nw - 1, int(round(py * (nw - 1)))),
                              x0=min(nw - 1, int(round(px * (nw - 1)))))
@@ -420,6 +423,7 @@ class PreviewSink:
             meta["refinement_pending"] = self._pending_refinement
             if self.center_check:
                 meta["center_check"] = dict(self.center_check)
+            meta["center_uncertain"] = self._center_uncertain()
         if final and self._stop_time is not None:
             meta["stop_to_final_s"] = round(time.monotonic() - self._stop_time, 4)
         return PreviewUpdate(
@@ -457,6 +461,14 @@ class PreviewSink:
             self.final = self.latest
         self._final_event.set()
 
+    def _center_uncertain(self) -> bool:
+        """Whether the slices' centre is a guess nobody confirmed: the detector middle or the
+        previous scan's centre with no 0/180 pair to check it, or a pair too unlike to tell."""
+        check = self.center_check
+        if check.get("done"):
+            return float(check["peak"]) < PAIR_PEAK_CONFIDENT
+        return self.center_source in ("detector middle", "previous scan")
+
     def _refine_center(self) -> bool:
         """After the first final: the centre from the 0/180-degree pair; when it differs from the
         one used, the xy slice is recomputed from the cached row-z0 sinogram (the engine's Fourier
@@ -477,7 +489,7 @@ class PreviewSink:
         c_binned, peak = center_from_pair(p0, p180)
         shift = c_binned - self.geo.center
         self.center_check = {"done": True, "center_binned": round(float(c_binned), 3),
-                             "center": round(float(c_binned * self.geo.b + (self.geo.b - 1) / 2.0), 3),
+                             "center": round(to_unbinned(float(c_binned), self.geo.b), 3),
                              "peak": round(float(peak), 3), "shift_binned_px": round(float(shift), 3),
                              "pair_mismatch_deg": round(math.degrees(self._opposite[0]), 4)}
         if abs(shift) <= self.center_tolerance_px or peak < 0.1:
@@ -529,6 +541,7 @@ class PreviewFileWriter:
             if "xy" in check.get("recomputed", ()):
                 centre = f"xy at checked centre {check['center']:.2f} px, xz/yz at {md.get('center'):.2f} px"
             title = (f"run {stem}  {md.get('n_projections_used')} projections  {centre}"
+                     + ("  CENTRE UNCERTAIN" if md.get("center_uncertain") else "")
                      + ("  (degraded)" if md.get("degraded") else ""))
             self.written.append(save_orthoslices_png(update.slices, self.directory / f"{stem}_preview.png",
                                                      title))
