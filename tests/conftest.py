@@ -79,3 +79,16 @@ def tiled_client(tiled_server):
     from tiled.client import from_uri
 
     return from_uri(tiled_server.uri)
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def array_backend(request):
+    """``ReconParams.device`` for each array backend: "cpu" (NumPy), "gpu" (CuPy; skipped where
+    CuPy sees no GPU, e.g. in CI). Tests taking it run the same checks on both."""
+    if request.param == "cupy":
+        from bluesky_tomo_hpc.engine.backend import gpu_devices
+
+        if not gpu_devices():
+            pytest.skip("CuPy with a CUDA device is not available here")
+        return "gpu"
+    return "cpu"

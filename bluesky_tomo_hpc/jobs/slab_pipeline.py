@@ -150,6 +150,7 @@ def reconstruct_rows(
     """Reconstruct unbinned detector rows ``rows`` of ``input_path`` at ``center`` (unbinned
     column) in slabs of ``slab`` rows, calling ``write(z, slices)`` on a writer thread with
     ``z`` = the slab's first slice + ``z_offset``. ``progress(slices)`` after each slab written."""
+    from ..engine.halfturn import is_half_acquisition, stitch_half_acquisition
     from ..engine.reconstruct import (
         make_chunk_reconstructor,
         preprocess_projections,
@@ -198,6 +199,8 @@ def reconstruct_rows(
             z, proj_log, theta, warnings = item
             t = time.perf_counter()
             c_b = to_binned(center, b)
+            if is_half_acquisition(c_b, proj_log.shape[2], theta, params.half_acquisition):
+                proj_log, theta, c_b = stitch_half_acquisition(proj_log, theta, c_b)  # offset axis
             if recon is None:  # one plan for every slab: same angles, centre and width
                 recon = make_chunk_reconstructor(np.asarray(theta, dtype=np.float64), c_b,
                                                  proj_log.shape[2], params, engine=report.engine)

@@ -33,7 +33,7 @@ class VolumeAtStop:
 
     def __call__(self, store: Any, params: ReconParams, out_dir: Path,
                  progress: Callable[[int, int], None] | None = None, *,
-                 center: float | None = None) -> tuple[ReconResult, Path]:
+                 center: float | None = None, fallback: float | None = None) -> tuple[ReconResult, Path]:
         import zarr
 
         from .batch_program import SingleRank, run
@@ -52,7 +52,7 @@ class VolumeAtStop:
             run_uid=spec.run_uid, input_path=staged, params=run_params,
             outputs=JobOutputs(directory=out_dir, result_folder=out_dir / "result", tiff=self.tiff),
             resources=Resources(ranks=1, memory_budget_mb=self.budget / 2**20),
-            metadata={"scan_id": spec.scan_id, "plan_name": spec.plan_name},
+            metadata={"scan_id": spec.scan_id, "plan_name": spec.plan_name, "fallback_center": fallback},
         )
         record = run(job, SingleRank(), call=f"full volume at stop of run {spec.run_uid}", progress=progress)
         provenance = json.loads(Path(record["provenance"]).read_text())

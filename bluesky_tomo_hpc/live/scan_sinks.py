@@ -18,9 +18,6 @@ from ..settings import Settings
 from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService
 from ..sinks.sink import Sink, SinkFanout
 
-#: confidence a full volume's centre needs before the next scan of that detector starts from it
-CONFIDENT = 0.5
-
 
 class DetectorCenters:
     """(detector, frame shape) -> the last centre trusted for it: the next scan's preview starts
@@ -46,7 +43,9 @@ class DetectorCenters:
     def from_outcome(self, outcome: ReconOutcome) -> None:
         """A finished full volume."""
         spec = outcome.spec
-        if outcome.ok and spec is not None and (outcome.center_confidence or 0.0) > CONFIDENT:
+        from ..engine.center import CONFIDENCE_THRESHOLD
+
+        if outcome.ok and spec is not None and (outcome.center_confidence or 0.0) >= CONFIDENCE_THRESHOLD:
             self._centers[(str(spec.detector_key), tuple(spec.frame_shape))] = float(outcome.center)
 
     def __len__(self) -> int:
@@ -125,7 +124,8 @@ class SinkFactory:
         center = recon.center if isinstance(recon.center, float | int) else None
         sink = PreviewSink(self.preview_outputs, binning=pv.binning, positions=pv.positions, center=center,
                            fallback_center=self.previous_center, filter_name=recon.filter_name,
-                           max_queue_bytes=self.max_queue_bytes, publish_interval_s=pv.publish_interval_s,
+                           device=recon.device, max_queue_bytes=self.max_queue_bytes,
+                           publish_interval_s=pv.publish_interval_s,
                            final_budget_s=pv.final_budget_s, refine_center=pv.refine_center)
         self.previews.append(sink)
         del self.previews[:-16]  # older ones are long final
@@ -141,7 +141,7 @@ class SinkFactory:
         """The full volume at stop, within the memory budget."""
         return FullVolumeSink(self.settings.recon, self.service, VolumeAtStop(self.budget),
                               self.result_writer, progress=self.progress, data_dir=self.data_dir,
-                              center_for=self.pinned.center_for)
+                              center_for=self.pinned.center_for, fallback_center=self.previous_center)
 
     def __call__(self) -> Sink:
         sinks: list[Sink] = []

@@ -314,13 +314,6 @@ class VolumeWriter:
         # KeyboardInterrupt, SystemExit: noted, and left to propagate as what they are
 
 
-def remove_partial(directory: str | Path) -> None:
-    """Remove a failed or abandoned ``<name>.partial`` folder (never a finished result)."""
-    partial = ResultLayout(Path(directory)).partial
-    if partial.exists():
-        shutil.rmtree(partial)
-
-
 def is_complete(directory: str | Path) -> bool:
     """Whether ``directory`` is a finished result (only a finished one carries that name)."""
     layout = ResultLayout(Path(directory))

@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 class VolumeMaker(Protocol):
     """Turns a finished scan's :class:`FrameStore` into a volume in ``out_dir``; returns the
     result (centre, timings, the volume as a lazily read array) and the Zarr array's path.
-    ``center`` (unbinned column), when given, is used instead of the parameters' centre.
+    ``center`` (unbinned column), when given, is used instead of the parameters' centre;
+    ``fallback`` replaces an uncertain automatic one.
     The one used everywhere is :class:`bluesky_tomo_hpc.jobs.volume_at_stop.VolumeAtStop`."""
 
     def __call__(self, store: FrameStore, params: ReconParams, out_dir: Path,
                  progress: Callable[[int, int], None] | None = None, *,
-                 center: float | None = None) -> tuple[Any, Path]: ...
+                 center: float | None = None, fallback: float | None = None) -> tuple[Any, Path]: ...
 
 
 class ResultWriter(Protocol):
@@ -131,6 +132,7 @@ class FullVolumeSink:
         *,
         data_dir: str | Path,
         center_for: Callable[[ScanSpec, ReconParams], float | None] | None = None,
+        fallback_center: Callable[[ScanSpec], float | None] | None = None,
     ):
         self.params = params
         #: a centre pinned by the scan's metadata (None: the parameters decide), asked when the job
@@ -141,6 +143,9 @@ class FullVolumeSink:
         self.writer = writer
         self.progress = progress
         self.data_dir = Path(data_dir)
+        #: the last confident centre of the scan's detector: used when the automatic centre is
+        #: uncertain (see ``engine.center.resolve_uncertain_center``)
+        self.fallback_center = fallback_center
         self._store: FrameStore | None = None
 
     def open(self, spec: ScanSpec) -> None:
@@ -167,14 +172,16 @@ class FullVolumeSink:
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
         params, writer, progress, make_volume = self.params, self.writer, self.progress, self.make_volume
-        center_for, volume_dir = self.center_for, self.volume_dir
+        center_for, fallback_center, volume_dir = self.center_for, self.fallback_center, self.volume_dir
 
         def job() -> ReconOutcome:
             spec = store.spec
             try:
                 out_dir = volume_dir(spec)
                 center = center_for(spec, params) if center_for is not None else None
-                result, zarr_path = make_volume(store, params, out_dir, progress, center=center)
+                fallback = fallback_center(spec) if fallback_center is not None else None
+                result, zarr_path = make_volume(store, params, out_dir, progress, center=center,
+                                                fallback=fallback)
                 for warning in result.warnings:  # to the terminal too, not only the stored metadata
                     log.warning("run %s: %s", spec.run_uid, warning)
                 location = (writer.write(spec, result, zarr_path=zarr_path) if writer is not None
