@@ -61,6 +61,7 @@ class VolumeAtStop:
         result = ReconResult(
             volume=zarr.open_array(str(zarr_path), mode="r"), center=float(chosen["value"]),
             center_confidence=float(chosen["confidence"]), center_method=str(chosen["method"]),
+            center_details=dict(chosen.get("details") or {}),
             timings={"stage": staging_s, **provenance["timings_s"]}, params=params,
             warnings=list(record["warnings"]), rows=tuple(provenance["rows"]), engine=record["engine"],
         )
