@@ -36,8 +36,11 @@ FRAME_BYTES = NY * NX * 2
 
 
 def projections_for(size_gb: float) -> int:
-    """Projections that make ``size_gb`` (decimal GB) of raw frames, the ALS scan at most."""
-    return max(8, min(ALS_PROJECTIONS, round(size_gb * 1e9 / FRAME_BYTES) - 2 * N_CALIB))
+    """Projections that make ``size_gb`` (decimal GB) of raw frames; 21 GB and more: the ALS scan's
+    1969 (21.8 GB with its darks and flats)."""
+    if size_gb >= 21:
+        return ALS_PROJECTIONS
+    return max(8, round(size_gb * 1e9 / FRAME_BYTES) - 2 * N_CALIB)
 
 
 def rss_mib() -> float:
