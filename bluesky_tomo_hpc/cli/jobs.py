@@ -48,7 +48,8 @@ def _monitor(journal: Any, poll: float) -> Any:
     """A monitor with an executor for every executor name the journal's active jobs use."""
     from ..config import load_settings
     from ..jobs.executors import make_executor
-    from ..jobs.monitor import JobMonitor, tiled_container
+    from ..jobs.monitor import JobMonitor
+    from ..results.batch_registration import tiled_container
 
     settings = load_settings()
     names = {r.executor for r in journal.jobs(active_only=True)} | {settings.jobs.executor}
@@ -84,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
             print("(no jobs)" if args.all else "(no active jobs; --all shows finished ones)")
         return 0
     if args.jobs_command == "stats":
-        from ..jobs.transfer_plan import pipeline_statistics
+        from ..jobs.journal import stage_statistics
 
-        stats = pipeline_statistics(journal, executor=args.executor)
+        stats = stage_statistics(journal, executor=args.executor)
         if not stats:
             print("no job has finished a stage yet")
         for s in stats:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import Settings
+from ..results.batch_registration import tiled_container
 from .executors import make_executor
 from .journal import Journal
-from .monitor import JobMonitor, tiled_container
+from .monitor import JobMonitor
 from .submit_sink import HPCSubmitSink
 from .transfer_plan import DataPlan, RemoteSite
 

@@ -3,23 +3,28 @@
 It is the only memory the pipeline has across restarts: an IPython session that dies while a
 job runs finds the job again here (state, executor, remote handle) and carries on following it.
 Each state change is a timestamped row in ``events``, from which :func:`stage_statistics`
-derives per-stage durations. Connections are opened per call, so threads and processes may
-share one file (WAL mode).
+derives per-stage durations; each data transfer of a remote job is a row in ``transfers``.
+One store, one schema, one transaction rule: connections are opened per call, so threads and
+processes may share one file (WAL mode).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import statistics
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .job import ReconJob
+
+log = logging.getLogger(__name__)
 
 #: states in lifecycle order; the last four are terminal (DONE: finished, no Tiled to register in)
 STATES = (
@@ -44,6 +49,8 @@ STAGES = (
     ("register", "COMPLETED", "REGISTERED"),
     ("total", "NEW", "REGISTERED"),
 )
+#: the rows of the statistics table, in pipeline order (ALS Table 2 plus local staging and total)
+PIPELINE_STAGES = ("stage", "transfer-in", "queue", "run", "transfer-out", "register", "total")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -59,11 +66,22 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job_id);
 CREATE TABLE IF NOT EXISTS copies (
   id INTEGER PRIMARY KEY AUTOINCREMENT, item TEXT NOT NULL, location TEXT NOT NULL, path TEXT NOT NULL,
   size INTEGER, created REAL NOT NULL, deleted REAL, UNIQUE (item, location, path));
+CREATE TABLE IF NOT EXISTS transfers (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, direction TEXT NOT NULL,
+  mover TEXT NOT NULL, task_id TEXT NOT NULL, source TEXT NOT NULL, destination TEXT NOT NULL,
+  state TEXT NOT NULL, started REAL NOT NULL, finished REAL, bytes INTEGER, error TEXT);
+CREATE INDEX IF NOT EXISTS transfers_job ON transfers (job_id);
 """
+
+Direction = Literal["in", "out"]
 
 
 class JournalError(RuntimeError):
     """A journal operation named a job that does not exist or an impossible state."""
+
+
+class JournalUnavailable(JournalError):
+    """The journal stayed locked or unreadable for longer than the caller was willing to wait."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +112,47 @@ class JobRecord:
         return self.state in TERMINAL
 
 
-class Journal:
-    """The SQLite journal at ``path`` (created with its folder when missing)."""
+#: SQLite messages that mean "someone else holds the file now; try again"
+_BUSY = ("database is locked", "database is busy", "database table is locked")
+#: SQLite messages that mean the file is not (or no longer) a journal
+_CORRUPT = ("file is not a database", "database disk image is malformed", "malformed database schema")
 
-    def __init__(self, path: str | Path):
+
+class Journal:
+    """The SQLite journal at ``path`` (created with its folder when missing).
+
+    Robust by design, because the monitor thread and every scan's submission depend on it:
+    a locked or busy file is retried with backoff for up to ``busy_timeout_s``; a file deleted
+    under a running session is recreated (and ``recreated`` listeners, e.g. the monitor, put
+    back the jobs they were following); a corrupt file is moved aside next to it
+    (``<name>.corrupt-<time>``) and recreated. Every such event is logged and kept in
+    :attr:`incidents`, so it is reported, never silent.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 120.0):
         self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        #: what went wrong with the file itself (locked too long, deleted, corrupt), newest last
+        self.incidents: list[str] = []
+        #: called with a reason after the file was recreated empty (deleted or corrupt)
+        self.recreated: list[Callable[[str], None]] = []
+        self._schema_lock = threading.Lock()
+        try:
+            self._ensure_schema()
+        except sqlite3.DatabaseError as exc:
+            if any(m in str(exc) for m in _CORRUPT):
+                self._recreate(f"the journal file is corrupt ({exc})", corrupt=True)
+            elif not any(m in str(exc) for m in _BUSY):
+                raise  # locked: the first transaction waits for it
+
+    # -- the file -----------------------------------------------------------------------------
+    def _incident(self, message: str) -> None:
+        log.error("job journal %s: %s", self.path, message)
+        self.incidents.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}")
+
+    def _ensure_schema(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30)
+        db = sqlite3.connect(self.path, timeout=5)
         try:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
@@ -108,12 +160,64 @@ class Journal:
         finally:
             db.close()
 
+    def _recreate(self, why: str, *, corrupt: bool) -> None:
+        """Start an empty journal (after keeping a corrupt one aside) and tell the listeners."""
+        with self._schema_lock:
+            if corrupt and self.path.exists():
+                kept = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+                self.path.replace(kept)
+                why += f"; the damaged file is kept as {kept}"
+            for suffix in ("-wal", "-shm"):  # stale WAL files of the old database would be replayed
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            self._ensure_schema()
+            self._incident(f"{why}; started an empty journal")
+        for listener in list(self.recreated):
+            try:
+                listener(why)
+            except Exception:
+                log.exception("journal listener failed after the journal was recreated")
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            self._recreate("the journal file was deleted", corrupt=False)
+        db = sqlite3.connect(self.path, timeout=min(5.0, self.busy_timeout_s), isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
+        """One write transaction (BEGIN IMMEDIATE), retried while the file is busy or locked,
+        recreated when the file is gone or not a database."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.05
+        while True:
+            db = None
+            try:
+                db = self._connect()
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("SELECT 1 FROM jobs LIMIT 1")  # a file emptied under us has no tables
+                break
+            except sqlite3.DatabaseError as exc:
+                if db is not None:
+                    db.close()
+                msg = str(exc)
+                if any(m in msg for m in _BUSY):
+                    if time.monotonic() > deadline:
+                        self._incident(f"still locked after {self.busy_timeout_s:.0f} s ({msg})")
+                        raise JournalUnavailable(
+                            f"job journal {self.path} stayed locked for {self.busy_timeout_s:.0f} s: "
+                            "another process holds it (a stuck sqlite3 shell?)"
+                        ) from exc
+                    time.sleep(delay)
+                    delay = min(1.0, delay * 2)
+                elif "no such table" in msg:
+                    self._recreate("the journal file lost its tables (deleted and recreated empty?)",
+                                   corrupt=False)
+                elif any(m in msg for m in _CORRUPT):
+                    self._recreate(f"the journal file is corrupt ({msg})", corrupt=True)
+                else:
+                    raise
         try:
-            db.execute("BEGIN IMMEDIATE")
             yield db
             db.execute("COMMIT")
         except BaseException:
@@ -153,6 +257,57 @@ class Journal:
                 (job.job_id, state, now, None),
             )
         return self.get(job.job_id)
+
+    def restore(self, rec: JobRecord, detail: str) -> None:
+        """Put back a job a recreated journal lost (as the monitor last saw it); no-op if present."""
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO jobs (job_id, run_uid, params_hash, executor, handle, state,"
+                " attempts, next_try, error, result, tiled_node, job_json, created, updated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (rec.job_id, rec.run_uid, rec.params_hash, rec.executor, rec.handle, rec.state,
+                 rec.attempts, rec.next_try, rec.error,
+                 json.dumps(rec.result, default=str) if rec.result is not None else None,
+                 rec.tiled_node, rec.job_json, rec.created, time.time()),
+            )
+            if cur.rowcount:
+                db.execute("INSERT INTO events (job_id, state, time, detail) VALUES (?, ?, ?, ?)",
+                           (rec.job_id, rec.state, time.time(), detail))
+
+    # -- jobs that could not be recorded (journal unavailable): parked as files ----------------
+    @property
+    def parked_dir(self) -> Path:
+        """Jobs whose ``add`` failed wait here as JSON files until the journal takes them."""
+        return self.path.with_name(self.path.stem + "-parked")
+
+    def park(self, job: ReconJob, executor: str, reason: str) -> Path:
+        """Keep a job the journal could not record, so it is adopted later, not dropped."""
+        self.parked_dir.mkdir(parents=True, exist_ok=True)
+        path = self.parked_dir / f"{job.job_id}.json"
+        tmp = path.with_suffix(".tmp")
+        record = {"executor": executor, "reason": reason, "job": job.model_dump(mode="json")}
+        tmp.write_text(json.dumps(record))
+        tmp.replace(path)
+        self._incident(f"job {job.job_id} of run {job.run_uid} parked in {path}: {reason}")
+        return path
+
+    def adopt_parked(self) -> list[JobRecord]:
+        """Record every parked job (as NEW, so it is staged and submitted); returns them."""
+        adopted = []
+        for path in sorted(self.parked_dir.glob("*.json")) if self.parked_dir.is_dir() else []:
+            try:
+                data = json.loads(path.read_text())
+                job = ReconJob.model_validate(data["job"])
+            except (OSError, ValueError, KeyError) as exc:
+                self._incident(f"parked job {path} is unreadable ({exc}); left in place")
+                continue
+            try:
+                rec = self.get(job.job_id)
+            except JournalError:
+                rec = self.add(job, data["executor"])
+            path.unlink(missing_ok=True)
+            adopted.append(rec)
+        return adopted
 
     def set_state(self, job_id: str, state: str, detail: str | None = None, **fields: Any) -> JobRecord:
         """Move a job to ``state`` (an event row is added) and update other columns."""
@@ -223,7 +378,8 @@ class Journal:
         return [(r["state"], r["time"], r["detail"]) for r in rows]
 
     def stage_durations(self, job_id: str) -> dict[str, float]:
-        """Seconds per stage (first entry of ``from`` to last entry of ``to``) of one job."""
+        """Seconds per pipeline stage of one job (first entry of ``from`` to last entry of
+        ``to``); transfers from their rows; 'run' ends where transfer-out starts, if it did."""
         first: dict[str, float] = {}
         last: dict[str, float] = {}
         for state, t, _ in self.events(job_id):
@@ -233,7 +389,57 @@ class Journal:
         for name, a, b in STAGES:
             if a in first and b in last and last[b] >= first[a]:
                 out[name] = last[b] - first[a]
-        return out
+        rows = self.transfers(job_id)
+        for direction in ("in", "out"):
+            legs = [r for r in rows if r["direction"] == direction]
+            done = [r["finished"] for r in legs if r["state"] == "SUCCEEDED"]
+            if done:  # first start to last successful finish (retries included)
+                out[f"transfer-{direction}"] = max(done) - legs[0]["started"]
+        outs = [r for r in rows if r["direction"] == "out"]
+        if outs and "RUNNING" in first:
+            out["run"] = max(0.0, outs[0]["started"] - first["RUNNING"])
+        return {k: out[k] for k in PIPELINE_STAGES if k in out}
+
+    # -- transfers of remote jobs (states ACTIVE, SUCCEEDED, FAILED, CANCELLED) -------------------
+    def start_transfer(
+        self, job_id: str, direction: Direction, mover: str, task_id: str, source: str, destination: str
+    ) -> dict[str, Any]:
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO transfers (job_id, direction, mover, task_id, source, destination, state,"
+                " started) VALUES (?, ?, ?, ?, ?, ?, 'ACTIVE', ?)",
+                (job_id, direction, mover, task_id, source, destination, time.time()),
+            )
+            row = db.execute("SELECT * FROM transfers WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return dict(row)
+
+    def finish_transfer(self, row_id: int, state: str, *, nbytes: int | None = None,
+                        error: str | None = None) -> None:
+        if state not in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            raise ValueError(f"a transfer ends SUCCEEDED, FAILED or CANCELLED, not {state!r}")
+        with self._db() as db:
+            db.execute(
+                "UPDATE transfers SET state = ?, finished = ?, bytes = ?, error = ? WHERE id = ?",
+                (state, time.time(), nbytes, error, row_id),
+            )
+
+    def transfers(self, job_id: str, direction: Direction | None = None) -> list[dict[str, Any]]:
+        """The job's transfers, oldest first."""
+        sql, args = "SELECT * FROM transfers WHERE job_id = ?", [job_id]
+        if direction is not None:
+            sql, args = sql + " AND direction = ?", [*args, direction]
+        with self._db() as db:
+            return [dict(r) for r in db.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def active_transfer(self, job_id: str) -> dict[str, Any] | None:
+        return next((r for r in reversed(self.transfers(job_id)) if r["state"] == "ACTIVE"), None)
+
+    def transfer_succeeded(self, job_id: str, direction: Direction) -> bool:
+        return any(r["state"] == "SUCCEEDED" for r in self.transfers(job_id, direction))
+
+    def last_transfer(self, job_id: str) -> dict[str, Any] | None:
+        rows = self.transfers(job_id)
+        return rows[-1] if rows else None
 
     # -- staged copies (for retention) ------------------------------------------------------
     def add_copy(
@@ -284,26 +490,17 @@ class StageStats:
 
 
 def stage_statistics(journal: Journal, *, executor: str | None = None) -> list[StageStats]:
-    """Per-stage statistics over all jobs (optionally of one executor) that passed that stage."""
-    per: dict[str, list[float]] = {name: [] for name, _, _ in STAGES}
+    """Per-stage statistics over all jobs (optionally of one executor) that passed that stage,
+    transfers included, in pipeline order."""
+    per: dict[str, list[float]] = {name: [] for name in PIPELINE_STAGES}
     for rec in journal.jobs():
         if executor is not None and rec.executor != executor:
             continue
         for name, secs in journal.stage_durations(rec.job_id).items():
             per[name].append(secs)
-    out = []
-    for name, vals in per.items():
-        if not vals:
-            continue
-        out.append(
-            StageStats(
-                name,
-                len(vals),
-                statistics.fmean(vals),
-                statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                statistics.median(vals),
-                min(vals),
-                max(vals),
-            )
-        )
-    return out
+    return [
+        StageStats(name, len(v), statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0,
+                   statistics.median(v), min(v), max(v))
+        for name, v in per.items()
+        if v
+    ]
