@@ -280,19 +280,19 @@ class Journal:
         """Jobs whose ``add`` failed wait here as JSON files until the journal takes them."""
         return self.path.with_name(self.path.stem + "-parked")
 
-    def park(self, job: ReconJob, executor: str, reason: str) -> Path:
-        """Keep a job the journal could not record, so it is adopted later, not dropped."""
+    def park(self, job: ReconJob, executor: str, reason: str, *, state: str = "NEW") -> Path:
+        """Keep a job the journal could not record, so it is adopted later (in ``state``)."""
         self.parked_dir.mkdir(parents=True, exist_ok=True)
         path = self.parked_dir / f"{job.job_id}.json"
         tmp = path.with_suffix(".tmp")
-        record = {"executor": executor, "reason": reason, "job": job.model_dump(mode="json")}
+        record = {"executor": executor, "state": state, "reason": reason, "job": job.model_dump(mode="json")}
         tmp.write_text(json.dumps(record))
         tmp.replace(path)
         self._incident(f"job {job.job_id} of run {job.run_uid} parked in {path}: {reason}")
         return path
 
     def adopt_parked(self) -> list[JobRecord]:
-        """Record every parked job (as NEW, so it is staged and submitted); returns them."""
+        """Record every parked job (in its parked state: STAGED ones are submitted); returns them."""
         adopted = []
         for path in sorted(self.parked_dir.glob("*.json")) if self.parked_dir.is_dir() else []:
             try:
@@ -304,7 +304,7 @@ class Journal:
             try:
                 rec = self.get(job.job_id)
             except JournalError:
-                rec = self.add(job, data["executor"])
+                rec = self.add(job, data["executor"], state=data.get("state", "NEW"))
             path.unlink(missing_ok=True)
             adopted.append(rec)
         return adopted

@@ -1,10 +1,13 @@
 """The on-stop sink: when a scan ends, stage it and submit a batch reconstruction.
 
-``close()`` only records the job in the journal and starts a (non-daemon) thread that writes the
+``close()`` only starts a (non-daemon) thread that records the job in the journal, writes the
 data-exchange input (zero-copy virtual datasets when frames are in files) and hands the job to
 the :class:`~bluesky_tomo_hpc.jobs.monitor.JobMonitor`; it returns at once, so the RunEngine is
-never held up. The job runs in its own process/session/scheduler and the journal remembers it,
-so it survives the IPython session that started it.
+never held up, not even by a locked journal. A journal that stays unavailable gets the job
+*parked* as a file next to it, adopted by the monitor when the journal is back: a job is never
+dropped. Every failure is reported through ``report(run_uid, message)`` (the run's error list).
+The job runs in its own process/session/scheduler and the journal remembers it, so it survives
+the IPython session that started it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec
 from .job import JobOutputs, ReconJob, Resources
+from .journal import JournalError
 from .monitor import JobMonitor
 from .staging import write_exchange_file
 
@@ -41,6 +45,7 @@ class HPCSubmitSink:
         executor: str | None = None,
         resources: Resources | Callable[[tuple[int, int, int]], Resources] | None = None,
         outputs: dict | None = None,
+        report: Callable[[str, str], None] | None = None,
     ):
         self.monitor = monitor
         self.work_dir = Path(work_dir)
@@ -53,6 +58,8 @@ class HPCSubmitSink:
         self.threads: list[threading.Thread] = []
         self.job_ids: list[str] = []
         self.errors: list[tuple[str, BaseException]] = []
+        #: ``report(run_uid, message)``: where failures go besides the log (the run's error list)
+        self.report = report
 
     def open(self, spec: ScanSpec) -> None:
         self._spec, self._batches = spec, []
@@ -98,10 +105,6 @@ class HPCSubmitSink:
                 "tomo": spec.metadata.get("tomo", {}),
             },
         )
-        rec = self.monitor.add(job, self.executor)
-        self.job_ids.append(rec.job_id)
-        if rec.job_id != job.job_id:
-            return  # the same run + parameters already has a job: reuse it
         t = threading.Thread(
             target=self._stage_and_submit,
             args=(spec, batches, job),
@@ -111,19 +114,57 @@ class HPCSubmitSink:
         self.threads.append(t)
         t.start()
 
+    def _fail(self, job: ReconJob, message: str, exc: BaseException) -> None:
+        self.errors.append((job.job_id, exc))
+        log.error("run %s: %s", job.run_uid, message)
+        if self.report is not None:
+            self.report(job.run_uid, message)
+
     def _stage_and_submit(self, spec: ScanSpec, batches: list[FrameBatch], job: ReconJob) -> None:
         journal = self.monitor.journal
+        executor = self.executor or next(iter(self.monitor.executors))
+        unavailable: JournalError | None = None
+        try:
+            rec = self.monitor.add(job, executor)
+            if rec.job_id != job.job_id:
+                self.job_ids.append(rec.job_id)
+                return  # the same run + parameters already has a job: reuse it
+        except JournalError as exc:  # locked for too long: staged anyway, then parked below
+            unavailable = exc
+        self.job_ids.append(job.job_id)
         try:
             write_exchange_file(spec, batches, job.input_path)
+        except Exception as exc:  # never raise into a thread nobody joins: record it
+            log.exception("staging job %s failed", job.job_id)
+            self._fail(job, f"batch job {job.job_id}: staging failed: {exc}", exc)
+            if unavailable is None:
+                self._record_failure(job, f"staging failed: {exc}")
+            return
+        if unavailable is not None:
+            path = journal.park(job, executor, str(unavailable), state="STAGED")
+            self._fail(job, f"batch job {job.job_id} parked in {path} (the journal is unavailable: "
+                       f"{unavailable}); it is submitted when the journal is back", unavailable)
+            return
+        try:
             journal.add_copy(
                 f"run:{spec.run_uid}", "staging", str(job.input_path), job.input_path.stat().st_size
             )
             journal.set_state(job.job_id, "STAGED", str(job.input_path))
-            self.monitor.submit(job.job_id)
-        except Exception as exc:  # never raise into a thread nobody joins: record it
-            self.errors.append((job.job_id, exc))
-            log.exception("staging/submitting job %s failed", job.job_id)
-            journal.set_state(job.job_id, "FAILED", f"staging failed: {exc}", error=f"staging failed: {exc}")
+            rec = self.monitor.submit(job.job_id)
+        except Exception as exc:
+            log.exception("submitting job %s failed", job.job_id)
+            self._fail(job, f"batch job {job.job_id}: submission failed: {exc}", exc)
+            self._record_failure(job, f"submission failed: {exc}")
+            return
+        if rec.state in ("FAILED", "RETRY_WAIT"):
+            self._fail(job, f"batch job {job.job_id} {rec.state}: {rec.error}",
+                       RuntimeError(rec.error or rec.state))
+
+    def _record_failure(self, job: ReconJob, why: str) -> None:
+        try:
+            self.monitor.journal.set_state(job.job_id, "FAILED", why, error=why)
+        except JournalError:
+            log.exception("job %s: could not record its failure in the journal", job.job_id)
 
     def wait(self, timeout: float | None = None) -> None:
         """Join the staging threads (tests, scripts that exit right after a scan)."""
