@@ -9,6 +9,11 @@ It subscribes two callbacks, each on its own thread so the RunEngine never waits
 bluesky-tiled-plugins' ``TiledWriter`` (raw runs into the ``raw`` catalog, with a JSONL backup
 if Tiled fails) and the tomography callback (live preview, full
 volume at stop, batch job on HPC), which never blocks or raises into the RunEngine.
+
+When Tiled is down, nothing is lost: a raw run goes to the JSONL backup, a full volume to the
+spool (``<data_dir>/spool``), each failure to the run's error list (``tomo.router.errors``), and
+a recovery thread puts both into Tiled once it answers again (``bluesky-tomo-hpc recover`` does
+the same by hand).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import Settings, load_settings
+from .results.recovery import TiledRecovery
+from .results.spool import ResultSpool
 from .results.tiled_results import processed_container
 from .results.tiled_server import EmbeddedTiledServer, raw_catalog
 from .results.writer import TiledResultWriter
@@ -40,6 +47,7 @@ class TomoPipeline:
         server: EmbeddedTiledServer | None = None,
         extra_sinks: list[Callable[[], Sink]] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        recovery_interval_s: float = 30.0,
     ):
         from bluesky_tiled_plugins import TiledWriter
 
@@ -53,7 +61,10 @@ class TomoPipeline:
         self.raw = raw_catalog(client, settings.tiled.raw_container)
         self.processed = processed_container(client, settings.tiled.processed_container)
         self.service = ReconService()
-        self.result_writer = TiledResultWriter(self.processed, png_dir=self.data_dir / "previews")
+        self.spool = ResultSpool(self.data_dir / "spool")
+        self.result_writer = TiledResultWriter(self.processed, png_dir=self.data_dir / "previews",
+                                               spool=self.spool, report=self.report_error)
+        self.service.listeners.append(self._report_failed_outcome)
         self.monitor = None
         self._submit_sinks: list[Any] = []
         self._preview_publisher: Any = None
@@ -76,7 +87,11 @@ class TomoPipeline:
         #: raw runs into Tiled, on its own thread (HTTP round trips per document)
         writer = TiledWriter(self.raw, batch_size=settings.tiled.writer_batch_size,
                              backup_directory=str(backup))
-        self.tiled_writer = ThreadedCallback(writer, name="tiled-writer")
+        self.tiled_writer = ThreadedCallback(_BackupWatch(writer, backup, self.report_error),
+                                             name="tiled-writer")
+        #: puts into Tiled what it missed while down (backed-up raw runs, spooled results)
+        self.recovery = TiledRecovery(self.spool, backup, raw=self.raw, processed=self.processed,
+                                      interval_s=recovery_interval_s).start()
         self.callback = TomoCallback(self.make_sinks, dark_flat_resolver=tiled_dark_flat_resolver(self.raw))
         self.router = self.callback.router
         self._tokens: list[tuple[Any, int]] = []
@@ -108,6 +123,7 @@ class TomoPipeline:
             from .jobs.factory import make_submit_sink
 
             submit = make_submit_sink(self.settings, self.monitor)
+            submit.report = self.report_error
             self._submit_sinks.append(submit)
             sinks.append(submit)
         sinks.extend(factory() for factory in self._extra_sinks)
@@ -154,12 +170,27 @@ class TomoPipeline:
         if outcome.ok and result is not None and spec is not None and outcome.center_confidence > 0.5:
             self.centers[(spec.detector_key, tuple(spec.frame_shape))] = float(outcome.center)
 
+    def report_error(self, run_uid: str, message: str) -> None:
+        """Add to a run's error list (what the scan summary shows) from any thread."""
+        self.router.errors.append((run_uid, message))
+
+    def _report_failed_outcome(self, outcome: Any) -> None:
+        if not outcome.ok:
+            self.report_error(outcome.run_uid, f"full reconstruction failed: {outcome.message}")
+
     def batch_jobs(self, run_uid: str | None = None) -> list[Any]:
         """Journal records of the batch jobs this pipeline submitted (for one run, or all)."""
         if self.monitor is None:
             return []
+        from .jobs.journal import JournalError
+
         ids = [j for sink in self._submit_sinks for j in sink.job_ids]
-        records = [self.monitor.journal.get(j) for j in dict.fromkeys(ids)]
+        records = []
+        for j in dict.fromkeys(ids):
+            try:
+                records.append(self.monitor.journal.get(j))
+            except JournalError:  # parked while the journal was locked: not recorded yet
+                continue
         return [r for r in records if run_uid is None or r.run_uid == run_uid]
 
     def wait_for_jobs(self, timeout: float = 600.0) -> list[Any]:
@@ -197,6 +228,7 @@ class TomoPipeline:
         self.unsubscribe()
         self.callback.stop()
         self.tiled_writer.close()
+        self.recovery.stop()
         if self.monitor is not None:
             self.monitor.stop()
         if self._preview_publisher is not None:
@@ -204,6 +236,24 @@ class TomoPipeline:
         self.service.shutdown()
         if self.server is not None:
             self.server.close()
+
+
+class _BackupWatch:
+    """The raw-data writer, telling the run's error list when a run went to the JSONL backup
+    instead of Tiled (TiledWriter itself only logs it)."""
+
+    def __init__(self, writer: Callable[[str, dict], Any], backup: Path,
+                 report: Callable[[str, str], None]):
+        self.writer, self.backup, self.report = writer, backup, report
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.writer(name, doc)
+        if name == "stop":
+            uid = str(doc.get("run_start", ""))
+            path = self.backup / f"{uid.split('-')[0]}.jsonl"
+            if uid and path.exists():
+                self.report(uid, f"raw run not fully written to Tiled; all its documents are in {path} "
+                            "and go to Tiled when it is back (or run: bluesky-tomo-hpc recover)")
 
 
 def configure(RE: Any, settings: Settings | str | Path | None = None, **kwargs: Any) -> TomoPipeline:

@@ -29,7 +29,7 @@ credentials) only from the environment. Run 'bluesky-tomo-hpc SUBCOMMAND --help'
 """
 
 #: subcommand modules in the order --help lists them
-COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "reprocess", "config")
+COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "reprocess", "recover", "config")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    choices=["inprocess", "local", "slurm", "nersc", "alcf"],
                    help="inprocess: reconstruct here (default); others: submit batch jobs")
     p.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="reconstruct runs without a stop document from the frames they have "
+                        "(default: report them as incomplete and go on)")
     p.set_defaults(func=run)
 
 
@@ -56,7 +59,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..config import load_settings
     from ..engine.params import ReconParams
-    from ..reprocess import ReprocessError, RunQuery, already_reconstructed, reprocess, tomography_runs
+    from ..reprocess import (
+        NOT_A_RUN,
+        ReprocessError,
+        RunQuery,
+        already_reconstructed,
+        reprocess,
+        tomography_runs,
+    )
     from ..results.tiled_results import processed_container
 
     console = Console(stderr=True)
@@ -81,9 +91,12 @@ def run(args: argparse.Namespace) -> int:
         found = 0
         for uid, r, layout in tomography_runs(raw, query):
             found += 1
+            if layout == NOT_A_RUN:
+                print(f"{uid[:8]}: not a run")
+                continue
             done = already_reconstructed(processed, uid, params)
             what = "not tomography" if layout is None else ("done" if done else "to do")
-            print(f"{uid[:8]} scan {r.start.get('scan_id')}: {what}")
+            print(f"{uid[:8]} scan {r.metadata['start'].get('scan_id')}: {what}")
         if not found:
             console.print(f"[red]no run matches {query.describe()}[/red]")
             return 4
@@ -110,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             summary = reprocess(raw, processed, params=params, query=query, submit=submit,
-                                progress=progress)
+                                progress=progress, allow_incomplete=args.allow_incomplete)
         except ReprocessError as exc:
             console.print(f"[red]{exc}[/red]")
             return 4
@@ -122,4 +135,4 @@ def run(args: argparse.Namespace) -> int:
         monitor.stop()
     if summary.count("reconstructed") + summary.count("submitted") == 0 and summary.count("failed") == 0:
         print("nothing to do: every matching tomography run is already reconstructed with these parameters")
-    return 1 if summary.count("failed") else 0
+    return 1 if summary.count("failed") or summary.count("incomplete") else 0

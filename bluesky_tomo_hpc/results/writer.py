@@ -9,6 +9,7 @@ from typing import Any
 
 from ..model import ScanSpec
 from .pictures import save_orthoslices_png
+from .spool import ResultSpool
 from .tiled_results import preview_slices, recon_key, write_reconstruction
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,20 @@ def result_metadata(spec: ScanSpec, result: Any) -> dict[str, Any]:
 
 class TiledResultWriter:
     """Writes each reconstruction under ``container`` (a callable, so a client can be made lazily
-    on the worker thread) and, when ``png_dir`` is set, saves ``<uid8>_slices.png`` there."""
+    on the worker thread) and, when ``png_dir`` is set, saves ``<uid8>_slices.png`` there.
+
+    With a ``spool``, a result Tiled does not take (server down, restarting) is kept there and
+    registered later, and ``report(run_uid, message)`` puts the failure in the run's error list;
+    the returned location is then ``spooled:<folder>``."""
 
     def __init__(self, container: Callable[[], Any] | Any, png_dir: str | Path | None = None,
-                 kind: str = "full"):
+                 kind: str = "full", *, spool: ResultSpool | None = None,
+                 report: Callable[[str, str], None] | None = None):
         self._container = container
         self.png_dir = Path(png_dir) if png_dir else None
         self.kind = kind
+        self.spool = spool
+        self.report = report
         self.pngs: dict[str, Path] = {}
 
     def container(self) -> Any:
@@ -53,10 +61,27 @@ class TiledResultWriter:
             title = f"run {spec.run_uid[:8]}  centre {result.center:.2f} px"
             self.pngs[spec.run_uid] = save_orthoslices_png(
                 previews, self.png_dir / f"{spec.run_uid[:8]}_slices.png", title)
-        container = self.container()
-        node = write_reconstruction(
-            container, raw_uid=spec.run_uid, params=result.params, volume=result.volume,
-            previews=previews, metadata=result_metadata(spec, result), kind=self.kind)
+        metadata = result_metadata(spec, result)
+        try:
+            node = write_reconstruction(
+                self.container(), raw_uid=spec.run_uid, params=result.params, volume=result.volume,
+                previews=previews, metadata=metadata, kind=self.kind)
+        except Exception as exc:
+            if self.spool is None:
+                raise
+            return self._spool(spec, result, metadata, exc)
         key = recon_key(spec.run_uid, result.params.params_hash, self.kind)
         log.info("reconstruction of run %s written to Tiled node %s", spec.run_uid, key)
         return str(getattr(node, "uri", key))
+
+    def _spool(self, spec: ScanSpec, result: Any, metadata: dict[str, Any], exc: Exception) -> str:
+        assert self.spool is not None
+        error = f"{type(exc).__name__}: {exc}"
+        path = self.spool.put(raw_uid=spec.run_uid, params=result.params, volume=result.volume,
+                              metadata=metadata, kind=self.kind, error=error)
+        message = (f"writing the {self.kind} volume to Tiled failed ({error}); it is kept in {path} "
+                   "and registered when Tiled is back (or run: bluesky-tomo-hpc recover)")
+        log.error("run %s: %s", spec.run_uid, message)
+        if self.report is not None:
+            self.report(spec.run_uid, message)
+        return f"spooled:{path}"
