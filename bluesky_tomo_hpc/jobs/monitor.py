@@ -18,9 +18,11 @@ once, with the reason in the journal. A job the executor reports COMPLETED count
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ from .journal import JobRecord, Journal, JournalError
 from .transfer_plan import RemoteSite
 
 log = logging.getLogger(__name__)
+
+#: finished jobs the monitor remembers, to put back into a journal recreated under it
+REMEMBERED_JOBS = 256
 
 _REMOTE_TO_JOURNAL = {RemoteState.PENDING: "PENDING", RemoteState.RUNNING: "RUNNING"}
 
@@ -72,8 +77,9 @@ class JobMonitor:
         self.stale_new_s = stale_new_s
         self.sites = dict(sites or {})
         self.legs = TransferLegs(journal, self._failed)
-        #: the active jobs as last seen: put back if the journal file is lost under us
-        self._following: dict[str, JobRecord] = {}
+        #: the jobs as last seen (active ones, and the last few finished): put back if the
+        #: journal file is lost under us
+        self._following: OrderedDict[str, JobRecord] = OrderedDict()
         journal.recreated.append(self._restore_following)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +105,9 @@ class JobMonitor:
             log.info("job %s reuses %s (%s) for run %s, params %s", job.job_id, old.job_id,
                      old.state, job.run_uid, job.params.params_hash)
             return old
-        return self.journal.add(job, executor or next(iter(self.executors)))
+        rec = self.journal.add(job, executor or next(iter(self.executors)))
+        self._remember(rec)
+        return rec
 
     def submit(self, job_id: str) -> JobRecord:
         """Hand a NEW/STAGED/RETRY_WAIT job to its executor (errors go to the journal, not up)."""
@@ -112,17 +120,20 @@ class JobMonitor:
                 if self.journal.active_transfer(job_id) is None:
                     self._arrived(rec, self.legs.stage_in(rec, site))  # submits once the input is there
                 return self.journal.get(job_id)
+            tried = dataclasses.replace(rec, attempts=rec.attempts + 1)  # a failed submission counts
             try:
                 job = site.plan.remote_job(rec.job) if site is not None else rec.job
                 handle = self._executor(rec).submit(job)
             except ExecutorError as exc:
-                return self._failed(rec, f"submission failed: {exc}", exc.transient)
-            except OSError as exc:
-                return self._failed(rec, f"submission failed: {exc}", True)
+                return self._failed(tried, f"submission failed: {exc}", exc.transient)
+            except OSError as exc:  # a full disk, a vanished folder: may pass
+                return self._failed(tried, f"submission failed: {exc}", True)
             except ValueError as exc:  # a path outside the site's local root
-                return self._failed(rec, f"submission failed: {exc}", False)
-            return self.journal.set_state(job_id, "SUBMITTED", f"handle {handle}", handle=handle,
-                                          attempts=rec.attempts + 1, error=None, next_try=None)
+                return self._failed(tried, f"submission failed: {exc}", False)
+            rec = self.journal.set_state(job_id, "SUBMITTED", f"handle {handle}", handle=handle,
+                                         attempts=rec.attempts + 1, error=None, next_try=None)
+            self._remember(rec)
+            return rec
 
     def _failed(self, rec: JobRecord, reason: str, transient: bool) -> JobRecord:
         attempts = max(rec.attempts, 1)
@@ -148,15 +159,25 @@ class JobMonitor:
         """Look at every active job once (and record jobs parked while the journal was locked)."""
         self.journal.adopt_parked()
         active = self.journal.jobs(active_only=True)
-        self._following = {r.job_id: r for r in active}
         for rec in active:
+            self._remember(rec)
             try:
                 self._step_one(rec)
+                self._remember(self.journal.get(rec.job_id))
             except JournalError:
                 raise  # the journal itself is in trouble: the loop reports it and tries again
             except Exception as exc:  # one bad job must not stop the others being followed
                 log.exception("following job %s failed", rec.job_id)
                 self.journal.set_state(rec.job_id, rec.state, f"monitor error: {exc}", error=str(exc))
+
+    def _remember(self, rec: JobRecord) -> None:
+        """Keep the latest record of each job; finished ones only up to ``REMEMBERED_JOBS``."""
+        self._following[rec.job_id] = rec
+        self._following.move_to_end(rec.job_id)
+        excess = len(self._following) - REMEMBERED_JOBS
+        if excess > 0:
+            for jid in [j for j, r in self._following.items() if r.terminal][:excess]:
+                del self._following[jid]
 
     def _restore_following(self, why: str) -> None:
         for rec in list(self._following.values()):
