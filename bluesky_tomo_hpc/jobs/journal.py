@@ -180,15 +180,16 @@ class Journal:
     def _connect(self) -> sqlite3.Connection:
         if not self.path.exists():
             self._recreate("the journal file was deleted", corrupt=False)
-        db = sqlite3.connect(self.path, timeout=min(5.0, self.busy_timeout_s), isolation_level=None)
+        db = sqlite3.connect(self.path, timeout=0.05, isolation_level=None)
         db.row_factory = sqlite3.Row
         return db
 
     @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE), retried while the file is busy or locked,
-        recreated when the file is gone or not a database."""
-        deadline = time.monotonic() + self.busy_timeout_s
+    def _db(self, wait_s: float | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE), retried while the file is busy or locked (for
+        ``wait_s``, default ``busy_timeout_s``), recreated when the file is gone or not a database."""
+        patience = self.busy_timeout_s if wait_s is None else wait_s
+        deadline = time.monotonic() + patience
         delay = 0.05
         while True:
             db = None
@@ -203,9 +204,10 @@ class Journal:
                 msg = str(exc)
                 if any(m in msg for m in _BUSY):
                     if time.monotonic() > deadline:
-                        self._incident(f"still locked after {self.busy_timeout_s:.0f} s ({msg})")
+                        if wait_s is None:
+                            self._incident(f"still locked after {patience:.0f} s ({msg})")
                         raise JournalUnavailable(
-                            f"job journal {self.path} stayed locked for {self.busy_timeout_s:.0f} s: "
+                            f"job journal {self.path} stayed locked for {patience:.1f} s: "
                             "another process holds it (a stuck sqlite3 shell?)"
                         ) from exc
                     time.sleep(delay)
@@ -234,10 +236,11 @@ class Journal:
         return JobRecord(**d)
 
     # -- writing ----------------------------------------------------------------------------
-    def add(self, job: ReconJob, executor: str, state: str = "NEW") -> JobRecord:
-        """Record a new job (its first event is ``state``)."""
+    def add(self, job: ReconJob, executor: str, state: str = "NEW", *,
+            wait_s: float | None = None) -> JobRecord:
+        """Record a new job (its first event is ``state``); ``wait_s``: see :meth:`_db`."""
         now = time.time()
-        with self._db() as db:
+        with self._db(wait_s) as db:
             db.execute(
                 "INSERT INTO jobs (job_id, run_uid, params_hash, executor, state, job_json, created, updated)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -256,7 +259,7 @@ class Journal:
                 "INSERT INTO events (job_id, state, time, detail) VALUES (?, ?, ?, ?)",
                 (job.job_id, state, now, None),
             )
-        return self.get(job.job_id)
+        return self.get(job.job_id, wait_s=wait_s)
 
     def restore(self, rec: JobRecord, detail: str) -> None:
         """Put back a job a recreated journal lost (as the monitor last saw it); no-op if present."""
@@ -301,10 +304,16 @@ class Journal:
             except (OSError, ValueError, KeyError) as exc:
                 self._incident(f"parked job {path} is unreadable ({exc}); left in place")
                 continue
+            with self._db() as db:
+                known = db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job.job_id,)).fetchone()
+            if known:  # adopted by another process meanwhile
+                path.unlink(missing_ok=True)
+                continue
             try:
-                rec = self.get(job.job_id)
-            except JournalError:
                 rec = self.add(job, data["executor"], state=data.get("state", "NEW"))
+            except sqlite3.IntegrityError:  # another thread adopted it between the two looks
+                path.unlink(missing_ok=True)
+                continue
             path.unlink(missing_ok=True)
             adopted.append(rec)
         return adopted
@@ -335,9 +344,13 @@ class Journal:
         return self.get(job_id)
 
     # -- reading ----------------------------------------------------------------------------
-    def get(self, job_id: str) -> JobRecord:
-        with self._db() as db:
+    def get(self, job_id: str, *, wait_s: float | None = None) -> JobRecord:
+        with self._db(wait_s) as db:
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None and (self.parked_dir / f"{job_id}.json").exists():
+            adopted = {r.job_id: r for r in self.adopt_parked()}  # parked while the journal was locked
+            if job_id in adopted:
+                return adopted[job_id]
         if row is None:
             raise JournalError(f"no job {job_id!r} in {self.path}")
         return self._record(row)
@@ -358,9 +371,10 @@ class Journal:
             rows = db.execute(sql + " ORDER BY created", args).fetchall()
         return [self._record(r) for r in rows]
 
-    def find_reusable(self, run_uid: str, params_hash: str) -> JobRecord | None:
+    def find_reusable(self, run_uid: str, params_hash: str, *,
+                      wait_s: float | None = None) -> JobRecord | None:
         """A job for the same run and parameters that finished or is still under way."""
-        with self._db() as db:
+        with self._db(wait_s) as db:
             rows = db.execute(
                 "SELECT * FROM jobs WHERE run_uid = ? AND params_hash = ? AND state NOT IN"
                 " ('FAILED', 'CANCELLED') ORDER BY created DESC",

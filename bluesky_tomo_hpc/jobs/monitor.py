@@ -95,17 +95,19 @@ class JobMonitor:
                 f"does not have (it has {sorted(self.executors)})"
             ) from None
 
-    def existing(self, job: ReconJob) -> JobRecord | None:
+    def existing(self, job: ReconJob, *, wait_s: float | None = None) -> JobRecord | None:
         """The journal's job for the same run and parameters hash, if one finished or is running."""
-        return self.journal.find_reusable(job.run_uid, job.params.params_hash)
+        return self.journal.find_reusable(job.run_uid, job.params.params_hash, wait_s=wait_s)
 
-    def add(self, job: ReconJob, executor: str | None = None, *, reuse: bool = True) -> JobRecord:
-        """Record ``job`` as NEW, or return the existing one of the same key (idempotent)."""
-        if reuse and (old := self.existing(job)) is not None:
+    def add(self, job: ReconJob, executor: str | None = None, *, reuse: bool = True,
+            wait_s: float | None = None) -> JobRecord:
+        """Record ``job`` as NEW, or return the existing one of the same key (idempotent);
+        ``wait_s`` bounds the wait for a busy journal (:class:`JournalUnavailable` after it)."""
+        if reuse and (old := self.existing(job, wait_s=wait_s)) is not None:
             log.info("job %s reuses %s (%s) for run %s, params %s", job.job_id, old.job_id,
                      old.state, job.run_uid, job.params.params_hash)
             return old
-        rec = self.journal.add(job, executor or next(iter(self.executors)))
+        rec = self.journal.add(job, executor or next(iter(self.executors)), wait_s=wait_s)
         self._remember(rec)
         return rec
 

@@ -22,11 +22,14 @@ import numpy as np
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec
 from .job import JobOutputs, ReconJob, Resources
-from .journal import JournalError
+from .journal import JobRecord, JournalError
 from .monitor import JobMonitor
 from .staging import write_exchange_file
 
 log = logging.getLogger(__name__)
+
+#: how long ``close()`` (on the RunEngine's callback path) waits for a busy journal
+CLOSE_WAIT_S = 0.2
 
 
 class HPCSubmitSink:
@@ -105,9 +108,17 @@ class HPCSubmitSink:
                 "tomo": spec.metadata.get("tomo", {}),
             },
         )
+        try:  # the usual case, at once; a busy journal is waited for on the staging thread instead
+            rec: JobRecord | None = self.monitor.add(job, self.executor, wait_s=CLOSE_WAIT_S)
+        except JournalError:
+            rec = None
+        if rec is not None:
+            self.job_ids.append(rec.job_id)
+            if rec.job_id != job.job_id:
+                return  # the same run + parameters already has a job: reuse it
         t = threading.Thread(
             target=self._stage_and_submit,
-            args=(spec, batches, job),
+            args=(spec, batches, job, rec is not None),
             name=f"tomo-submit-{job.job_id}",
             daemon=False,
         )
@@ -120,18 +131,20 @@ class HPCSubmitSink:
         if self.report is not None:
             self.report(job.run_uid, message)
 
-    def _stage_and_submit(self, spec: ScanSpec, batches: list[FrameBatch], job: ReconJob) -> None:
+    def _stage_and_submit(self, spec: ScanSpec, batches: list[FrameBatch], job: ReconJob,
+                          recorded: bool) -> None:
         journal = self.monitor.journal
         executor = self.executor or next(iter(self.monitor.executors))
         unavailable: JournalError | None = None
-        try:
-            rec = self.monitor.add(job, executor)
-            if rec.job_id != job.job_id:
+        if not recorded:
+            try:
+                rec = self.monitor.add(job, executor)
                 self.job_ids.append(rec.job_id)
-                return  # the same run + parameters already has a job: reuse it
-        except JournalError as exc:  # locked for too long: staged anyway, then parked below
-            unavailable = exc
-        self.job_ids.append(job.job_id)
+                if rec.job_id != job.job_id:
+                    return  # the same run + parameters already has a job: reuse it
+            except JournalError as exc:  # locked for too long: staged anyway, then parked below
+                unavailable = exc
+                self.job_ids.append(job.job_id)
         try:
             write_exchange_file(spec, batches, job.input_path)
         except Exception as exc:  # never raise into a thread nobody joins: record it

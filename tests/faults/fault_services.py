@@ -42,7 +42,8 @@ class TiledProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - the process owns it
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SERVER, str(self.directory), self.api_key, str(self.port), str(self.readable)],
+            [sys.executable, "-c", SERVER, str(self.directory), self.api_key, str(self.port),
+             str(self.readable)],
             stdout=log, stderr=log)
         log.close()
         deadline = time.monotonic() + timeout

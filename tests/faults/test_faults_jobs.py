@@ -65,7 +65,11 @@ def _monitor(tmp_path: Path, executor=None, **kw) -> JobMonitor:
 
 
 def test_journal_locked_briefly_job_created(tmp_path):
-    """Journal locked for a moment at the end of a scan: the submission waits it out and the job is created and done."""
+    """Journal locked briefly at a scan's end: job created and done, nothing reported.
+
+    Journal locked for a moment at the end of a scan: the submission waits it out and the job is created
+    and done.
+    """
     mon = _monitor(tmp_path, busy_timeout_s=20.0)
     scan = Scan(tmp_path, mon)
     with journal_locked(mon.journal.path, seconds=1.5):
@@ -77,7 +81,11 @@ def test_journal_locked_briefly_job_created(tmp_path):
 
 
 def test_journal_locked_too_long_job_parked_then_done(tmp_path):
-    """Journal locked for longer than its busy timeout during a scan: the job is parked (not dropped), reported, and submitted when the journal is free."""
+    """Journal locked too long at a scan's end: job parked and reported, done later.
+
+    Journal locked for longer than its busy timeout during a scan: the job is parked (not dropped),
+    reported, and submitted when the journal is free.
+    """
     mon = _monitor(tmp_path, busy_timeout_s=1.0)
     scan = Scan(tmp_path, mon)
     with journal_locked(mon.journal.path):
@@ -98,7 +106,11 @@ def test_journal_locked_too_long_job_parked_then_done(tmp_path):
 
 
 def test_journal_locked_for_cli_reader_is_one_clear_error(tmp_path):
-    """A journal another process keeps locked: a reader gets JournalUnavailable naming the file and the cause, after the busy timeout, not a hang."""
+    """Journal kept locked: a reader gets JournalUnavailable naming it, not a hang.
+
+    A journal another process keeps locked: a reader gets JournalUnavailable naming the file and the
+    cause, after the busy timeout, not a hang.
+    """
     journal = Journal(tmp_path / "jobs.sqlite", busy_timeout_s=0.5)
     with journal_locked(journal.path):
         t = time.monotonic()
@@ -108,7 +120,11 @@ def test_journal_locked_for_cli_reader_is_one_clear_error(tmp_path):
 
 
 def test_journal_deleted_while_monitor_runs(tmp_path):
-    """Journal file deleted while a job runs: the monitor thread lives on, the journal is recreated with the job put back, and the job finishes."""
+    """Journal deleted under a running job: recreated, job put back, monitor alive.
+
+    Journal file deleted while a job runs: the monitor thread lives on, the journal is recreated with the
+    job put back, and the job finishes.
+    """
     mon = _monitor(tmp_path)
     scan = Scan(tmp_path, mon)
     mon.start()
@@ -133,7 +149,11 @@ def test_journal_deleted_while_monitor_runs(tmp_path):
 
 
 def test_journal_corrupt_at_start_kept_aside_and_recreated(tmp_path):
-    """A journal file that is not a database: moved aside as <name>.corrupt-<time> (kept), an empty journal created, the incident reported; new jobs work."""
+    """Corrupt journal at start: kept aside as .corrupt-<time>, recreated, reported.
+
+    A journal file that is not a database: moved aside as <name>.corrupt-<time> (kept), an empty journal
+    created, the incident reported; new jobs work.
+    """
     path = tmp_path / "jobs.sqlite"
     path.write_bytes(b"this is not a database" * 100)
     mon = _monitor(tmp_path)
@@ -147,7 +167,11 @@ def test_journal_corrupt_at_start_kept_aside_and_recreated(tmp_path):
 
 
 def test_journal_corrupted_while_monitor_runs(tmp_path):
-    """Journal overwritten with garbage while a job runs: the thread survives, the job is restored into a fresh journal and finishes; the damaged file is kept."""
+    """Journal corrupted under a running job: kept aside, job restored and done.
+
+    Journal overwritten with garbage while a job runs: the thread survives, the job is restored into a
+    fresh journal and finishes; the damaged file is kept.
+    """
     mon = _monitor(tmp_path)
     scan = Scan(tmp_path, mon)
     mon.start()
@@ -173,7 +197,11 @@ def test_journal_corrupted_while_monitor_runs(tmp_path):
 
 
 def test_journal_truncated_to_nothing(tmp_path):
-    """A journal truncated to zero bytes (a full disk, a bad copy): recreated with its tables, usable at once."""
+    """Journal truncated to zero bytes: recreated with its tables, usable at once.
+
+    A journal truncated to zero bytes (a full disk, a bad copy): recreated with its tables, usable at
+    once.
+    """
     journal = Journal(tmp_path / "jobs.sqlite")
     for suffix in ("-wal", "-shm"):
         Path(str(journal.path) + suffix).unlink(missing_ok=True)
@@ -199,7 +227,10 @@ def _killing_python(tmp_path: Path, signal_name: str, kills: int) -> str:
 
 @pytest.mark.parametrize("sig", ["KILL", "TERM"])
 def test_rank_killed_by_signal_is_retried_and_named(tmp_path, sig):
-    """An MPI rank killed by a signal: a transient failure naming the signal, retried, and the job completes."""
+    """MPI rank killed by a signal: transient failure naming it, retried, job done.
+
+    An MPI rank killed by a signal: a transient failure naming the signal, retried, and the job completes.
+    """
     mon = _monitor(tmp_path, LocalExecutor(ranks=2, python=_killing_python(tmp_path, sig, kills=1)))
     scan = Scan(tmp_path, mon)
     scan.stop()
@@ -213,7 +244,11 @@ def test_rank_killed_by_signal_is_retried_and_named(tmp_path, sig):
 
 
 def test_rank_killed_every_time_fails_with_the_signal(tmp_path):
-    """A rank killed by SIGKILL on every attempt: FAILED after the retries, the reason names SIGKILL; the raw file is untouched and the job can be resubmitted."""
+    """Rank killed on every try: FAILED naming SIGKILL after the retries; recoverable.
+
+    A rank killed by SIGKILL on every attempt: FAILED after the retries, the reason names SIGKILL; the raw
+    file is untouched and the job can be resubmitted.
+    """
     mon = _monitor(tmp_path, LocalExecutor(ranks=2, python=_killing_python(tmp_path, "KILL", kills=99)),
                    max_retries=1)
     scan = Scan(tmp_path, mon)
@@ -225,16 +260,25 @@ def test_rank_killed_every_time_fails_with_the_signal(tmp_path):
 
 
 def test_exit_code_of_a_signal_from_the_shell():
-    """A shell's 128+N exit code (and hydra's 'KILLED BY SIGNAL' line) both mean a transient failure named by its signal."""
+    """Exit 128+N or hydra's signal line: a transient failure named by its signal.
+
+    A shell's 128+N exit code (and hydra's 'KILLED BY SIGNAL' line) both mean a transient failure named by
+    its signal.
+    """
     st = status_from_exit_code(137)
     assert st.transient and "SIGKILL" in st.reason
-    st = status_from_exit_code(9, log_text="YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)")
+    hydra = "YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)"
+    st = status_from_exit_code(9, log_text=hydra)
     assert st.transient and "SIGKILL" in st.reason
     assert not status_from_exit_code(66).transient
 
 
 def test_staging_on_a_full_disk_is_a_recorded_failure(tmp_path, monkeypatch):
-    """ENOSPC while writing the job's input: the job is FAILED with 'No space left', the run's error list says so, the raw file is untouched."""
+    """ENOSPC while staging: job FAILED 'No space left', in the run's error list.
+
+    ENOSPC while writing the job's input: the job is FAILED with 'No space left', the run's error list
+    says so, the raw file is untouched.
+    """
     import bluesky_tomo_hpc.jobs.submit_sink as submit_sink
 
     def full(*args, **kwargs):
@@ -252,7 +296,11 @@ def test_staging_on_a_full_disk_is_a_recorded_failure(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_job_outputs_on_a_full_tmpfs(tmp_path):
-    """Job outputs on a 256 KiB tmpfs: the batch program fails for lack of space, the job is recorded FAILED (or retried) with the reason, the raw file is untouched."""
+    """Job outputs on a full 256 KiB tmpfs: job FAILED with the reason, raw intact.
+
+    Job outputs on a 256 KiB tmpfs: the batch program fails for lack of space, the job is recorded FAILED
+    (or retried) with the reason, the raw file is untouched.
+    """
     import subprocess
 
     mnt = tmp_path / "small"
@@ -277,7 +325,11 @@ def test_job_outputs_on_a_full_tmpfs(tmp_path):
 
 
 def test_submission_without_slurm_is_a_failure(tmp_path, monkeypatch):
-    """Slurm absent (no sbatch on PATH): the job is FAILED with a reason naming sbatch, the run's error list has it, nothing is reported as submitted."""
+    """Slurm absent: job FAILED naming sbatch, in the run's error list, not 'submitted'.
+
+    Slurm absent (no sbatch on PATH): the job is FAILED with a reason naming sbatch, the run's error list
+    has it, nothing is reported as submitted.
+    """
     from bluesky_tomo_hpc.jobs.executors.slurm import SlurmExecutor
 
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
@@ -291,15 +343,20 @@ def test_submission_without_slurm_is_a_failure(tmp_path, monkeypatch):
     assert scan.raw_intact() and rec.job.input_path.exists()
 
 
-def test_reprocess_without_slurm_counts_a_failure_and_exits_1(tmp_path, monkeypatch, RE, tiled_server, capsys):
-    """'reprocess --executor slurm' with Slurm absent: the summary says 1 failed, 0 submitted, and the exit code is 1."""
+def test_reprocess_without_slurm_counts_a_failure_and_exits_1(tmp_path, monkeypatch, RE, tiled_server,
+                                                              capsys):
+    """reprocess with Slurm absent: summary '1 failed, 0 submitted', exit code 1.
+
+    'reprocess --executor slurm' with Slurm absent: the summary says 1 failed, 0 submitted, and the exit
+    code is 1.
+    """
     from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
 
     from bluesky_tomo_hpc.cli.main import main
     from bluesky_tomo_hpc.results.tiled_server import raw_catalog
     from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
     from bluesky_tomo_hpc.sim.plans import tomo_scan
-    from tiled.client import from_uri
 
     raw = raw_catalog(from_uri(tiled_server.uri))
     RE.subscribe(TiledWriter(raw, batch_size=1))
@@ -315,7 +372,11 @@ def test_reprocess_without_slurm_counts_a_failure_and_exits_1(tmp_path, monkeypa
 
 @pytest.mark.slurm
 def test_slurm_controller_down_then_back(tmp_path):
-    """slurmctld down at submission: a transient failure (RETRY_WAIT, reason from sbatch); once Slurm is back the retry runs the job to DONE."""
+    """slurmctld down at submission: RETRY_WAIT with sbatch's reason, DONE once back.
+
+    slurmctld down at submission: a transient failure (RETRY_WAIT, reason from sbatch); once Slurm is back
+    the retry runs the job to DONE.
+    """
     import subprocess
 
     from bluesky_tomo_hpc.jobs.executors.slurm import SlurmExecutor
@@ -339,7 +400,8 @@ def test_slurm_controller_down_then_back(tmp_path):
         rec = mon.journal.get(scan.sink.job_ids[0])
         assert rec.state == "RETRY_WAIT" and "sbatch failed" in rec.error, (rec.state, rec.error)
     finally:
-        up = subprocess.run(["bash", str(services / "slurm_up.sh")], capture_output=True, text=True, timeout=300)
+        up = subprocess.run(["bash", str(services / "slurm_up.sh")], capture_output=True, text=True,
+                            timeout=300)
         assert up.returncode == 0, up.stderr
     rec = mon.wait(rec.job_id, 300)
     assert rec.state == "DONE", (rec.state, rec.error)

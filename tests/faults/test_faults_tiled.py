@@ -71,7 +71,12 @@ def _scan(RE, pipe: TomoPipeline, on_doc=None) -> str:
 
 
 def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, tmp_path, tiled):
-    """Tiled killed mid-scan: scan completes; raw run in the JSONL backup and the volume in the spool, both errors in the run's list; after a restart the recovery thread completes the raw run and registers the volume."""
+    """Tiled killed mid-scan: all kept locally and reported, in Tiled once it is back.
+
+    Tiled killed mid-scan: scan completes; raw run in the JSONL backup and the volume in the spool, both
+    errors in the run's list; after a restart the recovery thread completes the raw run and registers the
+    volume.
+    """
     pipe = _pipeline(tmp_path, tiled)
     state = {"events": 0}
 
@@ -111,7 +116,11 @@ def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, tmp_pat
 
 
 def test_backup_replayed_twice_gives_no_conflict(RE, tmp_path, tiled):
-    """Replaying a raw-run backup into a Tiled that already has the complete run: 'already-complete', no HTTP 409, nothing changed."""
+    """Backup replayed into a Tiled that has the run: 'already-complete', no HTTP 409.
+
+    Replaying a raw-run backup into a Tiled that already has the complete run: 'already-complete', no HTTP
+    409, nothing changed.
+    """
     pipe = _pipeline(tmp_path, tiled)
     try:
         uid = _scan(RE, pipe)
@@ -133,7 +142,11 @@ def test_backup_replayed_twice_gives_no_conflict(RE, tmp_path, tiled):
 
 
 def test_partial_run_completed_from_backup(RE, tmp_path, tiled):
-    """A raw run left in Tiled without its stop (a Tiled crash) is completed from the JSONL backup: stop present, every stream readable, detector files untouched."""
+    """Raw run left without its stop: completed from the backup, files untouched.
+
+    A raw run left in Tiled without its stop (a Tiled crash) is completed from the JSONL backup: stop
+    present, every stream readable, detector files untouched.
+    """
     from bluesky.callbacks.json_writer import JSONLinesWriter
     from bluesky_tiled_plugins import TiledWriter
 
@@ -162,7 +175,11 @@ def test_partial_run_completed_from_backup(RE, tmp_path, tiled):
 
 
 def test_backup_without_stop_is_closed_only_when_asked(RE, tmp_path, tiled):
-    """A backup with no stop (the acquisition died too) is left alone by default and closed as 'abort' with a reason by --complete-unstopped."""
+    """Backup without a stop: left alone, closed as 'abort' only when asked.
+
+    A backup with no stop (the acquisition died too) is left alone by default and closed as 'abort' with a
+    reason by --complete-unstopped.
+    """
     from bluesky.callbacks.json_writer import JSONLinesWriter
 
     raw = raw_catalog(tiled.client())
@@ -182,7 +199,11 @@ def test_backup_without_stop_is_closed_only_when_asked(RE, tmp_path, tiled):
 
 
 def test_torn_backup_line_is_ignored(RE, tmp_path, tiled):
-    """A backup whose last line was torn by a crash: the complete documents are replayed, the torn one ignored."""
+    """Backup with a torn last line: complete documents replayed, torn one ignored.
+
+    A backup whose last line was torn by a crash: the complete documents are replayed, the torn one
+    ignored.
+    """
     from bluesky.callbacks.json_writer import JSONLinesWriter
 
     raw = raw_catalog(tiled.client())
@@ -201,7 +222,11 @@ def test_torn_backup_line_is_ignored(RE, tmp_path, tiled):
 
 
 def test_tiled_down_at_stop_recover_command(RE, tmp_path, tiled, monkeypatch, capsys):
-    """Tiled down at the scan's stop: volume spooled, raw run backed up; 'recover' fails while Tiled is down (nothing removed) and exits 0 once it is back, with run and volume in Tiled."""
+    """Tiled down at stop: 'recover' keeps everything until Tiled is back, then exits 0.
+
+    Tiled down at the scan's stop: volume spooled, raw run backed up; 'recover' fails while Tiled is down
+    (nothing removed) and exits 0 once it is back, with run and volume in Tiled.
+    """
     from bluesky_tomo_hpc.cli.main import main
 
     pipe = _pipeline(tmp_path, tiled)
@@ -220,8 +245,10 @@ def test_tiled_down_at_stop_recover_command(RE, tmp_path, tiled, monkeypatch, ca
     assert [e.raw_uid for e in spool.pending()] == [uid]
     monkeypatch.setenv("TILED_API_KEY", tiled.api_key)
     argv = ["recover", "--data-dir", str(tmp_path / "data"), "--tiled-uri", tiled.uri]
-    with pytest.raises(Exception):  # Tiled unreachable: nothing is removed
-        main(argv)
+    try:  # Tiled unreachable: an error (one line or an exit code), and nothing is removed
+        assert main(argv) != 0
+    except Exception as exc:
+        assert "connect" in str(exc).lower() or "refused" in str(exc).lower(), exc
     assert [e.raw_uid for e in spool.pending()] == [uid]
     tiled.start()
     assert main(argv) == 0
@@ -234,7 +261,11 @@ def test_tiled_down_at_stop_recover_command(RE, tmp_path, tiled, monkeypatch, ca
 
 
 def test_spool_on_full_disk_is_reported_not_silent(RE, tmp_path, tiled, monkeypatch):
-    """Tiled down and the disk full (ENOSPC while spooling): the scan completes, the raw data stays, and the run's error list says the volume could not be kept and why."""
+    """Tiled down and disk full: scan completes, the run's error list says why.
+
+    Tiled down and the disk full (ENOSPC while spooling): the scan completes, the raw data stays, and the
+    run's error list says the volume could not be kept and why.
+    """
     import errno
 
     import bluesky_tomo_hpc.results.spool as spool_mod
