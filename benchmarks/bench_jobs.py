@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.jobs.executors.local import LocalExecutor
+from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
 from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor

@@ -15,8 +15,8 @@ from .model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec  # noqa: E
 
 def configure(RE, settings=None, **kwargs):  # type: ignore[no-untyped-def]
     """Subscribe raw-data writing and automatic reconstruction to ``RE``; returns the
-    :class:`~bluesky_tomo_hpc.pipeline.TomoPipeline`. See :func:`bluesky_tomo_hpc.pipeline.configure`."""
-    from .pipeline import configure as _configure
+    :class:`~bluesky_tomo_hpc.live.session.TomoPipeline` (see ``live.session.configure``)."""
+    from .live.session import configure as _configure
 
     return _configure(RE, settings, **kwargs)
 

@@ -1,9 +1,11 @@
 """Reconstruct a scan file with the engine, no RunEngine involved.
 
 Reads an APS data-exchange (or NeXus/NXtomo) HDF5 file, finds the rotation centre, reconstructs
-every detector row and writes a Zarr volume, a provenance JSON and a PNG of three orthogonal
-slices. By default it uses TomoPy's tooth (181 angles, 2 rows, 640 columns), whose centre peers
-put at 296 px::
+every detector row in memory and writes the result folder every path writes (OME-Zarr, TIFF
+per detector row, provenance JSON; see ``results.volume_files``) and a PNG of three orthogonal
+slices. For files larger than memory use ``bluesky-tomo-hpc recon FILE`` (slabs, same outputs).
+By default it uses TomoPy's tooth (181 angles, 2 rows, 640 columns), whose centre peers put at
+296 px::
 
     python examples/reconstruct_file.py                       # ../shared/data/tomopy_tooth/tooth.h5
     python examples/reconstruct_file.py scan.h5 --out rec --filter hann --center 1023.5
@@ -19,11 +21,12 @@ import json
 from pathlib import Path
 
 from bluesky_tomo_hpc import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
-from bluesky_tomo_hpc.results.files import write_provenance, write_zarr_volume
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
 from bluesky_tomo_hpc.results.pictures import save_orthoslices_png
+from bluesky_tomo_hpc.results.provenance import CenterChoice, command_line, file_sha256, provenance_record
 from bluesky_tomo_hpc.results.tiled_results import preview_slices
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.results.volume_files import VolumeWriter
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 TOOTH = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tomopy_tooth" / "tooth.h5"
 
@@ -44,10 +47,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     result = reconstruct_scan(scan, params)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_zarr_volume(out / "recon.zarr", result.volume, attrs={"params_hash": params.params_hash})
-    write_provenance(out / "provenance.json", result, extra={"source_file": str(args.file)})
-    png = save_orthoslices_png(preview_slices(result.volume), out / "slices.png",
+    with VolumeWriter(out, result.volume.shape, first_row=result.rows[0], row_step=params.binning,
+                      voxel_size_um=scan.metadata.get("pixel_size_um"), overwrite=True) as writer:
+        writer.write(0, result.volume)
+        writer.finish(provenance_record(
+            params=params, center=CenterChoice(result.center, result.center_confidence, result.center_method),
+            source={"path": str(Path(args.file).resolve()), "sha256": file_sha256(args.file)},
+            call=command_line(), timings_s=result.timings, shape=result.volume.shape, rows=result.rows,
+            voxel_size_um=scan.metadata.get("pixel_size_um"), engine=result.engine, warnings=result.warnings))
+    png = save_orthoslices_png(preview_slices(result.volume), out.with_name(out.name + "_slices.png"),
                                f"centre {result.center:.2f} px")
     summary = {
         "center": round(result.center, 2),

@@ -20,8 +20,8 @@ from pathlib import Path
 from bluesky import RunEngine
 
 import bluesky_tomo_hpc
-from bluesky_tomo_hpc.config import load_settings
 from bluesky_tomo_hpc.results.tiled_results import latest_reconstruction
+from bluesky_tomo_hpc.settings import load_settings
 from bluesky_tomo_hpc.sim import make_sim_beamline, tomo_scan
 
 

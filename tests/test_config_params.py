@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from bluesky_tomo_hpc import ReconParams, RingRemoval
 from bluesky_tomo_hpc.cli.main import main as cli_main
-from bluesky_tomo_hpc.config import env_overrides, load_settings
+from bluesky_tomo_hpc.settings import env_overrides, load_settings
 
 
 def test_defaults_file_env_precedence(tmp_path):

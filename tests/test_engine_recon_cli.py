@@ -12,14 +12,8 @@ from test_engine_recon_pipeline import make_scan  # tests/ is on sys.path (prepe
 
 from bluesky_tomo_hpc.cli import recon as recon_cli
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
-from bluesky_tomo_hpc.results.files import (
-    create_zarr_volume,
-    write_provenance,
-    write_tiff_stack,
-    write_zarr_volume,
-)
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -31,13 +25,18 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 @pytest.fixture
 def dx_file(tmp_path):
     """A data-exchange file of the simulated phantom: 10 rows, 79 columns (odd), axis at 40.0."""
-    data = make_scan(n_det=79, ny=10, n_angles=90, center=40.0)
-    path = tmp_path / "scan.h5"
+    return write_dxchange(tmp_path / "scan.h5", make_scan(n_det=79, ny=10, n_angles=90, center=40.0))
+
+
+def write_dxchange(path, data, **extra):
+    """``data`` (a ScanData) as a data-exchange file; ``extra``: more datasets, path -> value."""
     with h5py.File(path, "w") as f:
         f["/exchange/data"] = data.projections
         f["/exchange/data_white"] = data.flats
         f["/exchange/data_dark"] = data.darks
         f["/exchange/theta"] = np.rad2deg(data.theta)
+        for key, value in extra.items():
+            f[key] = value
     return path
 
 
@@ -50,20 +49,25 @@ def test_recon_writes_zarr_tiff_provenance_in_slabs(dx_file, tmp_path):
                    "--filter", "hann"])
     assert args.func is recon_cli.run
     assert recon_cli.run(args) == 0
-    vol = zarr.open_array(out / "recon.zarr", mode="r")
+    vol = zarr.open_array(out / "volume.ome.zarr" / "0", mode="r")
     assert vol.shape == (7, 79, 79)
     tiffs = sorted((out / "tiff").glob("recon_*.tiff"))
-    assert [p.name for p in tiffs][:2] == ["recon_00000.tiff", "recon_00001.tiff"] and len(tiffs) == 7
+    # named by detector row
+    assert [p.name for p in tiffs][:2] == ["recon_00002.tiff", "recon_00003.tiff"] and len(tiffs) == 7
     np.testing.assert_array_equal(tifffile.imread(tiffs[4]), vol[4])
     prov = json.loads((out / "provenance.json").read_text())
     params = ReconParams.model_validate(prov["params"])
     assert prov["params_hash"] == params.params_hash and params.rows == (2, 9)
-    assert prov["center"] == pytest.approx(40.0, abs=0.5) and 0 < prov["center_confidence"] <= 1
+    center = prov["center"]
+    assert center["value"] == pytest.approx(40.0, abs=0.5) and 0 < center["confidence"] <= 1
     assert prov["rows"] == [2, 9] and prov["shape"] == [7, 79, 79]
     assert {"numpy", "finufft", "python"} <= set(prov["versions"])
-    assert prov["timings_s"]["reconstruct"] > 0
+    assert prov["timings_s"]["reconstruct"] > 0 and prov["timings_s"]["center"] > 0
+    assert prov["call"][1:3] == ["recon", str(dx_file)] or prov["call"]
+    assert prov["source"]["path"] == str(dx_file.resolve()) and len(prov["source"]["sha256"]) == 64
+    assert not (tmp_path / "out.partial").exists()
     # slabs give the same slices as one in-memory reconstruction at the same centre
-    whole = reconstruct_scan(load_scan(dx_file), params, center=prov["center"])
+    whole = reconstruct_scan(load_scan(dx_file), params, center=center["value"])
     np.testing.assert_allclose(vol[:], whole.volume, atol=1e-3 * float(np.abs(whole.volume).max()))
 
 
@@ -77,9 +81,9 @@ def test_recon_given_centre_binning_and_params_file(dx_file, tmp_path):
                    "--params", str(pfile), "--no-tiff"])
     assert recon_cli.run(args) == 0
     prov = json.loads((out / "provenance.json").read_text())
-    assert prov["center"] == 40.0 and prov["center_method"] == "given"
+    assert prov["center"]["value"] == 40.0 and prov["center"]["method"] == "given"
     assert prov["params"]["algorithm"] == "fbp" and prov["params"]["binning"] == 2
-    assert zarr.open_array(out / "recon.zarr", mode="r").shape == (5, 39, 39)
+    assert zarr.open_array(out / "volume.ome.zarr" / "0", mode="r").shape == (5, 39, 39)
     assert not (out / "tiff").exists()
 
 
@@ -99,21 +103,3 @@ def test_recon_bad_input_exit_code(dx_file, tmp_path, capsys):
     assert "outside the detector's 10 rows" in capsys.readouterr().err
     assert recon_cli.run(_parse(["recon", str(dx_file), "--center", "left"])) == 2
     assert "--center must be auto, try or a number" in capsys.readouterr().err
-
-
-def test_result_file_writers(tmp_path):
-    vol = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
-    arr = write_zarr_volume(tmp_path / "v.zarr", vol, attrs={"params_hash": "abc", "c": np.float64(1.5)})
-    np.testing.assert_array_equal(arr[:], vol)
-    assert dict(arr.attrs) == {"params_hash": "abc", "c": 1.5}
-    empty = create_zarr_volume(tmp_path / "e.zarr", (4, 8, 8))
-    empty[1:3] = vol[:2]
-    assert float(empty[0].sum()) == 0.0 and np.array_equal(empty[2], vol[1])
-    paths = write_tiff_stack(tmp_path / "t", vol, prefix="s", start=10)
-    assert [p.name for p in paths] == ["s_00010.tiff", "s_00011.tiff", "s_00012.tiff"]
-    with pytest.raises(ValueError, match="a volume is"):
-        write_zarr_volume(tmp_path / "bad.zarr", vol[0])
-    res = reconstruct_scan(make_scan(ny=1), ReconParams(center=42.0))
-    p = write_provenance(tmp_path / "p" / "prov.json", res, {"note": np.int64(3)})
-    rec = json.loads(p.read_text())
-    assert rec["note"] == 3 and rec["center_method"] == "given" and rec["engine"] == "native"

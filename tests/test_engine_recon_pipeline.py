@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import (
+from bluesky_tomo_hpc.engine.projector import ellipse_image, ellipse_sinogram
+from bluesky_tomo_hpc.engine.reconstruct import (
     ReconResult,
     bin_frames,
     preprocess_projections,
@@ -15,7 +16,6 @@ from bluesky_tomo_hpc.engine.pipeline import (
     to_binned,
     to_unbinned,
 )
-from bluesky_tomo_hpc.engine.projector import ellipse_image, ellipse_sinogram
 from bluesky_tomo_hpc.model import MissingCalibrationError, ScanData, TomoDataError
 
 MU = 0.03  # attenuation per pixel of phantom value 1: keeps transmission in a realistic range
@@ -149,7 +149,7 @@ def test_clear_errors():
 
 
 def test_tooth_real_data_centre(shared_data):
-    from bluesky_tomo_hpc.sources.files import load_scan
+    from bluesky_tomo_hpc.sources.raw_files import load_scan
 
     data = load_scan(shared_data / "tomopy_tooth" / "tooth.h5")
     res = reconstruct_scan(data, ReconParams())
@@ -159,7 +159,7 @@ def test_tooth_real_data_centre(shared_data):
     assert res.center_method.startswith("auto:") and res.center_method.endswith("+sharpness")
     # the slice is sharpest (least total variation) within a pixel of the automatic centre
     from bluesky_tomo_hpc.engine.center import total_variation
-    from bluesky_tomo_hpc.engine.pipeline import preprocess_projections, reconstruct_sinograms
+    from bluesky_tomo_hpc.engine.reconstruct import preprocess_projections, reconstruct_sinograms
 
     proj_log, theta, _ = preprocess_projections(data, ReconParams())
     cands = np.arange(290.0, 302.01, 1.0)

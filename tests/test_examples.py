@@ -38,7 +38,7 @@ def test_reconstruct_file_finds_the_tooth_centre(tmp_path, shared_data):
     assert summary["shape"] == [2, 640, 640]
     import zarr
 
-    vol = zarr.open_array(str(tmp_path / "rec" / "recon.zarr"), mode="r")
+    vol = zarr.open_array(str(tmp_path / "rec" / "volume.ome.zarr" / "0"), mode="r")
     assert vol.shape == (2, 640, 640) and float(abs(vol[1]).max()) > 0
     prov = json.loads((tmp_path / "rec" / "provenance.json").read_text())
     assert prov["params_hash"] == summary["params_hash"]

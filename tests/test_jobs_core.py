@@ -10,16 +10,16 @@ import pytest
 from test_jobs_support import make_raw_scan
 
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.jobs.batch import chunk_split
+from bluesky_tomo_hpc.jobs.batch_program import chunk_split
 from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
 from bluesky_tomo_hpc.jobs.journal import Journal, JournalError, stage_statistics
-from bluesky_tomo_hpc.jobs.movers.base import TransferError
-from bluesky_tomo_hpc.jobs.movers.local import LocalMover
+from bluesky_tomo_hpc.jobs.movers.copy import LocalMover
+from bluesky_tomo_hpc.jobs.movers.mover import TransferError
 from bluesky_tomo_hpc.jobs.retention import RetentionRule, RetentionScheduler, prune
 from bluesky_tomo_hpc.jobs.sizing import Allocation, CostModel, SizingError, size_job
 from bluesky_tomo_hpc.jobs.staging import write_exchange_file
 from bluesky_tomo_hpc.model import FrameBatch, TomoDataError
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 
 def _job(tmp_path, run="r1", **params) -> ReconJob:
@@ -222,10 +222,10 @@ def test_cli_lists_stats_and_cancels(tmp_path, capsys):
 
 
 def test_factory_builds_from_settings(tmp_path):
-    from bluesky_tomo_hpc.config import Settings
     from bluesky_tomo_hpc.jobs.executors import make_executor
-    from bluesky_tomo_hpc.jobs.executors.local import LocalExecutor
+    from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
     from bluesky_tomo_hpc.jobs.factory import make_monitor, make_submit_sink
+    from bluesky_tomo_hpc.settings import Settings
 
     s = Settings.model_validate(
         {
@@ -245,9 +245,9 @@ def test_factory_builds_from_settings(tmp_path):
 
 def test_submit_sink_sizes_jobs_from_the_scan_and_refuses_oversize(tmp_path):
     """Without jobs.ranks the factory sizes each job from the scan shape and the allocation."""
-    from bluesky_tomo_hpc.config import Settings
     from bluesky_tomo_hpc.jobs.factory import make_submit_sink
     from bluesky_tomo_hpc.jobs.sizing import SizingError
+    from bluesky_tomo_hpc.settings import Settings
 
     # 1e-10 s per voxel and projection: our Fourier method on this machine (benchmarks/)
     settings = Settings(data_dir=tmp_path, jobs={"executor": "local", "seconds_per_voxel_projection": 1e-10,

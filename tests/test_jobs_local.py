@@ -14,15 +14,15 @@ import zarr
 from test_jobs_support import make_raw_scan
 
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.pipeline import reconstruct_scan
-from bluesky_tomo_hpc.jobs.batch import EX_NOINPUT
-from bluesky_tomo_hpc.jobs.executors.local import LocalExecutor, _start_time
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
+from bluesky_tomo_hpc.jobs.batch_program import EX_NOINPUT
+from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor, _start_time
 from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions, processed_container
-from bluesky_tomo_hpc.sources.files import load_scan
+from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 _HAVE_MPIEXEC = shutil.which("mpiexec") is not None or Path(sys.executable).with_name("mpiexec").exists()
 pytestmark = [
@@ -95,7 +95,8 @@ def test_two_ranks_end_to_end_into_tiled(tmp_path, monitor, tiled_client):
     assert zarr.open_array(result["ome_zarr"] + "/1", mode="r").shape == (8, 32, 32)
     assert len(list((rec.job.outputs.tiff_dir).glob("*.tiff"))) == 16
     prov = json.loads(rec.job.outputs.provenance_path.read_text())
-    assert prov["params_hash"] == ReconParams().params_hash and prov["result"]["ranks"] == 2
+    assert prov["params_hash"] == ReconParams().params_hash and prov["extra"]["ranks"] == 2
+    assert prov["source"]["run_uid"] == spec.run_uid and prov["center"]["value"] == result["center"]
 
     # in Tiled, linked to the raw run, lazily sliceable
     nodes = find_reconstructions(processed_container(tiled_client), raw_uid=spec.run_uid)
@@ -218,7 +219,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_jobs_support import make_raw_scan
-from bluesky_tomo_hpc.jobs.executors.local import LocalExecutor
+from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.job import Resources

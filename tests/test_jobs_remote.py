@@ -12,13 +12,13 @@ import responses
 
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.executors.alcf import AlcfExecutor
-from bluesky_tomo_hpc.jobs.executors.base import PermanentError, RemoteState
+from bluesky_tomo_hpc.jobs.executors.executor import PermanentError, RemoteState
 from bluesky_tomo_hpc.jobs.executors.nersc import NerscExecutor
 from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
-from bluesky_tomo_hpc.jobs.movers.base import TransferError
 from bluesky_tomo_hpc.jobs.movers.globus import GlobusMover
+from bluesky_tomo_hpc.jobs.movers.mover import TransferError
 
 REC = Path(__file__).parent / "fixtures" / "recorded"
 API = "https://api.nersc.gov/api/v1.2"

@@ -11,12 +11,12 @@ import logging
 import numpy as np
 import pytest
 
-from bluesky_tomo_hpc.config import Settings
-from bluesky_tomo_hpc.demo import phantom_correlation
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.pipeline import TomoPipeline
+from bluesky_tomo_hpc.live.demo_run import phantom_correlation
+from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
 from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+from bluesky_tomo_hpc.settings import Settings
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.plans import tomo_dark_flat, tomo_scan
 
@@ -97,7 +97,7 @@ def test_no_flats_is_a_named_error_and_the_scan_completes(RE, pipeline, caplog):
 
 
 def test_reconstruction_crash_never_aborts_the_scan(RE, pipeline, monkeypatch):
-    import bluesky_tomo_hpc.engine.pipeline as engine_pipeline
+    import bluesky_tomo_hpc.engine.reconstruct as engine_pipeline
 
     def explode(*args, **kwargs):
         raise FloatingPointError("injected fault in the engine")

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from bluesky_tomo_hpc.preview_protocol import (
+from bluesky_tomo_hpc.sinks.preview_stream import (
     TOPIC,
     PreviewProtocolError,
     PreviewPublisher,

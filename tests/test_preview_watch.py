@@ -13,8 +13,8 @@ import tifffile
 from test_preview import feed, phantom_scan, spec_for  # tests/ is on sys.path
 
 from bluesky_tomo_hpc.model import ScanEnd
-from bluesky_tomo_hpc.preview_protocol import PreviewPublisher
 from bluesky_tomo_hpc.sinks.preview import PreviewSink
+from bluesky_tomo_hpc.sinks.preview_stream import PreviewPublisher
 
 WATCH = [sys.executable, "-m", "bluesky_tomo_hpc.cli.main", "watch"]
 

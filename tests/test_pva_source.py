@@ -185,7 +185,7 @@ class Lines:
 @pytest.mark.pva
 def test_worker_previews_a_scan_streamed_as_ntndarray_frames(tmp_path):
     from bluesky_tomo_hpc.engine.projector import ellipse_image
-    from bluesky_tomo_hpc.preview_protocol import PreviewSubscriber
+    from bluesky_tomo_hpc.sinks.preview_stream import PreviewSubscriber
 
     env = loopback_env(free_port(), free_port(socket.SOCK_DGRAM))
     channel = f"test:{os.getpid()}:image"

@@ -8,11 +8,11 @@ from ophyd.sim import det
 
 from bluesky_tomo_hpc import ReconParams
 from bluesky_tomo_hpc.cli.main import main as cli_main
-from bluesky_tomo_hpc.config import Settings
-from bluesky_tomo_hpc.pipeline import TomoPipeline
-from bluesky_tomo_hpc.reprocess import ReprocessError, RunQuery, reprocess
+from bluesky_tomo_hpc.live.catalog_replay import ReprocessError, RunQuery, reprocess
+from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
 from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+from bluesky_tomo_hpc.settings import Settings
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.plans import tomo_dark_flat, tomo_scan
 
@@ -128,7 +128,7 @@ def test_batch_submission_through_local_mpi(catalog):
     from bluesky_tomo_hpc.jobs.job import Resources
     from bluesky_tomo_hpc.jobs.journal import Journal
     from bluesky_tomo_hpc.jobs.monitor import JobMonitor
-    from bluesky_tomo_hpc.reprocess import batch_submitter
+    from bluesky_tomo_hpc.live.catalog_replay import batch_submitter
 
     params = ReconParams(filter_name="shepp", algorithm="fbp")
     root = catalog["root"]

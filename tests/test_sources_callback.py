@@ -47,7 +47,7 @@ def test_sim_step_scan_end_to_end(RE, tmp_path, flavour, external):
     if flavour == "ophyd_async" or external:
         for batch in sink.batches:  # the frames are exactly those at their origin in the file
             np.testing.assert_array_equal(batch.frames, _frames_at_origin(batch))
-    cb.stop()
+    cb.close()
 
 
 def test_sim_fly_scan_measured_angles(RE, tmp_path):
@@ -69,7 +69,7 @@ def test_sim_fly_scan_measured_angles(RE, tmp_path):
     np.testing.assert_allclose(np.degrees(angles), measured[:20])
     # (not the nominal angles: the planned trajectory is only the fallback)
     assert not np.allclose(np.degrees(angles), np.arange(20) * 9.0)
-    cb.stop()
+    cb.close()
 
 
 def test_sim_separate_dark_flat_run(RE, tmp_path):
@@ -84,7 +84,7 @@ def test_sim_separate_dark_flat_run(RE, tmp_path):
     assert sink.specs[0].run_uid == uid and sink.specs[0].dark_flat_uid == df_uid
     assert sink.ends[0].num_frames == {"dark": 2, "flat": 3, "projection": 6}
     assert [b.role for b in sink.batches[:5]].count(FrameRole.PROJECTION) == 0
-    cb.stop()
+    cb.close()
 
 
 @pytest.mark.parametrize("fail_on", ["open", "add"])
@@ -98,7 +98,7 @@ def test_sink_exception_never_reaches_the_run_engine(RE, tmp_path, fail_on):
     assert len(cb.errors) == 1
     assert cb.errors[0][0] == uid and f"sink RecordingSink.{fail_on} failed" in cb.errors[0][1]
     assert cb.errors_for(uid) == [cb.errors[0][1]] and cb.errors_for("other") == []
-    cb.stop()
+    cb.close()
 
 
 def test_sink_factory_exception_and_garbage_documents(RE, tmp_path):
@@ -115,7 +115,7 @@ def test_sink_factory_exception_and_garbage_documents(RE, tmp_path):
     messages = [m for _, m in cb.errors]
     assert any("no GPU today" in m for m in messages)
     assert len(messages) == 3
-    cb.stop()
+    cb.close()
 
 
 def test_bounded_queue_drops_frames_but_keeps_structure(tmp_path):
@@ -138,7 +138,7 @@ def test_bounded_queue_drops_frames_but_keeps_structure(tmp_path):
     (sink,) = sinks
     assert len(sink.ends) == 1  # the stop document was never dropped
     assert sink.ends[0].num_frames["projection"] < 20
-    assert cb.stop(5) and not cb.alive
+    assert cb.close(5) and not cb.alive
 
 
 @pytest.mark.slow

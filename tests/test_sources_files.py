@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bluesky_tomo_hpc.model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
-from bluesky_tomo_hpc.sources.files import describe_scan, iter_file_stream, load_scan
+from bluesky_tomo_hpc.sources.raw_files import describe_scan, iter_file_stream, load_scan
 
 K11 = "httomo_k11_diad/k11-18014.nxs"
 TOOTH = "tomopy_tooth/tooth.h5"

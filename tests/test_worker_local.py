@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 from test_preview import disc, feed, phantom_scan, spec_for  # tests/ is on sys.path
 
-from bluesky_tomo_hpc.config import Settings
+from bluesky_tomo_hpc.live.stream_worker import RunJournal, StreamWorker
 from bluesky_tomo_hpc.model import ScanEnd
-from bluesky_tomo_hpc.worker import RunJournal, StreamWorker
+from bluesky_tomo_hpc.settings import Settings
 
 
 def preview_only(tmp_path) -> Settings:

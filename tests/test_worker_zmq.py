@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("zmq")
 
-from bluesky_tomo_hpc.preview_protocol import PreviewSubscriber, PreviewUpdate  # noqa: E402
+from bluesky_tomo_hpc.sinks.preview_stream import PreviewSubscriber, PreviewUpdate  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

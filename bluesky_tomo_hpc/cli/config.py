@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
     from pydantic import ValidationError
 
-    from ..config import load_settings
+    from ..settings import load_settings
 
     try:
         settings = load_settings()

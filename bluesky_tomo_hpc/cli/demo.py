@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..demo import run_demo
+    from ..live.demo_run import run_demo
 
     console = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
     console.rule("[bold]bluesky_tomo_hpc demo")

@@ -39,17 +39,17 @@ def _journal(args: argparse.Namespace) -> Any:
 
     if args.journal is not None:
         return Journal(args.journal)
-    from ..config import load_settings
+    from ..settings import load_settings
 
     return Journal(load_settings().journal_path)
 
 
 def _monitor(journal: Any, poll: float) -> Any:
     """A monitor with an executor for every executor name the journal's active jobs use."""
-    from ..config import load_settings
     from ..jobs.executors import make_executor
     from ..jobs.monitor import JobMonitor
     from ..results.batch_registration import tiled_container
+    from ..settings import load_settings
 
     settings = load_settings()
     names = {r.executor for r in journal.jobs(active_only=True)} | {settings.jobs.executor}

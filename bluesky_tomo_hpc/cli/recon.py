@@ -1,8 +1,10 @@
-"""``bluesky-tomo-hpc recon FILE``: reconstruct a data-exchange or NXtomo file to Zarr + TIFF.
+"""``bluesky-tomo-hpc recon FILE``: reconstruct a data-exchange or NXtomo file to disk.
 
-Why a CLI: the same engine the live sinks use, for a file on disk (re-processing, checking a
-centre, a user's laptop). The file is read in slabs of detector rows, so memory stays bounded
-whatever its size; ``--center try`` writes a contact sheet of candidate centres instead.
+Why a CLI: the same program as the HPC batch job (:mod:`bluesky_tomo_hpc.jobs.batch_program` on one rank,
+no MPI needed), for a file on disk (re-processing, checking a centre, a user's laptop). Rows are
+read in slabs sized from the memory budget, reading and writing overlap the reconstruction, and
+the result folder (OME-Zarr, TIFF per detector row, provenance JSON) appears only when complete;
+``--center try`` writes a contact sheet of candidate centres instead.
 """
 
 from __future__ import annotations
@@ -15,18 +17,18 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_SLAB_ROWS = 64
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "recon",
         help="reconstruct a data-exchange / NXtomo HDF5 file to Zarr, TIFF and provenance JSON",
         description=(
-            "Reconstruct FILE (APS data-exchange or NeXus NXtomo) with the native engine. Writes "
-            "OUT/recon.zarr, OUT/tiff/recon_NNNNN.tiff and OUT/provenance.json (every parameter, "
-            "its hash, the centre and its confidence, timings, versions). Centres are 0-based "
-            "unbinned detector columns."
+            "Reconstruct FILE (APS data-exchange or NeXus NXtomo): the batch program on one rank. "
+            "Writes OUT/volume.ome.zarr (OME-Zarr multiscales), OUT/tiff/recon_RRRRR.tiff (RRRRR: "
+            "detector row) and OUT/provenance.json (parameters and hash, centre and confidence, "
+            "input checksum, command line, versions, timings). OUT appears only when complete "
+            "(OUT.partial until then); an existing OUT is kept unless --overwrite. Centres are "
+            "0-based unbinned detector columns."
         ),
     )
     p.add_argument("file", type=Path, metavar="FILE", help="HDF5 scan file")
@@ -41,9 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--binning", type=int, help="average BxB pixels before reconstructing")
     p.add_argument("--try-width", type=float, default=5.0, help="try: px either side of the estimate")
     p.add_argument("--try-step", type=float, default=1.0, help="try: px between candidates")
-    p.add_argument("--slab-rows", type=int, default=DEFAULT_SLAB_ROWS,
-                   help=f"detector rows read at a time (memory bound; default {DEFAULT_SLAB_ROWS})")
-    p.add_argument("--no-tiff", action="store_true", help="write the Zarr volume only")
+    p.add_argument("--slab-rows", type=int, metavar="N",
+                   help="at most N detector rows read at a time (default: 16 slices, fewer if the "
+                        "memory budget needs)")
+    p.add_argument("--memory-budget-mb", type=float, metavar="MiB",
+                   help="memory for frames and slices; slab sizes derive from it (default: the "
+                        "memory_budget_mb setting, else a quarter of this machine's memory)")
+    p.add_argument("--pixel-size-um", type=float, metavar="UM",
+                   help="detector pixel size (default: from the file's metadata; unknown: pixels)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing result in --out")
+    p.add_argument("--no-tiff", action="store_true", help="write the OME-Zarr volume only")
     p.set_defaults(func=run)
 
 
@@ -52,12 +61,23 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from ..model import TomoDataError
+    from ..results.volume_files import ResultExistsError, ResultLayout, VolumeWriteError
 
     try:
         return _run(args)
-    except (TomoDataError, ValidationError, ValueError, FileNotFoundError, KeyError) as exc:
+    except (TomoDataError, ValidationError, ValueError, FileNotFoundError, KeyError,
+            ResultExistsError) as exc:
         print(f"recon: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a failed write: the result's name was never created
+        note = "" if isinstance(exc, VolumeWriteError) else (
+            f"; no result was written ({ResultLayout(_out(args)).failure_note} says why)")
+        print(f"recon: {exc}{note}", file=sys.stderr)
+        return 1
+
+
+def _out(args: argparse.Namespace) -> Path:
+    return (args.out or Path(f"{args.file.stem}_rec")).absolute()
 
 
 def _params(args: argparse.Namespace) -> Any:
@@ -84,101 +104,75 @@ def _params(args: argparse.Namespace) -> Any:
     return params.with_updates(**updates) if updates else params
 
 
-def _slabs(r0: int, r1: int, size: int, binning: int) -> list[tuple[int, int]]:
-    size = max(binning, size - size % binning)
-    return [(a, min(a + size, r1)) for a in range(r0, r1, size) if min(a + size, r1) - a >= binning]
+def _job(args: argparse.Namespace, params: Any, out: Path) -> Any:
+    from ..jobs.job import JobOutputs, ReconJob, Resources
+    from ..settings import load_settings
+    from ..sources.raw_files import file_run_uid
 
-
-def _estimate_center(path: Path, rows: tuple[int, int], params: Any, slab: int) -> tuple[float, float, str]:
-    """Centre from (at most) one slab of rows in the middle of the range."""
-    from ..engine.pipeline import find_center, preprocess_projections, to_unbinned
-    from ..sources.files import load_scan
-
-    r0, r1 = rows
-    if r1 - r0 > slab:
-        mid = (r0 + r1) // 2
-        r0 = max(rows[0], mid - slab // 2)
-        r1 = min(rows[1], r0 + slab)
-    data = load_scan(path, rows=(r0, r1))
-    proj_log, theta, _ = preprocess_projections(data, params, rows=(r0, r1))
-    c, conf, method = find_center(proj_log, theta, params)
-    return to_unbinned(c, params.binning), conf, method
+    budget = args.memory_budget_mb if args.memory_budget_mb is not None else load_settings().memory_budget_mb
+    slab_slices = max(1, args.slab_rows // params.binning) if args.slab_rows else JobOutputs.model_fields[
+        "slab_slices"].default
+    return ReconJob(
+        run_uid=file_run_uid(args.file), input_path=args.file.resolve(), params=params,
+        outputs=JobOutputs(directory=out.parent, result_folder=out, tiff=not args.no_tiff,
+                           overwrite=args.overwrite, slab_slices=slab_slices,
+                           pixel_size_um=args.pixel_size_um),
+        resources=Resources(ranks=1, memory_budget_mb=budget),
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..engine.pipeline import ReconResult, reconstruct_scan
+    from ..jobs.batch_program import SingleRank, run
     from ..model import TomoDataError
-    from ..results.files import create_zarr_volume, write_provenance, write_tiff_stack
-    from ..sources.files import describe_scan
+    from ..sources.raw_files import describe_scan
 
     path: Path = args.file
     if not path.is_file():
         raise FileNotFoundError(f"no such scan file: {path}")
     params = _params(args)
-    desc = describe_scan(path)
-    ny, nx = desc.frame_shape
+    ny = describe_scan(path).frame_shape[0]
     rows = params.rows or (0, ny)
     if not (0 <= rows[0] < rows[1] <= ny):
         raise TomoDataError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows")
-    out: Path = args.out or Path(f"{path.stem}_rec")
-    out.mkdir(parents=True, exist_ok=True)
-    b = params.binning
-
-    if params.center == "auto":
-        center, conf, method = _estimate_center(path, rows, params, args.slab_rows)
-        print(f"centre {center:.2f} px (confidence {conf:.2f}, {method})", file=sys.stderr)
-    else:
-        center, conf, method = float(params.center), 1.0, "given"
+    out = _out(args)
 
     if args.center == "try":
+        center, conf, method = _estimate_center(path, rows, params)
+        print(f"centre {center:.2f} px (confidence {conf:.2f}, {method})", file=sys.stderr)
+        out.mkdir(parents=True, exist_ok=True)
         return _try(path, rows, params, center, conf, method, args, out)
 
-    slabs = _slabs(rows[0], rows[1], args.slab_rows, b)
-    nz = sum((s1 - s0) // b for s0, s1 in slabs)
-    n = nx // b
-    zarr_path = out / "recon.zarr"
-    volume = create_zarr_volume(zarr_path, (nz, n, n), attrs={"params_hash": params.params_hash})
-    timings: dict[str, float] = {}
-    warnings: list[str] = []
-    written = 0
     columns = (TextColumn("[bold]recon"), BarColumn(), TextColumn("{task.completed}/{task.total} slices"),
                TimeElapsedColumn(), TimeRemainingColumn())
-    from ..sources.files import load_scan
-
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("recon", total=nz)
-        for s0, s1 in slabs:
-            data = load_scan(path, rows=(s0, s1))
-            res = reconstruct_scan(
-                data, params, rows=(s0, s1), center=center,
-                progress=lambda done, _total, base=written: bar.update(task, completed=base + done),
-            )
-            k = res.volume.shape[0]
-            volume[written : written + k] = res.volume
-            if not args.no_tiff:
-                write_tiff_stack(out / "tiff", res.volume, start=written)
-            for key, val in res.timings.items():
-                timings[key] = timings.get(key, 0.0) + val
-            warnings.extend(w for w in res.warnings if w not in warnings)
-            written += k
-    summary = ReconResult(volume=volume, center=center, center_confidence=conf, center_method=method,
-                          timings=timings, params=params, warnings=warnings, rows=(rows[0], rows[1]),
-                          engine=res.engine)
-    extra = {"input": str(path.resolve()), "format": desc.format, "outputs": {
-        "zarr": str(zarr_path), "tiff_dir": None if args.no_tiff else str(out / "tiff")}}
-    prov = write_provenance(out / "provenance.json", summary, extra)
-    print(f"wrote {nz} slices of {n} x {n} to {zarr_path}; provenance {prov}", file=sys.stderr)
+        task = bar.add_task("recon", total=None)
+        result = run(_job(args, params, out), SingleRank(), call=["bluesky-tomo-hpc", *sys.argv[1:]],
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    c = result["center"]
+    print(f"centre {c:.2f} px; wrote {result['shape'][0]} slices of {result['shape'][1]} x "
+          f"{result['shape'][2]} to {out} (OME-Zarr, {'no TIFF' if args.no_tiff else 'TIFF'}, "
+          f"provenance.json)", file=sys.stderr)
     return 0
+
+
+def _estimate_center(path: Path, rows: tuple[int, int], params: Any) -> tuple[float, float, str]:
+    """The centre the batch program would use for these rows (given, or found)."""
+    from ..jobs.batch_program import _find_center
+    from ..jobs.job import JobOutputs, ReconJob
+
+    job = ReconJob(run_uid="try", input_path=path, params=params, outputs=JobOutputs(directory=Path(".")))
+    found = _find_center(job, rows)
+    return found.value, found.confidence, found.method
 
 
 def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: float, method: str,
          args: argparse.Namespace, out: Path) -> int:
     """Contact sheet of centres ``estimate +/- width`` around the middle row of ``rows``."""
     from ..engine.center import try_centers
-    from ..engine.pipeline import preprocess_projections, to_binned
-    from ..sources.files import load_scan
+    from ..engine.reconstruct import preprocess_projections, to_binned
+    from ..sources.raw_files import load_scan
 
     b = params.binning
     mid = (rows[0] + rows[1]) // 2

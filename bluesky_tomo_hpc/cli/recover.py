@@ -34,11 +34,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
     from ..results.recovery import TiledRecovery
     from ..results.spool import ResultSpool
     from ..results.tiled_results import processed_container
     from ..results.tiled_server import connect_or_embed, raw_catalog
+    from ..settings import load_settings
 
     settings = load_settings()
     data_dir = (args.data_dir or Path(settings.data_dir)).resolve()

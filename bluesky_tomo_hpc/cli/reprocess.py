@@ -57,9 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..config import load_settings
     from ..engine.params import ReconParams
-    from ..reprocess import (
+    from ..live.catalog_replay import (
         NOT_A_RUN,
         ReprocessError,
         RunQuery,
@@ -68,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         tomography_runs,
     )
     from ..results.tiled_results import processed_container
+    from ..settings import load_settings
 
     console = Console(stderr=True)
     try:
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.executor != "inprocess":
         from ..jobs.factory import make_monitor
         from ..jobs.job import Resources
-        from ..reprocess import batch_submitter
+        from ..live.catalog_replay import batch_submitter
 
         settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(
             update={"executor": args.executor})})

@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import load_settings
     from ..results.tiled_server import serve_forever
+    from ..settings import load_settings
 
     settings = load_settings()
     data_dir = (args.data_dir or settings.data_dir).resolve()

@@ -70,7 +70,7 @@ class _Window:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..preview_protocol import PreviewSubscriber
+    from ..sinks.preview_stream import PreviewSubscriber
 
     show: Any
     if args.out:

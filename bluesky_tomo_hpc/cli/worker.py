@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> Any:
     """Settings from the file/environment, overridden by the command line."""
-    from ..config import Settings, load_settings
+    from ..settings import Settings, load_settings
 
     data = load_settings().model_dump()
     preview = data["preview"]
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import time
 
-    from ..worker import StreamWorker
+    from ..live.stream_worker import StreamWorker
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
 

@@ -462,7 +462,7 @@ def refine_center_sharpness(
     image optimum (the TomoPy tooth: Vo 295.0, sharpest slice 296.0); a handful of one-slice
     reconstructions settles it. A minimum on the window's edge leaves the estimate as it was.
     """
-    from .pipeline import reconstruct_sinograms
+    from .reconstruct import reconstruct_sinograms
 
     rows = _rows_for(proj_norm.shape[1], params, n_rows)
     sino = minus_log(proj_norm[:, rows, :], params.minus_log_clip)
@@ -499,7 +499,7 @@ def try_centers(
     ``{centre: (n, n) slice}`` and, when ``png_path`` is given, ``"png": Path`` of a contact
     sheet with each slice titled by its centre, on one grey scale so that they compare.
     """
-    from bluesky_tomo_hpc.engine.pipeline import reconstruct_sinograms
+    from bluesky_tomo_hpc.engine.reconstruct import reconstruct_sinograms
 
     arr = _check_stack(proj_log, theta)
     ny = arr.shape[1]

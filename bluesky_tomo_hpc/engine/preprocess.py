@@ -346,9 +346,10 @@ def unpad(x: Any, npad: int | tuple[int, int], axis: int = -1) -> Any:
     return x[tuple(index)]
 
 
-def circular_mask(vol: Any, ratio: float = 0.95, val: float = 0.0) -> Any:
+def circular_mask(vol: Any, ratio: float = 0.95, val: float = 0.0, *, in_place: bool = False) -> Any:
     """Set everything outside a centred circle of radius ``ratio * n / 2`` to ``val`` in each
-    (…, ny, nx) slice: outside that circle not every angle saw the sample."""
+    (…, ny, nx) slice: outside that circle not every angle saw the sample. ``in_place`` writes
+    into ``vol`` (no volume-sized copy) and returns it."""
     if not 0 < ratio <= 1:
         raise ValueError(f"circular_mask ratio must be in (0, 1], got {ratio}")
     xp = get_array_module(vol)
@@ -357,6 +358,9 @@ def circular_mask(vol: Any, ratio: float = 0.95, val: float = 0.0) -> Any:
     xx = xp.arange(nx, dtype=xp.float32) - (nx - 1) / 2
     r = ratio * min(nx, ny) / 2
     inside = (yy[:, None] ** 2 + xx[None, :] ** 2) <= r * r
+    if in_place:
+        vol[..., ~inside] = val
+        return vol
     return xp.where(inside, vol, xp.asarray(val, dtype=vol.dtype))
 
 

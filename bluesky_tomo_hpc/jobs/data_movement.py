@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from .job import ReconJob
 from .journal import Direction, JobRecord, Journal
-from .movers.base import TransferError
+from .movers.mover import TransferError
 from .transfer_plan import RemoteSite
 
 log = logging.getLogger(__name__)

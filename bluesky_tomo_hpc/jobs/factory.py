@@ -1,12 +1,12 @@
-"""Build the job machinery from :class:`~bluesky_tomo_hpc.config.Settings` (one place, so the
+"""Build the job machinery from :class:`~bluesky_tomo_hpc.settings.Settings` (one place, so the
 pipeline, the CLI and profile startup files wire it the same way)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import Settings
 from ..results.batch_registration import tiled_container
+from ..settings import Settings
 from .executors import make_executor
 from .journal import Journal
 from .monitor import JobMonitor
@@ -55,7 +55,11 @@ def make_submit_sink(settings: Settings, monitor: JobMonitor) -> HPCSubmitSink:
     from .job import Resources
 
     jobs = settings.jobs
-    resources: Any = Resources(ranks=jobs.ranks) if jobs.ranks else _sizer(settings)
+    # the memory budget is this machine's: it bounds the ranks of jobs that run here
+    budget = settings.memory_budget_mb if jobs.executor == "local" else None
+    sized = _sizer(settings)
+    resources: Any = (Resources(ranks=jobs.ranks, memory_budget_mb=budget) if jobs.ranks else
+                      lambda shape: sized(shape).model_copy(update={"memory_budget_mb": budget}))
     return HPCSubmitSink(
         monitor,
         settings.data_dir / "jobs",

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..engine.params import ReconParams
+from ..results.volume_files import ResultLayout
 
 
 class _Model(BaseModel):
@@ -35,32 +36,46 @@ class Resources(_Model):
     qos: str | None = None
     account: str | None = None
     container_image: str | None = Field(None, description="run the batch program inside this image")
+    memory_budget_mb: float | None = Field(
+        None, gt=0, description="per node, shared by its ranks: slab sizes derive from it; None: the "
+        "node's default budget (engine.memory)")
 
 
 class JobOutputs(_Model):
-    """Where and what the batch program writes (all under ``directory``)."""
+    """Where and what the batch program writes: ``directory`` holds the job file and
+    ``result.json``; the result folder (:class:`~..results.volume_files.ResultLayout`) is
+    ``result_folder``, by default ``directory/result``."""
 
     directory: Path
+    result_folder: Path | None = Field(None, description="the result folder; None: directory/result")
     zarr_chunk_z: int = Field(8, ge=1, description="slices per Zarr chunk; rank slabs align to it")
     multiscale_levels: int = Field(3, ge=1, le=8, description="OME-Zarr levels incl. full resolution")
     tiff: bool = True
+    overwrite: bool = Field(True, description="replace an existing result (a job re-run replaces its own)")
+    slab_slices: int | None = Field(16, ge=1, description="most slices a rank reads at a time (the "
+                                    "memory budget may allow fewer); None: as many as the budget allows")
+    pixel_size_um: float | None = Field(None, gt=0, description="detector pixel; None: from the scan")
+
+    @property
+    def result_dir(self) -> Path:
+        return self.result_folder or self.directory / "result"
 
     @property
     def zarr_path(self) -> Path:
-        return self.directory / "volume.ome.zarr"
+        return ResultLayout(self.result_dir).zarr
 
     @property
     def full_resolution(self) -> Path:
         """Level 0 of the OME-Zarr group: the array the ranks write and Tiled registers."""
-        return self.zarr_path / "0"
+        return ResultLayout(self.result_dir).full_resolution
 
     @property
     def tiff_dir(self) -> Path:
-        return self.directory / "tiff"
+        return ResultLayout(self.result_dir).tiff_dir
 
     @property
     def provenance_path(self) -> Path:
-        return self.directory / "provenance.json"
+        return ResultLayout(self.result_dir).provenance
 
     @property
     def result_path(self) -> Path:

@@ -53,7 +53,7 @@ def measure_voxel_cost(
     params: ReconParams | None = None, n: int = 64, n_angles: int = 90, rows: int = 8, repeat: int = 2
 ) -> CostModel:
     """Time the engine on a synthetic ``rows`` x ``n`` x ``n`` scan (best of ``repeat``)."""
-    from ..engine.pipeline import reconstruct_scan
+    from ..engine.reconstruct import reconstruct_scan
     from ..model import ScanData
 
     params = (params or ReconParams()).with_updates(center=(n - 1) / 2, rows=None, binning=1)

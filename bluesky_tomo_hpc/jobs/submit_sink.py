@@ -33,7 +33,7 @@ CLOSE_WAIT_S = 0.2
 
 
 class HPCSubmitSink:
-    """A :class:`~bluesky_tomo_hpc.sinks.base.Sink` that submits one batch job per successful scan.
+    """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that submits one batch job per successful scan.
 
     ``resources`` is fixed :class:`Resources` or a function of the scan's (projections, rows,
     columns) shape (e.g. wrapping :func:`~bluesky_tomo_hpc.jobs.sizing.size_job`).

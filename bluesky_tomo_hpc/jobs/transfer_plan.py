@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .job import ReconJob
-from .movers.base import StagedMover
+from .movers.mover import StagedMover
 
 
 class DataPlan(BaseModel):
@@ -127,7 +127,7 @@ class RemoteSite:
     def from_plan(cls, plan: DataPlan, transfer_client: Any | None = None) -> RemoteSite:
         """Movers for ``plan``; a Globus client comes from the environment unless given."""
         if plan.mover == "local":
-            from .movers.local import LocalMover
+            from .movers.copy import LocalMover
 
             return cls(plan, LocalMover(), LocalMover())
         from .movers.globus import GlobusMover, transfer_client_from_environment

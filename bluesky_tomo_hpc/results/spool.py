@@ -1,8 +1,9 @@
 """Results that Tiled could not take, kept in the data folder until it can.
 
 When Tiled is unreachable at the end of a scan (killed, restarted, network down), the full
-volume is not lost: it is written here as a plain Zarr array with a ``record.json`` naming the
-raw run, the parameters and the kind, and the failure goes to the run's error list. Whoever owns
+volume is not lost: it is written here as a result folder (:class:`~.volume_files.VolumeWriter`,
+all-or-nothing, slab by slab) with a ``record.json`` naming the raw run, the parameters and the
+kind, written last; and the failure goes to the run's error list. Whoever owns
 a Tiled client (the pipeline's recovery thread, or ``bluesky-tomo-hpc recover``) calls
 :meth:`ResultSpool.register_all` to write every spooled result and remove it once written.
 Registering is idempotent: a node of the same run, parameters and kind is replaced.
@@ -23,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.params import ReconParams
-from .files import write_zarr_volume
 from .tiled_results import recon_key, write_reconstruction
+from .volume_files import ResultLayout, VolumeWriter
 
 log = logging.getLogger(__name__)
+
+#: slices written per step (the spool never holds a second copy of the volume)
+SLAB = 16
 
 
 @dataclass(frozen=True)
@@ -55,21 +59,26 @@ class ResultSpool:
             kind: str, error: str) -> Path:
         """Keep a result whose Tiled write failed with ``error``; returns its folder.
 
-        Written to a temporary name and renamed when complete, so a crash (or a full disk) never
-        leaves a half entry that looks whole."""
+        The record is written last, so a crash (or a full disk) never leaves a half entry that
+        looks whole; a failed entry is removed and the error raised."""
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
-        tmp = self.directory / f".{name}.partial"
+        final = self.directory / name
+        record = {"raw_uid": raw_uid, "kind": kind, "params": params.model_dump(mode="json"),
+                  "metadata": metadata, "error": error, "spooled_at": time.time()}
         try:
-            tmp.mkdir()
-            write_zarr_volume(tmp / "volume.zarr", volume)
-            record = {"raw_uid": raw_uid, "kind": kind, "params": params.model_dump(mode="json"),
-                      "metadata": metadata, "error": error, "spooled_at": time.time()}
-            (tmp / "record.json").write_text(json.dumps(record, default=str))
-            final = self.directory / name
-            tmp.rename(final)
+            final.mkdir()
+            nz = int(volume.shape[0])
+            with VolumeWriter(final / "volume", tuple(volume.shape), tiff=False, levels=1,
+                              chunk_z=SLAB) as writer:
+                for z0 in range(0, nz, SLAB):
+                    writer.write(z0, volume[z0:z0 + SLAB])
+                writer.finish(record)
+            tmp = final / "record.json.tmp"
+            tmp.write_text(json.dumps(record, default=str))
+            tmp.replace(final / "record.json")  # last: only now is the entry pending
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(final, ignore_errors=True)
             raise
         log.warning("run %s: result kept in %s until Tiled takes it (%s)", raw_uid, final, error)
         return final
@@ -79,7 +88,7 @@ class ResultSpool:
         out = []
         if not self.directory.is_dir():
             return out
-        for path in sorted(p for p in self.directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(p for p in self.directory.iterdir() if (p / "record.json").is_file()):
             try:
                 rec = json.loads((path / "record.json").read_text())
                 out.append(SpooledResult(path, str(rec["raw_uid"]), str(rec["kind"]),
@@ -93,7 +102,7 @@ class ResultSpool:
         """Write one spooled result to Tiled (uploaded: the spool copy is then removed)."""
         node = write_reconstruction(
             container, raw_uid=entry.raw_uid, params=entry.params,
-            volume_zarr=entry.path / "volume.zarr",
+            volume_zarr=ResultLayout(entry.path / "volume").full_resolution,
             metadata={**entry.metadata, "spooled_because": entry.error}, kind=entry.kind)
         shutil.rmtree(entry.path, ignore_errors=True)
         log.info("run %s: spooled result registered in Tiled as %s", entry.raw_uid, entry.key)

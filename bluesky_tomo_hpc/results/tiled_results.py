@@ -18,7 +18,6 @@ is *registered in place*; otherwise it is uploaded slab by slab, so memory stays
 from __future__ import annotations
 
 import logging
-import platform
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,25 +26,12 @@ from typing import Any
 import numpy as np
 
 from ..engine.params import ReconParams
+from .provenance import jsonable, software_versions
 
 log = logging.getLogger(__name__)
 
 RECON_SPEC = "TomoReconstruction"
 PREVIEW_KEYS = ("xy", "xz", "yz")
-
-
-def software_versions() -> dict[str, str]:
-    """Versions that matter for reproducing a reconstruction."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("bluesky-tomo-hpc", "numpy", "scipy", "finufft", "h5py", "zarr", "tiled",
-                "bluesky", "event-model", "tomopy", "cupy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def processed_container(client: Any, name: str = "processed") -> Any:
@@ -80,21 +66,7 @@ def preview_slices(
 
 def _clean_metadata(md: Mapping[str, Any]) -> dict[str, Any]:
     """Tiled metadata must be JSON/msgpack-able: numpy scalars and tuples are converted."""
-
-    def conv(v: Any) -> Any:
-        if isinstance(v, Mapping):
-            return {str(k): conv(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [conv(x) for x in v]
-        if isinstance(v, np.generic):
-            return v.item()
-        if isinstance(v, np.ndarray):
-            return v.tolist()
-        if isinstance(v, Path):
-            return str(v)
-        return v
-
-    return conv(dict(md))
+    return jsonable(dict(md))
 
 
 def _zarr_structure(path: Path) -> Any:

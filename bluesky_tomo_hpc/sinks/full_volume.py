@@ -135,7 +135,7 @@ class FullVolumeSink:
         params, writer, progress = self.params, self.writer, self.progress
 
         def job() -> ReconOutcome:
-            from ..engine.pipeline import reconstruct_scan
+            from ..engine.reconstruct import reconstruct_scan
 
             data = acc.assemble()
             result = reconstruct_scan(data, params, progress=progress)

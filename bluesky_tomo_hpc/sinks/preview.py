@@ -40,7 +40,7 @@ from ..engine.filters import center_phase, filter_response, padded_width
 from ..engine.params import ReconParams
 from ..engine.preprocess import bin_frames
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
-from ..preview_protocol import PreviewUpdate
+from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class _Geometry:
 
 
 class PreviewSink:
-    """A :class:`~bluesky_tomo_hpc.sinks.base.Sink` that keeps three orthogonal slices live.
+    """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that keeps three orthogonal slices live.
 
     ``outputs`` are called (from the preview thread) with each :class:`PreviewUpdate`: at most
     every ``publish_interval_s`` during the scan, and once with ``final=True`` after stop.

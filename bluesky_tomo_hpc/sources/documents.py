@@ -17,7 +17,7 @@ from typing import Any
 
 from event_model import RunRouter
 
-from ..sinks.base import Sink
+from ..sinks.sink import Sink
 from .darkflat import DarkFlatCache, DarkFlatResolver
 from .recognise import DEFAULT_PRESETS, Preset, TomoLayout, TomoMetadataError, recognise
 from .resolvers import tiled_dark_flat_resolver
@@ -68,7 +68,7 @@ class TomoRunRouter:
         self._ignored_runs: dict[str, set[str]] = {}
         self._ignored_docs: dict[str, str] = {}
 
-    def _report(self, run_uid: str, message: str, *, level: int = logging.ERROR,
+    def report(self, run_uid: str, message: str, *, level: int = logging.ERROR,
                 record: bool | None = None) -> None:
         """Log; and keep errors (and skipped runs) in ``errors`` for the caller to show."""
         log.log(level, "run %s: %s", run_uid, message)
@@ -84,10 +84,10 @@ class TomoRunRouter:
         try:
             return recognise(start, self.presets)
         except TomoMetadataError as exc:
-            self._report(uid, f"run skipped: start['tomo'] not understood: {exc}",
+            self.report(uid, f"run skipped: start['tomo'] not understood: {exc}",
                          level=logging.WARNING, record=True)
         except Exception as exc:  # a faulty preset must not take the router down
-            self._report(uid, f"run skipped: recognising it failed: {exc!r}")
+            self.report(uid, f"run skipped: recognising it failed: {exc!r}")
         return None
 
     def _factory(self, name: str, start: dict[str, Any]) -> tuple[list[Any], list[Any]]:
@@ -139,4 +139,4 @@ class TomoRunRouter:
         except Exception as exc:  # malformed or out-of-order documents are reported, not raised
             run_uid = doc.get("run_start") or doc.get("uid", "?") if isinstance(doc, dict) else "?"
             log.exception("TomoRunRouter could not process %r document", name)
-            self._report(str(run_uid), f"{name} document not processed: {exc!r}")
+            self.report(str(run_uid), f"{name} document not processed: {exc!r}")

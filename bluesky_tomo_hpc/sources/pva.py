@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
-from ..sinks.base import Sink
+from ..sinks.sink import Sink
 
 log = logging.getLogger(__name__)
 

@@ -12,21 +12,32 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 from event_model import DocumentRouter
 
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec
-from ..sinks.base import Sink
-from .darkflat import DarkFlatSet
+from ..sinks.sink import Sink
+from .darkflat import DarkFlatCache, DarkFlatResolver, DarkFlatSet
 from .hdf5 import AD_HDF5_DATASET, AD_HDF5_SPECS, SwmrReader, path_from_uri
 from .recognise import TomoLayout
 
-if TYPE_CHECKING:
-    from .documents import TomoRunRouter
+
+class RunOwner(Protocol):
+    """What a :class:`TomoRun` needs from the router that owns it (``TomoRunRouter``)."""
+
+    read_timeout: float
+    root_map: dict[str, str]
+    max_held_frames: int
+    sink_factory: Callable[[], Sink]
+    dark_flat_cache: DarkFlatCache
+    dark_flat_resolver: DarkFlatResolver | None
+
+    def report(self, run_uid: str, message: str, *, level: int = ..., record: bool | None = ...) -> None:
+        ...
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +75,7 @@ def _frame_shape(data_key: Mapping[str, Any]) -> tuple[int, int] | None:
 class TomoRun(DocumentRouter):
     """The state of one tomography run, from its start to its stop document."""
 
-    def __init__(self, owner: TomoRunRouter, layout: TomoLayout):
+    def __init__(self, owner: RunOwner, layout: TomoLayout):
         super().__init__()
         self.owner = owner
         self.layout = layout
@@ -107,7 +118,7 @@ class TomoRun(DocumentRouter):
 
     # -- helpers ----------------------------------------------------------------------------
     def report(self, message: str, *, level: int = logging.ERROR, record: bool | None = None) -> None:
-        self.owner._report(self.run_uid, message, level=level, record=record)
+        self.owner.report(self.run_uid, message, level=level, record=record)
 
     def skip(self, why: str) -> None:
         if self.skipped is None:

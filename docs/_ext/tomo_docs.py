@@ -71,7 +71,7 @@ class CliHelp(Directive):
 
 def _type_name(annotation: Any) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
-    for noise in ("typing.", "pathlib.", "bluesky_tomo_hpc.engine.params.", "bluesky_tomo_hpc.config."):
+    for noise in ("typing.", "pathlib.", "bluesky_tomo_hpc.engine.params.", "bluesky_tomo_hpc.settings."):
         text = text.replace(noise, "")
     return text.replace("NoneType", "None").replace("<class '", "").replace("'>", "")
 

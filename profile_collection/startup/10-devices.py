@@ -8,7 +8,7 @@ settings (``$BLUESKY_TOMO_HPC_CONFIG`` and ``BLUESKY_TOMO_HPC__*`` variables) pl
 
 import os
 
-from bluesky_tomo_hpc.config import load_settings
+from bluesky_tomo_hpc.settings import load_settings
 from bluesky_tomo_hpc.sim import make_sim_beamline
 
 settings = load_settings()

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from fault_services import TiledProcess
 
-from bluesky_tomo_hpc.config import Settings
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.pipeline import TomoPipeline
+from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.results.raw_backup import read_backup, replay_backup
 from bluesky_tomo_hpc.results.spool import ResultSpool
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions, processed_container
 from bluesky_tomo_hpc.results.tiled_server import raw_catalog
+from bluesky_tomo_hpc.settings import Settings
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.plans import tomo_scan
 
@@ -273,7 +273,7 @@ def test_spool_on_full_disk_is_reported_not_silent(RE, tmp_path, tiled, monkeypa
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_mod, "write_zarr_volume", no_space)
+    monkeypatch.setattr(spool_mod.VolumeWriter, "write", no_space)
     pipe = _pipeline(tmp_path, tiled)
     pipe.recovery.stop()
 
@@ -288,6 +288,6 @@ def test_spool_on_full_disk_is_reported_not_silent(RE, tmp_path, tiled, monkeypa
         assert not outcome.ok and "No space left" in outcome.message
         errors = " | ".join(pipe.router.errors_for(uid))
         assert "full reconstruction failed" in errors and "No space left" in errors
-        assert not list((tmp_path / "data" / "spool").glob(".*partial")), "no half entry left behind"
+        assert not list((tmp_path / "data" / "spool").glob("*")), "no half entry left behind"
     finally:
         pipe.close()

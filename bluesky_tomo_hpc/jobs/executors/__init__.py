@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Executor, ExecutorError, PermanentError, RemoteState, RemoteStatus, TransientError
+from .executor import Executor, ExecutorError, PermanentError, RemoteState, RemoteStatus, TransientError
 
 __all__ = [
     "Executor",
@@ -19,7 +19,7 @@ def make_executor(name: str, options: dict | None = None) -> Executor:
     """The executor called ``name`` ("local", "slurm", "nersc", "alcf") built from ``options``."""
     options = dict(options or {})
     if name == "local":
-        from .local import LocalExecutor
+        from .mpiexec import LocalExecutor
 
         return LocalExecutor(**options)
     if name == "slurm":

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..job import ReconJob
-from .base import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
+from .executor import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
 
 _PENDING = {"waiting-for-ep", "waiting-for-nodes", "waiting-for-launch", "received", "unknown"}
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..job import ReconJob
-from .base import PermanentError, RemoteState, RemoteStatus, TransientError
+from .executor import PermanentError, RemoteState, RemoteStatus, TransientError
 from .slurm import interpret_state, render_script
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 
 from ..job import ReconJob
-from .base import (
+from .executor import (
     PermanentError,
     RemoteState,
     RemoteStatus,

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from .base import TransferError, TransferResult
+from .mover import TransferError, TransferResult
 
 #: nice_status values that will not pass by waiting
 PERMANENT_NICE = {"PERMISSION_DENIED", "FILE_NOT_FOUND", "ENDPOINT_ERROR", "QUOTA_EXCEEDED"}

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import Settings
-from .engine.params import ReconParams
+from ..engine.params import ReconParams
+from ..settings import Settings
 
 Say = Callable[[str], None]
 
@@ -81,11 +81,11 @@ def run_demo(
     (else None: the embedded server is stopped, the data stay in ``data_dir``)."""
     from bluesky import RunEngine
 
-    from .pipeline import TomoPipeline
-    from .progress import ScanProgress
-    from .results.tiled_results import find_reconstructions
-    from .sim.beamline import make_sim_beamline
-    from .sim.plans import tomo_scan
+    from ..results.tiled_results import find_reconstructions
+    from ..sim.beamline import make_sim_beamline
+    from ..sim.plans import tomo_scan
+    from ..sources.progress import ScanProgress
+    from .session import TomoPipeline
 
     data_dir = Path(data_dir).resolve()
     report = DemoReport(data_dir=data_dir)

@@ -33,13 +33,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
-from .model import ScanEnd
-from .preview_protocol import PreviewPublisher
-from .sinks.base import Sink, SinkFanout
-from .sinks.full_volume import FullVolumeSink, ReconService
-from .sinks.preview import PreviewFileWriter, PreviewOutput, PreviewSink, PreviewTiledWriter
-from .sources.documents import TomoRunRouter
+from ..model import ScanEnd
+from ..settings import Settings, load_settings
+from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..sinks.preview import PreviewFileWriter, PreviewOutput, PreviewSink, PreviewTiledWriter
+from ..sinks.preview_stream import PreviewPublisher
+from ..sinks.sink import Sink, SinkFanout
+from ..sources.documents import TomoRunRouter
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class StreamWorker:
         self.client = client if client is not None else self._connect_tiled()
         self.processed = None
         if self.client is not None:
-            from .results.tiled_results import processed_container
+            from ..results.tiled_results import processed_container
 
             self.processed = processed_container(self.client, self.settings.tiled.processed_container)
         self.outputs: list[PreviewOutput] = list(preview_outputs)
@@ -164,7 +164,7 @@ class StreamWorker:
         self.service = ReconService()
         self.result_writer = None
         if self.processed is not None:
-            from .results.writer import TiledResultWriter
+            from ..results.writer import TiledResultWriter
 
             self.result_writer = TiledResultWriter(self.processed)
         self.router = TomoRunRouter(self.make_sinks, **self._router_kwargs(router_kwargs))
@@ -204,7 +204,7 @@ class StreamWorker:
         kwargs = dict(extra or {})
         if "dark_flat_resolver" not in kwargs and self.client is not None:
             try:  # dark/flat runs recorded separately (HEX layout) are found in the raw catalog
-                from .sources import documents
+                from ..sources import documents
 
                 resolver = getattr(documents, "tiled_dark_flat_resolver", None)
                 if resolver is not None:
@@ -437,7 +437,7 @@ class StreamWorker:
     def serve_pva(self, channel: str, *, max_runs: int | None = None, timeout_s: float | None = None,
                   ready: Callable[[], None] | None = None, **source_kwargs: Any) -> int:
         """Monitor an NTNDArray channel; returns the number of scans ended."""
-        from .sources.pva import PvaSource
+        from ..sources.pva import PvaSource
 
         source = PvaSource(_PerScanSinks(self.make_sinks), channel, **source_kwargs)
         self._max_runs = None if max_runs is None else len(self.ended) + max_runs

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
+from ..engine.preprocess import bin_frames
 from ..model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec, TomoDataError
 from .hdf5 import open_swmr
 
@@ -180,7 +181,25 @@ def _detect(f: h5py.File) -> Literal["dxchange", "nxtomo"]:
     )
 
 
-def _describe_dxchange(path: str, f: h5py.File) -> ScanDescription:
+_LENGTH_UM = {"m": 1e6, "mm": 1e3, "cm": 1e4, "um": 1.0, "µm": 1.0, "micron": 1.0, "microns": 1.0,
+              "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3}
+
+
+def _pixel_size_um(res: _Resolver, f: h5py.File, candidates: list[tuple[str, str]]) -> float | None:
+    """The detector pixel size in micrometres from the first ``(path, default unit)`` present
+    (its ``units`` attribute wins); None when absent or not a positive length."""
+    for path, default_unit in candidates:
+        ds = res.dataset(f, path)
+        if ds is None or ds.size < 1 or not np.issubdtype(ds.dtype, np.number):
+            continue
+        factor = _LENGTH_UM.get((_attr_str(ds, "units") or default_unit).strip().lower())
+        value = float(np.asarray(ds[()]).flat[0])
+        if factor and np.isfinite(value) and value > 0:
+            return value * factor
+    return None
+
+
+def _describe_dxchange(path: str, f: h5py.File, res: _Resolver) -> ScanDescription:
     data = f["/exchange/data"]
     if data.ndim != 3:
         raise TomoDataError(f"{path}: /exchange/data must be 3-D (theta, y, x), got shape {data.shape}")
@@ -206,6 +225,10 @@ def _describe_dxchange(path: str, f: h5py.File) -> ScanDescription:
     else:
         theta = np.linspace(0.0, np.pi, n, endpoint=False)
         angle_source = "default: linspace(0, 180 deg, n, endpoint=False); /exchange/theta absent"
+    # data-exchange: the effective pixel at the sample (objective resolution), else the camera's
+    pixel = _pixel_size_um(res, f, [
+        ("/measurement/instrument/detection_system/objective/resolution", "um"),
+        ("/measurement/instrument/detector/pixel_size_x", "um")]) if "measurement" in f else None
     return ScanDescription(
         path=path, format="dxchange", frame_shape=(ny, nx), dtype=str(data.dtype),
         n_projections=n, n_flats=counts["flats"], n_darks=counts["darks"], first_projection=0,
@@ -213,7 +236,12 @@ def _describe_dxchange(path: str, f: h5py.File) -> ScanDescription:
         flats=refs["flats"], darks=refs["darks"],
         projection_index=np.arange(n), flat_index=np.arange(counts["flats"]),
         dark_index=np.arange(counts["darks"]), theta=theta, angle_source=angle_source,
+        metadata=_pixel_metadata(pixel),
     )
+
+
+def _pixel_metadata(pixel_um: float | None) -> dict[str, Any]:
+    return {} if pixel_um is None else {"pixel_size_um": pixel_um}
 
 
 def _find_image_keys(f: h5py.File) -> list[str]:
@@ -298,7 +326,8 @@ def _describe_nexus(path: str, f: h5py.File, res: _Resolver) -> ScanDescription:
             projection_index=proj, flat_index=flats, dark_index=darks,
             theta=_to_radians(angles[proj], units), angle_source=source,
             metadata={"image_key": key_path, "detector_group": group, "entry": entry,
-                      "angle_units": units},
+                      "angle_units": units, **_pixel_metadata(_pixel_size_um(
+                          res, f, [(f"{group}/x_pixel_size", "m")]))},
         )
     why = "; ".join(problems) if problems else "no image_key dataset found"
     raise TomoDataError(f"{path}: NeXus file without a usable NXtomo detector: {why}")
@@ -307,7 +336,7 @@ def _describe_nexus(path: str, f: h5py.File, res: _Resolver) -> ScanDescription:
 def _describe(path: str, res: _Resolver) -> ScanDescription:
     f = res.open(path)
     kind = _detect(f)
-    return _describe_dxchange(path, f) if kind == "dxchange" else _describe_nexus(path, f, res)
+    return _describe_dxchange(path, f, res) if kind == "dxchange" else _describe_nexus(path, f, res)
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -336,16 +365,6 @@ def _check_rows(rows: tuple[int, int] | None, ny: int, binning: int, path: str) 
     return r0, r1
 
 
-def _bin(frames: np.ndarray, binning: int) -> np.ndarray:
-    """Average ``binning`` x ``binning`` pixel blocks (columns cropped to a multiple)."""
-    if binning == 1:
-        return frames
-    n, ny, nx = frames.shape
-    nx_b = nx - nx % binning
-    blocks = frames[:, :, :nx_b].reshape(n, ny // binning, binning, nx_b // binning, binning)
-    return blocks.mean(axis=(2, 4), dtype=np.float64).astype(np.float32)
-
-
 def _read(ds: h5py.Dataset, index: np.ndarray, r0: int, r1: int, binning: int) -> np.ndarray:
     """Frames ``index`` (sorted) rows [r0, r1), read as a few contiguous hyperslabs."""
     out = np.empty((len(index), r1 - r0, ds.shape[2]), dtype=ds.dtype)
@@ -353,7 +372,7 @@ def _read(ds: h5py.Dataset, index: np.ndarray, r0: int, r1: int, binning: int) -
     for a, b in _runs(index):
         ds.read_direct(out, np.s_[a:b, r0:r1, :], np.s_[pos:pos + b - a])
         pos += b - a
-    return _bin(out, binning)
+    return bin_frames(out, binning)
 
 
 def load_scan(path: str | os.PathLike[str], rows: tuple[int, int] | None = None, *,

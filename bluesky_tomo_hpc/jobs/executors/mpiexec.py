@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..job import ReconJob
-from .base import PermanentError, RemoteState, RemoteStatus, status_from_exit_code
+from .executor import PermanentError, RemoteState, RemoteStatus, status_from_exit_code
 
 
 def _find_mpiexec() -> str:

@@ -19,13 +19,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine.params import ReconParams
-from .results.tiled_results import find_reconstructions
-from .results.writer import TiledResultWriter
-from .sinks.base import Sink
-from .sinks.full_volume import FullVolumeSink, ReconService
-from .sources.recognise import recognise
-from .sources.tiled_documents import is_bluesky_run
+from ..engine.params import ReconParams
+from ..results.tiled_results import find_reconstructions
+from ..results.writer import TiledResultWriter
+from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..sinks.sink import Sink
+from ..sources.recognise import recognise
+from ..sources.tiled_documents import is_bluesky_run
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,8 @@ def run_stop(run: Any) -> dict[str, Any] | None:
 def _replay(run: Any, sink_factory: Callable[[], Sink], catalog: Any) -> list[str]:
     """Feed a stored run's documents through the live router; returns the router's errors.
     A run without a stop is closed with one saying so (only asked for by ``allow_incomplete``)."""
-    from .sources.documents import TomoRunRouter, tiled_dark_flat_resolver
-    from .sources.tiled_documents import run_documents
+    from ..sources.documents import TomoRunRouter, tiled_dark_flat_resolver
+    from ..sources.tiled_documents import run_documents
 
     router = TomoRunRouter(sink_factory, dark_flat_resolver=tiled_dark_flat_resolver(catalog))
     start: dict[str, Any] = {}
@@ -252,7 +252,7 @@ def batch_submitter(monitor: Any, work_dir: Any, params: ReconParams, executor: 
     """A ``submit`` for :func:`reprocess` that replays a run into an on-stop batch sink: the job
     input is staged (zero-copy where frames are in files) and handed to ``monitor``'s executor;
     the journal makes a second submission of the same run + parameters reuse the first job."""
-    from .jobs.submit_sink import HPCSubmitSink
+    from ..jobs.submit_sink import HPCSubmitSink
 
     def submit(uid: str, run: Any) -> str:
         sink = HPCSubmitSink(monitor, work_dir, params=params, executor=executor, resources=resources)

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..model import ScanData, TomoDataError
 from . import preprocess
-from .backend import choose_device, get_array_module, to_numpy
+from .backend import choose_device, get_array_module
 from .filters import padded_width
 from .params import ReconParams
 from .preprocess import bin_frames
@@ -150,18 +150,21 @@ def reconstruct_sinograms(
     *,
     progress: Progress | None = None,
     out: Any = None,
+    recon: Callable[[Any], Any] | None = None,
 ) -> Any:
     """-log projections ``(n_angles, nz, nx)`` -> slices ``(nz, nx, nx)`` float32, in chunks.
 
     ``center`` is in the columns of ``proj_log``. ``out`` (any array-like) receives the slices;
     a new NumPy array otherwise. No circular mask here (that is the pipeline's last step).
+    ``recon`` (from :func:`make_chunk_reconstructor` for the same angles, centre and width) lets
+    a caller that reconstructs many slabs build the NUFFT plan once instead of once per slab.
     """
     n_angles, nz, nx = proj_log.shape
     theta = np.asarray(theta, dtype=np.float64)
-    engine = resolve_engine(params)
     if out is None:
         out = np.empty((nz, nx, nx), dtype=np.float32)
-    recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine)
+    if recon is None:
+        recon = make_chunk_reconstructor(theta, center, nx, params, engine=resolve_engine(params))
     return reconstruct_volume(
         proj_log, recon, out, rows=(0, nz), chunk=params.chunk_slices, progress=progress
     )
@@ -189,6 +192,28 @@ def make_chunk_reconstructor(
     return lambda block: reconstruct_fourier(
         xp.ascontiguousarray(xp.asarray(block).transpose(1, 0, 2)), theta, center, plan=plan, **filt
     )
+
+
+def reconstruct_prepared(
+    proj_log: Any,
+    theta: Any,
+    center: float,
+    params: ReconParams,
+    *,
+    progress: Progress | None = None,
+    recon: Callable[[Any], Any] | None = None,
+) -> np.ndarray:
+    """Preprocessed -log projections -> masked NumPy slices: the pipeline after the centre.
+
+    ``center`` is in the (binned) columns of ``proj_log``; ``recon`` as in
+    :func:`reconstruct_sinograms` (a plan built once for many slabs).
+    """
+    nz, nx = proj_log.shape[1], proj_log.shape[2]
+    vol = np.empty((nz, nx, nx), dtype=np.float32)
+    reconstruct_sinograms(proj_log, theta, center, params, progress=progress, out=vol, recon=recon)
+    if params.circular_mask is not None:
+        preprocess.circular_mask(vol, params.circular_mask, in_place=True)
+    return vol
 
 
 def reconstruct_scan(
@@ -225,11 +250,7 @@ def reconstruct_scan(
     timings["center"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    nz, nx = proj_log.shape[1], proj_log.shape[2]
-    vol = np.empty((nz, nx, nx), dtype=np.float32)
-    reconstruct_sinograms(proj_log, theta, c_b, params, progress=progress, out=vol)
-    if params.circular_mask is not None:
-        vol = to_numpy(preprocess.circular_mask(vol, params.circular_mask))
+    vol = reconstruct_prepared(proj_log, theta, c_b, params, progress=progress)
     timings["reconstruct"] = time.perf_counter() - t2
     if out is not None:
         out[...] = vol

@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .base import TransferError, TransferResult
+from .mover import TransferError, TransferResult
 
 
 def sha256(path: Path, block: int = 1 << 20) -> str:

@@ -23,15 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import Settings, load_settings
-from .results.recovery import TiledRecovery
-from .results.spool import ResultSpool
-from .results.tiled_results import processed_container
-from .results.tiled_server import EmbeddedTiledServer, raw_catalog
-from .results.writer import TiledResultWriter
-from .sinks.base import Sink, SinkFanout
-from .sinks.full_volume import FullVolumeSink, ReconService
-from .threaded import ThreadedCallback
+from ..results.recovery import TiledRecovery
+from ..results.spool import ResultSpool
+from ..results.tiled_results import processed_container
+from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
+from ..results.writer import TiledResultWriter
+from ..settings import Settings, load_settings
+from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..sinks.sink import Sink, SinkFanout
+from ..sources.threaded import ThreadedCallback
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class TomoPipeline:
     ):
         from bluesky_tiled_plugins import TiledWriter
 
-        from .sources.callback import TomoCallback
-        from .sources.documents import tiled_dark_flat_resolver
+        from ..sources.callback import TomoCallback
+        from ..sources.documents import tiled_dark_flat_resolver
 
         self.settings = settings
         self.client = client
@@ -75,7 +75,7 @@ class TomoPipeline:
         self.centers: dict[tuple[str, tuple[int, ...]], float] = {}
         self.service.listeners.append(self._remember_center)
         if settings.jobs.executor != "none":
-            from .jobs.factory import make_monitor
+            from ..jobs.factory import make_monitor
 
             # the embedded server reads the data folder, so batch volumes are registered in place
             roots = [self.data_dir] if server is not None else None
@@ -120,7 +120,7 @@ class TomoPipeline:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
                                         progress=self.progress))
         if self.monitor is not None:
-            from .jobs.factory import make_submit_sink
+            from ..jobs.factory import make_submit_sink
 
             submit = make_submit_sink(self.settings, self.monitor)
             submit.report = self.report_error
@@ -132,13 +132,13 @@ class TomoPipeline:
     def make_preview(self) -> Sink:
         """A live three-slice preview: TIFFs + final PNG in ``data_dir/previews``, the final in
         Tiled (kind ``preview``), and 0MQ PUB when ``preview.zmq_address`` is set."""
-        from .sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
+        from ..sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
 
         pv, recon = self.settings.preview, self.settings.recon
         outputs: list[Any] = []
         if pv.zmq_address:
             if self._preview_publisher is None:
-                from .preview_protocol import PreviewPublisher
+                from ..sinks.preview_stream import PreviewPublisher
 
                 self._preview_publisher = PreviewPublisher(pv.zmq_address)
             outputs.append(self._preview_publisher)
@@ -182,7 +182,7 @@ class TomoPipeline:
         """Journal records of the batch jobs this pipeline submitted (for one run, or all)."""
         if self.monitor is None:
             return []
-        from .jobs.journal import JournalError
+        from ..jobs.journal import JournalError
 
         ids = [j for sink in self._submit_sinks for j in sink.job_ids]
         records = []
@@ -226,7 +226,7 @@ class TomoPipeline:
 
     def close(self) -> None:
         self.unsubscribe()
-        self.callback.stop()
+        self.callback.close()
         self.tiled_writer.close()
         self.recovery.stop()
         if self.monitor is not None:
