@@ -172,7 +172,7 @@ class TomoPipeline:
 
     def report_error(self, run_uid: str, message: str) -> None:
         """Add to a run's error list (what the scan summary shows) from any thread."""
-        self.router.errors.append((run_uid, message))
+        self.router.report(run_uid, message)
 
     def _report_failed_outcome(self, outcome: Any) -> None:
         if not outcome.ok:

@@ -360,8 +360,7 @@ class StreamWorker:
                    "gave up: the worker is exiting before the run's stop document arrived")
             why += ("; the raw data is untouched: reconstruct it later with "
                     f"'bluesky-tomo-hpc reprocess URI --uid {uid}'")
-            log.error("run %s: %s", uid, why)
-            self.router.errors.append((uid, why))
+            self.router.report(uid, why)
             self.gave_up.append((uid, why))
             self._handle("stop", {"uid": f"{uid}-given-up", "run_start": uid, "time": time.time(),
                                   "exit_status": "fail", "reason": why, "num_events": {}},

@@ -81,7 +81,8 @@ class TiledResultWriter:
                               metadata=metadata, kind=self.kind, error=error)
         message = (f"writing the {self.kind} volume to Tiled failed ({error}); it is kept in {path} "
                    "and registered when Tiled is back (or run: bluesky-tomo-hpc recover)")
-        log.error("run %s: %s", spec.run_uid, message)
         if self.report is not None:
             self.report(spec.run_uid, message)
+        else:
+            log.error("run %s: %s", spec.run_uid, message)
         return f"spooled:{path}"
