@@ -57,6 +57,18 @@ class Scan:
         return _sha(self.raw) == self.raw_sha
 
 
+def _submitted(scan: Scan, mon: JobMonitor) -> str:
+    """End the scan and wait until its job was handed to the executor; its id."""
+    scan.stop()
+    scan.sink.wait(60)
+    (jid,) = scan.sink.job_ids
+    deadline = time.monotonic() + 60
+    while mon.journal.get(jid).state not in ("SUBMITTED", "RUNNING", "DONE"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return jid
+
+
 def _monitor(tmp_path: Path, executor=None, **kw) -> JobMonitor:
     kw.setdefault("poll_s", 0.2)
     kw.setdefault("backoff_s", 0.1)
@@ -129,13 +141,7 @@ def test_journal_deleted_while_monitor_runs(tmp_path):
     scan = Scan(tmp_path, mon)
     mon.start()
     try:
-        scan.stop()
-        scan.sink.wait(60)
-        (jid,) = scan.sink.job_ids
-        deadline = time.monotonic() + 60
-        while mon.journal.get(jid).state not in ("SUBMITTED", "RUNNING", "DONE"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        jid = _submitted(scan, mon)
         for suffix in ("", "-wal", "-shm"):
             Path(str(mon.journal.path) + suffix).unlink(missing_ok=True)
         time.sleep(1.0)
@@ -176,13 +182,7 @@ def test_journal_corrupted_while_monitor_runs(tmp_path):
     scan = Scan(tmp_path, mon)
     mon.start()
     try:
-        scan.stop()
-        scan.sink.wait(60)
-        (jid,) = scan.sink.job_ids
-        deadline = time.monotonic() + 60
-        while mon.journal.get(jid).state not in ("SUBMITTED", "RUNNING", "DONE"):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        jid = _submitted(scan, mon)
         for suffix in ("-wal", "-shm"):
             Path(str(mon.journal.path) + suffix).unlink(missing_ok=True)
         mon.journal.path.write_bytes(os.urandom(8192))

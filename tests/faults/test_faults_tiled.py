@@ -58,6 +58,16 @@ def _wait_for(predicate, timeout: float = 90.0, what: str = "condition") -> None
         time.sleep(0.3)
 
 
+def _kill_at_stop(tiled: TiledProcess):
+    """A RunEngine callback that crashes Tiled when the scan's stop is emitted."""
+
+    def kill(name, doc):
+        if name == "stop":
+            tiled.kill()
+
+    return kill
+
+
 def _scan(RE, pipe: TomoPipeline, on_doc=None) -> str:
     bl = make_sim_beamline(pipe.data_dir / "raw", shape=SHAPE)
     pipe.subscribe(RE)
@@ -232,12 +242,8 @@ def test_tiled_down_at_stop_recover_command(RE, tmp_path, tiled, monkeypatch, ca
     pipe = _pipeline(tmp_path, tiled)
     pipe.recovery.stop()  # only the command recovers in this case
 
-    def kill_at_stop(name, doc):
-        if name == "stop":
-            tiled.kill()
-
     try:
-        uid = _scan(RE, pipe, kill_at_stop)
+        uid = _scan(RE, pipe, _kill_at_stop(tiled))
         assert pipe.wait(120)
     finally:
         pipe.close()
@@ -277,12 +283,8 @@ def test_spool_on_full_disk_is_reported_not_silent(RE, tmp_path, tiled, monkeypa
     pipe = _pipeline(tmp_path, tiled)
     pipe.recovery.stop()
 
-    def kill_at_stop(name, doc):
-        if name == "stop":
-            tiled.kill()
-
     try:
-        uid = _scan(RE, pipe, kill_at_stop)
+        uid = _scan(RE, pipe, _kill_at_stop(tiled))
         assert pipe.wait(120)
         outcome = pipe.service.outcomes[uid]
         assert not outcome.ok and "No space left" in outcome.message
