@@ -76,12 +76,13 @@ def _monitor(tmp_path: Path, executor=None, **kw) -> JobMonitor:
                       executor or LocalExecutor(ranks=2), **kw)
 
 
-def test_journal_locked_briefly_job_created(tmp_path):
+def test_journal_locked_briefly_job_created(world):
     """Journal locked briefly at a scan's end: job created and done, nothing reported.
 
     Journal locked for a moment at the end of a scan: the submission waits it out and the job is created
     and done.
     """
+    tmp_path = world.data
     mon = _monitor(tmp_path, busy_timeout_s=20.0)
     scan = Scan(tmp_path, mon)
     with journal_locked(mon.journal.path, seconds=1.5):
@@ -92,12 +93,13 @@ def test_journal_locked_briefly_job_created(tmp_path):
     assert not scan.errors and scan.raw_intact()
 
 
-def test_journal_locked_too_long_job_parked_then_done(tmp_path):
+def test_journal_locked_too_long_job_parked_then_done(world):
     """Journal locked too long at a scan's end: job parked and reported, done later.
 
     Journal locked for longer than its busy timeout during a scan: the job is parked (not dropped),
     reported, and submitted when the journal is free.
     """
+    tmp_path = world.data
     mon = _monitor(tmp_path, busy_timeout_s=1.0)
     scan = Scan(tmp_path, mon)
     with journal_locked(mon.journal.path):
@@ -117,12 +119,13 @@ def test_journal_locked_too_long_job_parked_then_done(tmp_path):
     assert any("parked" in i for i in mon.journal.incidents)
 
 
-def test_journal_locked_for_cli_reader_is_one_clear_error(tmp_path):
+def test_journal_locked_for_cli_reader_is_one_clear_error(world):
     """Journal kept locked: a reader gets JournalUnavailable naming it, not a hang.
 
     A journal another process keeps locked: a reader gets JournalUnavailable naming the file and the
     cause, after the busy timeout, not a hang.
     """
+    tmp_path = world.data
     journal = Journal(tmp_path / "jobs.sqlite", busy_timeout_s=0.5)
     with journal_locked(journal.path):
         t = time.monotonic()
@@ -131,12 +134,13 @@ def test_journal_locked_for_cli_reader_is_one_clear_error(tmp_path):
         assert time.monotonic() - t < 10
 
 
-def test_journal_deleted_while_monitor_runs(tmp_path):
+def test_journal_deleted_while_monitor_runs(world):
     """Journal deleted under a running job: recreated, job put back, monitor alive.
 
     Journal file deleted while a job runs: the monitor thread lives on, the journal is recreated with the
     job put back, and the job finishes.
     """
+    tmp_path = world.data
     mon = _monitor(tmp_path)
     scan = Scan(tmp_path, mon)
     mon.start()
@@ -154,12 +158,13 @@ def test_journal_deleted_while_monitor_runs(tmp_path):
     assert scan.raw_intact()
 
 
-def test_journal_corrupt_at_start_kept_aside_and_recreated(tmp_path):
+def test_journal_corrupt_at_start_kept_aside_and_recreated(world):
     """Corrupt journal at start: kept aside as .corrupt-<time>, recreated, reported.
 
     A journal file that is not a database: moved aside as <name>.corrupt-<time> (kept), an empty journal
     created, the incident reported; new jobs work.
     """
+    tmp_path = world.data
     path = tmp_path / "jobs.sqlite"
     path.write_bytes(b"this is not a database" * 100)
     mon = _monitor(tmp_path)
@@ -172,12 +177,13 @@ def test_journal_corrupt_at_start_kept_aside_and_recreated(tmp_path):
     assert mon.wait(scan.sink.job_ids[0], 120).state == "DONE"
 
 
-def test_journal_corrupted_while_monitor_runs(tmp_path):
+def test_journal_corrupted_while_monitor_runs(world):
     """Journal corrupted under a running job: kept aside, job restored and done.
 
     Journal overwritten with garbage while a job runs: the thread survives, the job is restored into a
     fresh journal and finishes; the damaged file is kept.
     """
+    tmp_path = world.data
     mon = _monitor(tmp_path)
     scan = Scan(tmp_path, mon)
     mon.start()
@@ -196,12 +202,13 @@ def test_journal_corrupted_while_monitor_runs(tmp_path):
     assert scan.raw_intact()
 
 
-def test_journal_truncated_to_nothing(tmp_path):
+def test_journal_truncated_to_nothing(world):
     """Journal truncated to zero bytes: recreated with its tables, usable at once.
 
     A journal truncated to zero bytes (a full disk, a bad copy): recreated with its tables, usable at
     once.
     """
+    tmp_path = world.data
     journal = Journal(tmp_path / "jobs.sqlite")
     for suffix in ("-wal", "-shm"):
         Path(str(journal.path) + suffix).unlink(missing_ok=True)
@@ -226,11 +233,12 @@ def _killing_python(tmp_path: Path, signal_name: str, kills: int) -> str:
 
 
 @pytest.mark.parametrize("sig", ["KILL", "TERM"])
-def test_rank_killed_by_signal_is_retried_and_named(tmp_path, sig):
+def test_rank_killed_by_signal_is_retried_and_named(world, sig):
     """MPI rank killed by a signal: transient failure naming it, retried, job done.
 
     An MPI rank killed by a signal: a transient failure naming the signal, retried, and the job completes.
     """
+    tmp_path = world.data
     mon = _monitor(tmp_path, LocalExecutor(ranks=2, python=_killing_python(tmp_path, sig, kills=1)))
     scan = Scan(tmp_path, mon)
     scan.stop()
@@ -243,12 +251,13 @@ def test_rank_killed_by_signal_is_retried_and_named(tmp_path, sig):
     assert rec.attempts == 2 and scan.raw_intact()
 
 
-def test_rank_killed_every_time_fails_with_the_signal(tmp_path):
+def test_rank_killed_every_time_fails_with_the_signal(world):
     """Rank killed on every try: FAILED naming SIGKILL after the retries; recoverable.
 
     A rank killed by SIGKILL on every attempt: FAILED after the retries, the reason names SIGKILL; the raw
     file is untouched and the job can be resubmitted.
     """
+    tmp_path = world.data
     mon = _monitor(tmp_path, LocalExecutor(ranks=2, python=_killing_python(tmp_path, "KILL", kills=99)),
                    max_retries=1)
     scan = Scan(tmp_path, mon)
@@ -273,12 +282,13 @@ def test_exit_code_of_a_signal_from_the_shell():
     assert not status_from_exit_code(66).transient
 
 
-def test_staging_on_a_full_disk_is_a_recorded_failure(tmp_path, monkeypatch):
+def test_staging_on_a_full_disk_is_a_recorded_failure(world, monkeypatch):
     """ENOSPC while staging: job FAILED 'No space left', in the run's error list.
 
     ENOSPC while writing the job's input: the job is FAILED with 'No space left', the run's error list
     says so, the raw file is untouched.
     """
+    tmp_path = world.data
     import bluesky_tomo_hpc.jobs.submit_sink as submit_sink
 
     def full(*args, **kwargs):
@@ -295,12 +305,13 @@ def test_staging_on_a_full_disk_is_a_recorded_failure(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
-def test_job_outputs_on_a_full_tmpfs(tmp_path):
+def test_job_outputs_on_a_full_tmpfs(world):
     """Job outputs on a full 256 KiB tmpfs: job FAILED with the reason, raw intact.
 
     Job outputs on a 256 KiB tmpfs: the batch program fails for lack of space, the job is recorded FAILED
     (or retried) with the reason, the raw file is untouched.
     """
+    tmp_path = world.data
     import subprocess
 
     mnt = tmp_path / "small"
@@ -324,12 +335,13 @@ def test_job_outputs_on_a_full_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)])
 
 
-def test_submission_without_slurm_is_a_failure(tmp_path, monkeypatch):
+def test_submission_without_slurm_is_a_failure(world, monkeypatch):
     """Slurm absent: job FAILED naming sbatch, in the run's error list, not 'submitted'.
 
     Slurm absent (no sbatch on PATH): the job is FAILED with a reason naming sbatch, the run's error list
     has it, nothing is reported as submitted.
     """
+    tmp_path = world.data
     from bluesky_tomo_hpc.jobs.executors.slurm import SlurmExecutor
 
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
@@ -343,13 +355,15 @@ def test_submission_without_slurm_is_a_failure(tmp_path, monkeypatch):
     assert scan.raw_intact() and rec.job.input_path.exists()
 
 
-def test_reprocess_without_slurm_counts_a_failure_and_exits_1(tmp_path, monkeypatch, RE, tiled_server,
+def test_reprocess_without_slurm_counts_a_failure_and_exits_1(world, monkeypatch, RE, tiled_server,
                                                               capsys):
     """reprocess with Slurm absent: summary '1 failed, 0 submitted', exit code 1.
 
     'reprocess --executor slurm' with Slurm absent: the summary says 1 failed, 0 submitted, and the exit
     code is 1.
     """
+    tmp_path = world.data
+    world.input("tiled")  # the standard server's own folder
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
 
@@ -371,12 +385,13 @@ def test_reprocess_without_slurm_counts_a_failure_and_exits_1(tmp_path, monkeypa
 
 
 @pytest.mark.slurm
-def test_slurm_controller_down_then_back(tmp_path):
+def test_slurm_controller_down_then_back(world):
     """slurmctld down at submission: RETRY_WAIT with sbatch's reason, DONE once back.
 
     slurmctld down at submission: a transient failure (RETRY_WAIT, reason from sbatch); once Slurm is back
     the retry runs the job to DONE.
     """
+    tmp_path = world.data
     import subprocess
 
     from bluesky_tomo_hpc.jobs.executors.slurm import SlurmExecutor

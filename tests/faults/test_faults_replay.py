@@ -38,17 +38,19 @@ def _runs(RE, tmp_path, raw, flavours=("ophyd_async",), drop_stop_of=()):
 
 
 @pytest.fixture
-def catalog(tiled_server):
+def catalog(tiled_server, world):
+    world.input("tiled")  # the standard server's own folder, beside the data folder
     client = from_uri(tiled_server.uri)
     return client, raw_catalog(client), processed_container(client)
 
 
-def test_run_without_stop_reported_and_the_rest_done(RE, tmp_path, catalog):
+def test_run_without_stop_reported_and_the_rest_done(RE, world, catalog):
     """A run without its stop among others: reported 'incomplete', the others reconstructed, twice over.
 
     The old path died with KeyError: 'stop' at that run on every re-run; a second request now
     skips what is done and reports the same incomplete run again.
     """
+    tmp_path = world.data
     client, raw, processed = catalog
     broken, good = _runs(RE, tmp_path, raw, flavours=("ophyd_async", "ophyd_async"), drop_stop_of=(0,))
     summary = reprocess(raw, processed, params=PARAMS)
@@ -59,8 +61,9 @@ def test_run_without_stop_reported_and_the_rest_done(RE, tmp_path, catalog):
     assert again == {broken: "incomplete", good: "skipped"}
 
 
-def test_allow_incomplete_reconstructs_what_is_there(RE, tmp_path, catalog):
+def test_allow_incomplete_reconstructs_what_is_there(RE, world, catalog):
     """With allow_incomplete, a run without a stop is reconstructed from the frames it has."""
+    tmp_path = world.data
     client, raw, processed = catalog
     (uid,) = _runs(RE, tmp_path, raw, drop_stop_of=(0,))
     (outcome,) = reprocess(raw, processed, params=PARAMS, allow_incomplete=True).outcomes
@@ -69,8 +72,9 @@ def test_allow_incomplete_reconstructs_what_is_there(RE, tmp_path, catalog):
     assert node["volume"].shape == (SHAPE[0], SHAPE[1], SHAPE[1])
 
 
-def test_entries_that_are_not_runs_are_skipped(RE, tmp_path, catalog):
+def test_entries_that_are_not_runs_are_skipped(RE, world, catalog):
     """A plain container and an array beside the runs: 'not-a-run', no traceback, the run done."""
+    tmp_path = world.data
     import numpy as np
 
     client, raw, processed = catalog
@@ -84,8 +88,9 @@ def test_entries_that_are_not_runs_are_skipped(RE, tmp_path, catalog):
 
 
 @pytest.mark.parametrize("flavour", ["ophyd_async", "ophyd_v1"])
-def test_standard_tiled_without_exporter(RE, tmp_path, catalog, flavour):
+def test_standard_tiled_without_exporter(RE, world, catalog, flavour):
     """A run in a standard Tiled (run.documents() answers HTTP 406 there) is reconstructed anyway."""
+    tmp_path = world.data
     from tiled.client.utils import ClientError
 
     client, raw, processed = catalog
@@ -96,8 +101,9 @@ def test_standard_tiled_without_exporter(RE, tmp_path, catalog, flavour):
     assert outcome.status == "reconstructed", outcome.message
 
 
-def test_cli_exit_code_names_incomplete_runs(RE, tmp_path, catalog, monkeypatch, capsys, tiled_server):
+def test_cli_exit_code_names_incomplete_runs(RE, world, catalog, monkeypatch, capsys, tiled_server):
     """'reprocess' on a catalog with an incomplete run: exit 1, the summary line counts it, the rest done."""
+    tmp_path = world.data
     from bluesky_tomo_hpc.cli.main import main
 
     client, raw, processed = catalog

@@ -36,8 +36,8 @@ def quick_tiled_retries(monkeypatch):
 
 
 @pytest.fixture
-def tiled(tmp_path):
-    proc = TiledProcess(tmp_path / "tiled", tmp_path).start()
+def tiled(world):
+    proc = TiledProcess(world.data / "tiled", world.data).start()
     yield proc
     proc.kill()
 
@@ -80,13 +80,14 @@ def _scan(RE, pipe: TomoPipeline, on_doc=None) -> str:
     return uid
 
 
-def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, tmp_path, tiled):
+def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, world, tiled):
     """Tiled killed mid-scan: all kept locally and reported, in Tiled once it is back.
 
     Tiled killed mid-scan: scan completes; raw run in the JSONL backup and the volume in the spool, both
     errors in the run's list; after a restart the recovery thread completes the raw run and registers the
     volume.
     """
+    tmp_path = world.data
     pipe = _pipeline(tmp_path, tiled)
     state = {"events": 0}
 
@@ -125,12 +126,13 @@ def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, tmp_pat
         pipe.close()
 
 
-def test_backup_replayed_twice_gives_no_conflict(RE, tmp_path, tiled):
+def test_backup_replayed_twice_gives_no_conflict(RE, world, tiled):
     """Backup replayed into a Tiled that has the run: 'already-complete', no HTTP 409.
 
     Replaying a raw-run backup into a Tiled that already has the complete run: 'already-complete', no HTTP
     409, nothing changed.
     """
+    tmp_path = world.data
     pipe = _pipeline(tmp_path, tiled)
     try:
         uid = _scan(RE, pipe)
@@ -151,12 +153,13 @@ def test_backup_replayed_twice_gives_no_conflict(RE, tmp_path, tiled):
     assert replay_backup(backup, raw).status == "already-complete"
 
 
-def test_partial_run_completed_from_backup(RE, tmp_path, tiled):
+def test_partial_run_completed_from_backup(RE, world, tiled):
     """Raw run left without its stop: completed from the backup, files untouched.
 
     A raw run left in Tiled without its stop (a Tiled crash) is completed from the JSONL backup: stop
     present, every stream readable, detector files untouched.
     """
+    tmp_path = world.data
     from bluesky.callbacks.json_writer import JSONLinesWriter
     from bluesky_tiled_plugins import TiledWriter
 
@@ -184,12 +187,13 @@ def test_partial_run_completed_from_backup(RE, tmp_path, tiled):
     assert replay_backup(backup_dir / "replayed" / path.name, raw).status == "already-complete"
 
 
-def test_backup_without_stop_is_closed_only_when_asked(RE, tmp_path, tiled):
+def test_backup_without_stop_is_closed_only_when_asked(RE, world, tiled):
     """Backup without a stop: left alone, closed as 'abort' only when asked.
 
     A backup with no stop (the acquisition died too) is left alone by default and closed as 'abort' with a
     reason by --complete-unstopped.
     """
+    tmp_path = world.data
     from bluesky.callbacks.json_writer import JSONLinesWriter
 
     raw = raw_catalog(tiled.client())
@@ -208,12 +212,13 @@ def test_backup_without_stop_is_closed_only_when_asked(RE, tmp_path, tiled):
     assert stop["exit_status"] == "abort" and "never written" in stop["reason"]
 
 
-def test_torn_backup_line_is_ignored(RE, tmp_path, tiled):
+def test_torn_backup_line_is_ignored(RE, world, tiled):
     """Backup with a torn last line: complete documents replayed, torn one ignored.
 
     A backup whose last line was torn by a crash: the complete documents are replayed, the torn one
     ignored.
     """
+    tmp_path = world.data
     from bluesky.callbacks.json_writer import JSONLinesWriter
 
     raw = raw_catalog(tiled.client())
@@ -231,12 +236,13 @@ def test_torn_backup_line_is_ignored(RE, tmp_path, tiled):
     assert raw[uid].metadata["stop"]["exit_status"] == "success"
 
 
-def test_tiled_down_at_stop_recover_command(RE, tmp_path, tiled, monkeypatch, capsys):
+def test_tiled_down_at_stop_recover_command(RE, world, tiled, monkeypatch, capsys):
     """Tiled down at stop: 'recover' keeps everything until Tiled is back, then exits 0.
 
     Tiled down at the scan's stop: volume spooled, raw run backed up; 'recover' fails while Tiled is down
     (nothing removed) and exits 0 once it is back, with run and volume in Tiled.
     """
+    tmp_path = world.data
     from bluesky_tomo_hpc.cli.main import main
 
     pipe = _pipeline(tmp_path, tiled)
@@ -266,12 +272,13 @@ def test_tiled_down_at_stop_recover_command(RE, tmp_path, tiled, monkeypatch, ca
     assert main(argv) == 0, "a second recover has nothing to do"
 
 
-def test_spool_on_full_disk_is_reported_not_silent(RE, tmp_path, tiled, monkeypatch):
+def test_spool_on_full_disk_is_reported_not_silent(RE, world, tiled, monkeypatch):
     """Tiled down and disk full: scan completes, the run's error list says why.
 
     Tiled down and the disk full (ENOSPC while spooling): the scan completes, the raw data stays, and the
     run's error list says the volume could not be kept and why.
     """
+    tmp_path = world.data
     import errno
 
     import bluesky_tomo_hpc.results.spool as spool_mod

@@ -43,8 +43,10 @@ def _journal_of_a_run_whose_stop_was_missed(RE, tmp_path: Path, raw=None) -> tup
     return uid, journal
 
 
-def test_restart_takes_the_missed_stop_from_tiled(RE, tmp_path, tiled_server):
+def test_restart_takes_the_missed_stop_from_tiled(RE, world, tiled_server):
     """Restarted with the journal of a run whose stop was sent: stop taken from Tiled, run finished."""
+    tmp_path = world.data
+    world.input("tiled")  # the standard server's own folder
     from tiled.client import from_uri
 
     from bluesky_tomo_hpc.results.tiled_server import raw_catalog
@@ -62,8 +64,9 @@ def test_restart_takes_the_missed_stop_from_tiled(RE, tmp_path, tiled_server):
         worker.close()
 
 
-def test_restart_without_tiled_gives_up_after_the_stop_timeout(RE, tmp_path):
+def test_restart_without_tiled_gives_up_after_the_stop_timeout(RE, world):
     """Same restart with no Tiled: the run is given up after the stop timeout, saying so; nothing hangs."""
+    tmp_path = world.data
     uid, journal = _journal_of_a_run_whose_stop_was_missed(RE, tmp_path)
     worker = StreamWorker(_settings(tmp_path), client=None, journal_dir=journal, stop_timeout_s=0.5)
     try:
@@ -103,8 +106,9 @@ class WorkerProcess:
 
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_while_waiting_for_documents(tmp_path, sig, code):
+def test_signal_while_waiting_for_documents(world, sig, code):
     """SIGTERM/SIGINT while the worker waits for documents: it exits at once with 128+N."""
+    tmp_path = world.data
     w = WorkerProcess(tmp_path, "--timeout", "120")
     w.wait_ready()
     t = time.monotonic()
@@ -115,8 +119,9 @@ def test_signal_while_waiting_for_documents(tmp_path, sig, code):
     assert sig.name in err
 
 
-def test_signal_while_a_run_is_open(RE, tmp_path):
+def test_signal_while_a_run_is_open(RE, world):
     """SIGTERM with a rebuilt run open (its stop never came): exits promptly and says the run was given up."""
+    tmp_path = world.data
     uid, journal = _journal_of_a_run_whose_stop_was_missed(RE, tmp_path)
     w = WorkerProcess(tmp_path, "--timeout", "120", "--journal", str(journal))
     w.wait_ready()
@@ -126,8 +131,9 @@ def test_signal_while_a_run_is_open(RE, tmp_path):
     assert "gave up" in err and uid in err
 
 
-def test_signal_during_start(tmp_path, RE):
+def test_signal_during_start(world, RE):
     """SIGTERM while the worker is still starting (rebuilding its journal): it exits, it does not hang."""
+    tmp_path = world.data
     uid, journal = _journal_of_a_run_whose_stop_was_missed(RE, tmp_path)
     w = WorkerProcess(tmp_path, "--timeout", "120", "--journal", str(journal))
     time.sleep(1.0)
@@ -136,8 +142,9 @@ def test_signal_during_start(tmp_path, RE):
     assert rc != 0 and elapsed < 60
 
 
-def test_timeout_honoured_with_a_run_whose_stop_never_comes(RE, tmp_path):
+def test_timeout_honoured_with_a_run_whose_stop_never_comes(RE, world):
     """--timeout with a rebuilt run whose stop never comes (no Tiled): exits on time, says it gave up."""
+    tmp_path = world.data
     uid, journal = _journal_of_a_run_whose_stop_was_missed(RE, tmp_path)
     w = WorkerProcess(tmp_path, "--timeout", "8", "--journal", str(journal))
     w.wait_ready()
@@ -146,8 +153,9 @@ def test_timeout_honoured_with_a_run_whose_stop_never_comes(RE, tmp_path):
     assert "gave up" in err and uid in err
 
 
-def test_stop_timeout_gives_the_run_up_while_serving(RE, tmp_path):
+def test_stop_timeout_gives_the_run_up_while_serving(RE, world):
     """--stop-timeout 1 with a rebuilt run and no Tiled: given up while serving, long before --timeout."""
+    tmp_path = world.data
     uid, journal = _journal_of_a_run_whose_stop_was_missed(RE, tmp_path)
     w = WorkerProcess(tmp_path, "--timeout", "12", "--stop-timeout", "1", "--journal", str(journal))
     w.wait_ready()
