@@ -10,7 +10,9 @@ variable Tiled's own client reads), other services name their variables in their
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,8 +21,31 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .engine.params import ReconParams
 
+log = logging.getLogger(__name__)
+
 ENV_FILE = "BLUESKY_TOMO_HPC_CONFIG"
 ENV_PREFIX = "BLUESKY_TOMO_HPC__"
+
+
+# 0MQ endpoints (live previews here; the worker's --zmq and watch use the same check)
+_ADDRESS = re.compile(r"tcp://(?P<host>\[[0-9a-fA-F:.]+\]|[^\s:/\[\]]+):(?P<port>\d{1,5}|\*)|(ipc|inproc)://\S+")
+_LOOPBACK = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def check_zmq_address(address: object, *, bind: bool = False, what: str = "0MQ address") -> str:
+    """``address`` if it is a 0MQ endpoint (``tcp://HOST:PORT``, ``ipc://``, ``inproc://``), else a
+    ``ValueError`` that shows the form; binding anywhere but loopback is logged as a warning,
+    since a 0MQ socket has no authentication unless CURVE keys are configured."""
+    m = _ADDRESS.fullmatch(address) if isinstance(address, str) else None
+    port = m.group("port") if m else None
+    if m is None or (port not in (None, "*") and not 0 < int(port) < 65536):
+        raise ValueError(f"{what} {address!r:.80} is not a 0MQ address; give tcp://HOST:PORT "
+                         "(port 1-65535) such as tcp://127.0.0.1:5578")
+    if bind and m and m.group("host") and m.group("host") not in _LOOPBACK:
+        log.warning("%s %s listens beyond this host: anyone who reaches it can read or send; "
+                    "prefer 127.0.0.1 and an SSH tunnel, or 0MQ CURVE keys", what, address)
+    return address
+
 
 
 class _Section(BaseModel):
@@ -108,6 +133,16 @@ def _set_path(tree: dict[str, Any], keys: list[str], value: Any) -> None:
     tree[keys[-1]] = value
 
 
+def _yaml_value(name: str, raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(
+            f"environment variable {name}={raw!r:.60} is not valid YAML ({where}); "
+            f"quote it (e.g. {name}='\"text\"') or fix it") from None
+
+
 def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """``BLUESKY_TOMO_HPC__RECON__FILTER_NAME=hann`` -> ``{"recon": {"filter_name": "hann"}}``."""
     environ = dict(os.environ if environ is None else environ)
@@ -117,7 +152,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, Any]:
             continue
         keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
         if keys:
-            _set_path(out, keys, yaml.safe_load(raw) if raw != "" else None)
+            _set_path(out, keys, _yaml_value(name, raw) if raw != "" else None)
     return out
 
 
@@ -137,7 +172,13 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     data: dict[str, Any] = {}
     path = path or env.get(ENV_FILE)
     if path:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ValueError(f"settings file {path} is not valid YAML{at}: "
+                             f"{getattr(exc, 'problem', None) or exc}; fix the file") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the configuration must be a mapping of sections")
         data = loaded

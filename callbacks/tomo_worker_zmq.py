@@ -5,8 +5,11 @@
 
 Usage (settings from $BLUESKY_TOMO_HPC_CONFIG; every `bluesky-tomo-hpc worker` option works):
     tomo_worker_zmq.py tcp://127.0.0.1:5578 --preview-zmq tcp://127.0.0.1:5600 --journal /var/tmp/tomo
-On the RunEngine side:
-    from bluesky.callbacks.zmq import Publisher; RE.subscribe(Publisher("tcp://127.0.0.1:5577"))
+On the RunEngine side (msgpack, never bluesky's pickle default; addresses on 127.0.0.1, see
+docs/how-to/streaming-worker.md for SSH tunnels and CURVE keys):
+    from bluesky_tomo_hpc.sources.zmq_documents import document_publisher
+    RE.subscribe(document_publisher("tcp://127.0.0.1:5577"))
+and the proxy: bluesky-0MQ-proxy --in-address tcp://127.0.0.1:5577 --out-address tcp://127.0.0.1:5578
 Run it under a supervisor (systemd, procServ) with --journal so a restart finishes open scans.
 """
 

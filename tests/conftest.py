@@ -27,9 +27,8 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture
-def RE():
-    """A RunEngine on its own fresh event loop, halted and closed after the test."""
+def _run_engine():
+    """A RunEngine on its own fresh event loop, halted and closed when the generator ends."""
     from bluesky import RunEngine
 
     loop = asyncio.new_event_loop()
@@ -40,6 +39,18 @@ def RE():
     loop.call_soon_threadsafe(loop.stop)
     engine._th.join()
     loop.close()
+
+
+@pytest.fixture
+def RE():
+    """A RunEngine on its own fresh event loop, halted and closed after the test."""
+    yield from _run_engine()
+
+
+@pytest.fixture(scope="module")
+def module_RE():
+    """One RunEngine for all the tests of a module (making one costs about a second)."""
+    yield from _run_engine()
 
 
 @pytest.fixture

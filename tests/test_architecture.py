@@ -2,8 +2,8 @@
 
 Layers, lowest first: ``model``/``settings`` and ``engine`` (pure arrays; no bluesky, no Tiled),
 ``sources`` and ``sinks`` (the stream), ``results`` and ``jobs``, ``live`` (wiring of a scan),
-``cli``. A module may import its own layer and the ones below; imports inside functions count
-too, because a lazy import that runs back up is still a cycle a reader has to untangle.
+``web`` (the page), ``cli``. A module may import its own layer and the ones below; imports inside
+functions count too, because a lazy import that runs back up is still a cycle a reader has to untangle.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ ALLOWED = {
     "results": {"model", "engine", "settings"},
     "jobs": {"model", "engine", "settings", "sources", "results"},
     "live": {"model", "engine", "settings", "sources", "sinks", "results", "jobs", "sim"},
-    "cli": {"model", "engine", "settings", "sources", "sinks", "results", "jobs", "live", "sim"},
+    "web": {"model", "engine", "settings", "sources", "sinks", "results", "jobs"},
+    "cli": {"model", "engine", "settings", "sources", "sinks", "results", "jobs", "live", "sim", "web"},
     "batch": {"jobs"},
     "__init__": {"engine", "settings", "live", "model"},
 }

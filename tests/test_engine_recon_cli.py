@@ -97,9 +97,11 @@ def test_recon_try_writes_contact_sheet(dx_file, tmp_path):
 
 
 def test_recon_bad_input_exit_code(dx_file, tmp_path, capsys):
-    assert recon_cli.run(_parse(["recon", str(tmp_path / "nope.h5")])) == 2
+    from bluesky_tomo_hpc.cli.main import main
+
+    assert main(["recon", str(tmp_path / "nope.h5")]) == 3
     assert "no such scan file" in capsys.readouterr().err
-    assert recon_cli.run(_parse(["recon", str(dx_file), "--rows", "5:50", "--out", str(tmp_path)])) == 2
+    assert main(["recon", str(dx_file), "--rows", "5:50", "--out", str(tmp_path)]) == 2
     assert "outside the detector's 10 rows" in capsys.readouterr().err
-    assert recon_cli.run(_parse(["recon", str(dx_file), "--center", "left"])) == 2
+    assert main(["recon", str(dx_file), "--center", "left"]) == 2
     assert "--center must be auto, try or a number" in capsys.readouterr().err

@@ -59,7 +59,7 @@ def test_script_comes_from_the_template(tmp_path):
     text = render_script(job)
     assert "#SBATCH --ntasks=4" in text and "#SBATCH --nodes=2" in text and "#SBATCH --time=01:02:00" in text
     assert "#SBATCH --qos=realtime" in text and "#SBATCH --account=als" in text
-    assert f'mpiexec -n $SLURM_NTASKS {sys.executable} -m bluesky_tomo_hpc.batch "{job.job_file}"' in text
+    assert f'mpiexec -n $SLURM_NTASKS {sys.executable} -m bluesky_tomo_hpc.batch {job.job_file}' in text
     assert "$job" not in text and "${" not in text, "every template field is filled"
 
 

@@ -56,7 +56,7 @@ def test_malformed_messages_are_refused_with_a_reason(mangle, message):
 
 
 def test_bare_port_is_refused():
-    with pytest.raises(ValueError, match="full URL"):
+    with pytest.raises(ValueError, match="tcp://HOST:PORT"):
         PreviewPublisher("5600")
 
 

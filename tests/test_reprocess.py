@@ -115,9 +115,9 @@ def test_cli_reprocess_and_its_refusals(catalog, tmp_path, monkeypatch, capsys):
     impossible.write_text("binning: -2\n")
     assert cli_main(["reprocess", server.uri, "--params", str(impossible)]) == 2
     assert "binning" in capsys.readouterr().err
-    assert cli_main(["reprocess", server.uri, "--plan", "no_such_plan"]) == 4
+    assert cli_main(["reprocess", server.uri, "--plan", "no_such_plan"]) == 2
     assert "no run in the catalog matches plan_name=" in capsys.readouterr().err
-    assert cli_main(["reprocess", "http://127.0.0.1:9/api/v1"]) == 3
+    assert cli_main(["reprocess", "http://127.0.0.1:9/api/v1"]) == 5
     assert "cannot open catalog" in capsys.readouterr().err
     assert len(list(catalog["processed"])) == before  # nothing submitted by any refusal
 

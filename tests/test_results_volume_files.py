@@ -15,6 +15,8 @@ from test_engine_recon_cli import _parse, dx_file, write_dxchange  # noqa: F401 
 from test_engine_recon_pipeline import make_scan
 
 from bluesky_tomo_hpc.cli import recon as recon_cli
+from bluesky_tomo_hpc.cli.errors import EXIT_OUTPUT
+from bluesky_tomo_hpc.cli.main import main as cli_main
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.slab_pipeline import slab_bytes_per_row, slab_rows
@@ -144,28 +146,28 @@ def small_tmpfs(tmp_path):
 def test_recon_onto_a_full_disk(dx_file, small_tmpfs, capsys):  # noqa: F811
     before = hashlib.sha256(dx_file.read_bytes()).hexdigest()
     out = small_tmpfs / "rec"
-    code = recon_cli.run(_parse(["recon", str(dx_file), "--out", str(out), "--center", "40"]))
+    code = cli_main(["recon", str(dx_file), "--out", str(out), "--center", "40"])
     err = capsys.readouterr().err
-    assert code == 1 and "No space left on device" in err and "FAILED.txt" in err
+    assert code == EXIT_OUTPUT and "No space left on device" in err and "FAILED.txt" in err
     assert not out.exists() and "ENOSPC" in ResultLayout(out).failure_note.read_text()
     assert hashlib.sha256(dx_file.read_bytes()).hexdigest() == before, "raw data untouched"
 
 
 def test_recon_refuses_existing_result_unless_overwrite(dx_file, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "rec"
-    assert recon_cli.run(_parse(["recon", str(dx_file), "--out", str(out), "--center", "40"])) == 0
+    assert cli_main(["recon", str(dx_file), "--out", str(out), "--center", "40"]) == 0
     assert len(list((out / "tiff").glob("*.tiff"))) == 10
-    assert recon_cli.run(_parse(["recon", str(dx_file), "--out", str(out), "--rows", "0:4"])) == 2
+    assert cli_main(["recon", str(dx_file), "--out", str(out), "--rows", "0:4"]) == 2
     assert "already holds a result" in capsys.readouterr().err
-    assert recon_cli.run(_parse(["recon", str(dx_file), "--out", str(out), "--rows", "0:4",
-                                 "--center", "40", "--overwrite"])) == 0
+    assert cli_main(["recon", str(dx_file), "--out", str(out), "--rows", "0:4",
+                     "--center", "40", "--overwrite"]) == 0
     assert sorted(p.name for p in (out / "tiff").glob("*.tiff")) == [f"recon_{r:05d}.tiff" for r in range(4)]
 
 
 def test_memory_budget_below_one_slab_is_refused_naming_the_minimum(dx_file, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "rec"
-    assert recon_cli.run(_parse(["recon", str(dx_file), "--out", str(out), "--center", "40",
-                                 "--memory-budget-mb", "0.5"])) == 2
+    assert cli_main(["recon", str(dx_file), "--out", str(out), "--center", "40",
+                     "--memory-budget-mb", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "too small for one slab" in err and "at least" in err and "MiB" in err
     assert not out.exists() and not ResultLayout(out).partial.exists()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 from test_preview import disc, feed, phantom_scan, spec_for  # tests/ is on sys.path
 
@@ -53,9 +51,9 @@ def test_journal_keeps_the_documents_of_open_runs_and_survives_a_torn_record(tmp
     j.record("event", {"uid": "big", "descriptor": "d1", "data": {"img": np.zeros(300_000)}})
     assert j.skipped_docs == 1
     j.close_all()
-    path = tmp_path / "run-A.pickle"
-    with open(path, "ab") as f:  # a record cut short by kill -9
-        f.write(pickle.dumps(("event", {"uid": "torn"}))[:-5])
+    path = tmp_path / "run-A.jsonl"
+    with open(path, "a") as f:  # a record cut short by kill -9
+        f.write('{"name": "event", "doc": {"uid": "tor')
     docs = RunJournal.read(path)
     assert [d["uid"] for _, d in docs] == ["run-A", "d1", "e1"]
     assert RunJournal(tmp_path).pending() == [path]

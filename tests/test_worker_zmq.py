@@ -126,10 +126,10 @@ class Collector:
 
 
 def publisher(RE, address: str):
-    """The RunEngine side: bluesky's Publisher, subscribed to RE."""
-    from bluesky.callbacks.zmq import Publisher
+    """The RunEngine side: bluesky's Publisher with the msgpack codec, subscribed to RE."""
+    from bluesky_tomo_hpc.sources.zmq_documents import document_publisher
 
-    pub = Publisher(address)
+    pub = document_publisher(address)
     RE.subscribe(pub)
     return pub
 
@@ -233,7 +233,7 @@ def test_worker_killed_mid_scan_is_rebuilt_from_the_hdf5_file(RE, proxy, tmp_pat
         for w in (first, second):
             if w is not None and w.proc.poll() is None:
                 w.proc.kill()
-    assert state["journal_files"] == [f"{uid}.pickle"]
+    assert state["journal_files"] == [f"{uid}.jsonl"]
     assert 10 <= state["killed_at"] < 120
     final = collector.updates[-1]
     assert final.final and final.run_uid == uid

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import positive_int, writable_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,15 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", type=Path, default=Path("tomo_hpc_data"),
                    help="where raw HDF5, Tiled catalog, results and previews go (default ./tomo_hpc_data)")
-    p.add_argument("--projections", type=int, default=180, help="number of projections (default 180)")
-    p.add_argument("--rows", type=int, default=64, help="detector rows (default 64)")
-    p.add_argument("--columns", type=int, default=128, help="detector columns (default 128)")
+    p.add_argument("--projections", type=positive_int, default=180,
+                   help="number of projections (default 180)")
+    p.add_argument("--rows", type=positive_int, default=64, help="detector rows (default 64)")
+    p.add_argument("--columns", type=positive_int, default=128, help="detector columns (default 128)")
     p.add_argument("--flavour", choices=["ophyd_async", "ophyd_v1"], default="ophyd_async",
                    help="simulated detector: ophyd-async (HDF5 + StreamResource) or ophyd v1 "
                         "(images in events)")
     p.add_argument("--executor", choices=["none", "local"], default="local",
                    help="batch job after the scan: local mpiexec (default) or none")
-    p.add_argument("--ranks", type=int, default=2, help="MPI ranks of the batch job (default 2)")
+    p.add_argument("--ranks", type=positive_int, default=2, help="MPI ranks of the batch job (default 2)")
     p.add_argument("--serve", action="store_true",
                    help="keep the Tiled server running afterwards until Ctrl-C")
     p.set_defaults(func=run)
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..live.demo_run import run_demo
+
+    writable_folder(args.data_dir, "--data-dir")
 
     console = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
     console.rule("[bold]bluesky_tomo_hpc demo")

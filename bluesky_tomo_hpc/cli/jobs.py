@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import CliError, one_line
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -67,15 +69,28 @@ def _monitor(journal: Any, poll: float) -> Any:
 
 def _row(r: Any) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.updated))
-    extra = r.error or r.tiled_node or ""
+    extra = one_line(r.error or r.tiled_node or "")
+    run = one_line(r.run_uid)[:20]  # a uid from outside: no terminal escapes reach the screen
     return (
-        f"{r.job_id:<14}{r.state:<12}{r.executor:<8}{r.attempts:<4}{when:<21}{r.run_uid[:20]:<21}"
+        f"{r.job_id:<14}{r.state:<12}{r.executor:<8}{r.attempts:<4}{when:<21}{run:<21}"
         f"{r.params_hash:<18}{extra[:80]}"
     )
 
 
+def _require_job(journal: Any, job_id: str) -> None:
+    from ..jobs.journal import JournalError
+
+    try:
+        journal.get(job_id)
+    except JournalError:
+        raise CliError(f"no job {job_id!r} in the journal {journal.path}; "
+                       "'bluesky-tomo-hpc jobs list --all' shows the job ids") from None
+
+
 def run(args: argparse.Namespace) -> int:
     journal = _journal(args)
+    if getattr(args, "job_id", None):
+        _require_job(journal, args.job_id)
     if args.jobs_command == "list":
         recs = journal.jobs(active_only=not args.all)
         print(f"{'JOB':<14}{'STATE':<12}{'EXEC':<8}{'TRY':<4}{'UPDATED':<21}{'RUN':<21}{'PARAMS':<18}DETAIL")

@@ -8,6 +8,10 @@ import importlib
 import logging
 import os
 import sys
+import traceback
+from typing import NoReturn
+
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe
 
 DESCRIPTION = """\
 Automatic tomography reconstruction for Bluesky beamlines.
@@ -26,19 +30,32 @@ first steps:
 configuration: one YAML file named by $BLUESKY_TOMO_HPC_CONFIG (or --config), overridden by
 variables BLUESKY_TOMO_HPC__SECTION__KEY=value; secrets (TILED_API_KEY, NERSC/Globus
 credentials) only from the environment. Run 'bluesky-tomo-hpc SUBCOMMAND --help' for details.
+
+errors: one line on stderr naming the problem and the fix; exit status 1 some work failed, 2 bad
+command line/parameter/settings, 3 bad input data, 4 output not writable, 5 service unreachable,
+70 internal error, 130 interrupted. --debug prints the traceback too.
 """
 
 #: subcommand modules in the order --help lists them
-COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "reprocess", "recover", "config")
+COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "health", "reprocess", "recover", "config")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (its default prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}; see '{self.prog} --help'\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bluesky-tomo-hpc", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output (-v info, -vv debug)")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error as well as its one-line message")
     parser.add_argument("--config", metavar="FILE",
                         help="settings file (YAML); default $BLUESKY_TOMO_HPC_CONFIG")
     parser.add_argument("--version", action="version", version=_version())
@@ -81,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place a command's error becomes a line and a code
+        code, line = describe(exc)
+        if args.debug:
+            traceback.print_exc()
+        print(f"bluesky-tomo-hpc {args.command}: {line}", file=sys.stderr)
+        return code
     finally:
         if args.config:
             if previous is None:

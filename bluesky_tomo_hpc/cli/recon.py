@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EXIT_INPUT, EXIT_OUTPUT, CliError, describe, positive_int, writable_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -40,10 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", dest="filter_name", metavar="NAME",
                    help="none, ramp, shepp, cosine, hann, hamming, parzen, butterworth")
     p.add_argument("--rows", metavar="START:STOP", help="detector rows [START, STOP) to reconstruct")
-    p.add_argument("--binning", type=int, help="average BxB pixels before reconstructing")
+    p.add_argument("--binning", type=positive_int, help="average BxB pixels before reconstructing")
     p.add_argument("--try-width", type=float, default=5.0, help="try: px either side of the estimate")
     p.add_argument("--try-step", type=float, default=1.0, help="try: px between candidates")
-    p.add_argument("--slab-rows", type=int, metavar="N",
+    p.add_argument("--slab-rows", type=positive_int, metavar="N",
                    help="at most N detector rows read at a time (default: 16 slices, fewer if the "
                         "memory budget needs)")
     p.add_argument("--memory-budget-mb", type=float, metavar="MiB",
@@ -57,23 +59,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit status 0 on success, 2 for bad input (the message names the problem)."""
-    from pydantic import ValidationError
-
-    from ..model import TomoDataError
+    """Exit status 0 on success; errors are raised, for ``cli/main.py`` to put in one line with
+    an exit code by class (``cli/errors.py``)."""
     from ..results.volume_files import ResultExistsError, ResultLayout, VolumeWriteError
 
     try:
         return _run(args)
-    except (TomoDataError, ValidationError, ValueError, FileNotFoundError, KeyError,
-            ResultExistsError) as exc:
-        print(f"recon: {exc}", file=sys.stderr)
-        return 2
+    except ResultExistsError as exc:
+        raise CliError(str(exc)) from exc
     except OSError as exc:  # a full disk, a failed write: the result's name was never created
-        note = "" if isinstance(exc, VolumeWriteError) else (
+        code, line = describe(exc)
+        note = "" if isinstance(exc, VolumeWriteError) or code == EXIT_INPUT else (
             f"; no result was written ({ResultLayout(_out(args)).failure_note} says why)")
-        print(f"recon: {exc}{note}", file=sys.stderr)
-        return 1
+        raise CliError(f"{line}{note}", code) from exc
 
 
 def _out(args: argparse.Namespace) -> Path:
@@ -125,23 +123,27 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..jobs.batch_program import SingleRank, run
-    from ..model import TomoDataError
     from ..sources.raw_files import describe_scan
 
     path: Path = args.file
     if not path.is_file():
-        raise FileNotFoundError(f"no such scan file: {path}")
+        raise CliError(f"no such scan file: {path}; give the path of an HDF5 scan", EXIT_INPUT)
     params = _params(args)
     ny = describe_scan(path).frame_shape[0]
     rows = params.rows or (0, ny)
     if not (0 <= rows[0] < rows[1] <= ny):
-        raise TomoDataError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows")
+        raise CliError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows; "
+                       f"give START:STOP with 0 <= START < STOP <= {ny}")
     out = _out(args)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"cannot write to --out {out}: a file is in the way; choose another folder",
+                       EXIT_OUTPUT)
+    writable_folder(out.parent, "--out")  # before any work (out itself appears when complete)
 
     if args.center == "try":
         center, conf, method = _estimate_center(path, rows, params)
         print(f"centre {center:.2f} px (confidence {conf:.2f}, {method})", file=sys.stderr)
-        out.mkdir(parents=True, exist_ok=True)
+        writable_folder(out, "--out")
         return _try(path, rows, params, center, conf, method, args, out)
 
     columns = (TextColumn("[bold]recon"), BarColumn(), TextColumn("{task.completed}/{task.total} slices"),
@@ -154,6 +156,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"centre {c:.2f} px; wrote {result['shape'][0]} slices of {result['shape'][1]} x "
           f"{result['shape'][2]} to {out} (OME-Zarr, {'no TIFF' if args.no_tiff else 'TIFF'}, "
           f"provenance.json)", file=sys.stderr)
+    for warning in result.get("warnings", ()):  # also in provenance.json; said so nobody has to look
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .errors import EXIT_SERVICE, CliError
+
 
 def _scan_range(text: str) -> tuple[int, int]:
     try:
@@ -53,7 +55,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -70,20 +71,16 @@ def run(args: argparse.Namespace) -> int:
     from ..settings import load_settings
 
     console = Console(stderr=True)
-    try:
-        settings = load_settings()
-        params = ReconParams.from_file(args.params) if args.params else settings.recon
-    except (ValidationError, ValueError, OSError) as exc:
-        console.print(f"[red]invalid parameters:[/red] {exc}")
-        return 2
+    settings = load_settings()  # invalid settings or parameters: one line from cli/main.py
+    params = ReconParams.from_file(args.params) if args.params else settings.recon
     try:
         from tiled.client import from_uri
 
         client = from_uri(args.catalog_uri, api_key=settings.tiled.api_key)
         raw = client[args.raw or settings.tiled.raw_container]
     except Exception as exc:
-        console.print(f"[red]cannot open catalog {args.catalog_uri}:[/red] {type(exc).__name__}: {exc}")
-        return 3
+        raise CliError(f"cannot open catalog {args.catalog_uri}: {type(exc).__name__}: {exc}; is the "
+                       "Tiled server running, and are the URI and the API key right?", EXIT_SERVICE) from exc
     query = RunQuery(scan_ids=args.scan_ids, since=args.since, until=args.until,
                      plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids))
     processed = processed_container(client, args.processed or settings.tiled.processed_container)
@@ -98,8 +95,7 @@ def run(args: argparse.Namespace) -> int:
             what = "not tomography" if layout is None else ("done" if done else "to do")
             print(f"{uid[:8]} scan {r.metadata['start'].get('scan_id')}: {what}")
         if not found:
-            console.print(f"[red]no run matches {query.describe()}[/red]")
-            return 4
+            raise CliError(f"no run matches {query.describe()}; widen the query (see --help)")
         return 0
 
     submit = monitor = None
@@ -125,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
             summary = reprocess(raw, processed, params=params, query=query, submit=submit,
                                 progress=progress, allow_incomplete=args.allow_incomplete)
         except ReprocessError as exc:
-            console.print(f"[red]{exc}[/red]")
-            return 4
+            raise CliError(f"{exc}; widen the query (see --help)") from exc
     for line in summary.lines():
         print(line)
     if monitor is not None:

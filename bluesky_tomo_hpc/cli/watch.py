@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any
 
+from .errors import writable_folder
+
 log = logging.getLogger(__name__)
 
 
@@ -70,13 +72,15 @@ class _Window:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..settings import check_zmq_address
     from ..sinks.preview_stream import PreviewSubscriber
 
+    check_zmq_address(args.address, what="watch address")  # before any window or folder is made
     show: Any
     if args.out:
         from ..sinks.preview import PreviewFileWriter
 
-        show = PreviewFileWriter(args.out)
+        show = PreviewFileWriter(writable_folder(args.out, "--out"))
     else:
         try:
             show = _Window()

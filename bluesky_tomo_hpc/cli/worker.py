@@ -9,6 +9,8 @@ import sys
 import threading
 from typing import Any
 
+from .errors import one_line
+
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -136,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
                 "seconds": round(outcome.seconds, 3)}}), flush=True)
         if worker.router.errors:
             for uid, msg in worker.router.errors:
-                print(f"run {uid}: {msg}", file=sys.stderr)
+                print(one_line(f"run {uid}: {msg}"), file=sys.stderr)
         if worker.interrupted:
             return 128 + worker.interrupted
         return 0 if finished else 1

@@ -102,8 +102,8 @@ class ReconParams(_Frozen):
         """Read YAML or JSON; unknown keys and impossible values raise a ``ValidationError``."""
         import yaml
 
-        text = Path(path).read_text()
-        data: Any = yaml.safe_load(text) if text.strip() else {}
+        with open(path, encoding="utf-8") as f:  # from the file, so a YAML error names it
+            data: Any = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of ReconParams fields, got {type(data).__name__}")
         return cls.model_validate(data)

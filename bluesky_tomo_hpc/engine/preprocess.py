@@ -236,6 +236,10 @@ def mask_bad_frames(proj: Any, max_bad_fraction: float = 0.5) -> tuple[Any, np.n
 
 
 # -- validation -----------------------------------------------------------------------------------
+#: angles spanning less than this are refused: nothing rotated (a stuck stage, the wrong signal)
+MIN_SPAN_DEG = 1.0
+
+
 def check_angles(theta: Any) -> tuple[np.ndarray, str | None]:
     """Radians for angles that should be radians, with a warning when they evidently were degrees.
 
@@ -299,6 +303,11 @@ def validate_scan(data: ScanData) -> list[str]:
     if n < 2:
         raise TomoDataError(f"{tag}a single projection cannot be reconstructed")
     span = float(theta_rad.max() - theta_rad.min())
+    if span < np.deg2rad(MIN_SPAN_DEG):
+        raise TomoDataError(
+            f"{tag}the {n} projection angles span {np.rad2deg(span):.3g} degrees (from "
+            f"{np.rad2deg(theta_rad.min()):.4g}): the sample did not rotate; check the rotation "
+            "stage and which signal gives the angles")
     step = span / max(n - 1, 1)
     if span + 1.5 * step < np.pi * 0.98:
         warnings.append(f"{tag}angles cover only {np.rad2deg(span):.1f} degrees (limited-angle artefacts)")

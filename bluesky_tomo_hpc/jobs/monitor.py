@@ -276,6 +276,17 @@ class JobMonitor:
                 self._executor(rec).cancel(rec.handle)
             return self.journal.set_state(job_id, "CANCELLED", "cancelled by the user")
 
+    def retry(self, job_id: str) -> JobRecord:
+        """Send a FAILED or CANCELLED job round again, on a person's decision (attempts count
+        afresh); the monitor's next step submits it."""
+        with self._lock:
+            rec = self.journal.get(job_id)
+            if rec.state not in ("FAILED", "CANCELLED"):
+                raise JournalError(
+                    f"job {job_id} is {rec.state}: only FAILED or CANCELLED jobs can be retried")
+            return self.journal.set_state(job_id, "RETRY_WAIT", "retried by the user", attempts=0,
+                                          error=None, next_try=time.time())
+
     def wait(self, job_id: str, timeout: float = 600.0) -> JobRecord:
         """Step until ``job_id`` is terminal (or raise ``TimeoutError`` naming its state)."""
         deadline = time.monotonic() + timeout

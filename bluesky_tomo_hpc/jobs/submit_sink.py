@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.params import ReconParams
-from ..model import FrameBatch, ScanEnd, ScanSpec
+from ..model import FrameBatch, ScanEnd, ScanSpec, UnsafeNameError, path_inside
 from .job import JobOutputs, ReconJob, Resources
 from .journal import JobRecord, JournalError
 from .monitor import JobMonitor
@@ -90,7 +90,12 @@ class HPCSubmitSink:
         if end.exit_status != "success":
             log.info("run %s ended %s (%s): no batch job", spec.run_uid, end.exit_status, end.reason)
             return
-        run_dir = self.work_dir / spec.run_uid / self.params.params_hash
+        try:  # the uid comes from the run's documents: never a path outside work_dir
+            run_dir = path_inside(self.work_dir, spec.run_uid, self.params.params_hash, what="run uid")
+        except UnsafeNameError as exc:
+            log.error("run %.60r: no batch job: %s", spec.run_uid, exc)
+            self.errors.append(("", exc))
+            return
         n_proj = sum(len(b) for b in batches if b.role == "projection")
         shape = (n_proj, *spec.frame_shape)
         res = self.resources(shape) if callable(self.resources) else self.resources

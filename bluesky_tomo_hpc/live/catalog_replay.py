@@ -259,7 +259,8 @@ def batch_submitter(monitor: Any, work_dir: Any, params: ReconParams, executor: 
         errors = _replay(run, lambda: sink, catalog)
         sink.wait()
         if not sink.job_ids:
-            raise RuntimeError("; ".join(errors) or "no job was created from the replayed run")
+            why = errors + [str(e) for _, e in sink.errors]
+            raise RuntimeError("; ".join(why) or "no job was created from the replayed run")
         if sink.errors:  # staging failed, the journal was unavailable, or the executor refused
             raise RuntimeError("; ".join(f"{j}: {e}" for j, e in sink.errors))
         rec = monitor.journal.get(sink.job_ids[-1])

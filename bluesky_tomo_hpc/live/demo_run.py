@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.params import ReconParams
+from ..model import safe_component
 from ..settings import Settings
 
 Say = Callable[[str], None]
@@ -127,7 +128,7 @@ def run_demo(
             report.preview = {"stop_to_final_s": md.get("stop_to_final_s"), "center": md.get("center"),
                               "center_source": md.get("center_source"),
                               "projections": md.get("n_projections_used"), "degraded": md.get("degraded")}
-            png = data_dir / "previews" / f"{uid[:8]}_preview.png"
+            png = data_dir / "previews" / f"{safe_component(uid[:8], 'run uid')}_preview.png"
             if png.exists():
                 report.pngs["live"] = png
             say(f"Live preview     final {md.get('stop_to_final_s', float('nan')):.2f} s after the stop "

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..model import UnsafeNameError, path_inside
 from ..results.recovery import TiledRecovery
 from ..results.spool import ResultSpool
 from ..results.tiled_results import processed_container
@@ -250,7 +251,10 @@ class _BackupWatch:
         self.writer(name, doc)
         if name == "stop":
             uid = str(doc.get("run_start", ""))
-            path = self.backup / f"{uid.split('-')[0]}.jsonl"
+            try:  # TiledWriter names the backup after the uid's first part; never a path outside
+                path = path_inside(self.backup, f"{uid.split('-')[0]}.jsonl", what="run uid")
+            except UnsafeNameError:
+                return
             if uid and path.exists():
                 self.report(uid, f"raw run not fully written to Tiled; all its documents are in {path} "
                             "and go to Tiled when it is back (or run: bluesky-tomo-hpc recover)")

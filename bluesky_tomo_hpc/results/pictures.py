@@ -8,13 +8,15 @@ from pathlib import Path
 import numpy as np
 
 
-def _limits(images: list[np.ndarray]) -> tuple[float, float]:
+def grey_limits(
+    images: list[np.ndarray], percentiles: tuple[float, float] = (0.5, 99.5)
+) -> tuple[float, float]:
     """Shared grey levels from robust percentiles, so the three panels compare directly."""
     values = np.concatenate([np.asarray(a, dtype=np.float32).ravel() for a in images])
     values = values[np.isfinite(values)]
     if values.size == 0:
         return 0.0, 1.0
-    lo, hi = np.percentile(values, [0.5, 99.5])
+    lo, hi = np.percentile(values, list(percentiles))
     return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
@@ -27,7 +29,7 @@ def save_orthoslices_png(previews: Mapping[str, np.ndarray], path: str | Path, t
 
     names = [k for k in ("xy", "xz", "yz") if k in previews] or list(previews)
     images = [np.asarray(previews[k], dtype=np.float32) for k in names]
-    vmin, vmax = _limits(images)
+    vmin, vmax = grey_limits(images)
     widths = [img.shape[1] for img in images]
     fig = Figure(figsize=(4 * len(images), 4.4))
     FigureCanvasAgg(fig)

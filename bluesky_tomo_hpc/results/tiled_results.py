@@ -48,7 +48,10 @@ def processed_container(client: Any, name: str = "processed") -> Any:
 
 
 def recon_key(raw_uid: str, params_hash: str, kind: str) -> str:
-    return f"{raw_uid}-{params_hash}-{kind}"
+    """The Tiled key of a reconstruction; the raw uid (outside data) passes the one name rule."""
+    from ..model import safe_component
+
+    return f"{safe_component(raw_uid, 'run uid')}-{params_hash}-{kind}"
 
 
 def preview_slices(
@@ -151,6 +154,8 @@ def write_reconstruction(
     holds it: Tiled only checks that when the data is read) and uploaded otherwise. Previews
     default to three orthogonal slices through the volume's middle. A node
     of the same key (same run, params and kind) is replaced, so a retried job is idempotent.
+    Its metadata ``state`` is ``writing`` until the volume and previews are all written, then
+    ``complete`` (readers such as the web page say so instead of failing on missing blocks).
     """
     if volume is not None and volume_zarr is not None:
         raise ValueError("give either volume or volume_zarr, not both")
@@ -163,6 +168,7 @@ def write_reconstruction(
         "versions": software_versions(),
         "written_at": time.time(),
         **dict(metadata or {}),
+        "state": "writing",
     }
     md = _clean_metadata(md)
     if key in container:
@@ -188,6 +194,7 @@ def write_reconstruction(
     for name, arr in (previews or {}).items():
         node.write_array(np.asarray(arr, dtype=np.float32), key=f"preview_{name}",
                          dims=_preview_dims(name))
+    node.update_metadata({"state": "complete"})
     return node
 
 

@@ -14,7 +14,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,10 @@ log = logging.getLogger(__name__)
 HOST = "127.0.0.1"
 
 
-def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[str | Path] = ()) -> Any:
-    """A Tiled ASGI app over the catalog in ``directory`` (created when missing)."""
+def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[str | Path] = (),
+                    mounts: Mapping[str, Any] | None = None) -> Any:
+    """A Tiled ASGI app over the catalog in ``directory`` (created when missing); ``mounts``
+    (path -> ASGI app, e.g. ``{"/web": ...}``, the web page) are served beside it."""
     from bluesky_tiled_plugins.exporters import json_seq_exporter
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.config import Authentication, StreamingCacheConfig
@@ -46,11 +48,14 @@ def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[st
     )
     registry = copy.deepcopy(default_serialization_registry)
     registry.register("BlueskyRun", "application/json-seq", json_seq_exporter)
-    return build_app(
+    app = build_app(
         catalog,
         authentication=Authentication(single_user_api_key=api_key),
         serialization_registry=registry,
     )
+    for path, sub in (mounts or {}).items():
+        app.mount(path, sub)
+    return app
 
 
 def _log_config(directory: Path) -> dict[str, Any]:
@@ -65,11 +70,38 @@ def _log_config(directory: Path) -> dict[str, Any]:
     return cfg
 
 
+class BackgroundServer:
+    """An ASGI app served by uvicorn on a daemon thread, on 127.0.0.1 (started when made)."""
+
+    def __init__(self, app: Any, *, port: int = 0, name: str = "server", startup_timeout: float = 30.0,
+                 log_config: dict[str, Any] | None = None, failure_hint: str = ""):
+        import uvicorn
+
+        quiet: dict[str, Any] = {"log_config": log_config} if log_config else {"log_level": "warning"}
+        config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio", **quiet)
+        self._server = uvicorn.Server(config)
+        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
+        self._thread.start()
+        self.deadline = time.monotonic() + startup_timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > self.deadline:
+                raise RuntimeError(f"{name} did not start{failure_hint}")
+            time.sleep(0.05)
+        host, port_ = self._server.servers[0].sockets[0].getsockname()[:2]
+        self.base = f"http://{host}:{port_}"
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
 class EmbeddedTiledServer:
     """A Tiled server on a background thread of this process (notebooks, demo, tests).
 
     Keep a reference for as long as clients need it; ``close()`` (or leaving the ``with``
-    block) stops it. Data persist in ``directory``.
+    block) stops it. Data persist in ``directory``. ``mounts`` (path -> ASGI app) are served
+    beside Tiled, e.g. the web page at ``/web``.
     """
 
     def __init__(
@@ -80,27 +112,17 @@ class EmbeddedTiledServer:
         port: int = 0,
         readable_storage: Sequence[str | Path] = (),
         startup_timeout: float = 30.0,
+        mounts: Mapping[str, Any] | None = None,
     ):
-        import uvicorn
-
         self.directory = Path(directory).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.api_key = api_key or secrets.token_hex(16)
-        app = build_tiled_app(self.directory, self.api_key, readable_storage)
-        config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio",
-                                log_config=_log_config(self.directory))
-        self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=self._server.run, name="tiled-server", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + startup_timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"Tiled server did not start; see {self.directory / 'error.log'}")
-            time.sleep(0.05)
-        host, port_ = self._server.servers[0].sockets[0].getsockname()[:2]
-        self.uri = f"http://{host}:{port_}/api/v1"
-        _wait_healthy(f"http://{host}:{port_}", deadline)
+        app = build_tiled_app(self.directory, self.api_key, readable_storage, mounts)
+        self._server = BackgroundServer(app, port=port, name="tiled-server", startup_timeout=startup_timeout,
+                                        log_config=_log_config(self.directory),
+                                        failure_hint=f"; see {self.directory / 'error.log'}")
+        self.uri = f"{self._server.base}/api/v1"
+        _wait_healthy(self._server.base, self._server.deadline)
 
     def client(self) -> Any:
         from tiled.client import from_uri
@@ -108,8 +130,7 @@ class EmbeddedTiledServer:
         return from_uri(self.uri, api_key=self.api_key)
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self._server.close()
 
     def __enter__(self) -> EmbeddedTiledServer:
         return self
@@ -130,13 +151,14 @@ def _wait_healthy(base: str, deadline: float) -> None:
 
 
 def serve_forever(
-    directory: str | Path, *, api_key: str, port: int = 8000, readable_storage: Sequence[str | Path] = ()
+    directory: str | Path, *, api_key: str, port: int = 8000, readable_storage: Sequence[str | Path] = (),
+    mounts: Mapping[str, Any] | None = None,
 ) -> None:
     """Run the server in the foreground on 127.0.0.1 until interrupted (``bluesky-tomo-hpc serve``)."""
     import uvicorn
 
     directory = Path(directory).resolve()
-    app = build_tiled_app(directory, api_key, readable_storage)
+    app = build_tiled_app(directory, api_key, readable_storage, mounts)
     uvicorn.run(app, host=HOST, port=port, log_level="info")
 
 

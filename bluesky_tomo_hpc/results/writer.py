@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..model import ScanSpec
+from ..model import ScanSpec, safe_component
 from .pictures import save_orthoslices_png
 from .spool import ResultSpool
 from .tiled_results import preview_slices, recon_key, write_reconstruction
@@ -60,7 +60,7 @@ class TiledResultWriter:
         if self.png_dir is not None:
             title = f"run {spec.run_uid[:8]}  centre {result.center:.2f} px"
             self.pngs[spec.run_uid] = save_orthoslices_png(
-                previews, self.png_dir / f"{spec.run_uid[:8]}_slices.png", title)
+                previews, self.png_dir / f"{safe_component(spec.run_uid[:8], 'run uid')}_slices.png", title)
         metadata = result_metadata(spec, result)
         try:
             node = write_reconstruction(

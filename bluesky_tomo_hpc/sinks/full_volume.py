@@ -139,6 +139,8 @@ class FullVolumeSink:
 
             data = acc.assemble()
             result = reconstruct_scan(data, params, progress=progress)
+            for warning in result.warnings:  # to the terminal too, not only the stored metadata
+                log.warning("run %s: %s", acc.spec.run_uid, warning)
             location = writer.write(acc.spec, result) if writer is not None else ""
             return ReconOutcome(
                 run_uid=acc.spec.run_uid,

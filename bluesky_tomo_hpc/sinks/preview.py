@@ -39,7 +39,7 @@ import scipy.fft
 from ..engine.filters import center_phase, filter_response, padded_width
 from ..engine.params import ReconParams
 from ..engine.preprocess import bin_frames
-from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
+from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError, safe_component
 from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
@@ -457,7 +457,7 @@ class PreviewFileWriter:
 
         if not (self.live or update.final):
             return
-        stem = update.run_uid[:8]
+        stem = safe_component(update.run_uid[:8], "run uid")  # a uid may be '../../x'
         for plane, image in update.slices.items():
             path = self.directory / f"{stem}_{plane}.tif"
             tmp = path.with_suffix(".tif.part")

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..settings import check_zmq_address
+
 TOPIC = b"tomo.preview"
 VERSION = 1
 PLANES = ("xy", "xz", "yz")
@@ -109,7 +111,7 @@ class PreviewPublisher:
     def __init__(self, address: str, *, bind: bool = True, hwm: int = 4):
         import zmq
 
-        _check_address(address)
+        check_zmq_address(address, bind=bind, what="preview address")
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
@@ -137,7 +139,7 @@ class PreviewSubscriber:
     def __init__(self, address: str, *, bind: bool = False):
         import zmq
 
-        _check_address(address)
+        check_zmq_address(address, bind=bind, what="preview address")
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -154,7 +156,4 @@ class PreviewSubscriber:
         self._sock.close(linger=0)
 
 
-def _check_address(address: str) -> None:
-    if "://" not in address:
-        raise ValueError(f"0MQ address {address!r} must be a full URL such as tcp://127.0.0.1:5600 "
-                         "(a bare port would bind every interface)")
+

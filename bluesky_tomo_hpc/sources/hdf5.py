@@ -57,6 +57,8 @@ def open_swmr(path: str) -> h5py.File:
             raise
         except OSError as exc:
             errors.append(f"{kwargs}: {exc}")
+            if "file signature not found" in str(exc):  # no flags will help: say it plainly
+                raise TomoDataError(f"{path} is not an HDF5 file (no HDF5 signature)") from exc
     raise OSError(f"cannot open {path} for reading: " + "; ".join(errors))
 
 

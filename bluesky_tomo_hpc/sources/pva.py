@@ -279,6 +279,8 @@ class PvaSource:
                 f"projection {index} (uniqueId {frame.unique_id}) has no angle: no attribute "
                 f"{self.angle_attribute!r}, no angle PV, no planned angles")
         value = float(value)
+        if not np.isfinite(value):  # one bad reading must not sink the whole scan at its stop
+            raise TomoDataError(f"projection {index} (uniqueId {frame.unique_id}) has angle {value}")
         return float(np.deg2rad(value)) if self.angle_units == "deg" else value
 
     # -- scan boundaries ------------------------------------------------------------------

@@ -218,7 +218,11 @@ def _describe_dxchange(path: str, f: h5py.File, res: _Resolver) -> ScanDescripti
         else:
             refs[key], counts[key] = None, 0
     theta_ds = f["exchange"].get("theta")
-    if isinstance(theta_ds, h5py.Dataset) and theta_ds.shape == (n,):
+    if isinstance(theta_ds, h5py.Dataset) and theta_ds.shape != (n,):
+        raise TomoDataError(
+            f"{path}: /exchange/theta has shape {theta_ds.shape} for {n} projections; it needs one "
+            "angle per projection (fix it, or delete it to assume 0..180 degrees evenly)")
+    if isinstance(theta_ds, h5py.Dataset):
         # data-exchange stores degrees unless the dataset says otherwise
         theta = _to_radians(theta_ds[()], _angle_units(theta_ds))
         angle_source = "/exchange/theta"

@@ -160,6 +160,14 @@ class ModelFields(Directive):
         return [_table(header, _rows(model, "", env_prefix), widths)]
 
 
+class ExitCodes(Directive):
+    """The command line's exit codes, read from ``bluesky_tomo_hpc.cli.errors.EXIT_CODES``."""
+
+    def run(self) -> list[nodes.Node]:
+        codes = _import("bluesky_tomo_hpc.cli.errors.EXIT_CODES")
+        return [_table(["exit status", "meaning"], [[str(k), v] for k, v in codes.items()], [12, 60])]
+
+
 def plain_text_bullets(app: Any, what: str, name: str, obj: Any, options: Any, lines: list[str]) -> None:
     """Docstrings written for people (``  * item`` under a sentence) made valid reStructuredText:
     indented bullets become a list with blank lines around it, instead of a block-quote error."""
@@ -188,4 +196,5 @@ def setup(app: Any) -> dict[str, Any]:
     app.connect("autodoc-process-docstring", plain_text_bullets)
     app.add_directive("tomo-cli", CliHelp)
     app.add_directive("tomo-fields", ModelFields)
+    app.add_directive("tomo-exit-codes", ExitCodes)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -13,3 +13,9 @@ import bluesky_tomo_hpc
 
 tomo = bluesky_tomo_hpc.configure(RE, settings)  # noqa: F821  (RE: 00-base.py, settings: 10-devices.py)
 atexit.register(tomo.close)
+
+# To reconstruct in a separate streaming worker instead (another core, host or GPU node), publish
+# the documents over 0MQ in msgpack, never bluesky's pickle default, on 127.0.0.1 only (see
+# docs/how-to/streaming-worker.md for SSH tunnels and CURVE keys):
+#   from bluesky_tomo_hpc.sources.zmq_documents import document_publisher
+#   RE.subscribe(document_publisher("tcp://127.0.0.1:5577"))

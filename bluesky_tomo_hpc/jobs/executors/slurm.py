@@ -1,13 +1,17 @@
 """Slurm executor: ``sbatch`` from a template file, followed with ``scontrol``/``sacct``, ``scancel``.
 
 The script is rendered from ``templates/slurm.sbatch`` (``string.Template``; override with
-``template=``), never assembled inline. A job that Slurm has purged from ``scontrol`` is looked
-up in ``sacct`` (when accounting runs) and otherwise reported LOST. Node failures and preemption
-are transient; a batch-program exit code says whether its own failure is.
+``template=``), never assembled inline. No value from outside reaches it as text a shell would
+interpret: the run uid and job id appear as safe names (:func:`bluesky_tomo_hpc.model.safe_component`), paths
+in shell lines are :func:`shlex.quote`-d, and ``#SBATCH`` lines refuse what Slurm would misread.
+A job that Slurm has purged from ``scontrol`` is looked up in ``sacct`` (when accounting runs)
+and otherwise reported LOST. Node failures and preemption are transient; a batch-program exit
+code says whether its own failure is.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -16,6 +20,7 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
+from ...model import UnsafeNameError, safe_component
 from ..job import ReconJob
 from .executor import (
     PermanentError,
@@ -43,6 +48,20 @@ def _walltime(seconds: int) -> str:
     return f"{m // 60:02d}:{m % 60:02d}:00"
 
 
+#: what a value on an ``#SBATCH`` line may hold (sbatch splits those lines on blanks itself)
+_DIRECTIVE_VALUE = re.compile(r"[A-Za-z0-9._/+,@%:=~-]*")
+
+
+def _directive_value(key: str, value: object) -> str:
+    text = str(value)
+    if not _DIRECTIVE_VALUE.fullmatch(key) or not _DIRECTIVE_VALUE.fullmatch(text):
+        raise PermanentError(
+            f"Slurm directive --{key}={text!r:.80} holds characters an #SBATCH line cannot carry "
+            "(blanks, quotes, newlines, shell characters); use letters, digits and ._/+,@%:=~-"
+        )
+    return text
+
+
 def default_template() -> str:
     return files("bluesky_tomo_hpc.jobs").joinpath("templates/slurm.sbatch").read_text()
 
@@ -66,20 +85,25 @@ def render_script(
     if r.memory_mb:
         extra.setdefault("mem", f"{r.memory_mb}M")
     workdir = workdir or job.outputs.directory
+    try:
+        job_id = safe_component(job.job_id, "job id")
+        run_name = safe_component(job.run_uid, "run uid")
+    except UnsafeNameError as exc:
+        raise PermanentError(str(exc)) from exc
     values = {
-        "job_id": job.job_id,
-        "run_uid": job.run_uid,
-        "job_name": f"tomo-{job.job_id}",
+        "job_id": job_id,
+        "run_uid": run_name,
+        "job_name": f"tomo-{job_id}",
         "ranks": r.ranks,
         "nodes": r.nodes,
         "cpus_per_rank": r.cpus_per_rank,
         "walltime": _walltime(r.walltime_s),
-        "workdir": str(workdir),
-        "directives": "\n".join(f"#SBATCH --{k}={v}" for k, v in extra.items()),
+        "workdir": _directive_value("output", workdir),
+        "directives": "\n".join(f"#SBATCH --{k}={_directive_value(k, v)}" for k, v in extra.items()),
         "setup": setup,
         "launcher": Template(default_launcher() if launcher is None else launcher).safe_substitute(),
         "program": program or f"{shlex.quote(sys.executable)} -m bluesky_tomo_hpc.batch",
-        "job_file": str(job.job_file),
+        "job_file": shlex.quote(str(job.job_file)),
     }
     try:
         return Template(template or default_template()).substitute(values)

@@ -1,0 +1,78 @@
+"""Wire the web page to a pipeline's settings: next to the embedded Tiled, or beside a site's own.
+
+``bluesky-tomo-hpc serve`` mounts :func:`~bluesky_tomo_hpc.web.app.build_web_app` at ``/web`` on the
+embedded Tiled app;
+``serve --tiled-uri URI`` runs it alone (:func:`~bluesky_tomo_hpc.web.app.standalone_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .app import WebContext, build_web_app, standalone_app
+from .catalog import Catalog
+from .live_feed import LiveFeed
+
+log = logging.getLogger(__name__)
+
+MOUNT = "/web"
+
+
+def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], str],
+                 preview_address: str | None = None, monitor: Any = None,
+                 extra_locations: list[Path] | None = None) -> WebContext:
+    """A :class:`WebContext` for ``settings``. ``tiled_uri`` may be a callable (the embedded
+    server's address is known only once it listens); ``monitor``: a running pipeline's job
+    monitor, else one is made from the settings when a person first retries or cancels."""
+    from tiled.client import from_uri
+
+    from ..jobs.health_checks import check_tiled, run_checks
+
+    uri = tiled_uri if callable(tiled_uri) else (lambda: tiled_uri)  # type: ignore[return-value]
+
+    def connect() -> Any:
+        # a quick look first: Tiled's client retries a refused connection for ~25 s, and the
+        # page should say at once that Tiled is down
+        probe = check_tiled(uri(), api_key, timeout_s=5.0)  # type: ignore[operator]
+        if probe.status == "fail":
+            raise ConnectionError(probe.message)
+        return from_uri(uri(), api_key=api_key)  # type: ignore[operator]
+
+    catalog = Catalog(connect, settings.tiled.raw_container, settings.tiled.processed_container)
+
+    def monitor_factory() -> Any:
+        if monitor is not None:
+            return monitor
+        if settings.jobs.executor == "none":
+            return None
+        from ..jobs.factory import make_monitor
+
+        return make_monitor(settings, start=False)
+
+    return WebContext(
+        api_key=api_key, catalog=catalog,
+        live=LiveFeed(preview_address if preview_address is not None else settings.preview.zmq_address),
+        journal_path=Path(settings.journal_path).resolve(), monitor_factory=monitor_factory,
+        health=lambda: run_checks(settings, tiled_uri=uri(), api_key=api_key,  # type: ignore[operator]
+                                  locations=extra_locations or []),
+        tiled_uri=uri() if not callable(tiled_uri) else "",
+    )
+
+
+class WebServer:
+    """The web page alone on a uvicorn thread on 127.0.0.1 (beside a site's Tiled; tests)."""
+
+    def __init__(self, ctx: WebContext, *, port: int = 0, startup_timeout: float = 30.0):
+        from ..results.tiled_server import BackgroundServer
+
+        self.ctx = ctx
+        self._server = BackgroundServer(standalone_app(build_web_app(ctx), MOUNT), port=port,
+                                        name="web-server", startup_timeout=startup_timeout)
+        self.url = f"{self._server.base}{MOUNT}/"
+
+    def close(self) -> None:
+        self._server.close()
+        self.ctx.close()

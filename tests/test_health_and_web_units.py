@@ -1,0 +1,196 @@
+"""The health checks and the web page's pieces without a browser: exit codes, stuck jobs, the
+live message, the key, the catalog's guards (fast: no scan)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from bluesky_tomo_hpc.jobs.health_checks import (
+    Check,
+    check_free_space,
+    check_journal,
+    check_tiled,
+    exit_code,
+    run_checks,
+    stuck_jobs,
+)
+
+
+def test_exit_code_is_the_worst_status():
+    assert exit_code([]) == 0
+    assert exit_code([Check("a", "ok", "")]) == 0
+    assert exit_code([Check("a", "ok", ""), Check("b", "warn", "")]) == 1
+    assert exit_code([Check("a", "fail", ""), Check("b", "warn", "")]) == 2
+
+
+def test_tiled_down_and_wrong_key_fail_with_the_reason(tiled_server):
+    from test_worker_zmq import free_port
+
+    down = check_tiled(f"http://127.0.0.1:{free_port()}/api/v1", "k", timeout_s=2)
+    assert down.status == "fail" and "unreachable" in down.message
+    assert check_tiled(tiled_server.uri, tiled_server.api_key).status == "ok"
+    wrong = check_tiled(tiled_server.uri, "wrongkey")
+    assert wrong.status == "fail" and "refused the API key" in wrong.message
+
+
+def _job(tmp_path, journal, state: str, walltime: int = 600):
+    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
+
+    job = ReconJob(run_uid="run1", input_path=tmp_path / "in.h5",
+                   outputs=JobOutputs(directory=tmp_path / "o"), resources=Resources(walltime_s=walltime))
+    journal.add(job, "local")
+    if state != "NEW":
+        journal.set_state(job.job_id, state)
+    return job.job_id
+
+
+def test_stuck_jobs_and_the_journal_check(tmp_path):
+    from bluesky_tomo_hpc.jobs.journal import Journal
+
+    path = tmp_path / "jobs.sqlite"
+    assert check_journal(path).status == "warn"  # no job yet
+    journal = Journal(path)
+    running = _job(tmp_path, journal, "RUNNING", walltime=600)
+    waiting = _job(tmp_path, journal, "NEW")
+    done = _job(tmp_path, journal, "REGISTERED")
+    assert stuck_jobs(journal.jobs(), now=time.time()) == []
+    later = time.time() + 2 * 3600
+    stuck = dict(stuck_jobs(journal.jobs(), now=later))
+    assert set(stuck) == {running, waiting} and done not in stuck
+    assert "RUNNING for" in stuck[running]
+    check = check_journal(path)
+    assert check.status == "ok" and "3 jobs, 2 active" in check.message
+    path.write_bytes(b"not a database at all" * 100)
+    assert check_journal(path).status == "fail"
+
+
+def test_free_space_thresholds(tmp_path):
+    assert check_free_space(tmp_path / "not" / "yet").status in ("ok", "warn")  # its parent is checked
+    assert check_free_space(tmp_path, fail_bytes=1 << 62).status == "fail"
+    assert check_free_space(tmp_path, warn_fraction=1.01, fail_bytes=0).status == "warn"
+
+
+def test_health_command_prints_one_line_per_check_and_json(tmp_path, monkeypatch, capsys):
+    from bluesky_tomo_hpc.cli.main import main
+
+    monkeypatch.setenv("BLUESKY_TOMO_HPC__DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("BLUESKY_TOMO_HPC__JOBS__EXECUTOR", "local")
+    code = main(["health", "--location", str(tmp_path / "elsewhere")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 1  # no Tiled URI configured, no journal yet: warnings
+    assert [ln.split()[1] for ln in lines[:4]] == ["tiled", "journal", "stuck", "executor"]
+    assert len(lines) == 6  # + free space of the data folder and the extra location
+    code = main(["health", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit_code"] == code == 1 and {c["name"] for c in data["checks"]} >= {"tiled", "journal"}
+
+
+def test_run_checks_uses_the_settings(tmp_path):
+    from bluesky_tomo_hpc.settings import Settings
+
+    checks = run_checks(Settings(data_dir=tmp_path, jobs={"executor": "slurm"}), tiled_uri=None)
+    assert [c.name for c in checks][:4] == ["tiled", "journal", "stuck jobs", "executor slurm"]
+
+
+def test_live_message_has_three_pngs_progress_and_warnings():
+    from bluesky_tomo_hpc.sinks.preview_stream import PreviewUpdate
+    from bluesky_tomo_hpc.web.live_feed import message_from_update
+
+    rng = np.random.default_rng(0)
+    update = PreviewUpdate(
+        run_uid="r1", seq=3, final=True, indices={"xy": 4, "xz": 5, "yz": 6},
+        slices={p: rng.random((40, 1200)).astype(np.float32) for p in ("xy", "xz", "yz")},
+        metadata={"n_projections_used": 90, "n_projections_expected": 100, "n_projections_skipped": 10,
+                  "center": 12.5, "center_source": "auto",
+                  "center_check": {"done": False, "why": "no projection pair 180 degrees apart"}})
+    msg = message_from_update(update, max_side=300)
+    assert msg["progress"] == {"used": 90, "expected": 100, "skipped": 10}
+    assert all(msg["slices"][p]["png"].startswith("data:image/png;base64,") for p in ("xy", "xz", "yz"))
+    assert len(msg["warnings"]) == 2
+    assert "skipped" in msg["warnings"][0] and "not checked" in msg["warnings"][1]
+    json.dumps(msg)  # goes to the browser as JSON
+    update.metadata["center_check"] = {"done": True, "center": 14.0, "peak": 0.9, "shift_binned_px": 1.5,
+                                       "recomputed": ["xy"], "kept_scan_center": ["xz", "yz"]}
+    msg = message_from_update(update)
+    assert msg["center"] == 14.0 and "scan used 12.5" in msg["center_source"]
+    assert msg["center_confidence"] == 0.9 and "centre moved by 1.5" in msg["warnings"][-1]
+
+
+def test_png_is_small_and_8_bit():
+    import io
+
+    from PIL import Image
+
+    from bluesky_tomo_hpc.web.images import to_png
+
+    img = Image.open(io.BytesIO(to_png(np.arange(2000 * 1000, dtype=np.float32).reshape(2000, 1000),
+                                       max_side=500)))
+    assert img.mode == "L" and max(img.size) <= 500
+    with pytest.raises(ValueError, match="2-D"):
+        to_png(np.zeros((2, 2, 2)))
+
+
+def test_session_cookie_is_a_hash_of_the_key_not_the_key():
+    from bluesky_tomo_hpc.web.auth import key_matches, session_token
+
+    assert "secretkey" not in session_token("secretkey") and len(session_token("secretkey")) == 64
+    assert key_matches("k1", "k1") and not key_matches("k2", "k1") and not key_matches(None, "k1")
+
+
+def test_catalog_refuses_keys_that_could_walk_into_other_containers():
+    from bluesky_tomo_hpc.web.catalog import Catalog, CatalogError, levels_for
+
+    cat = Catalog(lambda: pytest.fail("Tiled must not be asked"))
+    for bad in ("../raw", "a/b", "", "x" * 300, "a b"):
+        with pytest.raises(CatalogError, match="not a valid name") as info:
+            cat.node(bad)
+        assert info.value.status == 400
+    assert levels_for([2160, 2560, 2560]) == 6 and levels_for([32, 64, 64]) == 2 and levels_for([8]) == 1
+
+
+def test_retry_only_failed_or_cancelled_jobs(tmp_path):
+    from bluesky_tomo_hpc.jobs.journal import Journal, JournalError
+    from bluesky_tomo_hpc.jobs.monitor import JobMonitor
+
+    journal = Journal(tmp_path / "jobs.sqlite")
+    job_id = _job(tmp_path, journal, "RUNNING")
+
+    class Nowhere:
+        name = "local"
+
+    mon = JobMonitor(journal, Nowhere())
+    with pytest.raises(JournalError, match="only FAILED or CANCELLED"):
+        mon.retry(job_id)
+    journal.set_state(job_id, "FAILED", "boom", error="boom")
+    rec = mon.retry(job_id)
+    assert rec.state == "RETRY_WAIT" and rec.attempts == 0 and rec.error is None
+    assert rec.next_try <= time.time()
+
+
+def test_executor_checks_name_what_is_missing(tmp_path, monkeypatch):
+    import os
+
+    from bluesky_tomo_hpc.jobs.health_checks import check_executor
+
+    assert check_executor("none").status == "ok"
+    assert check_executor("local").status == "ok"  # mpich from the test extra
+    assert check_executor("pbs").status == "fail"
+    monkeypatch.delenv("NERSC_SFAPI_KEY", raising=False)
+    assert "NERSC_SFAPI_KEY is not set" in check_executor("nersc").message
+    key = tmp_path / "sfapi.pem"
+    key.write_text("-----BEGIN PRIVATE KEY-----\n")
+    monkeypatch.setenv("NERSC_SFAPI_KEY", str(key))
+    key.chmod(0o644)
+    assert check_executor("nersc").status == "warn"  # readable by others
+    key.chmod(0o600)
+    assert check_executor("nersc").status == "ok"
+    old = time.time() - 27 * 86400
+    os.utime(key, (old, old))
+    nersc = check_executor("nersc")
+    assert nersc.status == "warn" and "renew" in nersc.message
+    monkeypatch.delenv("GLOBUS_COMPUTE_ENDPOINT", raising=False)
+    assert "GLOBUS_COMPUTE_ENDPOINT" in check_executor("alcf").message
