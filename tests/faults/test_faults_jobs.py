@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from fault_services import journal_locked
+from fault_world import assert_raw_intact
 from test_jobs_support import make_raw_scan
 
 from bluesky_tomo_hpc.engine.params import ReconParams
@@ -54,6 +55,7 @@ class Scan:
         assert time.perf_counter() - t < 0.5, "close() returns at once, journal or not"
 
     def raw_intact(self) -> bool:
+        assert_raw_intact([self.raw], frames=len(self.batches) and 60)
         return _sha(self.raw) == self.raw_sha
 
 

@@ -55,6 +55,7 @@ def test_run_without_stop_reported_and_the_rest_done(RE, world, catalog):
     broken, good = _runs(RE, tmp_path, raw, flavours=("ophyd_async", "ophyd_async"), drop_stop_of=(0,))
     summary = reprocess(raw, processed, params=PARAMS)
     status = {o.uid: o for o in summary.outcomes}
+    assert all(o.status == "reconstructed" or len(o.message) > 10 for o in summary.outcomes)
     assert status[broken].status == "incomplete" and "no stop document" in status[broken].message
     assert status[good].status == "reconstructed", status[good].message
     again = {o.uid: o.status for o in reprocess(raw, processed, params=PARAMS).outcomes}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fault_services import TiledProcess
+from fault_world import assert_raw_intact, assert_scan_not_aborted, assert_stored_or_failed_with_reason
 
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.live.session import TomoPipeline
@@ -73,10 +74,11 @@ def _scan(RE, pipe: TomoPipeline, on_doc=None) -> str:
     pipe.subscribe(RE)
     if on_doc is not None:
         RE.subscribe(on_doc)
+    stops: list[dict] = []
+    RE.subscribe(lambda n, d: stops.append(d) if n == "stop" else None)
     (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=N_PROJ, num_darks=2, num_flats=2))
-    assert RE.state == "idle", "the scan was not aborted"
-    raw_h5 = list((pipe.data_dir / "raw").rglob("*.h5"))
-    assert raw_h5 and all(p.stat().st_size > 0 for p in raw_h5), "raw detector files are on disk"
+    assert_scan_not_aborted(stops)
+    assert_raw_intact(list((pipe.data_dir / "raw").rglob("*.h5")), frames=N_PROJ)
     return uid
 
 
@@ -101,6 +103,7 @@ def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, world, 
     try:
         uid = _scan(RE, pipe, kill_mid_scan)
         assert pipe.wait(120)
+        assert_stored_or_failed_with_reason(pipe.service.outcomes)
         backup = pipe.data_dir / "tiled_backup" / f"{uid.split('-')[0]}.jsonl"
         assert backup.exists(), "the raw run went to the JSONL backup"
         assert [n for n, _ in read_backup(backup)][-1] == "stop"
@@ -293,6 +296,7 @@ def test_spool_on_full_disk_is_reported_not_silent(RE, world, tiled, monkeypatch
     try:
         uid = _scan(RE, pipe, _kill_at_stop(tiled))
         assert pipe.wait(120)
+        assert_stored_or_failed_with_reason(pipe.service.outcomes)
         outcome = pipe.service.outcomes[uid]
         assert not outcome.ok and "No space left" in outcome.message
         errors = " | ".join(pipe.router.errors_for(uid))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fault_services import free_port
+from fault_world import assert_stored_or_failed_with_reason
 
 from bluesky_tomo_hpc.live.stream_worker import StreamWorker
 from bluesky_tomo_hpc.settings import Settings
@@ -40,6 +41,9 @@ def _journal_of_a_run_whose_stop_was_missed(RE, tmp_path: Path, raw=None) -> tup
     (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=30, num_darks=2, num_flats=2))
     worker.close()  # as a kill would: the journal stays
     assert list(journal.iterdir()), "the open run is journaled"
+    # the raw files (still open in this process by the simulated detector) are on disk
+    files = list((tmp_path / "raw").rglob("*.h5"))
+    assert files and all(p.stat().st_size > 0 for p in files)
     return uid, journal
 
 
@@ -58,6 +62,7 @@ def test_restart_takes_the_missed_stop_from_tiled(RE, world, tiled_server):
         assert worker.replay_journal() == [uid]
         assert uid in worker.ended, "the stop from Tiled ended the run"
         assert worker.wait(120)
+        assert_stored_or_failed_with_reason(worker.service.outcomes)
         assert worker.service.outcomes[uid].ok, worker.service.outcomes[uid].message
         assert not worker.gave_up and not list(journal.iterdir())
     finally:
