@@ -53,7 +53,9 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--angles", type=int, default=30)
     ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help="JSON report; samples also go to OUT.samples.jsonl as they come")
+    ap.add_argument("--minutes", type=float,
+                    help="stop taking scans after this long (a partial soak, and the report says so)")
     args = ap.parse_args()
 
     from bluesky import RunEngine
@@ -72,7 +74,12 @@ def main() -> int:
     uids: list[str] = []
     max_queue = 0
     t_start = time.perf_counter()
+    samples_file = args.out.with_suffix(".samples.jsonl") if args.out else None
+    deadline = None if args.minutes is None else time.monotonic() + 60 * args.minutes
     for i in range(args.scans):
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"--minutes {args.minutes} reached after {i} scans: stopping early", flush=True)
+            break
         flavour = ("ophyd_async", "ophyd_v1")[i % 2]
         bl = beamlines[flavour]
         (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=args.angles, num_darks=2, num_flats=2))
@@ -82,6 +89,9 @@ def main() -> int:
                         "threads": threading.active_count(), "os_threads": proc.num_threads(),
                         "open_fds": proc.num_fds(), "writer_queue": pipe.tiled_writer.queued,
                         "children": len(proc.children(recursive=True)), "t": time.perf_counter() - t_start})
+        if samples_file is not None:
+            with open(samples_file, "a") as f:
+                f.write(json.dumps(samples[-1]) + "\n")
         if i % 20 == 0:
             last = samples[-1]
             print(f"scan {i:4d} {flavour:<12} rss {last['rss_mb']:.0f} MB  threads {last['threads']}  "
@@ -89,16 +99,18 @@ def main() -> int:
     scans_s = time.perf_counter() - t_start
     pipe.wait(600)
     jobs = pipe.wait_for_jobs(1800)
+    pipe.recovery.run_once()  # raw runs that went to the backup while Tiled was too slow
     total_s = time.perf_counter() - t_start
     outcomes = [pipe.service.outcomes.get(u) for u in uids]
     reconstructed = sum(1 for o in outcomes if o is not None and o.ok)
     in_tiled = sum(1 for u in uids if find_reconstructions(pipe.processed, raw_uid=u, kind="full"))
     registered = sum(1 for r in jobs if r.state == "REGISTERED")
-    raw_complete = sum(1 for u in uids if (pipe.raw[u].metadata or {}).get("stop"))
+    raw_complete = sum(1 for u in uids if u in pipe.raw and (pipe.raw[u].metadata or {}).get("stop"))
     errors = [(u, m) for u, m in pipe.router.errors]
     half = samples[len(samples) // 2:]
     report = {
-        "scans": args.scans, "shape": [args.rows, args.width], "angles": args.angles, "ranks": args.ranks,
+        "scans": len(uids), "scans_asked": args.scans, "shape": [args.rows, args.width],
+        "angles": args.angles, "ranks": args.ranks,
         "reconstructed": reconstructed, "full_volumes_in_tiled": in_tiled, "raw_runs_complete": raw_complete,
         "batch_jobs": len(jobs), "batch_registered": registered,
         "batch_states": {s: sum(1 for r in jobs if r.state == s) for s in {r.state for r in jobs}},
@@ -116,7 +128,7 @@ def main() -> int:
         args.out.write_text(json.dumps({"report": report, "samples": samples}, indent=1, default=str))
     pipe.close()
     server.close()
-    ok = reconstructed == in_tiled == registered == raw_complete == args.scans
+    ok = reconstructed == in_tiled == registered == raw_complete == len(uids) == args.scans
     return 0 if ok else 1
 
 

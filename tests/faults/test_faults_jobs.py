@@ -62,7 +62,7 @@ class Scan:
 def _submitted(scan: Scan, mon: JobMonitor) -> str:
     """End the scan and wait until its job was handed to the executor; its id."""
     scan.stop()
-    scan.sink.wait(60)
+    scan.sink.wait(120)
     (jid,) = scan.sink.job_ids
     deadline = time.monotonic() + 60
     while mon.journal.get(jid).state not in ("SUBMITTED", "RUNNING", "DONE"):
@@ -89,9 +89,9 @@ def test_journal_locked_briefly_job_created(world):
     scan = Scan(tmp_path, mon)
     with journal_locked(mon.journal.path, seconds=1.5):
         scan.stop()
-    scan.sink.wait(60)
+    scan.sink.wait(120)
     (jid,) = scan.sink.job_ids
-    assert mon.wait(jid, 120).state == "DONE"
+    assert mon.wait(jid, 300).state == "DONE"
     assert not scan.errors and scan.raw_intact()
 
 
@@ -106,14 +106,14 @@ def test_journal_locked_too_long_job_parked_then_done(world):
     scan = Scan(tmp_path, mon)
     with journal_locked(mon.journal.path):
         scan.stop()
-        scan.sink.wait(60)
+        scan.sink.wait(120)
         assert list(mon.journal.parked_dir.glob("*.json")), "the job waits as a file"
     (uid, message), = scan.errors
     assert uid == "run-fault" and "parked" in message and "journal is unavailable" in message
     mon.start()
     try:
         (jid,) = scan.sink.job_ids
-        rec = mon.wait(jid, 120)
+        rec = mon.wait(jid, 300)
     finally:
         mon.stop()
     assert rec.state == "DONE", (rec.state, rec.error)
@@ -152,7 +152,7 @@ def test_journal_deleted_while_monitor_runs(world):
             Path(str(mon.journal.path) + suffix).unlink(missing_ok=True)
         time.sleep(1.0)
         assert mon.alive, "the monitor thread survived"
-        rec = mon.wait(jid, 120)
+        rec = mon.wait(jid, 300)
     finally:
         mon.stop()
     assert rec.state == "DONE", (rec.state, rec.error)
@@ -175,8 +175,8 @@ def test_journal_corrupt_at_start_kept_aside_and_recreated(world):
     assert any("corrupt" in i for i in mon.journal.incidents)
     scan = Scan(tmp_path, mon)
     scan.stop()
-    scan.sink.wait(60)
-    assert mon.wait(scan.sink.job_ids[0], 120).state == "DONE"
+    scan.sink.wait(120)
+    assert mon.wait(scan.sink.job_ids[0], 300).state == "DONE"
 
 
 def test_journal_corrupted_while_monitor_runs(world):
@@ -196,7 +196,7 @@ def test_journal_corrupted_while_monitor_runs(world):
         mon.journal.path.write_bytes(os.urandom(8192))
         time.sleep(1.0)
         assert mon.alive
-        rec = mon.wait(jid, 120)
+        rec = mon.wait(jid, 300)
     finally:
         mon.stop()
     assert rec.state == "DONE", (rec.state, rec.error)
@@ -244,9 +244,9 @@ def test_rank_killed_by_signal_is_retried_and_named(world, sig):
     mon = _monitor(tmp_path, LocalExecutor(ranks=2, python=_killing_python(tmp_path, sig, kills=1)))
     scan = Scan(tmp_path, mon)
     scan.stop()
-    scan.sink.wait(60)
+    scan.sink.wait(120)
     (jid,) = scan.sink.job_ids
-    rec = mon.wait(jid, 180)
+    rec = mon.wait(jid, 300)
     assert rec.state == "DONE", (rec.state, rec.error)
     details = [d or "" for s, _, d in mon.journal.events(jid) if s == "RETRY_WAIT"]
     assert details and f"SIG{sig}" in details[0], details
@@ -264,8 +264,8 @@ def test_rank_killed_every_time_fails_with_the_signal(world):
                    max_retries=1)
     scan = Scan(tmp_path, mon)
     scan.stop()
-    scan.sink.wait(60)
-    rec = mon.wait(scan.sink.job_ids[0], 180)
+    scan.sink.wait(120)
+    rec = mon.wait(scan.sink.job_ids[0], 300)
     assert rec.state == "FAILED" and "SIGKILL" in rec.error and "gave up after" in rec.error
     assert scan.raw_intact() and rec.job.input_path.exists(), "recoverable: input and raw data kept"
 
@@ -300,7 +300,7 @@ def test_staging_on_a_full_disk_is_a_recorded_failure(world, monkeypatch):
     mon = _monitor(tmp_path)
     scan = Scan(tmp_path, mon)
     scan.stop()
-    scan.sink.wait(60)
+    scan.sink.wait(120)
     rec = mon.journal.get(scan.sink.job_ids[0])
     assert rec.state == "FAILED" and "No space left" in rec.error
     assert any("No space left" in m for _, m in scan.errors) and scan.raw_intact()
@@ -325,11 +325,11 @@ def test_job_outputs_on_a_full_tmpfs(world):
         scan = Scan(tmp_path, mon)
         scan.sink.work_dir = mnt / "work"
         scan.stop()
-        scan.sink.wait(60)
+        scan.sink.wait(120)
         (jid,) = scan.sink.job_ids
         rec = mon.journal.get(jid)
         if not rec.terminal:
-            rec = mon.wait(jid, 180)
+            rec = mon.wait(jid, 300)
         assert rec.state == "FAILED", (rec.state, rec.error)
         assert rec.error and ("space" in rec.error.lower() or "exited with" in rec.error)
         assert scan.raw_intact()
@@ -350,7 +350,7 @@ def test_submission_without_slurm_is_a_failure(world, monkeypatch):
     mon = _monitor(tmp_path, SlurmExecutor())
     scan = Scan(tmp_path, mon)
     scan.stop()
-    scan.sink.wait(60)
+    scan.sink.wait(120)
     rec = mon.journal.get(scan.sink.job_ids[0])
     assert rec.state == "FAILED" and "sbatch not found" in rec.error
     assert any("FAILED" in m and "sbatch" in m for _, m in scan.errors)

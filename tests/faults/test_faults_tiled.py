@@ -51,7 +51,7 @@ def _pipeline(tmp_path: Path, tiled: TiledProcess) -> TomoPipeline:
 
 
 
-def _wait_for(predicate, timeout: float = 90.0, what: str = "condition") -> None:
+def _wait_for(predicate, timeout: float = 300.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -102,7 +102,7 @@ def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, world, 
 
     try:
         uid = _scan(RE, pipe, kill_mid_scan)
-        assert pipe.wait(120)
+        assert pipe.wait(300)
         assert_stored_or_failed_with_reason(pipe.service.outcomes)
         backup = pipe.data_dir / "tiled_backup" / f"{uid.split('-')[0]}.jsonl"
         assert backup.exists(), "the raw run went to the JSONL backup"
@@ -139,7 +139,7 @@ def test_backup_replayed_twice_gives_no_conflict(RE, world, tiled):
     pipe = _pipeline(tmp_path, tiled)
     try:
         uid = _scan(RE, pipe)
-        assert pipe.wait(120)
+        assert pipe.wait(300)
     finally:
         pipe.close()
     backup = tmp_path / "backup" / "run.jsonl"
@@ -253,7 +253,7 @@ def test_tiled_down_at_stop_recover_command(RE, world, tiled, monkeypatch, capsy
 
     try:
         uid = _scan(RE, pipe, _kill_at_stop(tiled))
-        assert pipe.wait(120)
+        assert pipe.wait(300)
     finally:
         pipe.close()
     spool = ResultSpool(tmp_path / "data" / "spool")
@@ -295,7 +295,7 @@ def test_spool_on_full_disk_is_reported_not_silent(RE, world, tiled, monkeypatch
 
     try:
         uid = _scan(RE, pipe, _kill_at_stop(tiled))
-        assert pipe.wait(120)
+        assert pipe.wait(300)
         assert_stored_or_failed_with_reason(pipe.service.outcomes)
         outcome = pipe.service.outcomes[uid]
         assert not outcome.ok and "No space left" in outcome.message
