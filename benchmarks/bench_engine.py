@@ -1,17 +1,36 @@
-"""Reconstruction speed and accuracy: our Fourier (NUFFT) and FBP against PyPI peers, one run.
+"""Reconstruction speed and accuracy: ours (NUFFT), the FINUFFT floor and PyPI peers, one run.
 
 Input: exact analytic line integrals of the modified Shepp-Logan ellipse phantom (no projector,
-no inverse crime), parallel beam over 180 degrees (endpoint excluded), float32 sinograms.
-Accuracy: NRMSE and SSIM inside a disc of 0.95 n/2 after a least-squares scale fit against a
-2x-supersampled analytic truth; the fitted scale is printed too (1.0 = quantitative output).
-Peers (installed only for this script: ``pip install astra-toolbox algotom``): ASTRA CPU FBP
-(linear projector), algotom FBP and DFI, scikit-image ``iradon``. Peers use their own pixel
-and angle conventions, so each peer's slice is compared in the orientation (8 flips/rotations)
-and image centre ((n-1)/2 or n/2) that fits best; ours is compared as it comes out.
-ASTRA and scikit-image hold the GIL: their 2-way runs use 2 processes.
+no inverse crime), parallel beam over 180 degrees (endpoint excluded), axis at column n/2,
+float32 sinograms, ramp filter everywhere.
 
-    python benchmarks/bench_engine.py --quick          # 180x256 and 360x512, a minute
-    python benchmarks/bench_engine.py                  # 720x1024 and 1500x2048, several minutes
+Accuracy: NRMSE (and SSIM) inside a disc of 0.95 n/2 after a least-squares scale fit against a
+4x4-supersampled analytic truth (pixel averages); the fitted scale is printed (1.0 =
+quantitative output). Ours is scored exactly as it comes out, against the engine's phantom
+(``engine.projector.ellipse_image``: the engine's own orientation), and the scoring checks
+itself before any timing: the truth scores 0 against itself, a flipped truth scores badly, and
+ours must score best upright; a wrong orientation stops the run with an error. Peers use their
+own pixel and angle conventions, so each peer's slice is compared in the orientation (8
+flips/rotations) and image centre that fits best.
+
+Timing: every configuration (method x threads) is run ``--repeats`` times, interleaved (round
+robin, so slow phases of the shared host hit all alike), after an untimed warm-up that makes
+the plans; printed are the median and range of wall seconds per slice, the median CPU seconds per
+slice (less sensitive to other jobs on the host) and the load average. ``Nt`` means the
+process is pinned to N CPUs (``sched_setaffinity``) and the method is asked for N threads.
+
+Rows:
+  * ``ours fourier``: ``engine.fourier.reconstruct_fourier`` (cached plan).
+  * ``ours reconstruct_scan``: the entry point every sink calls (``engine.reconstruct``) on a
+    ScanData of float32 transmissions (flats 1, darks 0): normalise, -log, reconstruct, mask.
+  * ``finufft floor``: the type-1 NUFFT (gridding + FFT) alone on the same points and grid with
+    the same options, one single-threaded plan per thread: what any NUFFT method pays.
+  * peers (``pip install .[bench]``): algotom DFI and FBP, ASTRA CPU FBP (linear projector),
+    scikit-image ``iradon``. ASTRA and scikit-image hold the GIL: their 2t runs 2 processes.
+
+    python benchmarks/bench_engine.py --quick          # 180x256 and 360x512, a minute or two
+    python benchmarks/bench_engine.py                  # 720x1024 and 1500x2048 (tens of minutes)
+    python benchmarks/bench_engine.py --sizes 720x1024 --skip peers --repeats 9 --json out.json
 """
 
 from __future__ import annotations
@@ -19,17 +38,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from bluesky_tomo_hpc.engine.fbp import reconstruct_fbp
 from bluesky_tomo_hpc.engine.filters import padded_width
-from bluesky_tomo_hpc.engine.fourier import FourierPlan, reconstruct_fourier
-from bluesky_tomo_hpc.engine.projector import MODIFIED_SHEPP_LOGAN, ellipse_sinogram
+from bluesky_tomo_hpc.engine.fourier import FFTW_MEASURE, fourier_plan, reconstruct_fourier
+from bluesky_tomo_hpc.engine.params import ReconParams
+from bluesky_tomo_hpc.engine.projector import MODIFIED_SHEPP_LOGAN, ellipse_image, ellipse_sinogram
+from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
+from bluesky_tomo_hpc.model import ScanData
+
+PEERS = ("algotom dfi", "algotom fbp", "astra cpu fbp", "skimage iradon")
+PROCESS_PEERS = ("astra cpu fbp", "skimage iradon")  # they hold the GIL: 2t runs 2 processes
+TRUTH_SUPERSAMPLE = 4
 
 
 @dataclass
@@ -38,16 +65,19 @@ class Row:
     method: str
     threads: int
     slices: int
-    s_per_slice: float
-    slices_per_s: float
-    gvox_per_s: float
-    nrmse: float
-    ssim: float
-    scale: float
+    repeats: int
+    s_per_slice_median: float
+    s_per_slice_min: float
+    s_per_slice_max: float
+    cpu_s_per_slice_median: float
+    nrmse: float | None
+    ssim: float | None
+    scale: float | None
+    times: list[float] = field(default_factory=list)
 
 
 # -- phantom and truth ---------------------------------------------------------------------------
-def truth_image(n: int, cx: float, cy: float | None = None, supersample: int = 2) -> np.ndarray:
+def truth_image(n: int, cx: float, cy: float | None = None, supersample: int = 4) -> np.ndarray:
     """The phantom on an n x n grid centred at pixel (``cy``, ``cx``), box average of s x s samples."""
     s = supersample
     cy = cx if cy is None else cy
@@ -86,21 +116,50 @@ def score(rec: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> tuple[float, 
     return nrmse, ssim, k
 
 
-def best_score(
-    rec: np.ndarray, truths: dict[tuple[float, float], np.ndarray], search: bool
-) -> tuple[float, float, float]:
-    """Ours: as is, centre (n-1)/2. Peers: best orientation and centre (conventions differ)."""
+ORIENTATIONS = ("as is", "rot90", "rot180", "rot270", "transposed", "rot90 transposed",
+                "rot180 transposed", "rot270 transposed")
+
+
+def oriented(img: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of a square image (0 = as is)."""
+    cand = np.rot90(img, k % 4)
+    return np.ascontiguousarray(cand.T if k >= 4 else cand)
+
+
+def check_scoring(truth: np.ndarray) -> None:
+    """The scorer must tell a right image from a wrong one before it scores anything."""
+    n = truth.shape[-1]
+    m = disc(n, (n - 1) / 2)
+    if score(truth, truth, m)[0] > 1e-6:
+        raise SystemExit("bench_engine: scoring is broken: the truth does not score 0 against itself")
+    flipped = score(np.ascontiguousarray(truth[::-1]), truth, m)[0]
+    if flipped < 0.2:
+        raise SystemExit(f"bench_engine: scoring cannot see an upside-down slice (NRMSE {flipped:.3f})")
+
+
+def score_ours(rec: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """Ours exactly as it comes out; any other orientation scoring better stops the run."""
     n = rec.shape[-1]
-    if not search:
-        c = (n - 1) / 2
-        return score(rec, truths[c, c], disc(n, c))
+    m = disc(n, (n - 1) / 2)
+    as_is = score(rec, truth, m)
+    for k in range(1, 8):
+        other = score(oriented(rec, k), truth, m)[0]
+        if other < as_is[0]:
+            raise SystemExit(
+                f"bench_engine: our slice scores NRMSE {as_is[0]:.3f} as it comes out but {other:.3f} "
+                f"{ORIENTATIONS[k]}: the reconstruction (or the benchmark's truth) has the wrong orientation"
+            )
+    return as_is
+
+
+def best_score(rec: np.ndarray, truths: dict[tuple[float, float], np.ndarray]) -> tuple[float, float, float]:
+    """Peers: best orientation and image centre (their conventions differ from ours)."""
+    n = rec.shape[-1]
     best = None
     for (cx, cy), t in truths.items():
         m = disc(n, cx, cy)
         for k in range(8):
-            cand = np.rot90(rec, k % 4)
-            cand = cand.T if k >= 4 else cand
-            r = np.ascontiguousarray(cand)
+            r = oriented(rec, k)
             rough = float(np.sqrt(np.mean((r[m] - t[m]) ** 2)))
             if best is None or rough < best[0]:
                 best = (rough, r, t, m)
@@ -108,22 +167,63 @@ def best_score(
     return score(r, t, m)
 
 
-# -- methods -------------------------------------------------------------------------------------
-# each: (sinos (nz, M, n) axis at n/2, sinos axis at (n-1)/2, theta, threads) -> (nz, n, n)
-def ours_fourier(s_half, s_mid, theta, threads):
-    n = s_half.shape[-1]
-    plan = FourierPlan(n, theta, padded_width(n), threads=threads)
-    reconstruct_fourier(s_half[:2], theta, n / 2, filter_name="ramp", plan=plan)  # warm-up (FFT plans)
-    t0 = time.perf_counter()
-    out = reconstruct_fourier(s_half, theta, n / 2, filter_name="ramp", plan=plan)
-    return out, time.perf_counter() - t0
+# -- runners: (sinos axis n/2, sinos axis (n-1)/2, theta, threads) -> (slices or None, nz) ----------
+# each returns a callable that does one timed call; set-up (plans, compilation) happens before
 
 
-def ours_fbp(s_half, s_mid, theta, threads):
+def setup_ours(s_half, s_mid, theta, threads):
     n = s_half.shape[-1]
-    t0 = time.perf_counter()
-    out = reconstruct_fbp(s_half, theta, n / 2, filter_name="ramp")
-    return out, time.perf_counter() - t0
+    fourier_plan(n, theta, padded_width(n), threads=threads)
+    return lambda: reconstruct_fourier(s_half, theta, n / 2, filter_name="ramp", threads=threads)
+
+
+def setup_entry(s_half, s_mid, theta, threads):
+    n, nz = s_half.shape[-1], s_half.shape[0]
+    # transmissions down to e^-2 (the phantom's raw line integrals reach ~0.07 n: no detector
+    # would see light through that); the scale fit in the scoring absorbs the factor
+    k = 2.0 / float(s_half.max())
+    proj = np.exp(-k * np.ascontiguousarray(s_half.transpose(1, 0, 2))).astype(np.float32)
+    data = ScanData(projections=proj, theta=theta, darks=np.zeros((1, nz, n), np.float32),
+                    flats=np.ones((1, nz, n), np.float32))
+    params = ReconParams(filter_name="ramp", center=n / 2, chunk_slices=nz, engine="native")
+    run = lambda: reconstruct_scan(data, params).volume  # noqa: E731 - threads: the pinned CPUs
+    run.output_scale = k  # type: ignore[attr-defined] - the input's attenuation factor
+    return run
+
+
+def setup_floor(s_half, s_mid, theta, threads):
+    """The type-1 NUFFT alone (same points, grid and options as ours), one plan per thread."""
+    import finufft
+
+    n, nz = s_half.shape[-1], s_half.shape[0]
+    n_pad = padded_width(n)
+    omega = 2 * np.pi * np.fft.fftfreq(n_pad)
+    wy = (np.sin(theta)[:, None] * omega).ravel().astype(np.float32)
+    wx = (np.cos(theta)[:, None] * omega).ravel().astype(np.float32)
+    rng = np.random.default_rng(0)
+    c = (rng.standard_normal(wx.size) + 1j * rng.standard_normal(wx.size)).astype(np.complex64)
+    plans = []
+    for _ in range(threads):
+        p = finufft.Plan(1, (n, n), n_trans=1, eps=1e-3, isign=1, dtype="complex64", nthreads=1,
+                         upsampfac=1.25, fftw=FFTW_MEASURE)
+        p.setpts(wy, wx)
+        plans.append(p)
+    pairs = (nz + 1) // 2
+
+    def one(k):
+        out = np.empty((n, n), np.complex64)
+        for _ in range(k, pairs, threads):
+            plans[k].execute(c, out=out)
+
+    def run():
+        ts = [threading.Thread(target=one, args=(k,)) for k in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        return None
+
+    return run
 
 
 def _astra_one(args):
@@ -159,21 +259,22 @@ def _skimage_one(args):
 
 def _per_slice(fn: Callable, sinos: np.ndarray, theta: np.ndarray, threads: int):
     jobs = [(s, theta) for s in sinos]
-    t0 = time.perf_counter()
     if threads == 1:
-        out = [fn(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(threads) as pool:
-            t0 = time.perf_counter()  # pool start-up not counted
-            out = list(pool.map(fn, jobs))
-    return np.stack(out), time.perf_counter() - t0
+        return lambda: np.stack([fn(j) for j in jobs])
+    pool = ProcessPoolExecutor(threads)  # started here: pool start-up is not timed
+    list(pool.map(_noop, range(threads)))
+    return lambda: np.stack(list(pool.map(fn, jobs)))
 
 
-def astra_fbp(s_half, s_mid, theta, threads):
+def _noop(_):
+    return None
+
+
+def setup_astra(s_half, s_mid, theta, threads):
     return _per_slice(_astra_one, s_mid, theta, threads)
 
 
-def skimage_iradon(s_half, s_mid, theta, threads):
+def setup_skimage(s_half, s_mid, theta, threads):
     return _per_slice(_skimage_one, s_half, theta, threads)
 
 
@@ -189,92 +290,161 @@ def _algotom(kind, s_half, theta, threads):
     else:
         fn = rec.dfi_reconstruction
         kw.update(filter_name=None)
-    fn(data[:, :1], n / 2, **kw)  # numba compilation is not counted
-    t0 = time.perf_counter()
-    out = fn(data, n / 2, **kw)
-    dt = time.perf_counter() - t0
-    out = np.asarray(out)
-    out = out.transpose(1, 0, 2) if out.ndim == 3 else out[None]
-    return out.astype(np.float32), dt
+    fn(data[:, :1], n / 2, **kw)  # numba compilation is not timed
+
+    def run():
+        out = np.asarray(fn(data, n / 2, **kw))
+        return (out.transpose(1, 0, 2) if out.ndim == 3 else out[None]).astype(np.float32)
+
+    return run
 
 
-def algotom_fbp(s_half, s_mid, theta, threads):
+def setup_algotom_fbp(s_half, s_mid, theta, threads):
     return _algotom("fbp", s_half, theta, threads)
 
 
-def algotom_dfi(s_half, s_mid, theta, threads):
+def setup_algotom_dfi(s_half, s_mid, theta, threads):
     return _algotom("dfi", s_half, theta, threads)
 
 
-METHODS: dict[str, tuple[Callable, bool]] = {  # name -> (runner, is_peer)
-    "ours fourier": (ours_fourier, False),
-    "ours fbp (numpy)": (ours_fbp, False),
-    "algotom dfi": (algotom_dfi, True),
-    "algotom fbp": (algotom_fbp, True),
-    "astra cpu fbp": (astra_fbp, True),
-    "skimage iradon": (skimage_iradon, True),
+METHODS: dict[str, Callable] = {
+    "ours fourier": setup_ours,
+    "ours reconstruct_scan": setup_entry,
+    "finufft floor": setup_floor,
+    "algotom dfi": setup_algotom_dfi,
+    "algotom fbp": setup_algotom_fbp,
+    "astra cpu fbp": setup_astra,
+    "skimage iradon": setup_skimage,
 }
 
 
-def run(sizes, slices: dict[str, int], threads_list, skip: set, save: str | None = None) -> list[Row]:
-    rows: list[Row] = []
-    for m, n in sizes:
-        theta = np.linspace(0, np.pi, m, endpoint=False)
-        s_half = ellipse_sinogram(n, theta, center=n / 2)
-        s_mid = ellipse_sinogram(n, theta, center=(n - 1) / 2)
-        centres = ((n - 1) / 2, n / 2)
-        truths = {(cx, cy): truth_image(n, cx, cy) for cx in centres for cy in centres}
-        size = f"{m}x{n}"
-        ref = None
-        for name, (fn, peer) in METHODS.items():
-            if name in skip or (size, name) in skip:
-                continue
-            for threads in threads_list:
-                if name == "ours fbp (numpy)" and threads > 1:
-                    continue  # NumPy gathers are single-threaded; the GPU is this method's home
-                nz = slices.get(name, slices["default"])
-                nz = max(nz, threads) if peer else nz
-                sh = np.repeat(s_half[None], nz, axis=0)
-                sm = np.repeat(s_mid[None], nz, axis=0)
-                vol, dt = fn(sh, sm, theta, threads)
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def pinned(threads: int) -> set[int]:
+    """Pin this thread (and the threads and processes it starts) to ``threads`` CPUs."""
+    cpus = sorted(os.sched_getaffinity(0) if not hasattr(pinned, "all") else pinned.all)
+    pinned.all = cpus  # type: ignore[attr-defined]
+    if threads > len(cpus):
+        raise SystemExit(f"bench_engine: {threads} threads asked, {len(cpus)} CPUs available")
+    want = set(cpus[:threads])
+    os.sched_setaffinity(0, want)
+    return want
+
+
+def run_size(m: int, n: int, methods: list[str], threads_list: list[int], repeats: int,
+             slices: dict[str, int], save: str | None) -> list[Row]:
+    theta = np.linspace(0, np.pi, m, endpoint=False)
+    s_half = ellipse_sinogram(n, theta, center=n / 2)
+    s_mid = ellipse_sinogram(n, theta, center=(n - 1) / 2)
+    # the engine's orientation (engine.projector.ellipse_image: y up the rows), computed in row
+    # blocks; 4x4 samples per pixel (2x2 leaves ~0.04 of error in the truth itself at 1024)
+    c = (n - 1) / 2
+    truth = np.ascontiguousarray(truth_image(n, c, c, supersample=TRUTH_SUPERSAMPLE)[::-1])
+    if n <= 512:  # the shortcut above is the engine's phantom, pixel for pixel
+        assert np.abs(truth - ellipse_image(n, MODIFIED_SHEPP_LOGAN, TRUTH_SUPERSAMPLE)).max() < 1e-5
+    check_scoring(truth)
+    centres = ((n - 1) / 2, n / 2)
+    peer_truths = {(cx, cy): truth_image(n, cx, cy, TRUTH_SUPERSAMPLE) for cx in centres for cy in centres}
+    size = f"{m}x{n}"
+    configs = []  # (method, threads, nz, run)
+    for name in methods:
+        for t in threads_list:
+            peer = name in PEERS
+            nz = max(slices["peer"], t) if peer else slices["ours"]
+            sh = np.repeat(s_half[None], nz, axis=0)
+            sm = np.repeat(s_mid[None], nz, axis=0)
+            pinned(t)
+            t0 = time.perf_counter()
+            run = METHODS[name](sh, sm, theta, t)
+            vol = run()  # warm-up; also the slice that is scored
+            setup = time.perf_counter() - t0
+            if vol is not None:
+                vol = np.asarray(vol)
+                nrmse, ssim, k = best_score(vol[0], peer_truths) if peer else score_ours(vol[0], truth)
+                k *= getattr(run, "output_scale", 1.0)
                 if save:
                     os.makedirs(save, exist_ok=True)
-                    np.save(os.path.join(save, f"{size}_{name.replace(' ', '_')}_{threads}t.npy"), vol[0])
-                nrmse, ssim, k = best_score(vol[0], truths, search=peer)
-                per = dt / nz
-                row = Row(size, name, threads, nz, per, 1 / per, n * n * m / per / 1e9, nrmse, ssim, k)
-                rows.append(row)
-                if name == "ours fourier" and threads == 1:
-                    ref = per
-                ratio = f"{per / ref:6.1f}x ours" if ref else ""
-                print(f"{size:>10} {name:<18} {threads}t  {per:8.3f} s/slice  {1 / per:7.2f} sl/s  "
-                      f"{row.gvox_per_s:6.2f} Gvox/s  NRMSE {nrmse:.3f}  SSIM {ssim:.3f}  scale {k:.3f}  "
-                      f"{ratio}", flush=True)
+                    np.save(os.path.join(save, f"{size}_{name.replace(' ', '_')}_{t}t.npy"), vol[0])
+            else:
+                nrmse = ssim = k = None
+            print(f"  set-up {size} {name} {t}t: {setup:.1f} s (plans, warm-up call)", flush=True)
+            configs.append([name, t, nz, run, [], [], (nrmse, ssim, k)])
+    peer_rounds = max(1, min(repeats, slices["peer_repeats"]))
+    n_rep = {c[0]: (peer_rounds if c[0] in PEERS else repeats) for c in configs}
+    for rep in range(repeats):
+        for c in configs:
+            name, t, nz, run, wall, cpu, _ = c
+            if rep >= n_rep[name]:
+                continue
+            pinned(t)
+            w0, c0 = time.perf_counter(), time.process_time()
+            run()
+            wall.append((time.perf_counter() - w0) / nz)
+            # CPU time of this process; peers in worker processes (2t ASTRA / scikit-image): n/a
+            in_children = name in PROCESS_PEERS and t > 1
+            cpu.append(float("nan") if in_children else (time.process_time() - c0) / nz)
+        print(f"  {size}: round {rep + 1}/{repeats} done, load {load()}", flush=True)
+    pinned(max(threads_list))
+    rows = []
+    for name, t, nz, _, wall, cpu, (nrmse, ssim, k) in configs:
+        rows.append(Row(size, name, t, nz, len(wall), statistics.median(wall), min(wall), max(wall),
+                        statistics.median(cpu), nrmse, ssim, k, wall))
     return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    by = {(r.size, r.method, r.threads): r for r in rows}
+    for size in dict.fromkeys(r.size for r in rows):
+        print(f"\n| {size} | threads | s/slice median [min-max] | CPU s/slice | speed-up vs 1t "
+              "| time / ours 1t | NRMSE | SSIM | scale |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        ref = by.get((size, "ours fourier", 1))
+        for r in rows:
+            if r.size != size:
+                continue
+            one = by.get((size, r.method, 1))
+            speed = f"{one.s_per_slice_median / r.s_per_slice_median:.2f}x" if one and r.threads > 1 else ""
+            rel = f"{r.s_per_slice_median / ref.s_per_slice_median:.2f}" if ref else ""
+            acc = (f"{r.nrmse:.3f} | {r.ssim:.3f} | {r.scale:.3f}" if r.nrmse is not None else "- | - | -")
+            print(f"| {r.method} | {r.threads} | {r.s_per_slice_median:.4f} [{r.s_per_slice_min:.4f}-"
+                  f"{r.s_per_slice_max:.4f}] | {r.cpu_s_per_slice_median:.4f} | {speed} | {rel} | {acc} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes (180x256, 360x512)")
+    ap.add_argument("--sizes", help="comma-separated MxN (angles x detector), e.g. 720x1024,1500x2048")
     ap.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    ap.add_argument("--skip", default="", help="comma-separated method names to leave out")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per configuration (default 7)")
+    ap.add_argument("--peer-repeats", type=int, default=2, help="rounds for the (slow) peers (default 2)")
+    ap.add_argument("--slices", type=int, default=8, help="slices per timed call for ours and the floor")
+    ap.add_argument("--skip", default="", help="comma-separated method names to leave out, or 'peers'")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     ap.add_argument("--save", metavar="DIR", help="save each method's first slice as .npy here")
     args = ap.parse_args()
     threads_list = [int(t) for t in args.threads.split(",")]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if args.quick:
-        sizes = [(180, 256), (360, 512)]
-        slices = {"default": 2, "ours fourier": 8}
+    if "peers" in skip:
+        skip |= set(PEERS)
+    methods = [m for m in METHODS if m not in skip]
+    if args.sizes:
+        sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     else:
-        sizes = [(720, 1024), (1500, 2048)]
-        slices = {"default": 1, "ours fourier": 8}
-        skip |= {("1500x2048", "ours fbp (numpy)")}  # ~2 min per slice in NumPy; GPU method
-    print(f"cpus {os.cpu_count()}, affinity {len(os.sched_getaffinity(0))}; ratios: time per slice / ours 1t")
-    rows = run(sizes, slices, threads_list, skip, args.save)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in rows], f, indent=2)
+        sizes = [(180, 256), (360, 512)] if args.quick else [(720, 1024), (1500, 2048)]
+    slices = {"ours": args.slices, "peer": 1, "peer_repeats": args.peer_repeats}
+    print(f"cpus {os.cpu_count()}, affinity {len(os.sched_getaffinity(0))}, load {load()}; "
+          f"{args.repeats} interleaved rounds; Nt = pinned to N CPUs", flush=True)
+    rows: list[Row] = []
+    for m, n in sizes:
+        size_rows = run_size(m, n, methods, threads_list, args.repeats, slices, args.save)
+        print_table(size_rows)  # each size as soon as it is done
+        rows += size_rows
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump([asdict(r) for r in rows], f, indent=2)
+    print(f"\nload at the end {load()}")
 
 
 if __name__ == "__main__":

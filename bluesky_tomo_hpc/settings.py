@@ -58,6 +58,7 @@ class TiledSettings(_Section):
     uri: str | None = None
     raw_container: str = "raw"
     processed_container: str = "processed"
+    series_container: str = Field("series", description="time series: one container per series id")
     api_key_env: str = Field("TILED_API_KEY", description="environment variable holding the API key")
     writer_batch_size: int = Field(
         100, ge=1, description="events TiledWriter buffers per write (1 = every event live in Tiled, "
@@ -90,6 +91,30 @@ class PreviewSettings(_Section):
     journal_dir: Path | None = Field(None, description="worker: journal open runs here (restartable)")
 
 
+class ScicatSettings(_Section):
+    """SciCat: a raw dataset per scan, a derived dataset per reconstruction (``uri: null``: off)."""
+
+    uri: str | None = Field(None, description="SciCat API base, e.g. https://scicat.example.org/api/v3")
+    token_env: str = Field("SCICAT_TOKEN", description="environment variable holding the API token")
+    pid_prefix: str = Field("", max_length=64, description="prefix of the pids this pipeline chooses "
+                            "(the account must be allowed to choose pids)")
+    owner: str = "beamline"
+    owner_group: str = Field("ingestor", min_length=1)
+    access_groups: list[str] = Field(default_factory=list)
+    contact_email: str = "beamline@example.org"
+    principal_investigator: str = "beamline"
+    creation_location: str = Field("/facility/beamline", description="SciCat creationLocation of raw data")
+    instrument_id: str | None = Field(None, description="SciCat instrument pid")
+    source_host: str | None = Field(None, description="sourceFolderHost: where the files can be read")
+    max_retries: int = Field(5, ge=0, description="tries after the first for transient failures")
+    retry_delay_s: float = Field(30.0, gt=0, description="first retry delay; doubles each time, 1 h at most")
+    timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env)
+
+
 class JobSettings(_Section):
     """Batch reconstruction after each scan."""
 
@@ -116,6 +141,7 @@ class Settings(_Section):
     recon: ReconParams = ReconParams()
     preview: PreviewSettings = PreviewSettings()
     jobs: JobSettings = JobSettings()
+    scicat: ScicatSettings = ScicatSettings()
     full_volume: bool = Field(True, description="reconstruct the whole volume in-process at stop")
     memory_budget_mb: float | None = Field(
         None, gt=0, description="memory every path may use for frames and slices (MiB); slab sizes derive "

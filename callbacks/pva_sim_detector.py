@@ -50,12 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--center", type=float, help="rotation axis column (default: the middle)")
     p.add_argument("--scan-uid", default="pva-sim-scan")
     p.add_argument("--no-go", action="store_true", help="publish at once instead of waiting for GO")
+    p.add_argument("--distinct", type=int, default=0,
+                   help="precompute this many projections and cycle them (benchmarks at real frame "
+                        "sizes: the simulator must not be the bottleneck); 0: every angle computed")
+    p.add_argument("--times", help="write each frame's publish time (time.time()) as JSON here at DONE")
     a = p.parse_args(argv)
 
     from bluesky_tomo_hpc.sources.pva import NtndArrayPublisher
 
     center = (a.nx - 1) / 2.0 if a.center is None else a.center
     theta, frame, dark, flat = phantom_frames(a.nx, a.ny, a.angles, center)
+    if a.distinct > 0:
+        cached = [frame(i) for i in range(min(a.distinct, a.angles))]
+
+        def frame(i: int) -> np.ndarray:  # noqa: F811 - the cycled stand-in
+            return cached[i % len(cached)]
     pub = NtndArrayPublisher(a.channel)
     print("READY", flush=True)
     if not a.no_go and sys.stdin.readline().strip() != "GO":
@@ -67,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     k = 0
     plan = ([("dark", dark, None)] * a.darks + [("flat", flat, None)] * a.flats
             + [("projection", None, i) for i in range(a.angles)])
+    sent: list[float] = []
     for kind, image, i in plan:
         attrs = {**common, "frame_type": kind}
         if i is not None:
             image = frame(i)
             attrs["rotation_angle"] = float(theta[i])
         pub.publish(image, attrs)
+        sent.append(time.time())
         k += 1
         if period:
             delay = t0 + k * period - time.perf_counter()
@@ -80,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(delay)
     dt = time.perf_counter() - t0
     done = {"published": k, "seconds": round(dt, 3), "fps": round(k / dt, 1)}
+    if a.times:
+        with open(a.times, "w") as f:
+            json.dump({"darks": a.darks, "flats": a.flats, "published": sent}, f)
     print("DONE " + json.dumps(done), flush=True)
     sys.stdin.readline()  # QUIT or EOF
     pub.stop()

@@ -53,6 +53,18 @@ def module_RE():
     yield from _run_engine()
 
 
+@pytest.fixture(scope="module")
+def module_tiled_server(tmp_path_factory):
+    """One embedded Tiled server for a whole test module (starting one costs seconds under load);
+    ``.root`` is a folder it may read (give each test its own folder below it)."""
+    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+
+    root = tmp_path_factory.mktemp("module-tiled")
+    with EmbeddedTiledServer(root / "tiled", readable_storage=[root]) as srv:
+        srv.root = root
+        yield srv
+
+
 @pytest.fixture
 def tiled_server(tmp_path):
     """A real embedded Tiled server (SQLite + files + DuckDB) on 127.0.0.1 that may read tmp_path."""
@@ -67,3 +79,16 @@ def tiled_client(tiled_server):
     from tiled.client import from_uri
 
     return from_uri(tiled_server.uri)
+
+
+@pytest.fixture(params=["numpy", "cupy"])
+def array_backend(request):
+    """``ReconParams.device`` for each array backend: "cpu" (NumPy), "gpu" (CuPy; skipped where
+    CuPy sees no GPU, e.g. in CI). Tests taking it run the same checks on both."""
+    if request.param == "cupy":
+        from bluesky_tomo_hpc.engine.backend import gpu_devices
+
+        if not gpu_devices():
+            pytest.skip("CuPy with a CUDA device is not available here")
+        return "gpu"
+    return "cpu"

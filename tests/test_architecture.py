@@ -1,9 +1,10 @@
 """The package's shape, checked: unique module names, no import cycles, layers that only look down.
 
-Layers, lowest first: ``model``/``settings`` and ``engine`` (pure arrays; no bluesky, no Tiled),
-``sources`` and ``sinks`` (the stream), ``results`` and ``jobs``, ``live`` (wiring of a scan),
-``web`` (the page), ``cli``. A module may import its own layer and the ones below; imports inside
-functions count too, because a lazy import that runs back up is still a cycle a reader has to untangle.
+Layers, lowest first: ``model``/``settings``/``metadata`` and ``engine`` (pure arrays; no bluesky,
+no Tiled), ``sources`` and ``sinks`` (the stream), ``results`` and ``jobs``, ``steering`` and
+``plans`` (what a RunEngine runs, reading results), ``live`` (wiring of a scan), ``web`` (the
+page), ``cli``. A module may import its own layer and the ones below; imports inside functions
+count too, because a lazy import that runs back up is still a cycle a reader has to untangle.
 """
 
 from __future__ import annotations
@@ -23,14 +24,18 @@ ALLOWED = {
     "model": set(),
     "engine": {"model"},
     "settings": {"model", "engine"},
+    "metadata": {"model", "engine"},
     "sim": {"model", "engine"},
     "sources": {"model", "engine", "sinks", "settings"},
     "sinks": {"model", "engine", "settings", "results"},
-    "results": {"model", "engine", "settings"},
-    "jobs": {"model", "engine", "settings", "sources", "results"},
-    "live": {"model", "engine", "settings", "sources", "sinks", "results", "jobs", "sim"},
-    "web": {"model", "engine", "settings", "sources", "sinks", "results", "jobs"},
-    "cli": {"model", "engine", "settings", "sources", "sinks", "results", "jobs", "live", "sim", "web"},
+    "results": {"model", "engine", "settings", "metadata"},
+    "jobs": {"model", "engine", "settings", "metadata", "sources", "results"},
+    "steering": {"model", "engine", "settings", "metadata", "results"},
+    "plans": {"model", "engine", "settings", "metadata", "sim", "results", "steering"},
+    "live": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "jobs", "sim"},
+    "web": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "jobs"},
+    "cli": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "jobs", "live", "sim",
+            "web"},
     "batch": {"jobs"},
     "__init__": {"engine", "settings", "live", "model"},
 }

@@ -22,6 +22,7 @@ from bluesky_tomo_hpc.engine.center import (
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.preprocess import minus_log, normalize
 from bluesky_tomo_hpc.model import TomoDataError
+from bluesky_tomo_hpc.results.pictures import save_center_sheet_png
 
 
 def blob_sinogram(
@@ -141,8 +142,9 @@ def test_try_centers_contact_sheet(tmp_path):
     theta, proj_log = blob_sinogram(180, 64, 33.0, ny=3)
     params = ReconParams(algorithm="fbp", engine="native")
     cands = [29.0, 31.0, 33.0, 35.0, 37.0]
-    out = try_centers(proj_log, theta, cands, params, png_path=tmp_path / "sheet.png", row=1)
-    assert out["png"].is_file() and out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = try_centers(proj_log, theta, cands, params, row=1)
+    png = save_center_sheet_png(out, tmp_path / "sheet.png", row=67, highlight=33.0)
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     slices = [out[c] for c in cands]
     assert all(s.shape == (64, 64) for s in slices)
     # the right axis gives the sharpest, least smeared slice: smallest total variation

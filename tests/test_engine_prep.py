@@ -210,6 +210,11 @@ def test_circular_mask():
     assert int(out[0].sum()) == int(((np.indices((21, 21)) - 10) ** 2).sum(0).__le__(5.25**2).sum())
     with pytest.raises(ValueError):
         pp.circular_mask(vol, 0)
+    for shape, ratio in (((3, 21, 21), 0.5), ((2, 16, 16), 0.95), ((1, 9, 9), 0.05)):
+        rand = np.random.default_rng(0).random(shape).astype(np.float32)
+        expect = pp.circular_mask(rand, ratio, val=-1.0)
+        assert pp.circular_mask(rand, ratio, val=-1.0, in_place=True) is rand  # row slices, in place
+        np.testing.assert_array_equal(rand, expect)
 
 
 # -- stripes --------------------------------------------------------------------------------------

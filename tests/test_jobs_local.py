@@ -51,7 +51,11 @@ def files_monitor(tmp_path):
 
 
 def test_two_ranks_end_to_end_into_tiled(tmp_path, monitor, tiled_client):
+    import dataclasses
+
     spec, batches, end = make_raw_scan(tmp_path)
+    sample = {"name": "ti64-07", "schema_version": 1}
+    spec = dataclasses.replace(spec, metadata={**spec.metadata, "sample": sample})
     sink = HPCSubmitSink(
         monitor,
         tmp_path / "work",
@@ -97,10 +101,12 @@ def test_two_ranks_end_to_end_into_tiled(tmp_path, monitor, tiled_client):
     prov = json.loads(rec.job.outputs.provenance_path.read_text())
     assert prov["params_hash"] == ReconParams().params_hash and prov["extra"]["ranks"] == 2
     assert prov["source"]["run_uid"] == spec.run_uid and prov["center"]["value"] == result["center"]
+    assert prov["extra"]["sample"] == sample  # the sample travels into provenance
 
     # in Tiled, linked to the raw run, lazily sliceable
     nodes = find_reconstructions(processed_container(tiled_client), raw_uid=spec.run_uid)
     assert len(nodes) == 1 and nodes[0].metadata["job_id"] == rec.job_id
+    assert nodes[0].metadata["sample"] == sample
     np.testing.assert_allclose(nodes[0]["volume"][3:5], vol[3:5])
     source = nodes[0]["volume"].data_sources()[0]  # the server reads tmp_path: registered in place
     assert source.management == "external" and source.assets[0].data_uri.endswith("volume.ome.zarr/0")

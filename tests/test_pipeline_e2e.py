@@ -129,3 +129,21 @@ def test_unknown_layout_skipped_with_a_warning(RE, pipeline, caplog):
     assert plain not in caplog.text
     assert uid not in pipeline.service.outcomes and plain not in pipeline.service.outcomes
     assert np.isfinite(pipeline.raw[plain]["primary"].read()["det"].values).all()
+
+
+def test_half_acquisition_scan_reconstructed_to_the_full_field_of_view(RE, pipeline):
+    """Offset axis (nx / 8 from the edge), 360 degrees, sample wider than the detector: the
+    pipeline finds the axis and the overlap, stitches, and reconstructs the whole sample."""
+    bl = make_sim_beamline(pipeline.data_dir / "raw", flavour="ophyd_v1", shape=(8, 96),
+                           half_acquisition=True)
+    pipeline.subscribe(RE)
+    (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=360, num_darks=4, num_flats=4, stop=360.0))
+    assert pipeline.wait(180)
+    outcome = pipeline.service.outcomes[uid]
+    assert outcome.ok, outcome.message
+    assert abs(outcome.center - bl.rotation_center_px) <= 0.5
+    (node,) = find_reconstructions(pipeline.processed, raw_uid=uid, kind="full")
+    assert node.metadata["center_details"]["half_acquisition"] is True
+    vol = node["volume"][:]
+    assert vol.shape == (8, bl.field_of_view_px, bl.field_of_view_px) and bl.field_of_view_px > 1.7 * 96
+    assert phantom_correlation(vol, bl.phantom) >= 0.9

@@ -203,11 +203,12 @@ def test_bin_frames_is_a_block_mean():
     assert b[0, 0, 0] == np.mean([0, 1, 6, 7])
 
 
-def test_preview_equals_the_engine_fbp_of_the_same_frames(scan):
-    """Same filter, geometry and weights as engine.fbp: the live sum is the batch FBP."""
+def test_preview_equals_the_engine_fbp_of_the_same_frames(scan, array_backend):
+    """Same filter, geometry and weights as engine.fbp: the live sum is the batch FBP, on the
+    CPU and on a GPU (batched gathers there)."""
     from bluesky_tomo_hpc.engine.fbp import reconstruct_fbp
 
-    _, final, _ = run_preview(scan)
+    _, final, _ = run_preview(scan, device=array_backend)
     proj = scan["proj"].astype(np.float64)
     dark = scan["darks"].mean(0)
     flat = scan["flats"].mean(0)
@@ -246,3 +247,48 @@ def test_a_right_centre_is_confirmed_without_recomputing(scan):
     first, second = [u for u in updates if u.final]
     assert first.metadata["refinement_pending"] and not second.metadata["refinement_pending"]
     np.testing.assert_array_equal(first.slices["xy"], second.slices["xy"])
+
+
+def test_batched_gather_equals_the_per_frame_one():
+    """The GPU's batched back-projection (run here on NumPy) adds exactly what the per-frame
+    one adds, for arbitrary filtered rows and angles."""
+    scan_small = phantom_scan(n=48, nz=6, n_angles=4)
+    sink = PreviewSink(device="cpu", positions=(0.3, 0.6, 0.4))
+    spec = spec_for(scan_small)
+    sink._spec = spec
+    sink._setup(spec)
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((7, 6, sink._n_pad + 3)).astype(np.float32)
+    thetas = rng.uniform(0, np.pi, 7)
+    for qq, t in zip(q, thetas, strict=True):
+        sink._backproject(qq, float(t))
+    per_frame = [a.copy() for a in (sink.acc_xy, sink.acc_xz, sink.acc_yz)]
+    for a in (sink.acc_xy, sink.acc_xz, sink.acc_yz):
+        a[...] = 0
+    sink._backproject_batch(q, thetas)
+    for got, want in zip((sink.acc_xy, sink.acc_xz, sink.acc_yz), per_frame, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert np.abs(per_frame[0]).max() > 0.1  # the check compares something
+
+
+def test_unconfirmed_guess_is_marked_centre_uncertain_on_metadata_and_picture(tmp_path):
+    """No hint and no 0/180 pair (90 degrees only): the detector middle is a guess, and the
+    final says so in its metadata and on the picture's title."""
+    from bluesky_tomo_hpc.sinks.preview import PreviewFileWriter
+
+    scan = phantom_scan(n_angles=46)
+    scan["theta"] = scan["theta"][:23]
+    scan["proj"] = scan["proj"][:23]
+    writer = PreviewFileWriter(tmp_path, live=False)
+    sink = PreviewSink([writer], publish_interval_s=10)
+    sink.open(spec_for(scan))
+    feed(sink, scan)
+    sink.close(ScanEnd("run-1"))
+    final = sink.wait_final(30)
+    assert final.metadata["center_check"]["done"] is False and final.metadata["center_uncertain"] is True
+    assert any(p.name.endswith("_preview.png") for p in writer.written)
+
+
+def test_confirmed_centre_is_not_uncertain(scan):
+    _, final, _ = run_preview(scan)
+    assert final.metadata["center_uncertain"] is False

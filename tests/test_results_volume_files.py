@@ -110,6 +110,15 @@ def test_failed_write_never_looks_complete_and_says_why(tmp_path):
     assert is_complete(out) and not layout.partial.exists()
 
 
+def test_interrupted_write_says_so(tmp_path):
+    out = tmp_path / "res"
+    with pytest.raises(KeyboardInterrupt):
+        with VolumeWriter(out, (8, 16, 16)) as w:
+            w.write(0, _volume(4))
+            raise KeyboardInterrupt
+    assert not out.exists() and "interrupted" in ResultLayout(out).failure_note.read_text()
+
+
 def test_injected_full_disk(tmp_path, monkeypatch):
     """ENOSPC in the middle of the TIFFs: the partial data is freed, the note says the disk is full."""
     calls = {"n": 0}
@@ -206,3 +215,38 @@ def test_ranks_on_a_node_share_its_budget():
     assert rank_budget_bytes(Resources(ranks=4, memory_budget_mb=400), 4) == 100 * 2**20
     assert rank_budget_bytes(Resources(ranks=4, nodes=2, memory_budget_mb=400), 4) == 200 * 2**20
     assert rank_budget_bytes(Resources(ranks=4, memory_budget_mb=400), 1) == 400 * 2**20  # recon FILE
+
+
+_RSS_CHILD = """
+import argparse, gc, json, resource, sys
+import bluesky_tomo_hpc.jobs.batch_program, ome_zarr.writer, tifffile, zarr  # imports before the baseline
+from bluesky_tomo_hpc.cli import recon as recon_cli
+parser = argparse.ArgumentParser()
+recon_cli.register(parser.add_subparsers())
+args = parser.parse_args(sys.argv[1:])
+gc.collect()
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+code = recon_cli.run(args)
+print(json.dumps({"code": code, "above": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
+"""
+
+
+@pytest.mark.slow
+def test_recon_stays_within_its_memory_budget(tmp_path):
+    """A volume (226 MB) larger than the budget (192 MiB, the fixed overhead included): the peak
+    resident memory above an idle interpreter with the same imports stays under the budget."""
+    import sys
+
+    from test_engine_recon_cli import write_dxchange
+
+    path = write_dxchange(tmp_path / "big.h5", make_scan(n_obj=700, n_det=768, ny=96, n_angles=180,
+                                                         center=383.5))
+    out = tmp_path / "rec"
+    proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, "recon", str(path), "--out", str(out),
+                           "--center", "383.5", "--memory-budget-mb", "192", "--slab-rows", "4096"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    slab = json.loads((out / "provenance.json").read_text())["extra"]["slab_rows"]
+    assert report["code"] == 0 and 1 <= slab < 96
+    assert report["above"] <= 192 * 2**20, f"{report['above'] / 2**20:.0f} MiB above the baseline"

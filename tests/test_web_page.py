@@ -1,6 +1,7 @@
 """The web page in a real browser while a simulated scan runs: live slices change before the stop,
 then the final, then the reconstruction listed and the batch job finished; bad input gets a clear
-message; no key, no page. Screenshots go to docs/images (shown by docs/how-to/web-page.md)."""
+message; no key, no page. Screenshots: docs/images (shown by docs/how-to/web-page.md) with
+UPDATE_DOCS_SCREENSHOTS=1, else a temporary folder."""
 
 from __future__ import annotations
 
@@ -17,16 +18,21 @@ from web_browser import browser
 from bluesky_tomo_hpc.web.app import VIEWER_JS
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "docs" / "images"
+#: the docs' screenshots are refreshed with UPDATE_DOCS_SCREENSHOTS=1; otherwise they go to a
+#: temporary folder (a test run leaves the checkout as it was)
+SHOTS = ROOT / "docs" / "images" if os.environ.get("UPDATE_DOCS_SCREENSHOTS") else None
 KEY = "webtestkey0123456789abcdef"
 WAIT_MS = 120_000  # a loaded 2-core machine: wait on conditions, generously
 
 
 def _shot(page, name: str, full_page: bool = False) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    import tempfile
+
     from PIL import Image
 
-    path = SHOTS / name
+    folder = SHOTS or Path(tempfile.gettempdir()) / "bluesky_tomo_hpc_web_screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
     page.screenshot(path=str(path), full_page=full_page)
     Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)  # small for the docs
 
@@ -205,17 +211,29 @@ def test_volume_still_being_written_and_tiled_down(beamline):
         page.wait_for_selector("#message:not(.hidden)", timeout=WAIT_MS)
         assert "still being written" in page.text_content("#message")
 
-        # the web page beside a Tiled that is down: a clear message, the page itself still works
-        down = f"http://127.0.0.1:{free_port()}/api/v1"
-        web = WebServer(make_context(beamline["settings"], api_key=KEY, tiled_uri=down, preview_address=""))
+        # the web page beside a Tiled that goes down while the page is open: a clear message at
+        # once (not after the Tiled client's ~25 s of retries), and the health panel says FAIL
+        from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer, raw_catalog
+
+        tiled = EmbeddedTiledServer(beamline["data_dir"] / "other-tiled", api_key=KEY)
+        raw_catalog(tiled.client())
+        web = WebServer(make_context(beamline["settings"], api_key=KEY, tiled_uri=tiled.uri,
+                                     preview_address=""))
         try:
             page.goto(web.url + f"?api_key={KEY}#scans")
+            page.wait_for_selector("#runs tbody tr td", timeout=WAIT_MS)
+            assert "No run matches" in page.text_content("#runs")
+            tiled.close()
+            t0 = time.monotonic()
+            page.click("#search button[type='submit']")
             page.wait_for_selector("#message:not(.hidden)", timeout=WAIT_MS)
             assert "Tiled is not reachable" in page.text_content("#message")
+            assert time.monotonic() - t0 < 20
             page.goto(web.url + "#health")
             page.wait_for_selector("#health tr[data-check='tiled'] .status-fail", timeout=WAIT_MS)
         finally:
             web.close()
+            tiled.close()
     assert build_web_app  # the standalone server is the same app
 
 

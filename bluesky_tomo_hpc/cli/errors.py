@@ -93,8 +93,16 @@ def writable_folder(path: str | Path, option: str) -> Path:
     return folder
 
 
+def _url_of(exc: BaseException) -> str:
+    try:
+        return str(exc.request.url)  # type: ignore[attr-defined]  # httpx errors; raises when unset
+    except (AttributeError, RuntimeError):
+        return ""
+
+
 def describe(exc: BaseException) -> tuple[int, str]:
     """``(exit code, one line)`` for an exception that ended a command."""
+    import httpx
     import yaml
     from pydantic import ValidationError
 
@@ -120,9 +128,9 @@ def describe(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, zmq_error):
         return EXIT_SERVICE, one_line(
             f"0MQ: {exc}; give an address such as tcp://127.0.0.1:5578 that a proxy or worker serves")
-    if isinstance(exc, ConnectionError | TimeoutError):
+    if isinstance(exc, ConnectionError | TimeoutError | httpx.TransportError):
         return EXIT_SERVICE, one_line(
-            f"cannot reach the service: {exc}; is it running, and is the address right?")
+            f"cannot reach {_url_of(exc) or 'the service'}: {exc}; is it running, and is the address right?")
     if isinstance(exc, sqlite3.DatabaseError):
         return EXIT_INPUT, one_line(
             f"the jobs journal is damaged or not a journal ({exc}); move it aside (a new one is made) "

@@ -97,8 +97,8 @@ def _params(args: argparse.Namespace) -> Any:
             updates["center"] = float(args.center)
         except ValueError:
             raise ValueError(f"--center must be auto, try or a number, got {args.center!r}") from None
-    elif args.center in ("auto", "try"):
-        updates["center"] = "auto"
+    elif args.center == "auto":
+        updates["center"] = "auto"  # (try keeps a centre given in --params: the sweep centres on it)
     return params.with_updates(**updates) if updates else params
 
 
@@ -129,7 +129,10 @@ def _run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise CliError(f"no such scan file: {path}; give the path of an HDF5 scan", EXIT_INPUT)
     params = _params(args)
-    ny = describe_scan(path).frame_shape[0]
+    ny, nx = describe_scan(path).frame_shape
+    if isinstance(params.center, float) and not -nx <= params.center <= 2 * nx:
+        raise CliError(f"--center {params.center:g} is far outside the detector's {nx} columns; "
+                       "give a column (0-based) near the rotation axis, or auto")
     rows = params.rows or (0, ny)
     if not (0 <= rows[0] < rows[1] <= ny):
         raise CliError(f"--rows {rows[0]}:{rows[1]} outside the detector's {ny} rows; "
@@ -158,24 +161,30 @@ def _run(args: argparse.Namespace) -> int:
           f"provenance.json)", file=sys.stderr)
     for warning in result.get("warnings", ()):  # also in provenance.json; said so nobody has to look
         print(f"warning: {warning}", file=sys.stderr)
+    details = result.get("center_details") or {}
+    if details.get("uncertain"):  # the warning is above; write the sheet a person needs to decide
+        _try(path, rows, params, float(details["estimate"]), result["center_confidence"],
+             str(details.get("estimate_method")), args, out, also=[c])
     return 0
 
 
 def _estimate_center(path: Path, rows: tuple[int, int], params: Any) -> tuple[float, float, str]:
     """The centre the batch program would use for these rows (given, or found)."""
-    from ..jobs.batch_program import _find_center
+    from ..jobs.batch_program import choose_center
     from ..jobs.job import JobOutputs, ReconJob
 
     job = ReconJob(run_uid="try", input_path=path, params=params, outputs=JobOutputs(directory=Path(".")))
-    found = _find_center(job, rows)
+    found = choose_center(job, rows)
     return found.value, found.confidence, found.method
 
 
 def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: float, method: str,
-         args: argparse.Namespace, out: Path) -> int:
-    """Contact sheet of centres ``estimate +/- width`` around the middle row of ``rows``."""
+         args: argparse.Namespace, out: Path, also: list[float] | None = None) -> int:
+    """Contact sheet of centres ``center +/- width`` (plus the centres in ``also``, e.g. a
+    fallback) at the middle row of ``rows``; ``center`` is the estimate or the given centre."""
     from ..engine.center import try_centers
     from ..engine.reconstruct import preprocess_projections, to_binned
+    from ..results.pictures import save_center_sheet_png
     from ..sources.raw_files import load_scan
 
     b = params.binning
@@ -185,11 +194,12 @@ def _try(path: Path, rows: tuple[int, int], params: Any, center: float, conf: fl
     data = load_scan(path, rows=(r0, r1))
     proj_log, theta, _ = preprocess_projections(data, params, rows=(r0, r1))
     steps = np.arange(-args.try_width, args.try_width + 1e-9, args.try_step)
-    candidates = [round(center + s, 3) for s in steps]
-    slices = try_centers(proj_log, theta, [to_binned(c, b) for c in candidates], params,
-                         png_path=out / "center_try.png", row=0)
+    candidates = sorted({round(center + s, 3) for s in steps} | {round(c, 3) for c in also or []})
+    slices = try_centers(proj_log, theta, [to_binned(c, b) for c in candidates], params, row=0)
+    png = save_center_sheet_png(dict(zip(candidates, slices.values(), strict=True)), out / "center_try.png",
+                                row=r0, highlight=round(center, 3))
     record = {"estimate": center, "confidence": conf, "method": method, "row": r0,
-              "candidates": candidates, "png": str(slices["png"])}
+              "candidates": candidates, "png": str(png)}
     (out / "center_try.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"contact sheet of {len(candidates)} centres: {slices['png']}", file=sys.stderr)
+    print(f"contact sheet of {len(candidates)} centres: {png}", file=sys.stderr)
     return 0

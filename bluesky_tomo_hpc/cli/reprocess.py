@@ -42,7 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--since", help="start time lower bound, e.g. 2026-11-01")
     p.add_argument("--until", help="start time upper bound")
     p.add_argument("--plan", dest="plan_name", help="plan_name, e.g. tomo_scan")
-    p.add_argument("--sample", help="start['sample']")
+    p.add_argument("--sample", help="sample name: start['sample']['name'] (or a bare-string start['sample'])")
+    p.add_argument("--series", help="time series id: start['series']['id']")
+    p.add_argument("--where", action="append", default=[], metavar="KEY<op>VALUE",
+                   help="start-document criterion, op one of = != > >= < <=, e.g. "
+                        "sample.conditions.temperature.si_value>500 (kelvin); repeatable")
     p.add_argument("--uid", dest="uids", action="append", default=[], help="(partial) run uid; repeatable")
     p.add_argument("--executor", default="inprocess",
                    choices=["inprocess", "local", "slurm", "nersc", "alcf"],
@@ -67,12 +71,18 @@ def run(args: argparse.Namespace) -> int:
         reprocess,
         tomography_runs,
     )
+    from ..metadata.queries import QueryError, parse_where
     from ..results.tiled_results import processed_container
     from ..settings import load_settings
 
     console = Console(stderr=True)
     settings = load_settings()  # invalid settings or parameters: one line from cli/main.py
     params = ReconParams.from_file(args.params) if args.params else settings.recon
+    try:
+        where = tuple(parse_where(w) for w in args.where)
+    except QueryError as exc:
+        console.print(f"[red]invalid --where:[/red] {exc}")
+        return 2
     try:
         from tiled.client import from_uri
 
@@ -82,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"cannot open catalog {args.catalog_uri}: {type(exc).__name__}: {exc}; is the "
                        "Tiled server running, and are the URI and the API key right?", EXIT_SERVICE) from exc
     query = RunQuery(scan_ids=args.scan_ids, since=args.since, until=args.until,
-                     plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids))
+                     plan_name=args.plan_name, sample=args.sample, uids=tuple(args.uids),
+                     series=args.series, where=where)
     processed = processed_container(client, args.processed or settings.tiled.processed_container)
     if args.dry_run:
         found = 0

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from .errors import writable_folder
+from .errors import one_line, writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _Window:
 
 def run(args: argparse.Namespace) -> int:
     from ..settings import check_zmq_address
-    from ..sinks.preview_stream import PreviewSubscriber
+    from ..sinks.preview_stream import PreviewProtocolError, PreviewSubscriber
 
     check_zmq_address(args.address, what="watch address")  # before any window or folder is made
     show: Any
@@ -92,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
     n = 0
     try:
         while deadline is None or time.monotonic() < deadline:
-            update = sub.recv(timeout_s=0.2)
+            try:
+                update = sub.recv(timeout_s=0.2)
+            except PreviewProtocolError as exc:  # one bad message (or a hostile sender) is skipped
+                print(f"watch: message skipped: {one_line(exc)}", file=sys.stderr)
+                continue
             if update is None:
                 continue
             n += 1

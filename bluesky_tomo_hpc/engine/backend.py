@@ -6,6 +6,10 @@ Engine functions call :func:`get_array_module` on their input and use the return
 
 from __future__ import annotations
 
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
@@ -23,9 +27,34 @@ except Exception:  # pragma: no cover - depends on the machine
     _CUPY_USABLE = False
 
 
-def cupy_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device."""
-    return _CUPY_USABLE
+_PINNED: list[int] | None = None  # set by use_gpu_of_local_rank: this process keeps to one GPU
+
+
+def gpu_devices() -> list[int]:
+    """Ids of the CUDA devices this process may use (all visible ones; empty without CuPy).
+
+    Why a list: a node's full-volume reconstruction runs one conveyor per device (the worker,
+    the in-process session); an MPI rank keeps to the one :func:`use_gpu_of_local_rank` gave it.
+    ``CUDA_VISIBLE_DEVICES`` narrows the list as usual.
+    """
+    if not _CUPY_USABLE:
+        return []
+    if _PINNED is not None:  # pragma: no cover - needs a CUDA device
+        return list(_PINNED)
+    return list(range(_cp.cuda.runtime.getDeviceCount()))  # pragma: no cover - needs a CUDA device
+
+
+def use_gpu_of_local_rank(local_rank: int) -> int | None:
+    """Give this MPI rank GPU ``local_rank % n_gpus`` of its node (one rank per device and
+    stream set); ``None`` on a machine without GPUs, where nothing changes."""
+    global _PINNED
+    devices = gpu_devices()
+    if not devices:
+        return None
+    device = devices[local_rank % len(devices)]  # pragma: no cover - needs a CUDA device
+    _cp.cuda.Device(device).use()  # pragma: no cover
+    _PINNED = [device]  # pragma: no cover
+    return device  # pragma: no cover
 
 
 def get_array_module(*arrays: Any) -> ModuleType:
@@ -35,17 +64,6 @@ def get_array_module(*arrays: Any) -> ModuleType:
             if isinstance(a, _cp.ndarray):
                 return _cp
     return np
-
-
-def scipy_for(xp: ModuleType) -> ModuleType:
-    """``cupyx.scipy`` for CuPy, ``scipy`` for NumPy (for ndimage/signal helpers)."""
-    if xp is np:
-        import scipy
-
-        return scipy
-    import cupyx.scipy  # type: ignore[import-not-found]
-
-    return cupyx.scipy
 
 
 def to_numpy(a: Any) -> np.ndarray:
@@ -64,3 +82,40 @@ def choose_device(requested: str = "auto") -> ModuleType:
             raise RuntimeError("device='gpu' requested but CuPy with a CUDA device is not available")
         return _cp
     return _cp if _CUPY_USABLE else np
+
+
+def cpu_threads(threads: int | None = None) -> int:
+    """Threads for CPU work: ``threads`` if given, else the CPUs this process may run on
+    (``taskset``/cgroup affinity, which is what a batch rank or a pinned benchmark sees)."""
+    if threads is not None:
+        return max(1, int(threads))
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def run_blocks(work: Callable[[slice], None], n: int, block: int, threads: int | None = None) -> None:
+    """Call ``work(slice)`` over ``[0, n)`` in blocks of ``block`` items, on :func:`cpu_threads` threads.
+
+    Why: element-wise NumPy passes over a whole scan are memory-bound and single-threaded;
+    blocks of about a megabyte stay in cache across several passes, and NumPy releases the GIL
+    in its loops, so threads add up. ``work`` must only touch its own block.
+    """
+    global _POOL
+    blocks = [slice(a, min(a + block, n)) for a in range(0, n, max(1, block))]
+    t = min(cpu_threads(threads), len(blocks))
+    if t <= 1:
+        for b in blocks:
+            work(b)
+        return
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < t:
+            _POOL = ThreadPoolExecutor(t, thread_name_prefix="tomo-blocks")
+        pool = _POOL
+    for f in [pool.submit(work, b) for b in blocks]:
+        f.result()

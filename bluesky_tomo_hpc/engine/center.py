@@ -9,23 +9,33 @@ an N-pixel detector is at (N - 1) / 2. TomoPy's ``find_center_pc`` answers 0.5 p
 * :func:`find_center_vo`: Vo et al. 2014 (Opt. Express 22, 19078): a sinogram joined with its
   mirrored copy has least energy outside the physical double wedge of its 2-D spectrum when the
   assumed centre is right. Coarse integer-shift search, then a fine sub-pixel search.
-* :func:`find_center`: dispatch on ``ReconParams.center_method``; ``auto`` runs Vo on a few rows
-  and the pair method as a cross-check, and turns their agreement into a confidence.
-* :func:`try_centers`: one slice per candidate centre and a labelled contact sheet, for a person.
+* :func:`find_center`: dispatch on ``ReconParams.center_method``; ``auto`` registers the two
+  half-turns of a 360-degree scan (:mod:`.halfturn`, also for half acquisitions), or runs Vo on
+  a few rows of a 180-degree scan, polished by slice sharpness and cross-checked with the pair.
+  Each answer carries an uncertainty in px; the confidence is a fixed function of it.
+* :func:`try_centers`: one slice per candidate centre, for a person to compare.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bluesky_tomo_hpc.engine.backend import get_array_module, to_numpy
+from bluesky_tomo_hpc.engine.halfturn import covers_full_turn, is_half_acquisition, match_half_turns
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.engine.preprocess import check_angles, circular_mask, minus_log, ndimage_for
+from bluesky_tomo_hpc.engine.preprocess import (
+    check_angles,
+    circular_mask,
+    minus_log,
+    ndimage_for,
+    to_binned,
+    to_unbinned,
+)
+from bluesky_tomo_hpc.engine.sinogram_recon import reconstruct_at_centers
 from bluesky_tomo_hpc.model import TomoDataError
 
 __all__ = [
@@ -35,6 +45,10 @@ __all__ = [
     "find_center_pairs",
     "find_center_vo",
     "find_center",
+    "search_window",
+    "confidence_from_uncertainty",
+    "CONFIDENCE_THRESHOLD",
+    "resolve_uncertain_center",
     "try_centers",
 ]
 
@@ -94,13 +108,20 @@ def phase_correlation_shift(
     return float(ys[jy]), float(xs[jx]), max(0.0, min(1.0, peak))
 
 
-def center_from_pair(p0: Any, p180: Any, upsample: int = 20) -> tuple[float, float]:
+def center_from_pair(p0: Any, p180: Any, upsample: int = 20, max_rows: int = 256) -> tuple[float, float]:
     """Centre (pixel-index convention) and correlation peak from a projection and the one taken
-    180 degrees later: ``p180`` mirrored is ``p0`` shifted by (N - 1) - 2 * centre."""
+    180 degrees later: ``p180`` mirrored is ``p0`` shifted by (N - 1) - 2 * centre. Frames taller
+    than ``max_rows`` are averaged in blocks of rows first (the live preview's 1 s budget)."""
     if p0.shape != p180.shape or p0.ndim != 2:
         raise ValueError(f"center_from_pair: need two equal (ny, nx) images, got {p0.shape}, {p180.shape}")
     xp = get_array_module(p0, p180)
-    _, dx, peak = phase_correlation_shift(p0, xp.flip(xp.asarray(p180), axis=1), upsample)
+    a, b = xp.asarray(p0, dtype=xp.float32), xp.asarray(p180, dtype=xp.float32)
+    k = -(-a.shape[0] // max_rows)
+    if k > 1:  # only the horizontal shift matters: averaging rows keeps it and saves the time
+        n = a.shape[0] // k
+        a = a[: n * k].reshape(n, k, -1).mean(axis=1)
+        b = b[: n * k].reshape(n, k, -1).mean(axis=1)
+    _, dx, peak = phase_correlation_shift(a, xp.flip(b, axis=1), upsample)
     return ((p0.shape[1] - 1) - dx) / 2.0, peak
 
 
@@ -273,13 +294,14 @@ def find_center_vo(
     ratio: float = 0.5,
     drop: int = 20,
     max_rows: tuple[int, int] = (512, 1024),
+    max_cols: int = 1024,
 ) -> CenterEstimate:
     """Vo's centre for one -log sinogram (n_angles, nx), searched within ``center_guess`` (default
     the detector middle) +/- ``search_width`` px at 0.5 px, refined +/- ``fine_radius`` px at
     ``step``. ``theta`` (radians) restricts the data to the first half-turn; ``None`` assumes the
     sinogram covers [0, 180) degrees. ``ratio`` is the object's diameter / detector width.
     ``max_rows`` caps the angles used by the (coarse, fine) searches; the coarse search also
-    bins the detector to at most 1024 columns."""
+    bins the detector to at most ``max_cols`` columns."""
     xp = get_array_module(sino)
     s = xp.asarray(sino, dtype=xp.float32)
     if s.ndim != 2:
@@ -307,7 +329,7 @@ def find_center_vo(
 
     # coarse: integer shifts of the mirror, i.e. half-pixel steps in centre; binned if huge
     binf = 1
-    while ncol // binf > 1024:
+    while ncol // binf > max_cols:
         binf *= 2
     c_src = coarse_src
     if binf > 1:
@@ -370,6 +392,20 @@ def find_center_vo(
 
 
 # -- dispatch -------------------------------------------------------------------------------------
+#: Below this confidence an automatic centre is not used as is: warning, contact sheet, fallback.
+CONFIDENCE_THRESHOLD = 0.5
+#: The confidence is exp(-u^2 / (2 s^2)) of the estimated uncertainty u (px), with s this scale:
+#: confidence 0.5 <=> u = 0.59 px, 0.9 <=> u = 0.23 px (calibration: docs/how-to/center.md).
+UNCERTAINTY_SCALE_PX = 0.5
+
+
+def confidence_from_uncertainty(uncertainty_px: float) -> float:
+    """Map an estimated centre uncertainty (px) to a confidence in [0, 1]."""
+    if not math.isfinite(uncertainty_px):
+        return 0.0
+    return float(math.exp(-0.5 * (uncertainty_px / UNCERTAINTY_SCALE_PX) ** 2))
+
+
 def _check_stack(proj: Any, theta: Any) -> Any:
     xp = get_array_module(proj)
     arr = xp.asarray(proj)
@@ -392,59 +428,175 @@ def _rows_for(ny: int, params: ReconParams, n_rows: int = 5) -> list[int]:
     return sorted({int(r) for r in np.linspace(lo, hi - 1, min(n_rows, hi - lo)).round()})
 
 
+def search_window(nx: int, params: ReconParams) -> tuple[float, float]:
+    """Lowest and highest centre an automatic search may answer for a full-field scan:
+    ``center_search_width`` px either side of the detector middle, within the detector."""
+    mid = (nx - 1) / 2.0
+    return max(mid - params.center_search_width, 0.0), min(mid + params.center_search_width, nx - 1.0)
+
+
+def _row_groups(proj_norm: Any, params: ReconParams, clip: float) -> tuple[list[int], list[Any]]:
+    """Two -log sinograms, each the mean of up to 8 rows of one half of the rows used.
+
+    Why sums: a sum of sinograms is the sinogram of the summed slices, with the same axis, and
+    has less noise; two independent groups (upper, lower) still reveal a tilted axis or a
+    local failure by disagreeing, at a third of the cost of five single rows."""
+    rows = _rows_for(proj_norm.shape[1], params, n_rows=16)
+    halves = [rows[: (len(rows) + 1) // 2], rows[len(rows) // 2 :]] if len(rows) > 1 else [rows]
+    xp = get_array_module(proj_norm)
+    groups = [minus_log(proj_norm[:, g, :], clip).mean(axis=1, dtype=xp.float32) for g in halves]
+    return rows, groups
+
+
 def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
-    rows = _rows_for(proj_norm.shape[1], params)
+    """Vo's centre of two row groups (see :func:`_row_groups`), sized for speed: at most 192 / 384
+    angles and 512 columns in the coarse search, +/- 2 px at 0.25 px in the fine one."""
+    rows, groups = _row_groups(proj_norm, params, params.minus_log_clip)
     width = params.center_search_width
-    ests = [find_center_vo(minus_log(proj_norm[:, r, :], params.minus_log_clip), theta, width) for r in rows]
+    ests = [find_center_vo(g, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
+            for g in groups]
     centers = np.array([e.center for e in ests])
     center = float(np.median(centers))
-    spread = float(np.median(np.abs(centers - center))) if len(centers) > 1 else 0.0
-    conf = float(np.median([e.confidence for e in ests])) / (1.0 + spread)
+    spread = float(np.abs(centers - center).max()) if len(centers) > 1 else 0.0
+    conf = float(np.median([e.confidence for e in ests]))
     details = {"rows": rows, "row_centers": centers.tolist(), "row_spread_px": spread,
-               "row_confidences": [e.confidence for e in ests]}
+               "row_confidences": [e.confidence for e in ests],
+               "minimum_at_search_edge": any(e.details["minimum_at_search_edge"] for e in ests)}
     return CenterEstimate(center, float(np.clip(conf, 0.0, 1.0)), "vo", details)
+
+
+def _halfturn_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
+    """360-degree scans: register the two half-turns of a few rows (any axis position); a
+    half acquisition (axis in the outer quarter) is recognised here, else the search window
+    applies."""
+    nx = proj_norm.shape[2]
+    rows = _rows_for(proj_norm.shape[1], params)
+    sinos = [to_numpy(minus_log(proj_norm[:, r, :], params.minus_log_clip)) for r in rows]
+    matches = [match_half_turns(s, theta) for s in sinos]
+    free = float(np.median([m.center for m in matches]))
+    half = is_half_acquisition(free, nx, theta, params.half_acquisition)
+    window = search_window(nx, params)
+    if not half and not window[0] <= free <= window[1]:
+        matches = [match_half_turns(s, theta, window=window) for s in sinos]
+    centers = np.array([m.center for m in matches])
+    center = float(np.median(centers))
+    spread = float(np.median(np.abs(centers - center))) if len(centers) > 1 else 0.0
+    u = math.hypot(float(np.median([m.uncertainty_px for m in matches])), spread)
+    details: dict[str, Any] = {
+        "rows": rows, "row_centers": centers.tolist(), "row_spread_px": spread,
+        "row_uncertainties_px": [m.uncertainty_px for m in matches], "half_acquisition": half,
+        "overlap_px": float(np.median([m.overlap_px for m in matches])),
+        "matches": [m.details for m in matches],
+    }
+    if half:
+        details["axis_side"] = "right" if center > (nx - 1) / 2.0 else "left"
+    else:
+        details["search_window"] = window
+    details["uncertainty_px"] = u
+    return CenterEstimate(center, confidence_from_uncertainty(u), "halfturn", details)
+
+
+def _vo_uncertainty(vo: CenterEstimate) -> float:
+    """Vo's metric: a deep, unrivalled minimum (confidence 1) pins the centre to ~0.3 px; a
+    shallow one (noise, truncation) leaves it loose."""
+    return math.hypot(0.3 / max(vo.confidence, 0.05), float(vo.details.get("row_spread_px", 0.0)))
 
 
 def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstimate:
     """The rotation axis for normalised projections (n_angles, ny, nx), per ``params``.
 
-    A numeric ``params.center`` is returned as is (method ``manual``). ``auto`` takes Vo's
-    multi-row result, checks it against the 0/180 pair and lowers the confidence when they
-    disagree by more than a pixel or two; if the pair method is much more confident and Vo's
-    minimum was weak, the pair result wins. The winner is then polished to the sharpest
-    reconstructed slice within 1.5 px (:func:`refine_center_sharpness`).
+    A numeric ``params.center`` is returned as is (method ``manual``). ``auto``: a 360-degree
+    scan registers its two half-turns (:mod:`.halfturn`; recognises half acquisitions); a
+    180-degree scan takes Vo's multi-row result polished to the sharpest slice
+    (:func:`refine_center_sharpness`) and cross-checked with the 0/180 pair when there is one.
+    Every automatic answer stays within :func:`search_window` (unless a half acquisition) and
+    carries ``details["uncertainty_px"]``; the confidence is
+    :func:`confidence_from_uncertainty` of it, compare with :data:`CONFIDENCE_THRESHOLD`.
     """
     arr = _check_stack(proj_norm, theta)
     if params.center != "auto":
         return CenterEstimate(float(params.center), 1.0, "manual", {})
     th, warn = check_angles(theta)
+    if np.any(np.diff(th) < 0):  # Vo's metric and the pairs need the rows in angle order
+        order = np.argsort(th, kind="stable")
+        th, arr = th[order], arr[get_array_module(arr).asarray(order)]
     extra = {"angle_warning": warn} if warn else {}
-    if params.center_method == "vo":
-        est = _vo_rows(arr, th, params)
-        return CenterEstimate(est.center, est.confidence, "vo", {**est.details, **extra})
-    if params.center_method == "pairs":
+    method = params.center_method
+    if method == "halfturn" or (method == "auto" and covers_full_turn(th)):
+        est = _halfturn_rows(arr, th, params)
+        return CenterEstimate(est.center, est.confidence, est.method, {**est.details, **extra})
+    if method == "pairs":
         est = find_center_pairs(arr, th)
         return CenterEstimate(est.center, est.confidence, "pairs", {**est.details, **extra})
-
     vo = _vo_rows(arr, th, params)
+    if method == "vo":
+        u = _vo_uncertainty(vo)
+        return CenterEstimate(vo.center, confidence_from_uncertainty(u), "vo",
+                              {**vo.details, **extra, "uncertainty_px": u})
     try:
         pr: CenterEstimate | None = find_center_pairs(arr, th)
     except TomoDataError:
         pr = None
-    details: dict[str, Any] = {"vo": vo, "pairs": pr, **extra}
-    if pr is None:
-        return refine_center_sharpness(
-            arr, th, CenterEstimate(vo.center, vo.confidence * 0.8, "auto:vo", details), params)
-    diff = abs(vo.center - pr.center)
-    details["disagreement_px"] = diff
-    agreement = math.exp(-((diff / 2.0) ** 2))
-    if pr.confidence > 2 * vo.confidence and vo.confidence < 0.3:
-        conf = pr.confidence * (0.5 + 0.5 * agreement)
-        est = CenterEstimate(pr.center, float(np.clip(conf, 0, 1)), "auto:pairs", details)
-        return refine_center_sharpness(arr, th, est, params)
-    conf = vo.confidence * (0.5 + 0.5 * agreement) + (1 - vo.confidence) * pr.confidence * agreement * 0.5
-    est = CenterEstimate(vo.center, float(np.clip(conf, 0, 1)), "auto:vo", details)
-    return refine_center_sharpness(arr, th, est, params)
+    lo, hi = search_window(arr.shape[2], params)
+    start, u_start = vo, _vo_uncertainty(vo)
+    if (pr is not None and (vo.details["minimum_at_search_edge"] or vo.confidence < 0.3)
+            and lo <= pr.center <= hi and min(pr.details["peaks"]) > 0.5
+            and pr.details["angle_mismatch_deg"] <= 1.5):
+        # Vo's metric has a false minimum where the mirrored copy barely overlaps (axis more
+        # than ~nx/8 from the middle, small sample): the 0/180 pair does not, so start there;
+        # features at a quarter of the width move by r * mismatch between the two projections
+        start = pr
+        u_start = math.hypot(0.3 / min(pr.details["peaks"]),
+                             0.125 * arr.shape[2] * math.radians(pr.details["angle_mismatch_deg"]))
+    est = refine_center_sharpness(arr, th, start, params)
+    details: dict[str, Any] = {**est.details, "vo": vo, "pairs": pr, "started_from": start.method, **extra}
+    # the image optimum is what a person checks; Vo's metric may sit ~1 px off it (the tooth)
+    u = math.hypot(u_start, 0.25 * abs(est.center - start.center))
+    if est.details.get("sharpness_at_edge"):
+        u += 1.0  # the image optimum is further from the start than the refinement follows
+    if pr is not None and start is vo and pr.details["angle_mismatch_deg"] < 0.5 and pr.confidence > 0.3:
+        diff = abs(pr.center - est.center)
+        details["disagreement_px"] = diff
+        if diff > 1.0:  # two independent methods disagree: the worse of them bounds the error
+            u = math.hypot(u, diff / 2.0)
+        elif diff < 0.5 and pr.confidence >= 0.5:
+            # a sinogram metric plus image sharpness, and a projection registration, fail in
+            # different ways: agreeing, they pin the centre to about their difference
+            u = min(u, max(0.35, diff))
+    center = est.center
+    if not lo <= center <= hi:
+        center = float(np.clip(center, lo, hi))
+        u += abs(center - est.center)
+    details.update(uncertainty_px=u, search_window=(lo, hi))
+    return CenterEstimate(center, confidence_from_uncertainty(u), f"auto:{est.method}", details)
+
+
+def resolve_uncertain_center(
+    est: CenterEstimate, nx: int, fallback: float | None = None, binning: int = 1
+) -> CenterEstimate:
+    """An automatic centre whose confidence is below :data:`CONFIDENCE_THRESHOLD` is not used
+    silently: it is replaced by ``fallback`` (the last confident centre of this detector, same
+    columns) or else the detector middle, and ``details`` say so (``uncertain``, ``warning``,
+    ``estimate``); the warning names unbinned columns (``binning``). A half acquisition keeps
+    its estimate when there is no fallback: the middle of the detector cannot be its axis.
+    Confident, manual and given centres pass unchanged."""
+    if est.confidence >= CONFIDENCE_THRESHOLD or est.method in ("manual", "given"):
+        return est
+    half = bool(est.details.get("half_acquisition"))
+    if fallback is not None:
+        use, source = float(fallback), "last confident centre of this detector"
+    elif half:
+        use, source = est.center, "uncertain estimate (half acquisition: the middle cannot be the axis)"
+    else:
+        use, source = (nx - 1) / 2.0, "detector middle"
+    u = float(est.details.get("uncertainty_px", float("nan"))) * binning
+    warning = (f"centre uncertain: the automatic centre {to_unbinned(est.center, binning):.2f} px "
+               f"({est.method}) has confidence {est.confidence:.2f} < {CONFIDENCE_THRESHOLD} (uncertainty "
+               f"{u:.2f} px); using the {source}, {to_unbinned(use, binning):.2f} px: check it with "
+               "`recon --center try`")
+    details = {**est.details, "uncertain": True, "warning": warning, "estimate": est.center,
+               "estimate_method": est.method, "fallback": source}
+    return CenterEstimate(use, est.confidence, "fallback", details)
 
 
 def total_variation(img: Any) -> float:
@@ -455,26 +607,47 @@ def total_variation(img: Any) -> float:
 
 def refine_center_sharpness(
     proj_norm: Any, theta: np.ndarray, estimate: CenterEstimate, params: ReconParams,
-    radius: float = 1.5, step: float = 0.25, n_rows: int = 2,
+    radius: float = 1.0, step: float = 0.25, max_width: int = 768, max_angles: int = 400, extend: int = 2,
 ) -> CenterEstimate:
-    """Polish an estimate to the centre whose reconstructed slices are sharpest (least total
-    variation), within ``radius`` px. Sinogram metrics such as Vo's can sit a pixel off the
+    """Polish an estimate to the centre whose reconstructed slice is sharpest (least total
+    variation), within ``radius`` px, followed up to ``extend`` px further when the
+    sharpest is on the window's edge. Sinogram metrics such as Vo's can sit a pixel off the
     image optimum (the TomoPy tooth: Vo 295.0, sharpest slice 296.0); a handful of one-slice
-    reconstructions settles it. A minimum on the window's edge leaves the estimate as it was.
+    reconstructions (of the mean of the rows used, see :func:`_row_groups`) settles it. A
+    minimum on the window's edge leaves the estimate as it was (``details["sharpness_at_edge"]``).
     """
-    from .reconstruct import reconstruct_sinograms
-
-    rows = _rows_for(proj_norm.shape[1], params, n_rows)
-    sino = minus_log(proj_norm[:, rows, :], params.minus_log_clip)
+    _, groups = _row_groups(proj_norm, params, params.minus_log_clip)
+    xp = get_array_module(proj_norm)
+    sino = xp.stack(groups, axis=0).mean(axis=0)
     cands = estimate.center + np.arange(-radius, radius + step / 2, step)
-    local = params.with_updates(rows=None, circular_mask=params.circular_mask or 0.95)
-    tv = np.array([sum(total_variation(s) for s in reconstruct_sinograms(sino, theta, float(c), local))
-                   for c in cands])
+    ratio = params.circular_mask or 0.95
+    b = 1
+    while sino.shape[1] // (2 * b) >= max_width // 2 and sino.shape[1] // b > max_width:
+        b *= 2  # wide detectors: slices of at most ~max_width px are sharp enough to compare
+    if b > 1:
+        nb = sino.shape[1] // b
+        sino = sino[:, : nb * b].reshape(sino.shape[0], nb, b).mean(axis=2)
+    stride = -(-sino.shape[0] // max_angles)  # long scans: every k-th angle is enough to compare
+    sino, theta = sino[::stride], np.asarray(theta)[::stride]
+    def tv_at(cs: np.ndarray) -> np.ndarray:
+        slices = reconstruct_at_centers(sino, theta, [to_binned(float(c), b) for c in cs], params)
+        return np.array([total_variation(circular_mask(s, ratio)) for s in slices])
+
+    tv = tv_at(cands)
+    for _ in range(extend):  # the optimum lies beyond the window: follow it a pixel at a time
+        k = int(np.argmin(tv))
+        if 0 < k < len(cands) - 1:
+            break
+        sign = -1.0 if k == 0 else 1.0
+        more = cands[k] + sign * step * np.arange(1, int(round(1.0 / step)) + 1)
+        more_tv = tv_at(more)
+        cands, tv = (np.concatenate([more[::-1], cands]), np.concatenate([more_tv[::-1], tv])) if sign < 0 \
+            else (np.concatenate([cands, more]), np.concatenate([tv, more_tv]))
     k = int(np.argmin(tv))
     details = {**estimate.details, "sharpness_centers": cands.tolist(), "sharpness_tv": tv.tolist(),
-               "before_sharpness": estimate.center}
+               "before_sharpness": estimate.center, "sharpness_at_edge": k in (0, len(cands) - 1)}
     if k in (0, len(cands) - 1):
-        return CenterEstimate(estimate.center, estimate.confidence * 0.8, estimate.method, details)
+        return CenterEstimate(estimate.center, estimate.confidence, estimate.method, details)
     center = float(cands[k])
     y0, y1, y2 = tv[k - 1], tv[k], tv[k + 1]
     curv = y0 - 2 * y1 + y2
@@ -489,55 +662,23 @@ def try_centers(
     theta: Any,
     centers: Any,
     params: ReconParams,
-    png_path: str | Path | None = None,
-    row: int | None = None,
-) -> dict[float | str, Any]:
-    """Reconstruct detector ``row`` (default: the middle) once per candidate centre.
+    row: int = 0,
+) -> dict[float, np.ndarray]:
+    """Reconstruct ``row`` of ``proj_log`` once per candidate centre: ``{centre: (n, n) slice}``.
 
     ``proj_log`` is (n_angles, ny, nx) -log data and ``centers`` are in its columns (binned ones
-    if it is binned); slices get ``params.circular_mask`` like the pipeline's output. Returns
-    ``{centre: (n, n) slice}`` and, when ``png_path`` is given, ``"png": Path`` of a contact
-    sheet with each slice titled by its centre, on one grey scale so that they compare.
+    if it is binned); slices get ``params.circular_mask`` like the pipeline's output. The
+    contact sheet people look at is :func:`bluesky_tomo_hpc.results.pictures.save_center_sheet_png`.
     """
-    from bluesky_tomo_hpc.engine.reconstruct import reconstruct_sinograms
-
     arr = _check_stack(proj_log, theta)
     ny = arr.shape[1]
-    r = ny // 2 if row is None else int(row)
+    r = int(row)
     if not 0 <= r < ny:
-        raise TomoDataError(f"try_centers: row {r} outside the detector's {ny} rows")
+        raise TomoDataError(f"try_centers: row {r} outside the {ny} rows given")
     cands = [float(c) for c in np.atleast_1d(np.asarray(centers, dtype=float))]
     if not cands:
         raise ValueError("try_centers: no centres given")
     th, _ = check_angles(theta)
-    sino = arr[:, r : r + 1, :]
-    out: dict[float | str, Any] = {}
-    for c in cands:
-        img = to_numpy(reconstruct_sinograms(sino, th, c, params))[0]
-        out[c] = circular_mask(img, params.circular_mask) if params.circular_mask else img
-    if png_path is not None:
-        out["png"] = _contact_sheet([out[c] for c in cands], cands, Path(png_path), r)
-    return out
-
-
-def _contact_sheet(slices: list[np.ndarray], centers: list[float], path: Path, row: int) -> Path:
-    """A grid of slices labelled by centre (matplotlib Agg, no pyplot state: thread-safe)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    k = len(slices)
-    ncols = int(math.ceil(math.sqrt(k)))
-    nrows = int(math.ceil(k / ncols))
-    allv = np.concatenate([s[np.isfinite(s)].ravel() for s in slices])
-    vmin, vmax = (np.percentile(allv, [1, 99]) if allv.size else (0.0, 1.0))
-    fig = Figure(figsize=(2.2 * ncols, 2.4 * nrows), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    for i, (img, c) in enumerate(zip(slices, centers, strict=True)):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        ax.imshow(img, cmap="gray", vmin=vmin, vmax=vmax)
-        ax.set_title(f"center {c:.2f}", fontsize=9)
-        ax.axis("off")
-    fig.suptitle(f"row {row}: candidate rotation centres", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    slices = reconstruct_at_centers(arr[:, r, :], th, cands, params)
+    return {c: to_numpy(circular_mask(img, params.circular_mask) if params.circular_mask else img)
+            for c, img in zip(cands, slices, strict=True)}

@@ -16,16 +16,25 @@ exact trigonometric interpolation is damped as in any FBP).
 
 Two real sinograms travel as the real and imaginary parts of one complex input (the result is
 real for each, since their spectra are Hermitian), halving the work per slice.
+
+Speed on a CPU (measured in ``benchmarks/bench_engine.py``): the plan's 2D FFT is planned with
+``FFTW_MEASURE`` (FINUFFT's default ``FFTW_ESTIMATE`` picks a plan 5-8x slower at 1280^2), which
+costs seconds once per geometry, so plans live in a small cache keyed by the geometry; threads
+work on whole slice pairs, each with its own single-threaded plan (no synchronisation inside a
+transform: near-linear scaling).
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from .backend import get_array_module
+from .backend import cpu_threads, get_array_module
 from .filters import center_phase, filter_response, padded_width
 
 try:  # the GPU path; import errors on machines without CUDA are normal
@@ -33,22 +42,24 @@ try:  # the GPU path; import errors on machines without CUDA are normal
 except Exception:  # pragma: no cover - depends on the machine
     _cufinufft = None
 
-
-def _threads(threads: int | None) -> int:
-    if threads is not None:
-        return max(1, int(threads))
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
+#: FFTW planner flags as FINUFFT takes them (``fftw`` option)
+FFTW_MEASURE, FFTW_ESTIMATE = 0, 64
+#: FFTW_MEASURE (seconds of planning, once per geometry and process) only pays from about this
+#: image size and this many slices in one call; one-slice calls (the preview's centre check,
+#: centre searches) keep FFTW_ESTIMATE plans, which are made in milliseconds
+MEASURE_FROM = 256
+MEASURE_FROM_SLICES = 8
 
 
 class FourierPlan:
-    """A NUFFT plan for one geometry (image size, angles, padded width), reusable per batch.
+    """NUFFT plans for one geometry (image size, angles, padded width), reused by every call.
 
-    Why a class: setting the non-uniform points (sorting them) and the half-pixel phase factors
-    cost about one transform, so a volume reconstruction makes them once and runs every chunk
-    through the same plan. ``upsampfac=1.25`` is about 3x faster than 2.0 at the same ``eps``.
+    Why a class: setting the non-uniform points (sorting them), planning the FFT and the
+    half-pixel phase factors cost seconds at 2048^2, so a volume makes them once and runs every
+    chunk through the same plan (:func:`fourier_plan` keeps the last few). ``upsampfac=1.25`` is
+    about 3x faster than 2.0 at the same ``eps``. On the CPU each of ``threads`` workers owns a
+    single-threaded FINUFFT plan and takes whole slice pairs; on the GPU one cuFINUFFT plan runs
+    ``batch_pairs`` pairs per call on the current CUDA stream.
     """
 
     def __init__(
@@ -62,12 +73,13 @@ class FourierPlan:
         batch_pairs: int = 4,
         gpu: bool = False,
         upsampfac: float = 1.25,
+        fft_measure: bool = True,
     ) -> None:
         self.n, self.n_pad, self.gpu = n, n_pad, gpu
         self.theta = np.asarray(theta, dtype=np.float64)
         self.batch_pairs = batch_pairs
-        self.threads = _threads(threads)
-        self._kernels: dict[tuple, Any] = {}
+        self.threads = 1 if gpu else cpu_threads(threads)
+        self._kernels: OrderedDict[tuple, Any] = OrderedDict()
         omega = 2 * np.pi * np.fft.fftfreq(n_pad)
         wy = (np.sin(self.theta)[:, None] * omega[None, :]).ravel()
         wx = (np.cos(self.theta)[:, None] * omega[None, :]).ravel()
@@ -77,6 +89,9 @@ class FourierPlan:
         if n_pad % 2 == 0:
             shift[:, n_pad // 2] = 0.0  # Nyquist has no Hermitian partner: give it no weight
         self.shift = shift.astype(np.complex64)
+        self._eps, self._upsampfac = eps, upsampfac
+        self._lock = threading.Lock()  # one caller at a time: worker plans hold scratch state
+        self._pool: ThreadPoolExecutor | None = None
         if gpu:
             import cupy as cp  # type: ignore[import-not-found]
 
@@ -86,66 +101,169 @@ class FourierPlan:
                 )
             self.shift = cp.asarray(self.shift)
             self._points = (cp.asarray(wy, dtype=cp.float32), cp.asarray(wx, dtype=cp.float32))
+            self._gpu_plans: dict[tuple[int, int], Any] = {}
         else:
-            self._points = (wy.astype(np.float32), wx.astype(np.float32))
-        self._eps, self._upsampfac = eps, upsampfac
-        self._plans: dict[int, Any] = {}
+            import finufft
 
-    def _plan(self, n_trans: int) -> Any:
-        """The NUFFT plan for ``n_trans`` transforms at once (made on first use, points set)."""
-        if n_trans not in self._plans:
-            if self.gpu:
-                plan = _cufinufft.Plan(1, (self.n, self.n), n_trans=n_trans, eps=self._eps, isign=1,
-                                       dtype="complex64")
-            else:
-                import finufft
+            points = (wy.astype(np.float32), wx.astype(np.float32))
+            fftw = FFTW_MEASURE if fft_measure and n >= MEASURE_FROM else FFTW_ESTIMATE
+            self._cpu_plans = []
+            for _ in range(self.threads):  # made one after the other: FFTW's planner is not thread-safe
+                plan = finufft.Plan(1, (n, n), n_trans=1, eps=eps, isign=1, dtype="complex64",
+                                    nthreads=1, upsampfac=upsampfac, fftw=fftw)
+                plan.setpts(*points)
+                self._cpu_plans.append(plan)
 
-                plan = finufft.Plan(1, (self.n, self.n), n_trans=n_trans, eps=self._eps, isign=1,
-                                    dtype="complex64", nthreads=self.threads, upsampfac=self._upsampfac)
-            plan.setpts(*self._points)
-            self._plans[n_trans] = plan
-        return self._plans[n_trans]
+    def matches(self, n: int, theta: Any, n_pad: int) -> bool:
+        """True when this plan was made for that geometry."""
+        return (self.n, self.n_pad) == (n, n_pad) and np.array_equal(self.theta, theta)
 
-    def kernel(self, center_pad: float, response: Any, key: tuple | None = None) -> Any:
-        """Per-(angle, frequency) factor: filter x axis phase ramp x half-pixel shift.
+    def kernel(self, center_pad: float, filter_name: str, cutoff: float, order: int) -> Any:
+        """Per-(angle, frequency) factor: filter x sinc^2 x axis phase ramp x half-pixel shift.
 
-        With a ``key`` (centre and filter settings) the last few kernels are cached, so the
-        chunks of one volume pay for it once.
+        The last few are cached (keyed by centre and filter), so the chunks of one volume and
+        repeated calls pay for it once.
         """
-        if key is not None and key in self._kernels:
+        key = (float(center_pad), filter_name, float(cutoff), int(order))
+        if key in self._kernels:
+            self._kernels.move_to_end(key)
             return self._kernels[key]
         xp = get_array_module(self.shift)
-        ramp = (center_phase(self.n_pad, center_pad, xp) * response).astype(xp.complex64)
+        n_angles, n_pad = self.shift.shape
+        response = filter_response(n_pad, filter_name, cutoff, order) * (np.pi / n_angles / n_pad)
+        response = response * np.sinc(np.fft.fftfreq(n_pad)) ** 2  # = fbp's linear interpolation
+        ramp = xp.asarray((center_phase(n_pad, center_pad) * response).astype(np.complex64))
         k = self.shift * ramp[None, :]
-        if key is not None:
-            if len(self._kernels) >= 4:
-                self._kernels.pop(next(iter(self._kernels)))
-            self._kernels[key] = k
+        if len(self._kernels) >= 2:  # 50 MB each at 1500 x 4096
+            self._kernels.popitem(last=False)
+        self._kernels[key] = k
         return k
 
-    def execute(self, spec: Any) -> Any:
-        """``spec`` (pairs, M, n_pad) complex64, weighted -> (pairs, n, n) complex64."""
-        xp = get_array_module(spec)
+    # -- CPU ------------------------------------------------------------------------------
+    def run_cpu(self, sino: np.ndarray, kernel: np.ndarray, out: np.ndarray, left: int) -> None:
+        """Reconstruct ``sino`` (nz, M, n_det) (any strides) into ``out`` (nz, n, n) float32.
+
+        Each task is one slice pair, start to end (pad, FFT, filter, NUFFT, split), so threads
+        never wait on each other and the working set stays in cache.
+        """
+        nz = sino.shape[0]
+        pairs = (nz + 1) // 2
+        with self._lock:
+            if self.threads == 1 or pairs == 1:
+                for p in range(pairs):
+                    self._pair(0, sino, kernel, out, left, p)
+                return
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nufft")
+            worker = threading.local()
+            slots = iter(range(self.threads))
+            slot_lock = threading.Lock()
+
+            def task(p: int) -> None:
+                if not hasattr(worker, "slot"):
+                    with slot_lock:
+                        worker.slot = next(slots)
+                self._pair(worker.slot, sino, kernel, out, left, p)
+
+            for f in [self._pool.submit(task, p) for p in range(pairs)]:
+                f.result()
+
+    def _pair(self, slot: int, sino: Any, kernel: np.ndarray, out: np.ndarray, left: int, p: int) -> None:
+        import scipy.fft
+
+        n_angles, n_det = sino.shape[1], sino.shape[2]
+        buf, img = self._scratch(slot, n_angles)
+        mid = slice(left, left + n_det)
+        z = 2 * p
+        buf.real[:, mid] = sino[z]
+        if z + 1 < sino.shape[0]:
+            buf.imag[:, mid] = sino[z + 1]
+        else:
+            buf.imag[:, mid] = 0.0
+        buf[:, :left] = buf[:, left : left + 1]
+        buf[:, left + n_det :] = buf[:, left + n_det - 1 : left + n_det]
+        spec = scipy.fft.fft(buf, axis=-1, workers=1, overwrite_x=True)  # in place
+        spec *= kernel
+        self._cpu_plans[slot].execute(spec.reshape(-1), out=img)
+        # the transform's first axis runs up in y; slices are stored with y running down the rows
+        # (TomoPy's orientation, as fbp.grid_coords), hence the row flip
+        out[z] = img.real[::-1]
+        if z + 1 < out.shape[0]:
+            out[z + 1] = img.imag[::-1]
+
+    def _scratch(self, slot: int, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-thread padded-spectrum and image buffers, kept between pairs and calls: fresh
+        50 + 33 MB arrays per pair at 2048 cost as much in page faults as the FFT itself."""
+        if not hasattr(self, "_buffers"):
+            self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if slot not in self._buffers:
+            self._buffers[slot] = (np.empty((n_angles, self.n_pad), dtype=np.complex64),
+                                   np.empty((self.n, self.n), dtype=np.complex64))
+        return self._buffers[slot]
+
+    # -- GPU ------------------------------------------------------------------------------
+    def _gpu_plan(self, n_trans: int) -> Any:  # pragma: no cover - needs a CUDA device
+        """The cuFINUFFT plan for ``n_trans`` pairs on the current device and stream."""
+        import cupy as cp  # type: ignore[import-not-found]
+
+        stream = cp.cuda.get_current_stream()
+        key = (n_trans, stream.ptr)
+        if key not in self._gpu_plans:
+            plan = _cufinufft.Plan(1, (self.n, self.n), n_trans=n_trans, eps=self._eps, isign=1,
+                                   dtype="complex64", gpu_stream=stream.ptr,
+                                   gpu_device_id=cp.cuda.Device().id)
+            plan.setpts(*self._points)
+            self._gpu_plans[key] = plan
+        return self._gpu_plans[key]
+
+    def run_gpu(self, spec: Any) -> Any:  # pragma: no cover - needs a CUDA device
+        """``spec`` (pairs, M, n_pad) complex64 CuPy, weighted -> (pairs, n, n) complex64."""
+        import cupy as cp  # type: ignore[import-not-found]
+
         pairs = spec.shape[0]
         c = spec.reshape(pairs, -1)
-        out = xp.empty((pairs, self.n, self.n), dtype=xp.complex64)
+        out = cp.empty((pairs, self.n, self.n), dtype=cp.complex64)
         b = self.batch_pairs
         for start in range(0, pairs, b):
-            block = c[start : start + b]
-            k = block.shape[0]
-            if k < b:  # a short last batch runs one pair at a time rather than padded with zeros
-                for j in range(k):
-                    self._execute(self._plan(1), xp.ascontiguousarray(block[j]), out[start + j])
-                continue
-            self._execute(self._plan(b), xp.ascontiguousarray(block), out[start : start + k])
+            k = min(b, pairs - start)
+            self._gpu_plan(k).execute(c[start : start + k], out=out[start : start + k])
         return out
 
-    def _execute(self, plan: Any, data: Any, out: Any) -> None:
-        """Run ``plan`` writing straight into ``out`` (a contiguous view: no extra copy)."""
-        if self.gpu:
-            out[...] = plan.execute(data).reshape(out.shape)
+
+_PLAN_CACHE: OrderedDict[tuple, FourierPlan] = OrderedDict()
+_PLAN_CACHE_SIZE = 2
+_PLAN_CACHE_LOCK = threading.Lock()
+
+
+def fourier_plan(
+    n: int, theta: Any, n_pad: int, *, eps: float = 1e-3, threads: int | None = None, gpu: bool = False,
+    fft_measure: bool = True,
+) -> FourierPlan:
+    """The cached :class:`FourierPlan` for this geometry (made on first use).
+
+    Why a cache: a plan costs 0.1-6 s to make (point sorting, FFTW_MEASURE), a chunk of a few
+    slices costs less than that, and the same geometry comes back for every slab, scan and
+    preview check. Keyed by size, padding, angles, accuracy, threads and device; the last two
+    geometries are kept (a 2048^2 plan holds ~150 MB).
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    device = -1
+    if gpu:  # pragma: no cover - needs a CUDA device
+        import cupy as cp  # type: ignore[import-not-found]
+
+        device = cp.cuda.Device().id
+    key = (n, n_pad, hashlib.sha1(theta.tobytes()).hexdigest(), float(eps), cpu_threads(threads), gpu, device,
+           bool(fft_measure))
+    with _PLAN_CACHE_LOCK:
+        plan = _PLAN_CACHE.get(key)
+        if plan is None:
+            plan = FourierPlan(n, theta, n_pad, eps=eps, threads=threads, gpu=gpu, fft_measure=fft_measure)
+            _PLAN_CACHE[key] = plan
+            while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+                _PLAN_CACHE.popitem(last=False)
         else:
-            plan.execute(data, out=out)
+            _PLAN_CACHE.move_to_end(key)
+    return plan
 
 
 def reconstruct_fourier(
@@ -161,11 +279,18 @@ def reconstruct_fourier(
     eps: float = 1e-3,
     threads: int | None = None,
     plan: FourierPlan | None = None,
+    out: Any = None,
+    fft_measure: bool | None = None,
 ) -> Any:
     """Reconstruct sinograms ``(nz, n_angles, n_det)`` -> ``(nz, n, n)`` float32.
 
-    ``center``: the axis as a 0-based detector column. ``eps``: NUFFT relative accuracy (1e-3
-    is well below the discretisation error of any FBP). ``plan``: reuse one across chunks.
+    ``sino`` may be a strided view (e.g. projections ``(n_angles, nz, n_det)`` transposed):
+    it is read once, pair by pair, never copied whole. ``center``: the axis as a 0-based
+    detector column. ``eps``: NUFFT relative accuracy (1e-3 is well below the discretisation
+    error of any FBP). ``plan``: a given plan, else the cached one for this geometry
+    (:func:`fourier_plan`). ``out``: an ``(nz, n, n)`` float32 array to fill. ``fft_measure``:
+    plan the FFT with FFTW_MEASURE (default: for calls of ``MEASURE_FROM_SLICES`` slices or more;
+    a volume's chunk reconstructor says yes for every chunk).
     """
     xp = get_array_module(sino)
     if sino.ndim == 2:
@@ -177,35 +302,37 @@ def reconstruct_fourier(
     n = n_det if n is None else n
     n_pad = padded_width(n_det, pad)
     if plan is None:
-        plan = FourierPlan(n, theta, n_pad, eps=eps, threads=threads, gpu=xp is not np)
-    elif (plan.n, plan.n_pad) != (n, n_pad) or not np.array_equal(plan.theta, theta):
+        measure = nz >= MEASURE_FROM_SLICES if fft_measure is None else fft_measure
+        plan = fourier_plan(n, theta, n_pad, eps=eps, threads=threads, gpu=xp is not np, fft_measure=measure)
+    elif not plan.matches(n, theta, n_pad):
         raise ValueError("FourierPlan was made for another geometry (size, padding or angles)")
-    # two slices per complex line, edge-padded in place (no intermediate copies)
-    pairs, left = (nz + 1) // 2, (n_pad - n_det) // 2
-    buf = xp.empty((pairs, n_angles, n_pad), dtype=xp.complex64)
+    left = (n_pad - n_det) // 2
+    kernel = plan.kernel(center + left, filter_name, cutoff, order)
+    if out is None:
+        out = xp.empty((nz, n, n), dtype=xp.float32)
+    if xp is np:
+        plan.run_cpu(sino, kernel, out, left)
+        return out
+    return _reconstruct_gpu(sino, plan, kernel, out, left)  # pragma: no cover - needs a CUDA device
+
+
+def _reconstruct_gpu(
+    sino: Any, plan: FourierPlan, kernel: Any, out: Any, left: int
+) -> Any:  # pragma: no cover - needs a CUDA device
+    """The CuPy path: all pairs at once (device memory is the slab's), same steps as the CPU."""
+    import cupy as cp  # type: ignore[import-not-found]
+
+    nz, n_angles, n_det = sino.shape
+    pairs = (nz + 1) // 2
+    buf = cp.zeros((pairs, n_angles, plan.n_pad), dtype=cp.complex64)
     mid = slice(left, left + n_det)
     buf.real[..., mid] = sino[0::2]
-    buf.imag[..., mid] = sino[1::2] if nz % 2 == 0 else xp.concatenate(
-        [sino[1::2], xp.zeros((1, n_angles, n_det), dtype=sino.dtype)])
+    buf.imag[: nz // 2, :, mid] = sino[1::2]
     buf[..., :left] = buf[..., left : left + 1]
     buf[..., left + n_det :] = buf[..., left + n_det - 1 : left + n_det]
-    if xp is np:
-        import scipy.fft
-
-        spec = scipy.fft.fft(buf, axis=-1, workers=plan.threads, overwrite_x=True)
-    else:
-        spec = xp.fft.fft(buf, axis=-1)
-    key = (float(center) + left, filter_name, float(cutoff), int(order))
-    if key not in plan._kernels:
-        response = filter_response(n_pad, filter_name, cutoff, order, xp) * (np.pi / n_angles / n_pad)
-        response = response * xp.asarray(np.sinc(np.fft.fftfreq(n_pad)) ** 2)  # = fbp's interpolation
-    else:
-        response = None
-    spec *= plan.kernel(center + left, response, key=key)
-    img = plan.execute(spec)
-    out = xp.empty((2 * img.shape[0], n, n), dtype=xp.float32)
-    # the transform's first axis runs up in y; slices are stored with y running down the rows
-    # (TomoPy's orientation, as fbp.grid_coords), hence the row flip
+    spec = cp.fft.fft(buf, axis=-1)
+    spec *= kernel
+    img = plan.run_gpu(spec)
     out[0::2] = img.real[:, ::-1, :]
-    out[1::2] = img.imag[:, ::-1, :]
-    return out[:nz]
+    out[1::2] = img.imag[: nz // 2, ::-1, :]
+    return out

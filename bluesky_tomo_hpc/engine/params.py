@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
 FilterName = Literal[
     "none", "ramp", "shepp", "cosine", "hann", "hamming", "parzen", "butterworth"
@@ -27,14 +27,20 @@ class RingRemoval(_Frozen):
     """Stripe (ring) removal on sinograms.
 
     ``fw``: Münch et al. wavelet-Fourier filter (TomoPy ``remove_stripe_fw``).
-    ``sort``: Vo et al. sorting-based filter (algotom ``remove_stripe_based_sorting``).
+    ``sort`` (default, chosen by ``benchmarks/bench_rings.py``: least artefact on a simulated
+    scan with ring, dead and partial stripes, where ``fw`` spreads arcs into rings and ``all``'s
+    dead-stripe step interpolates across sample edges; second on the real neutron scan): Vo et
+    al. sorting-based filter (algotom ``remove_stripe_based_sorting``).
+    ``all``: Vo et al.'s combined dead + large + sorting removal (algotom ``remove_all_stripe``).
     """
 
-    method: Literal["fw", "sort"] = "fw"
+    method: Literal["fw", "sort", "all"] = "sort"
     level: int | None = Field(None, ge=1, le=12, description="fw: wavelet levels (auto if None)")
     wavelet: str = Field("db5", description="fw: PyWavelets wavelet name")
     sigma: float = Field(2.0, gt=0, description="fw: damping width of the Fourier filter")
-    size: int = Field(21, ge=3, description="sort: median window across the detector")
+    size: int = Field(21, ge=3, description="sort, all: median window across the detector (small stripes)")
+    large_size: int = Field(61, ge=3, description="all: median window for large and dead stripes")
+    snr: float = Field(3.0, gt=0, description="all: how far a column must stand out to be a stripe")
 
 
 class PhaseRetrieval(_Frozen):
@@ -58,11 +64,19 @@ class ReconParams(_Frozen):
     filter_name: FilterName = "shepp"
     butterworth_order: int = Field(2, ge=1)
     filter_cutoff: float = Field(1.0, gt=0, le=1.0, description="fraction of Nyquist")
-    center: float | Literal["auto"] = Field(
+    center: FiniteFloat | Literal["auto"] = Field(
         "auto", description="rotation axis as a 0-based detector column (pixel-index convention)"
     )
-    center_method: Literal["vo", "pairs", "auto"] = "auto"
-    center_search_width: float = Field(50.0, gt=0, description="px either side of the detector middle")
+    center_method: Literal["vo", "pairs", "halfturn", "auto"] = Field(
+        "auto", description="auto: halfturn for 360-degree scans, Vo + sharpness for 180-degree ones"
+    )
+    center_search_width: float = Field(
+        50.0, gt=0, description="px either side of the detector middle (full-field scans)"
+    )
+    half_acquisition: Literal["auto", "on", "off"] = Field(
+        "auto", description="360-degree offset-axis scan stitched to a 180-degree one of the full width; "
+        "auto: when the axis lies in the outer quarter of the detector"
+    )
     pad: bool = Field(True, description="edge-pad sinograms to avoid wrap-around")
     minus_log_clip: float = Field(1e-6, gt=0, description="transmission floor before -log")
     flat_interpolation: bool = Field(

@@ -9,20 +9,27 @@ chunks, circular mask. Centres are always reported in unbinned pixel-index detec
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..model import ScanData, TomoDataError
+from . import center as center_mod
 from . import preprocess
-from .backend import choose_device, get_array_module
-from .filters import padded_width
+from .backend import choose_device, get_array_module, gpu_devices, to_numpy
+from .center import CenterEstimate, resolve_uncertain_center
+from .halfturn import is_half_acquisition, stitch_half_acquisition
 from .params import ReconParams
-from .preprocess import bin_frames
-from .tomopy_engine import reconstruct_tomopy, resolve_engine
-from .volume import Progress, reconstruct_volume
+from .preprocess import bin_frames, to_binned, to_unbinned
+from .sinogram_recon import make_chunk_reconstructor, reconstruct_sinograms
+from .tomopy_engine import resolve_engine
+from .volume import Progress, ReconChunk, reconstruct_volume
+
+__all__ = [
+    "ReconResult", "preprocess_projections", "find_center", "reconstruct_scan", "center_summary",
+    "reconstruct_sinograms", "make_chunk_reconstructor", "to_binned", "to_unbinned",
+]
 
 
 @dataclass
@@ -38,16 +45,9 @@ class ReconResult:
     warnings: list[str] = field(default_factory=list)
     rows: tuple[int, int] = (0, 0)
     engine: str = "native"
-
-
-def to_binned(center: float, binning: int) -> float:
-    """Unbinned pixel-index column -> binned pixel-index column."""
-    return (center - (binning - 1) / 2.0) / binning
-
-
-def to_unbinned(center: float, binning: int) -> float:
-    """Binned pixel-index column -> unbinned pixel-index column."""
-    return center * binning + (binning - 1) / 2.0
+    #: how the centre was found: uncertainty_px, half_acquisition, the automatic estimate when
+    #: a fallback replaced it (``uncertain``), ... (JSON-friendly)
+    center_details: dict[str, Any] = field(default_factory=dict)
 
 
 def _loaded(data: ScanData, params: ReconParams) -> tuple[int, int, int]:
@@ -100,15 +100,32 @@ def preprocess_projections(
     flats = bin_frames(np.asarray(data.flats[:, r0:r1]), b)
     darks = bin_frames(np.asarray(data.darks[:, r0:r1]), b)
     xp = choose_device(params.device)
+    # integer frames convert to float32 in normalize's first pass
+    proj_log = line_integrals(xp.asarray(proj), xp.asarray(flats, dtype=xp.float32),
+                              xp.asarray(darks, dtype=xp.float32), data, params, warnings)
+    return proj_log, theta, warnings
+
+
+def line_integrals(proj: Any, flats: Any, darks: Any, data: ScanData, params: ReconParams,
+                   warnings: list[str]) -> Any:
+    """Binned frames (NumPy or CuPy) -> -log line integrals: normalise, repair bad frames and
+    dead pixels, dezinger, phase, -log, rings. The one sequence for the whole scan on the host
+    and for each row slab on a GPU (:func:`_reconstruct_scan_slabs`)."""
+    xp = get_array_module(proj)
     norm = preprocess.normalize(
-        xp.asarray(proj, dtype=xp.float32), xp.asarray(flats, dtype=xp.float32),
-        xp.asarray(darks, dtype=xp.float32),
-        proj_times=data.projection_times, flat_times=data.flat_times,
+        proj, flats, darks, proj_times=data.projection_times, flat_times=data.flat_times,
         interpolate=params.flat_interpolation,
     )
     norm, bad = preprocess.mask_bad_frames(norm)
     if len(bad):
         warnings.append(f"{len(bad)} projections had NaN/inf values, repaired: {list(map(int, bad[:10]))}")
+    saturated = None
+    if np.issubdtype(proj.dtype, np.integer) and proj.dtype.itemsize <= 2:  # unbinned raw counts
+        saturated = xp.asarray(proj >= np.iinfo(proj.dtype).max)  # a full-scale count is a floor
+    norm, n_dead = preprocess.repair_dead_pixels(norm, saturated)
+    if n_dead:
+        warnings.append(f"{n_dead} pixels with zero, negative, non-finite or saturated values "
+                        "(dead, dark-dominated or full-scale) were interpolated from their neighbours")
     if params.dezinger_threshold is not None:
         norm = preprocess.remove_zingers(norm, params.dezinger_threshold)
     if params.phase_retrieval is not None:
@@ -117,81 +134,31 @@ def preprocess_projections(
         pr = params.phase_retrieval
         pixel = pr.pixel_size_um * params.binning
         norm = paganin(norm, pixel, pr.distance_mm, pr.energy_kev, pr.delta_beta)
-    proj_log = preprocess.minus_log(norm, params.minus_log_clip)
+    proj_log = preprocess.minus_log(norm, params.minus_log_clip, out=norm)  # norm is ours: in place
     if params.ring_removal is not None:
         from .stripes import remove_rings
 
         proj_log = remove_rings(proj_log, params.ring_removal)
-    return proj_log, theta, warnings
+    return proj_log
 
 
-def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> tuple[float, float, str]:
-    """``(center, confidence, method)`` in the columns of ``proj_log`` (binned if it is).
+def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
+    """The automatic centre in the columns of ``proj_log`` (binned if it is), with its
+    confidence, uncertainty and ``details["seconds"]`` (the time it took, for provenance).
 
     The centre finder takes transmission; ``exp(-proj_log)`` gives it back after ring removal
     and phase retrieval. ``proj_log`` holds the selected rows only, so ``params.rows`` must not
     apply again, and the search width shrinks with the binning.
     """
-    from .center import find_center as _find
-
+    t0 = time.perf_counter()
     xp = get_array_module(proj_log)
     local = params.with_updates(
         rows=None, center="auto", center_search_width=params.center_search_width / params.binning
     )
-    est = _find(xp.exp(-proj_log), theta, local)
-    return float(est.center), float(est.confidence), str(est.method)
-
-
-def reconstruct_sinograms(
-    proj_log: Any,
-    theta: Any,
-    center: float,
-    params: ReconParams,
-    *,
-    progress: Progress | None = None,
-    out: Any = None,
-    recon: Callable[[Any], Any] | None = None,
-) -> Any:
-    """-log projections ``(n_angles, nz, nx)`` -> slices ``(nz, nx, nx)`` float32, in chunks.
-
-    ``center`` is in the columns of ``proj_log``. ``out`` (any array-like) receives the slices;
-    a new NumPy array otherwise. No circular mask here (that is the pipeline's last step).
-    ``recon`` (from :func:`make_chunk_reconstructor` for the same angles, centre and width) lets
-    a caller that reconstructs many slabs build the NUFFT plan once instead of once per slab.
-    """
-    n_angles, nz, nx = proj_log.shape
-    theta = np.asarray(theta, dtype=np.float64)
-    if out is None:
-        out = np.empty((nz, nx, nx), dtype=np.float32)
-    if recon is None:
-        recon = make_chunk_reconstructor(theta, center, nx, params, engine=resolve_engine(params))
-    return reconstruct_volume(
-        proj_log, recon, out, rows=(0, nz), chunk=params.chunk_slices, progress=progress
-    )
-
-
-def make_chunk_reconstructor(
-    theta: np.ndarray, center: float, nx: int, params: ReconParams, *, engine: str = "native"
-) -> Callable[[Any], Any]:
-    """``recon(block (n_angles, k, nx)) -> (k, nx, nx)`` for :func:`.volume.reconstruct_volume`.
-
-    Builds the NUFFT plan once, so every chunk of a volume reuses it.
-    """
-    filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
-                            "order": params.butterworth_order, "pad": params.pad}
-    if engine == "tomopy":
-        return lambda block: reconstruct_tomopy(np.asarray(block).transpose(1, 0, 2), theta, center, params)
-    xp = choose_device(params.device)
-    if params.algorithm == "fbp":
-        from .fbp import reconstruct_fbp
-
-        return lambda block: reconstruct_fbp(xp.asarray(block).transpose(1, 0, 2), theta, center, **filt)
-    from .fourier import FourierPlan, reconstruct_fourier
-
-    plan = FourierPlan(nx, theta, padded_width(nx, params.pad), gpu=xp is not np)
-    return lambda block: reconstruct_fourier(
-        xp.ascontiguousarray(xp.asarray(block).transpose(1, 0, 2)), theta, center, plan=plan, **filt
-    )
+    nz = proj_log.shape[1]
+    pick = np.unique(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int))  # all a search uses
+    est = center_mod.find_center(xp.exp(-proj_log[:, pick, :]), theta, local)
+    return replace(est, details={**est.details, "seconds": time.perf_counter() - t0})
 
 
 def reconstruct_prepared(
@@ -201,15 +168,17 @@ def reconstruct_prepared(
     params: ReconParams,
     *,
     progress: Progress | None = None,
-    recon: Callable[[Any], Any] | None = None,
+    recon: ReconChunk | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Preprocessed -log projections -> masked NumPy slices: the pipeline after the centre.
 
     ``center`` is in the (binned) columns of ``proj_log``; ``recon`` as in
-    :func:`reconstruct_sinograms` (a plan built once for many slabs).
+    :func:`reconstruct_sinograms` (a plan built once for many slabs). ``out``: a float32
+    ``(nz, nx, nx)`` NumPy array filled in place (no volume-sized copy).
     """
     nz, nx = proj_log.shape[1], proj_log.shape[2]
-    vol = np.empty((nz, nx, nx), dtype=np.float32)
+    vol = out if out is not None else np.empty((nz, nx, nx), dtype=np.float32)
     reconstruct_sinograms(proj_log, theta, center, params, progress=progress, out=vol, recon=recon)
     if params.circular_mask is not None:
         preprocess.circular_mask(vol, params.circular_mask, in_place=True)
@@ -222,42 +191,173 @@ def reconstruct_scan(
     *,
     rows: tuple[int, int] | None = None,
     center: float | None = None,
+    fallback: float | None = None,
     progress: Progress | None = None,
     out: Any = None,
 ) -> ReconResult:
     """Reconstruct a scan (or rows of it): the function every sink calls.
 
     ``center`` (unbinned pixel-index column) overrides ``params.center``; with neither,
-    the centre is found from the data (``params.center_method``). ``out`` receives the masked
-    slices when given (e.g. a Zarr array); ``ReconResult.volume`` is then that array.
+    the centre is found from the data (``params.center_method``); when its confidence is below
+    :data:`.center.CONFIDENCE_THRESHOLD` it is replaced by ``fallback`` (unbinned, like
+    ``center``: the last confident centre of this detector) or the detector middle, with a warning. A
+    half-acquisition scan is stitched to 180 degrees first: the slices are then wider than the
+    detector. ``out`` receives the masked slices when given (e.g. a Zarr array);
+    ``ReconResult.volume`` is then that array.
     """
+    if _gpu_slabs_apply(data, params, center):  # pragma: no cover - needs a CUDA device
+        return _reconstruct_scan_slabs(data, params, rows=rows, center=center, progress=progress, out=out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    hinted = _with_half_acquisition_hint(data, params)  # (the result keeps the params as given)
     proj_log, theta, warnings = preprocess_projections(data, params, rows)
     timings["preprocess"] = time.perf_counter() - t0
     b = params.binning
     (r0, r1), _ = _row_range(data, params, rows)
 
     t1 = time.perf_counter()
-    given = center if center is not None else (None if params.center == "auto" else float(params.center))
+    given = _given_center(data, params, center)
+    info: dict[str, Any] = {}
     if given is not None:
-        nx_unbinned = data.projections.shape[2] * _loaded(data, params)[1]
-        if not -nx_unbinned <= given <= 2 * nx_unbinned:
-            raise TomoDataError(f"centre {given} is far outside the detector's {nx_unbinned} columns")
         c_b, conf, method = to_binned(given, b), 1.0, "given"
     else:
-        c_b, conf, method = find_center(proj_log, theta, params)
+        est = find_center(proj_log, theta, hinted)
+        fb = None if fallback is None else to_binned(fallback, b)
+        est = resolve_uncertain_center(est, proj_log.shape[2], fb, b)
+        c_b, conf, method = est.center, est.confidence, est.method
+        info = center_summary(est, b)
+        if est.details.get("uncertain"):
+            warnings.append(est.details["warning"])
     timings["center"] = time.perf_counter() - t1
 
     t2 = time.perf_counter()
-    vol = reconstruct_prepared(proj_log, theta, c_b, params, progress=progress)
+    c_rec = c_b
+    if is_half_acquisition(c_b, proj_log.shape[2], theta, hinted.half_acquisition):
+        # offset axis: the two half-turns make one 180-degree sinogram twice as wide
+        proj_log, theta, c_rec = stitch_half_acquisition(proj_log, theta, c_b)
+        info["half_acquisition"] = True
+        info["field_of_view_px"] = int(proj_log.shape[2])
+    nz, nx = proj_log.shape[1], proj_log.shape[2]
+    direct = isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (nz, nx, nx)
+    vol = reconstruct_prepared(proj_log, theta, c_rec, params, progress=progress, out=out if direct else None)
     timings["reconstruct"] = time.perf_counter() - t2
-    if out is not None:
+    if out is not None and not direct:
         out[...] = vol
         vol = out
     timings["total"] = time.perf_counter() - t0
     return ReconResult(
         volume=vol, center=to_unbinned(c_b, b), center_confidence=conf, center_method=method,
         timings=timings, params=params, warnings=warnings, rows=(r0, r1),
-        engine=resolve_engine(params),
+        engine=resolve_engine(params), center_details=info,
+    )
+
+
+def _with_half_acquisition_hint(data: ScanData, params: ReconParams) -> ReconParams:
+    """``half_acquisition: auto`` follows the scan's own word when it has one
+    (``start["tomo"]["half_acquisition"]``: true or false); otherwise the data decide."""
+    tomo = (data.metadata or {}).get("tomo")
+    hint = tomo.get("half_acquisition") if isinstance(tomo, dict) else None
+    if params.half_acquisition != "auto" or not isinstance(hint, bool):
+        return params
+    return params.with_updates(half_acquisition="on" if hint else "off")
+
+
+def center_summary(est: CenterEstimate, binning: int) -> dict[str, Any]:
+    """The JSON-friendly facts of an automatic centre (unbinned columns) for results and
+    provenance: uncertainty, time, half acquisition, and the estimate a fallback replaced."""
+    d = est.details
+    out: dict[str, Any] = {"uncertainty_px": round(float(d.get("uncertainty_px", 0.0)) * binning, 3),
+                           "seconds": round(float(d.get("seconds", 0.0)), 4),
+                           "half_acquisition": bool(d.get("half_acquisition", False))}
+    if d.get("uncertain"):
+        out.update(uncertain=True, estimate=round(to_unbinned(float(d["estimate"]), binning), 3),
+                   estimate_method=d.get("estimate_method"), fallback=d.get("fallback"))
+    return out
+
+
+def _given_center(data: ScanData, params: ReconParams, center: float | None) -> float | None:
+    """The caller's or the parameters' centre (unbinned), checked; ``None`` means find it."""
+    given = center if center is not None else (None if params.center == "auto" else float(params.center))
+    if given is not None:
+        nx_unbinned = data.projections.shape[2] * _loaded(data, params)[1]
+        if not -nx_unbinned <= given <= 2 * nx_unbinned:
+            raise TomoDataError(f"centre {given} is far outside the detector's {nx_unbinned} columns")
+    return given
+
+
+def _gpu_slabs_apply(data: ScanData, params: ReconParams, center: float | None) -> bool:
+    """The GPU path streams raw row slabs through the device: only for the native Fourier method
+    on a GPU with a given centre (an automatic one needs the whole scan), not a half
+    acquisition, and no step that needs whole frames (Paganin, the zinger median filter)."""
+    if not (choose_device(params.device) is not np and resolve_engine(params) == "native"
+            and params.algorithm == "fourier" and params.phase_retrieval is None
+            and params.dezinger_threshold is None):
+        return False
+    given = _given_center(data, params, center)
+    if given is None:
+        return False
+    nx = data.projections.shape[2] * _loaded(data, params)[1]
+    theta, _ = preprocess.check_angles(data.theta)
+    hint = _with_half_acquisition_hint(data, params).half_acquisition
+    return not is_half_acquisition(given, nx, theta, hint)  # unbinned centre, unbinned width
+
+
+def _reconstruct_scan_slabs(
+    data: ScanData, params: ReconParams, *, rows: tuple[int, int] | None, center: float | None,
+    progress: Progress | None, out: Any,
+) -> ReconResult:
+    """:func:`reconstruct_scan` on GPUs: raw row slabs (darks, flats, projections in one
+    upload, uint16 when the detector's) go through the overlapped conveyor of every visible GPU,
+    where they are normalised, -log'ed, reconstructed and masked; only slices come back.
+
+    With ``device="cpu"`` the same slabs run through the CPU loop: the NumPy twin the tests
+    compare with :func:`reconstruct_scan`. Dead pixels are repaired within each slab. Not yet
+    run on a GPU (see docs).
+    """
+    from .fourier import MEASURE_FROM_SLICES, reconstruct_fourier
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    warnings = preprocess.validate_scan(data)
+    theta, _ = preprocess.check_angles(data.theta)
+    b_total = params.binning
+    (r0, r1), (a0, a1) = _row_range(data, params, rows)
+    b = _loaded(data, params)[2]
+    given = _given_center(data, params, center)
+    if given is None:
+        raise TomoDataError("the slab path needs a given centre")
+    c_b = to_binned(given, b_total)
+    nd, nf = len(data.darks), len(data.flats)
+    nz, nx = (a1 - a0) // b, data.projections.shape[2] // b
+
+    def read(i: int, j: int) -> np.ndarray:
+        ra, rb = a0 + i * b, a0 + j * b
+        parts = [bin_frames(np.asarray(s[:, ra:rb]), b) for s in (data.darks, data.flats, data.projections)]
+        return np.concatenate(parts, dtype=np.result_type(*parts))
+
+    filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
+                            "order": params.butterworth_order, "pad": params.pad}
+
+    def recon(block: Any, _out: Any = None) -> Any:
+        xp = get_array_module(block)
+        darks = block[:nd].astype(xp.float32)
+        flats = block[nd : nd + nf].astype(xp.float32)
+        proj_log = line_integrals(block[nd + nf :], flats, darks, data, params, warnings)
+        sino = proj_log.transpose(1, 0, 2)
+        slices = reconstruct_fourier(sino, theta, c_b, fft_measure=nz >= MEASURE_FROM_SLICES, **filt)
+        if params.circular_mask is not None:
+            preprocess.circular_mask(slices, params.circular_mask, in_place=True)
+        if _out is not None:  # the CPU loop hands a host view to fill
+            _out[...] = to_numpy(slices)
+        return slices
+
+    vol = out if out is not None else np.empty((nz, nx, nx), dtype=np.float32)
+    on_gpu = choose_device(params.device) is not np
+    reconstruct_volume(read, recon, vol, rows=(0, nz), chunk=params.chunk_slices, progress=progress,
+                       devices=gpu_devices() if on_gpu else None)
+    timings.update(preprocess=0.0, center=0.0, reconstruct=time.perf_counter() - t0)  # all on the device
+    timings["total"] = time.perf_counter() - t0
+    return ReconResult(
+        volume=vol, center=to_unbinned(c_b, b_total), center_confidence=1.0, center_method="given",
+        timings=timings, params=params, warnings=warnings, rows=(r0, r1), engine="native",
     )

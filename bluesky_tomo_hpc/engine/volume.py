@@ -2,22 +2,29 @@
 
 Why: a 2k x 2k x 2k scan does not fit in memory twice over; reading a block of rows from the
 projections (HDF5, Zarr, a NumPy array or a reader callable), reconstructing it and writing
-the slices into an output array-like (Zarr, HDF5, memmap) keeps memory at a few chunks. The
-GPU variant overlaps host->device copy, compute and device->host copy on CuPy streams; its
-chunk logic is the same :func:`chunk_ranges` as the CPU path, which is what the tests check.
+the slices into an output array-like (Zarr, HDF5, memmap) keeps memory at a few chunks.
+
+On a GPU the same loop becomes a conveyor (:func:`_gpu_conveyor`): while chunk ``i`` is
+reconstructed on a compute stream, chunk ``i + 1`` is read and uploaded from pinned host memory
+on a copy stream and chunk ``i - 1`` is downloaded on a third and written out by the host, so
+the device never waits for the disk or the bus. With several GPUs the rows are split into one
+contiguous part per device, one conveyor (host thread + three streams) each. Both paths share
+:func:`chunk_ranges`, which is what the CPU tests check; the conveyor has not run on a GPU here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 ReadRows = Callable[[int, int], Any]
 """``read(start, stop) -> (n_angles, stop - start, nx)`` array of -log projections."""
-ReconChunk = Callable[[Any], Any]
-"""``recon(block (n_angles, k, nx)) -> (k, n, n)`` slices."""
+ReconChunk = Callable[[Any, Any], Any]
+"""``recon(block (n_angles, k, nx), out) -> (k, n, n)`` slices; ``out`` is a host ``(k, n, n)``
+float32 array to fill (saves a copy) or ``None``."""
 Progress = Callable[[int, int], None]
 """``progress(rows_done, rows_total)``."""
 
@@ -53,86 +60,141 @@ def reconstruct_volume(
     chunk: int = 16,
     progress: Progress | None = None,
     out_offset: int = 0,
+    devices: Sequence[int] | None = None,
 ) -> Any:
     """Reconstruct detector rows ``rows = (start, stop)`` chunk by chunk into ``out``.
 
     ``out`` is any array-like accepting ``out[i:j] = slices`` (NumPy, Zarr, HDF5 dataset);
-    slice ``r`` of the detector goes to ``out[r - rows[0] + out_offset]``. Returns ``out``.
+    slice ``r`` of the detector goes to ``out[r - rows[0] + out_offset]``. A NumPy ``out`` is
+    filled in place by ``recon`` (no intermediate copy). ``devices``: CUDA device ids; when
+    given, ``recon`` takes and returns CuPy arrays and the rows run through one overlapped
+    conveyor per device (:func:`_gpu_conveyor`). Returns ``out``.
     """
     from .backend import get_array_module, to_numpy
 
     read = as_reader(source)
     start, stop = rows
-    for a, b in chunk_ranges(start, stop, chunk):
+    ranges = list(chunk_ranges(start, stop, chunk))
+    if devices:  # pragma: no cover - needs a CUDA device
+        _on_devices(read, recon, out, ranges, rows, out_offset, progress, list(devices))
+        return out
+    for a, b in ranges:
         block = read(a, b)
         if get_array_module(block) is np:  # h5py / zarr slices become NumPy; CuPy stays put
             block = np.asarray(block, dtype=np.float32)
-        out[a - start + out_offset : b - start + out_offset] = to_numpy(recon(block))
+        target = slice(a - start + out_offset, b - start + out_offset)
+        if isinstance(out, np.ndarray) and out.dtype == np.float32:
+            recon(block, out[target])
+        else:
+            out[target] = to_numpy(recon(block, None))
         if progress is not None:
             progress(b - start, stop - start)
     return out
 
 
-def reconstruct_volume_gpu(
-    source: Any,
-    recon: ReconChunk,
-    out: Any,
-    *,
-    rows: tuple[int, int],
-    chunk: int = 16,
-    progress: Progress | None = None,
-) -> Any:  # pragma: no cover - needs a CUDA device
-    """GPU variant of :func:`reconstruct_volume` with copy/compute overlap.
+def _on_devices(
+    read: ReadRows, recon: ReconChunk, out: Any, ranges: list[tuple[int, int]], rows: tuple[int, int],
+    out_offset: int, progress: Progress | None, devices: list[int],
+) -> None:  # pragma: no cover - needs a CUDA device
+    """Contiguous shares of ``ranges`` per device, one conveyor thread each; writes to ``out``
+    and progress reports are serialised (a Zarr chunk may span two devices' rows)."""
+    lock = threading.Lock()
+    done = [0]
+    total = rows[1] - rows[0]
 
-    Chunk ``i + 1`` is uploaded from pinned host memory on a copy stream while chunk ``i`` is
-    reconstructed on the compute stream, and chunk ``i - 1`` is downloaded on a third; ``recon``
-    must take and return CuPy arrays. Events order the three streams.
+    def written(a: int, b: int, host: np.ndarray) -> None:
+        with lock:
+            out[a - rows[0] + out_offset : b - rows[0] + out_offset] = host
+            done[0] += b - a
+            if progress is not None:
+                progress(done[0], total)
+
+    shares = [list(s) for s in np.array_split(np.arange(len(ranges)), len(devices)) if len(s)]
+    if len(shares) == 1:
+        _gpu_conveyor(read, recon, [ranges[i] for i in shares[0]], written, devices[0])
+        return
+    errors: list[BaseException] = []
+
+    def run(share: list[int], device: int) -> None:
+        try:
+            _gpu_conveyor(read, recon, [ranges[i] for i in share], written, device)
+        except BaseException as exc:  # re-raised in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(share, devices[k]), name=f"gpu-{devices[k]}")
+               for k, share in enumerate(shares)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _gpu_conveyor(
+    read: ReadRows, recon: ReconChunk, ranges: list[tuple[int, int]],
+    written: Callable[[int, int, np.ndarray], None], device: int,
+) -> None:  # pragma: no cover - needs a CUDA device
+    """H2D / compute / D2H overlap on one device with two pinned buffers each way.
+
+    Per chunk ``i``: the host reads it into pinned buffer ``i % 2`` (free once upload ``i - 2``
+    is done), the copy stream uploads it (after compute ``i - 2`` released the device buffer),
+    the compute stream runs ``recon``, the download stream copies the slices to pinned memory,
+    and the host writes chunk ``i - 1`` out meanwhile. Events order the streams; the host only
+    ever waits for the chunk it is about to touch.
     """
     import cupy as cp  # type: ignore[import-not-found]
+    import cupyx  # type: ignore[import-not-found]
 
-    read = as_reader(source)
-    start, stop = rows
-    ranges = list(chunk_ranges(start, stop, chunk))
-    h2d, comp, d2h = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(
-        non_blocking=True
-    )
+    if not ranges:
+        return
+    with cp.cuda.Device(device):
+        h2d, comp, d2h = (cp.cuda.Stream(non_blocking=True) for _ in range(3))
+        pin_in: list[np.ndarray | None] = [None, None]
+        pin_out: list[np.ndarray | None] = [None, None]
+        dev_in: list[Any] = [None, None]
+        uploaded: list[Any] = [None, None]  # event per slot: pinned input free again
+        computed: list[Any] = [None, None]  # event per slot: device input free again
+        pending: tuple[int, int, np.ndarray, Any, Any] | None = None  # chunk waiting for download
 
-    def pinned(shape: tuple[int, ...]) -> np.ndarray:
-        mem = cp.cuda.alloc_pinned_memory(int(np.prod(shape)) * 4)
-        return np.frombuffer(mem, np.float32, int(np.prod(shape))).reshape(shape)
+        def flush() -> None:
+            nonlocal pending
+            if pending is not None:
+                a, b, host, ev, _keep = pending
+                ev.synchronize()
+                written(a, b, host)
+                pending = None
 
-    def upload(a: int, b: int) -> tuple[Any, Any]:
-        host = np.asarray(read(a, b), dtype=np.float32)
-        buf = pinned(host.shape)
-        buf[...] = host
-        with h2d:
-            dev = cp.asarray(buf)
-            ev = h2d.record()
-        return dev, ev
-
-    pending = upload(*ranges[0]) if ranges else None
-    downloads: list[tuple[int, int, Any, Any, Any]] = []
-    for i, (a, b) in enumerate(ranges):
-        dev, ready = pending  # type: ignore[misc]
-        comp.wait_event(ready)
-        with comp:
-            vol = recon(dev)
-            done = comp.record()
-        pending = upload(*ranges[i + 1]) if i + 1 < len(ranges) else None
-        host = pinned(tuple(vol.shape))
-        d2h.wait_event(done)
-        with d2h:
-            vol.get(stream=d2h, out=host)
-            downloads.append((a, b, host, d2h.record(), vol))
-        while downloads and (downloads[0][3].done or len(downloads) > 2):
-            da, db, dh, ev, _ = downloads.pop(0)
-            ev.synchronize()
-            out[da - start : db - start] = dh
-            if progress is not None:
-                progress(db - start, stop - start)
-    for da, db, dh, ev, _ in downloads:
-        ev.synchronize()
-        out[da - start : db - start] = dh
-        if progress is not None:
-            progress(db - start, stop - start)
-    return out
+        for i, (a, b) in enumerate(ranges):
+            s = i % 2
+            block = np.asarray(read(a, b))
+            if block.dtype == np.float64:
+                block = block.astype(np.float32)
+            if uploaded[s] is not None:
+                uploaded[s].synchronize()
+            if pin_in[s] is None or pin_in[s].nbytes < block.nbytes:
+                pin_in[s] = cupyx.empty_pinned(block.nbytes, dtype=np.uint8)
+            host_in = pin_in[s][: block.nbytes].view(block.dtype).reshape(block.shape)
+            host_in[...] = block
+            if computed[s] is not None:
+                h2d.wait_event(computed[s])
+            if dev_in[s] is None or dev_in[s].nbytes < block.nbytes:
+                with h2d:
+                    dev_in[s] = cp.empty(block.nbytes, dtype=cp.uint8)
+            dev = dev_in[s][: block.nbytes].view(block.dtype).reshape(block.shape)
+            dev.set(host_in, stream=h2d)
+            uploaded[s] = h2d.record()
+            comp.wait_event(uploaded[s])
+            with comp:
+                res = recon(dev, None)
+                computed[s] = comp.record()
+            d2h.wait_event(computed[s])
+            flush()  # chunk i - 1 leaves pinned memory before its buffer is reused
+            if pin_out[s] is None or pin_out[s].nbytes < res.nbytes:
+                pin_out[s] = cupyx.empty_pinned(res.nbytes, dtype=np.uint8)
+            host_out = pin_out[s][: res.nbytes].view(res.dtype).reshape(res.shape)
+            res.get(stream=d2h, out=host_out, blocking=False)  # the host goes on reading chunk i + 1
+            pending = (a, b, host_out, d2h.record(), res)
+        flush()
+        for st in (h2d, comp, d2h):
+            st.synchronize()

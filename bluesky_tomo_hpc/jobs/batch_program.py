@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
 import threading
 import time
@@ -95,9 +96,11 @@ class SingleRank:
         return None
 
 
-def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
+def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
-    from ..engine.reconstruct import find_center, preprocess_projections, to_unbinned
+    from ..engine.center import resolve_uncertain_center
+    from ..engine.halfturn import output_width
+    from ..engine.reconstruct import center_summary, find_center, preprocess_projections, to_unbinned
     from ..sources.raw_files import load_scan
 
     if job.params.center != "auto":
@@ -109,8 +112,15 @@ def _find_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     r1 = min(rows[1], r0 + max(2 * half, b))
     params = job.params.with_updates(rows=None)
     proj_log, theta, _ = preprocess_projections(load_scan(job.input_path, rows=(r0, r1)), params)
-    c, conf, method = find_center(proj_log, theta, params)
-    return CenterChoice(to_unbinned(c, b), conf, method)
+    # below the confidence threshold: the detector middle, with a warning (never a silent guess)
+    est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], None, b)
+    details = center_summary(est, b)
+    width = output_width(proj_log.shape[2], est.center, theta, params.half_acquisition)
+    if width != proj_log.shape[2]:  # half acquisition: the slices cover the stitched field of view
+        details.update(half_acquisition=True, field_of_view_px=width)
+    if est.details.get("uncertain"):
+        details["warning"] = est.details["warning"]
+    return CenterChoice(to_unbinned(est.center, b), est.confidence, est.method, details)
 
 
 def rank_budget_bytes(resources: Resources, size: int) -> int:
@@ -186,11 +196,16 @@ def run(
         hasher.start()  # after the input was found; overlaps the centre search and reconstruction
         t = time.perf_counter()
         try:
-            plan["center"] = _find_center(job, plan["rows"])
+            plan["center"] = choose_center(job, plan["rows"])
         except BaseException as exc:
             writer.fail(exc)
             raise
         plan["center_s"] = time.perf_counter() - t
+        width = plan["center"].details.get("field_of_view_px")
+        if width and width != plan["shape"][1]:  # half acquisition: a wider volume than planned
+            shutil.rmtree(writer.layout.partial)
+            plan["shape"] = (plan["shape"][0], width, width)
+            writer = _writer(job, plan, create=True)
     plan = comm.bcast(plan, root=0)
     comm.Barrier()  # the .partial folder exists
     if writer is None:
@@ -237,7 +252,10 @@ def run(
         "ranks": size,
         "slabs": [{"rank": i["rank"], "rows": list(i["rows"]), "seconds": i["seconds"]} for i in infos],
         "timings": {"center_s": plan["center_s"], "reconstruct_s": max(i["seconds"] for i in infos)},
-        "warnings": sorted({w for i in infos for w in i["warnings"]}),
+        "warnings": sorted({w for i in infos for w in i["warnings"]} | (
+            {center.details["warning"]} if "warning" in center.details else set())),
+        "center_confidence": center.confidence,
+        "center_details": dict(center.details),
         "volume_zarr": str(layout.full_resolution),
         "ome_zarr": str(layout.zarr),
         "tiff_dir": str(layout.tiff_dir) if job.outputs.tiff else None,
@@ -252,6 +270,7 @@ def run(
         rows=plan["rows"], voxel_size_um=plan["voxel_size_um"], engine=report.engine,
         warnings=result["warnings"],
         extra={"job_id": job.job_id, "ranks": size, "slabs": result["slabs"], "slab_rows": plan["slab"],
+               "sample": job.metadata.get("sample"), "series": job.metadata.get("series"),
                "timing_note": "per stage: seconds in that stage on the busiest rank; stages overlap "
                               "(reader and writer threads), so they add up to more than total"},
     )
@@ -279,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s rank {rank}: %(message)s", stream=sys.stderr)
+    from ..engine.backend import use_gpu_of_local_rank
+
+    # every GPU of a node: launch one rank per GPU; each keeps to the device of its node-local rank
+    gpu = use_gpu_of_local_rank(comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank())
+    if gpu is not None:
+        log.info("rank %d uses GPU %d", rank, gpu)
     if len(argv) != 1:
         if rank == 0:
             print("usage: python -m bluesky_tomo_hpc.batch JOB.json", file=sys.stderr)

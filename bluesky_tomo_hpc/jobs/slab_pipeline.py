@@ -33,20 +33,31 @@ DEFAULT_SLAB_SLICES = 16
 _INPUT_SLABS, _OUTPUT_SLABS = 3, 3
 
 
+#: memory a rank holds besides its slabs, measured (peak RSS above an idle interpreter with the same
+#: imports, 360 x 128 x 512 scan, budgets 64-256 MiB): FINUFFT plan, Zarr/asyncio and h5py buffers,
+#: per-thread malloc arenas
+FIXED_OVERHEAD_BYTES = 96 * 2**20
+
+
 def slab_bytes_per_row(n_projections: int, n_columns: int, binning: int) -> tuple[int, int]:
     """``(bytes per unbinned detector row, fixed bytes)`` of one rank's pipeline.
 
     Per row in flight: the raw uint16 frames (2 B/pixel) and float32 working copies while one slab
     is normalised, one prepared slab queued and one being reconstructed (4 B per binned pixel
-    each, 2 copies while preparing), and three slabs of output slices (computing, queued,
-    writing). Fixed: the engine's per-chunk scratch (one copy of padded complex64 sinograms) of
-    ``ReconParams.chunk_slices`` slices, counted at the default 16.
+    each, 2 copies while preparing), three slabs of output slices (computing, queued, writing),
+    and the engine's scratch per slice (the transposed sinogram, padded complex64 sinograms and
+    their spectrum, the complex image: ``20 B x angles x columns + 8 B x columns^2``; counted for
+    every row, though the engine works on at most ``chunk_slices`` of them at once). Fixed:
+    :data:`FIXED_OVERHEAD_BYTES` and the NUFFT plans' oversampled grids (a 4-pair plan and a
+    1-pair plan for short batches: 5 complex64 grids of ``(1.25 x columns)^2``).
     """
     p, n, b = int(n_projections), int(n_columns), max(1, int(binning))
     nb = n // b
-    per_row = 2 * p * n + (4 * p * nb * (_INPUT_SLABS + 1)) // b + (4 * nb * nb * _OUTPUT_SLABS) // b
-    fixed = 16 * p * 2 * nb * 8
-    return per_row, fixed
+    per_slice_scratch = 20 * p * nb + 8 * nb * nb
+    per_row = (2 * p * n + (4 * p * nb * (_INPUT_SLABS + 1)) // b + (4 * nb * nb * _OUTPUT_SLABS) // b
+               + per_slice_scratch // b)
+    grids = 5 * 8 * int(1.25 * nb + 1) ** 2
+    return per_row, FIXED_OVERHEAD_BYTES + grids
 
 
 def slab_rows(
@@ -139,6 +150,7 @@ def reconstruct_rows(
     """Reconstruct unbinned detector rows ``rows`` of ``input_path`` at ``center`` (unbinned
     column) in slabs of ``slab`` rows, calling ``write(z, slices)`` on a writer thread with
     ``z`` = the slab's first slice + ``z_offset``. ``progress(slices)`` after each slab written."""
+    from ..engine.halfturn import is_half_acquisition, stitch_half_acquisition
     from ..engine.reconstruct import (
         make_chunk_reconstructor,
         preprocess_projections,
@@ -187,6 +199,8 @@ def reconstruct_rows(
             z, proj_log, theta, warnings = item
             t = time.perf_counter()
             c_b = to_binned(center, b)
+            if is_half_acquisition(c_b, proj_log.shape[2], theta, params.half_acquisition):
+                proj_log, theta, c_b = stitch_half_acquisition(proj_log, theta, c_b)  # offset axis
             if recon is None:  # one plan for every slab: same angles, centre and width
                 recon = make_chunk_reconstructor(np.asarray(theta, dtype=np.float64), c_b,
                                                  proj_log.shape[2], params, engine=report.engine)

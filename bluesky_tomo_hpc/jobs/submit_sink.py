@@ -111,6 +111,8 @@ class HPCSubmitSink:
                 "shape": list(shape),
                 "raw_files": list(spec.raw_files),
                 "tomo": spec.metadata.get("tomo", {}),
+                "sample": spec.metadata.get("sample"),
+                "series": spec.metadata.get("series"),
             },
         )
         try:  # the usual case, at once; a busy journal is waited for on the staging thread instead

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine.params import ReconParams
+from ..metadata.pinned_center import PinnedCenters
 from ..results.tiled_results import find_reconstructions
 from ..results.writer import TiledResultWriter
 from ..sinks.full_volume import FullVolumeSink, ReconService
@@ -42,8 +43,11 @@ class RunQuery:
     since: str | None = None
     until: str | None = None
     plan_name: str | None = None
-    sample: str | None = None
+    sample: str | None = None  # start["sample"]["name"], or a bare-string start["sample"]
     uids: tuple[str, ...] = ()
+    series: str | None = None  # start["series"]["id"]
+    #: (key, op, value) criteria on any start-document key, e.g. metadata.queries.parse_where(...)
+    where: tuple[tuple[str, str, Any], ...] = ()
 
     def describe(self) -> str:
         parts = [f"{k}={v!r}" for k, v in vars(self).items() if v not in (None, ())]
@@ -82,9 +86,12 @@ class ReprocessSummary:
 
 
 def search_runs(catalog: Any, query: RunQuery) -> Any:
-    """Apply ``query`` to a CatalogOfBlueskyRuns client with Tiled / bluesky-tiled-plugins queries."""
+    """Apply ``query`` to a CatalogOfBlueskyRuns client with Tiled / bluesky-tiled-plugins queries
+    (all but ``sample`` and ``uids``, which have alternatives: see :func:`_matching`)."""
     from bluesky_tiled_plugins.queries import ScanIDRange, TimeRange
     from tiled.queries import Key
+
+    from ..metadata.queries import series_query, where_query
 
     results = catalog
     if query.scan_ids is not None:
@@ -94,23 +101,32 @@ def search_runs(catalog: Any, query: RunQuery) -> Any:
         results = results.search(TimeRange(since=query.since, until=query.until))
     if query.plan_name:
         results = results.search(Key("plan_name") == query.plan_name)
-    if query.sample:
-        results = results.search(Key("sample") == query.sample)
+    if query.series:
+        results = results.search(series_query(query.series))
+    for key, op, value in query.where:
+        results = results.search(where_query(key, op, value))
     return results
 
 
 def _matching(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any]]:
-    """``(uid, run)`` pairs; several uids are searched one by one (Tiled ANDs the criteria of a
-    search, and bluesky-tiled-plugins refuses several PartialUIDs in one query)."""
+    """``(uid, run)`` pairs; several uids, and the two ways a sample name is stored, are searched
+    one by one (Tiled ANDs the criteria of a search, and bluesky-tiled-plugins refuses several
+    PartialUIDs in one query)."""
     from bluesky_tiled_plugins.queries import PartialUID
 
-    results = search_runs(catalog, query)
-    if not query.uids:
-        yield from results.items()
+    from ..metadata.queries import sample_queries
+
+    branches = [search_runs(catalog, query)]
+    if query.sample:
+        branches = [b.search(q) for b in branches for q in sample_queries(query.sample)]
+    if query.uids:
+        branches = [b.search(PartialUID(p)) for b in branches for p in query.uids]
+    if len(branches) == 1:
+        yield from branches[0].items()
         return
     seen: set[str] = set()
-    for partial in query.uids:
-        for uid, run in results.search(PartialUID(partial)).items():
+    for branch in branches:
+        for uid, run in branch.items():
             if uid not in seen:
                 seen.add(uid)
                 yield uid, run
@@ -195,13 +211,15 @@ def reprocess(
     summary = ReprocessSummary(params_hash=params.params_hash, matched=len(candidates))
     service = ReconService()
     writer = TiledResultWriter(processed, kind="full")
+    pinned = PinnedCenters()  # a series keeps one centre, a pinned scan its own, as live
+    service.listeners.append(pinned.remember)
     try:
         for i, (uid, run, layout) in enumerate(candidates):
             scan_id = run.metadata.get("start", {}).get("scan_id") if layout != NOT_A_RUN else None
             t0 = time.perf_counter()
             try:
                 outcome = _one(uid, run, layout, scan_id, catalog, processed, params, service, writer,
-                               submit, allow_incomplete)
+                               submit, pinned, allow_incomplete)
             except Exception as exc:  # one bad run must not stop the others
                 log.exception("run %s could not be re-processed", uid)
                 outcome = RunOutcome(uid, scan_id, "failed", f"{type(exc).__name__}: {exc}")
@@ -217,7 +235,8 @@ def reprocess(
 
 def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: Any, processed: Any,
          params: ReconParams, service: ReconService, writer: TiledResultWriter,
-         submit: Callable[[str, Any], str] | None, allow_incomplete: bool = False) -> RunOutcome:
+         submit: Callable[[str, Any], str] | None, pinned: PinnedCenters,
+         allow_incomplete: bool = False) -> RunOutcome:
     if layout == NOT_A_RUN:
         return RunOutcome(uid, scan_id, "not-a-run", "not a Bluesky run; skipped")
     if layout is None:
@@ -237,7 +256,11 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
             return RunOutcome(uid, scan_id, "submitted", f"job {submit(uid, run)}")
         except Exception as exc:
             return RunOutcome(uid, scan_id, "failed", f"submission failed: {exc}")
-    errors = _replay(run, lambda: FullVolumeSink(params, service, writer), catalog)
+
+    def sink() -> FullVolumeSink:
+        return FullVolumeSink(params, service, writer, center_for=pinned.center_for)
+
+    errors = _replay(run, sink, catalog)
     service.wait()
     result = service.outcomes.pop(uid, None)
     if result is not None and result.ok:

@@ -23,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..metadata.pinned_center import PinnedCenters
 from ..model import UnsafeNameError, path_inside
 from ..results.recovery import TiledRecovery
+from ..results.series_volume import SeriesCollector
 from ..results.spool import ResultSpool
 from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
@@ -75,6 +77,26 @@ class TomoPipeline:
         #: (detector key, frame shape) -> the centre of its last confident reconstruction
         self.centers: dict[tuple[str, tuple[int, ...]], float] = {}
         self.service.listeners.append(self._remember_center)
+        #: centres fixed by a scan's metadata or its series (see metadata.pinned_center)
+        self.pinned = PinnedCenters()
+        self.service.listeners.append(self.pinned.remember)
+        #: called with each run's settled final live preview (steering waits on these)
+        self.preview_listeners: list[Callable[[Any], None]] = []
+        in_place = settings.tiled.register_in_place
+        #: time series grouped into a Tiled container and an OME-Zarr with a t axis
+        self.series = SeriesCollector(
+            lambda: processed_container(client, settings.tiled.series_container), self.data_dir / "series",
+            register_in_place=server is not None if in_place is None else in_place)
+        self.service.listeners.append(self.series)
+        #: SciCat datasets (raw per scan, derived per reconstruction), when settings.scicat.uri is set
+        self.scicat = None
+        if settings.scicat.uri:
+            from ..jobs.scicat import ScicatPublisher
+            from ..jobs.scicat_outbox import ScicatOutbox
+
+            journal = self.monitor.journal if self.monitor is not None else settings.journal_path
+            self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(journal))
+            self.service.listeners.append(self.scicat.queue_derived)
         if settings.jobs.executor != "none":
             from ..jobs.factory import make_monitor
 
@@ -119,7 +141,8 @@ class TomoPipeline:
             sinks.append(self.make_preview())
         if self.settings.full_volume:
             sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
-                                        progress=self.progress))
+                                        progress=self.progress, center_for=self.pinned.center_for,
+                                        fallback_center=self._previous_center))
         if self.monitor is not None:
             from ..jobs.factory import make_submit_sink
 
@@ -127,6 +150,11 @@ class TomoPipeline:
             submit.report = self.report_error
             self._submit_sinks.append(submit)
             sinks.append(submit)
+        if self.scicat is not None:
+            from ..jobs.scicat import ScicatRawSink
+
+            raw_uri = getattr(self.raw, "uri", "")
+            sinks.append(ScicatRawSink(self.scicat, lambda uid: f"{raw_uri}/{uid}"))
         sinks.extend(factory() for factory in self._extra_sinks)
         return SinkFanout(sinks)
 
@@ -149,7 +177,8 @@ class TomoPipeline:
         center = recon.center if isinstance(recon.center, float | int) else None
         sink = PreviewSink(outputs, binning=pv.binning, positions=pv.positions, center=center,
                            fallback_center=self._previous_center,
-                           filter_name=recon.filter_name, max_queue_bytes=int(pv.max_queue_mb * 2**20),
+                           filter_name=recon.filter_name, device=recon.device,
+                           max_queue_bytes=int(pv.max_queue_mb * 2**20),
                            publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
                            refine_center=pv.refine_center)
         self._preview_sinks.append(sink)
@@ -159,16 +188,29 @@ class TomoPipeline:
     def _keep_preview(self, update: Any) -> None:
         if update.final:
             self.previews[update.run_uid] = update
+        if update.final and not update.metadata.get("refinement_pending"):
+            for listener in list(self.preview_listeners):
+                try:
+                    listener(update)
+                except Exception:
+                    log.exception("preview listener failed for run %s", update.run_uid)
 
     def _previous_center(self, spec: Any) -> float | None:
         """The centre the last reconstruction of this detector found: the next live preview
-        starts from it (the axis rarely moves between scans)."""
+        starts from it (the axis rarely moves between scans); a centre pinned by the scan's
+        metadata or series comes first."""
+        pinned = self.pinned.pinned(spec.metadata)
+        if pinned is not None:
+            return pinned
         return self.centers.get((spec.detector_key, tuple(spec.frame_shape)))
 
     def _remember_center(self, outcome: Any) -> None:
+        from ..engine.center import CONFIDENCE_THRESHOLD
+
         result = getattr(outcome, "result", None)
         spec = getattr(outcome, "spec", None)
-        if outcome.ok and result is not None and spec is not None and outcome.center_confidence > 0.5:
+        if (outcome.ok and result is not None and spec is not None
+                and outcome.center_confidence >= CONFIDENCE_THRESHOLD):
             self.centers[(spec.detector_key, tuple(spec.frame_shape))] = float(outcome.center)
 
     def report_error(self, run_uid: str, message: str) -> None:
@@ -234,6 +276,8 @@ class TomoPipeline:
             self.monitor.stop()
         if self._preview_publisher is not None:
             self._preview_publisher.close()
+        if self.scicat is not None:
+            self.scicat.close()
         self.service.shutdown()
         if self.server is not None:
             self.server.close()

@@ -255,7 +255,7 @@ class StreamWorker:
         center = recon.center if isinstance(recon.center, float | int) else None
         sink = PreviewSink([*self.outputs, self._remember_center], binning=pv.binning,
                            positions=pv.positions, center=center, fallback_center=self._previous_center,
-                           filter_name=recon.filter_name,
+                           filter_name=recon.filter_name, device=recon.device,
                            max_queue_bytes=self.max_queue_bytes,
                            publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
                            refine_center=pv.refine_center)

@@ -50,6 +50,8 @@ class BatchRegistrar:
             "tiff_dir": result.get("tiff_dir"),
             "provenance": str(job.outputs.provenance_path),
             "warnings": result.get("warnings", []),
+            "sample": job.metadata.get("sample"),
+            "series": job.metadata.get("series"),
         }
 
         def write(in_place: bool) -> Any:

@@ -14,7 +14,7 @@ import platform
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as _md
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,16 @@ class CenterChoice:
     value: float
     confidence: float
     method: str
+    #: how an automatic centre was found (uncertainty_px, seconds, uncertain + estimate + warning
+    #: when a fallback replaced it): ``engine.reconstruct.center_summary``
+    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"value": float(self.value), "confidence": float(self.confidence), "method": self.method,
-                "convention": "0-based unbinned detector column (pixel-index)"}
+        out = {"value": float(self.value), "confidence": float(self.confidence), "method": self.method,
+               "convention": "0-based unbinned detector column (pixel-index)"}
+        if self.details:
+            out["details"] = jsonable(self.details)
+        return out
 
 
 def command_line() -> list[str]:

@@ -72,7 +72,7 @@ def _clean_metadata(md: Mapping[str, Any]) -> dict[str, Any]:
     return jsonable(dict(md))
 
 
-def _zarr_structure(path: Path) -> Any:
+def _zarr_structure(path: Path, dims: tuple[str, ...] = ("z", "y", "x")) -> Any:
     import zarr
     from tiled.structures.array import ArrayStructure, BuiltinDtype
 
@@ -84,12 +84,13 @@ def _zarr_structure(path: Path) -> Any:
         data_type=BuiltinDtype.from_numpy_dtype(np.dtype(z.dtype)),
         shape=tuple(z.shape),
         chunks=chunks,
-        dims=("z", "y", "x"),
+        dims=dims,
     )
 
 
 def register_zarr_in_place(
-    container: Any, key: str, path: Path, metadata: Mapping[str, Any] | None = None
+    container: Any, key: str, path: Path, metadata: Mapping[str, Any] | None = None,
+    dims: tuple[str, ...] = ("z", "y", "x"),
 ) -> Any:
     """Register an existing Zarr array as an external node (no copy); the server must be able
     to read ``path`` (its ``readable_storage``)."""
@@ -101,7 +102,7 @@ def register_zarr_in_place(
         management=Management.external,
         mimetype="application/x-zarr",
         structure_family=StructureFamily.array,
-        structure=_zarr_structure(path),
+        structure=_zarr_structure(path, dims),
         parameters={},
         assets=[Asset(data_uri=ensure_uri(str(path)), is_directory=True, parameter="data_uri")],
     )

@@ -11,7 +11,8 @@ Why all-or-nothing: a half-written volume that looks finished is worse than none
 fewer rows used to leave stale TIFFs beside the new volume). Everything is written into
 ``<name>.partial/`` and renamed to ``<name>`` when complete; an existing result is refused unless
 ``overwrite`` is given; a failed write (a full disk included) leaves only ``<name>.partial/FAILED.txt``
-saying why, and raises :class:`VolumeWriteError` with the same reason.
+saying why, and raises :class:`VolumeWriteError` with the same reason (an interrupt is noted
+and propagates as itself).
 
 Why slab by slab: a 2560^3 float32 volume is 67 GB. :class:`VolumeWriter` takes slabs of slices
 as they are reconstructed (from any thread, any MPI rank writing whole chunks) and never holds
@@ -305,15 +306,12 @@ class VolumeWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        if exc is not None and not isinstance(exc, VolumeWriteError):
-            raise self.fail(exc) from exc
-
-
-def remove_partial(directory: str | Path) -> None:
-    """Remove a failed or abandoned ``<name>.partial`` folder (never a finished result)."""
-    partial = ResultLayout(Path(directory)).partial
-    if partial.exists():
-        shutil.rmtree(partial)
+        if exc is None or isinstance(exc, VolumeWriteError):
+            return
+        error = self.fail(exc)
+        if isinstance(exc, Exception):
+            raise error from exc
+        # KeyboardInterrupt, SystemExit: noted, and left to propagate as what they are
 
 
 def is_complete(directory: str | Path) -> bool:

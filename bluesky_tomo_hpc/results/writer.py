@@ -22,13 +22,16 @@ def result_metadata(spec: ScanSpec, result: Any) -> dict[str, Any]:
         "center": float(result.center),
         "center_confidence": float(result.center_confidence),
         "center_method": result.center_method,
+        "center_details": dict(getattr(result, "center_details", {}) or {}),
+        "center_uncertain": bool((getattr(result, "center_details", {}) or {}).get("uncertain", False)),
         "timings": {k: round(float(v), 4) for k, v in result.timings.items()},
         "warnings": list(result.warnings),
         "rows": list(result.rows) if result.rows is not None else None,
         "shape": list(result.volume.shape),
         "scan_id": spec.scan_id,
         "plan_name": spec.plan_name,
-        "sample": tomo.get("sample") or spec.metadata.get("sample"),
+        "sample": spec.metadata.get("sample") or tomo.get("sample"),
+        "series": spec.metadata.get("series"),
         "source": spec.source,
         "raw_files": list(spec.raw_files),
     }
@@ -59,6 +62,8 @@ class TiledResultWriter:
         previews = preview_slices(result.volume)
         if self.png_dir is not None:
             title = f"run {spec.run_uid[:8]}  centre {result.center:.2f} px"
+            if (getattr(result, "center_details", {}) or {}).get("uncertain"):
+                title += "  (centre uncertain)"
             self.pngs[spec.run_uid] = save_orthoslices_png(
                 previews, self.png_dir / f"{safe_component(spec.run_uid[:8], 'run uid')}_slices.png", title)
         metadata = result_metadata(spec, result)

@@ -13,6 +13,7 @@ from .hdf5_writer import ANGLE_PATH, DATA_PATH, FrameFile
 from .optics import DetectorPhysics, FrameSimulator
 from .phantom import Ellipsoid, Phantom, shepp_logan_3d
 from .plans import image_key, tomo_dark_flat, tomo_dark_flat_and_scan, tomo_fly_scan, tomo_scan
+from .scan_arrays import offset_axis_geometry, simulate_scan
 from .stage import SHUTTER_CLOSED, SHUTTER_OPEN, BeamState, TomoStage, make_async_stage, make_v1_stage
 
 __all__ = [
@@ -33,7 +34,9 @@ __all__ = [
     "make_async_stage",
     "make_sim_beamline",
     "make_v1_stage",
+    "offset_axis_geometry",
     "shepp_logan_3d",
+    "simulate_scan",
     "tomo_dark_flat",
     "tomo_dark_flat_and_scan",
     "tomo_fly_scan",

@@ -10,6 +10,7 @@ import numpy as np
 
 from .optics import DetectorPhysics, FrameSimulator
 from .phantom import Phantom, shepp_logan_3d
+from .scan_arrays import offset_axis_geometry
 from .stage import TomoStage, make_async_stage, make_v1_stage
 
 FLAVOURS = ("ophyd_async", "ophyd_v1")
@@ -26,6 +27,7 @@ class SimBeamline:
     simulator: FrameSimulator
     data_dir: Path
     flavour: str
+    half_acquisition: bool = False
 
     @property
     def rotation_offset_px(self) -> float:
@@ -39,6 +41,15 @@ class SimBeamline:
     def expected_line_integrals(self, angle_deg: float) -> np.ndarray:
         """Noiseless -log(normalised projection) at ``angle_deg``: what a reduction should give."""
         return self.simulator.expected_line_integrals(angle_deg) * self.physics.scale
+
+    @property
+    def field_of_view_px(self) -> int:
+        """Width of the reconstructed slices: the detector's, or for a half acquisition the
+        stitched width ``2 * round(centre) + 1`` (the axis in the middle of it)."""
+        nx = self.physics.shape[1]
+        if not self.half_acquisition:
+            return nx
+        return nx + abs(int(round(2 * self.rotation_center_px - (nx - 1))))
 
     def ground_truth(self, n: int | None = None, supersample: int = 2) -> np.ndarray:
         """The phantom voxelised on (ny, n, n) (default n = nx), centred on the rotation axis."""
@@ -83,6 +94,7 @@ def make_sim_beamline(
     external_files: bool = False,
     connect_timeout: float = 10.0,
     rotation_accel_time: float = 0.05,
+    half_acquisition: bool = False,
 ) -> SimBeamline:
     """Build the phantom, the detector physics and connected devices of one ``flavour``.
 
@@ -91,12 +103,19 @@ def make_sim_beamline(
     axis ramps up in ``rotation_accel_time`` seconds in fly scans.
     ``ophyd_v1``: :class:`SimTomoDetectorV1` "tomo_det" with images in events, or, with
     ``external_files=True``, AD_HDF5 files under ``data_dir`` referenced by Resource/Datum.
+    ``half_acquisition=True``: offset-axis mode for 360-degree scans of a sample wider than the
+    detector (:func:`~.scan_arrays.offset_axis_geometry`: the axis nx / 8 from the right edge,
+    ``rotation_offset_px`` ignored); scan 0..360 degrees and say so in the plan's metadata
+    (``md={"tomo": {"half_acquisition": True}}``), or let the pipeline find it in the data.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
     data_dir = Path(data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    phantom = shepp_logan_3d(shape, peak_line_integral=peak_line_integral)
+    fill = 0.85
+    if half_acquisition:
+        rotation_offset_px, fill = offset_axis_geometry(shape[1])
+    phantom = shepp_logan_3d(shape, peak_line_integral=peak_line_integral, fill=fill)
     physics = DetectorPhysics(
         shape=tuple(shape),
         photons=photons,
@@ -123,4 +142,4 @@ def make_sim_beamline(
             name=detector_name or "tomo_det",
             data_dir=data_dir if external_files else None,
         )
-    return SimBeamline(detector, stage, phantom, physics, simulator, data_dir, flavour)
+    return SimBeamline(detector, stage, phantom, physics, simulator, data_dir, flavour, half_acquisition)

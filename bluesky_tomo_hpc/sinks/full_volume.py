@@ -107,11 +107,19 @@ class FullVolumeSink:
         service: ReconService,
         writer: ResultWriter | None = None,
         progress: Callable[[int, int], None] | None = None,
+        center_for: Callable[[ScanSpec, ReconParams], float | None] | None = None,
+        fallback_center: Callable[[ScanSpec], float | None] | None = None,
     ):
         self.params = params
+        #: a centre pinned by the scan's metadata (None: the parameters decide), asked when the job
+        #: starts; the parameters (and their hash) stay those requested
+        self.center_for = center_for
         self.service = service
         self.writer = writer
         self.progress = progress
+        #: the last confident centre of the scan's detector: used when the automatic centre is
+        #: uncertain (see ``engine.center.resolve_uncertain_center``)
+        self.fallback_center = fallback_center
         self._acc: FrameAccumulator | None = None
 
     def open(self, spec: ScanSpec) -> None:
@@ -132,13 +140,15 @@ class FullVolumeSink:
             self.service.outcomes[end.run_uid] = ReconOutcome(
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
-        params, writer, progress = self.params, self.writer, self.progress
+        params, writer, progress, center_for = self.params, self.writer, self.progress, self.center_for
 
         def job() -> ReconOutcome:
             from ..engine.reconstruct import reconstruct_scan
 
             data = acc.assemble()
-            result = reconstruct_scan(data, params, progress=progress)
+            center = center_for(acc.spec, params) if center_for is not None else None
+            fallback = self.fallback_center(acc.spec) if self.fallback_center is not None else None
+            result = reconstruct_scan(data, params, center=center, fallback=fallback, progress=progress)
             for warning in result.warnings:  # to the terminal too, not only the stored metadata
                 log.warning("run %s: %s", acc.spec.run_uid, warning)
             location = writer.write(acc.spec, result) if writer is not None else ""

@@ -17,6 +17,12 @@ the constructor's, else ``start["tomo"]["rotation_center_hint"]``, else what the
 (the worker: the last scan's), else the detector middle. At stop it is checked on the 0/180-degree
 pair; if it was wrong the xy slice is recomputed from its cached sinogram row and sent as a second
 final (metadata ``center_check``), within a second of the first.
+
+Array backend: NumPy on a CPU; with ``device`` ``"gpu"`` (or ``"auto"`` where CuPy sees a GPU) the
+frames are uploaded as they come (raw uint16), binned, normalised, filtered and back-projected on
+the GPU, a whole batch of projections per gather (:meth:`PreviewSink._backproject_batch`); only
+the three slices come back, at each publish. The batched gather is tested on NumPy against the
+per-frame one; the CuPy run has not happened on a GPU yet (see docs).
 """
 
 from __future__ import annotations
@@ -36,15 +42,19 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from ..engine.backend import choose_device, get_array_module, to_numpy
 from ..engine.filters import center_phase, filter_response, padded_width
 from ..engine.params import ReconParams
-from ..engine.preprocess import bin_frames
+from ..engine.preprocess import bin_frames, to_binned, to_unbinned
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError, safe_component
 from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
 
 PreviewOutput = Callable[[PreviewUpdate], None]
+
+#: correlation peak of the mirrored 0/180 pair above which the pair's centre is trusted
+PAIR_PEAK_CONFIDENT = 0.3
 
 
 @dataclass
@@ -85,6 +95,8 @@ class PreviewSink:
         refine_center: bool = True,
         center_tolerance_px: float = 0.5,
         max_cached_rows: int = 8192,
+        device: str = "auto",
+        gpu_batch: int = 32,
     ):
         if binning < 1:
             raise ValueError(f"preview binning must be >= 1, got {binning}")
@@ -103,6 +115,8 @@ class PreviewSink:
         self.refine_center = refine_center
         self.center_tolerance_px = center_tolerance_px
         self.max_cached_rows = max_cached_rows
+        self.xp = choose_device(device)  # numpy, or cupy on a GPU
+        self.gpu_batch = gpu_batch  # projections per batched gather on the GPU
         self._cond = threading.Condition()
         self._queue: deque[FrameBatch | ScanEnd] = deque()
         self._queued_bytes = 0
@@ -182,7 +196,7 @@ class PreviewSink:
         if center is None:
             center, hint_source = (nx - 1) / 2.0, "detector middle"
         pz, py, px = self.positions
-        self.geo = _Geometry(nz=nz, nw=nw, b=b, center=(float(center) - (b - 1) / 2.0) / b,
+        self.geo = _Geometry(nz=nz, nw=nw, b=b, center=to_binned(float(center), b),
                              z0=min(nz - 1, int(round(pz * (nz - 1)))),
                              y0=min(nw - 1, int(round(py * (nw - 1)))),
                              x0=min(nw - 1, int(round(px * (nw - 1)))))
@@ -194,18 +208,19 @@ class PreviewSink:
         self._n_pad, self._left = n_pad, (n_pad - nw) // 2
         shift = (self.geo.center + self._left) - n_pad // 2
         kernel = filter_response(n_pad, self.filter_name) * center_phase(n_pad, shift)
-        self._kernel = kernel[: n_pad // 2 + 1].astype(np.complex64)
+        xp = self.xp
+        self._kernel = xp.asarray(kernel[: n_pad // 2 + 1].astype(np.complex64))
         m = (nw - 1) / 2.0
-        g = np.arange(nw, dtype=np.float32) - np.float32(m)
+        g = xp.arange(nw, dtype=xp.float32) - np.float32(m)
         self._gx = g[None, :]  # columns: x
         self._gy = -g[:, None]  # rows: y, growing up the rows (engine.fbp.grid_coords, TomoPy)
         self._line_y0 = np.float32(m - self.geo.y0)
         self._line_x0 = np.float32(self.geo.x0 - m)
-        self.acc_xy = np.zeros((nw, nw), np.float32)
-        self.acc_xz = np.zeros((nz, nw), np.float32)
-        self.acc_yz = np.zeros((nz, nw), np.float32)
-        self._dark_sum = np.zeros((nz, nw), np.float64)
-        self._flat_sum = np.zeros((nz, nw), np.float64)
+        self.acc_xy = xp.zeros((nw, nw), xp.float32)
+        self.acc_xz = xp.zeros((nz, nw), xp.float32)
+        self.acc_yz = xp.zeros((nz, nw), xp.float32)
+        self._dark_sum = xp.zeros((nz, nw), xp.float64)
+        self._flat_sum = xp.zeros((nz, nw), xp.float64)
         self.n_dark = self.n_flat = 0
         self.n_used = 0
         self.n_skipped = 0
@@ -252,7 +267,9 @@ class PreviewSink:
             self._final_event.set()
 
     def _ingest(self, batch: FrameBatch) -> None:
-        frames = bin_frames(batch.frames, self.geo.b).astype(np.float32, copy=False)
+        xp = self.xp
+        # on a GPU the raw frames travel as they are (uint16: half the bytes) and bin there
+        frames = bin_frames(xp.asarray(batch.frames), self.geo.b).astype(xp.float32, copy=False)
         if batch.role is FrameRole.DARK:
             self._dark_sum += frames.sum(axis=0)
             self.n_dark += len(frames)
@@ -267,8 +284,13 @@ class PreviewSink:
             if self.refine_center:
                 self._keep_for_centre(sino, batch.angles)
             filtered = self._filter_rows(sino)
-            for q, theta in zip(filtered, batch.angles, strict=True):
-                self._backproject(q, float(theta))
+            if xp is np:
+                for q, theta in zip(filtered, batch.angles, strict=True):
+                    self._backproject(q, float(theta))
+            else:
+                angles = np.asarray(batch.angles, dtype=np.float64)
+                for k in range(0, len(angles), self.gpu_batch):
+                    self._backproject_batch(filtered[k : k + self.gpu_batch], angles[k : k + self.gpu_batch])
             self.n_used += len(frames)
 
     def _keep_for_centre(self, sino: np.ndarray, angles: np.ndarray) -> None:
@@ -280,7 +302,7 @@ class PreviewSink:
                 self._first = (theta, p.copy())
             miss = abs(abs(theta - self._first[0]) - math.pi)
             if self._opposite is None or miss < self._opposite[0]:
-                self._opposite = (miss, theta, p.copy())
+                self._opposite = (miss, theta, p.copy())  # on the device with CuPy: no transfer
             if len(self._row_angles) < self.max_cached_rows:
                 self._rows.append(p[self.geo.z0].copy())
                 self._row_angles.append(theta)
@@ -290,40 +312,45 @@ class PreviewSink:
         flat is provisionally a per-row constant, the brightest pixel of the row in the first
         projection: the error is then the flat's variation along each row, which is smooth and
         mostly removed by the ramp filter (the metadata counts such projections)."""
-        dark = (self._dark_sum / self.n_dark).astype(np.float32) if self.n_dark else np.float32(0)
-        p = np.maximum(frames - dark, np.float32(self.min_transmission))
+        xp = self.xp
+        dark = (self._dark_sum / self.n_dark).astype(xp.float32) if self.n_dark else np.float32(0)
+        p = xp.maximum(frames - dark, np.float32(self.min_transmission))
         if self.n_flat:
-            f = np.maximum((self._flat_sum / self.n_flat).astype(np.float32) - dark, np.float32(1e-3))
+            f = xp.maximum((self._flat_sum / self.n_flat).astype(xp.float32) - dark, np.float32(1e-3))
         else:
             if self._provisional_flat is None:
                 self._provisional_flat = p[0].max(axis=-1, keepdims=True)
             f = self._provisional_flat
             self.n_before_flat += len(frames)
         p /= f
-        np.maximum(p, np.float32(self.min_transmission), out=p)
-        np.log(p, out=p)
-        np.negative(p, out=p)
+        xp.maximum(p, np.float32(self.min_transmission), out=p)
+        xp.log(p, out=p)
+        xp.negative(p, out=p)
         return p
 
     def _filter_rows(self, sino: np.ndarray) -> np.ndarray:
         """Filter along detector rows, edge-padded; returns (n, nz, n_pad + 3) with the axis at
         column n_pad // 2 + 1 and zero columns at both ends, so off-detector positions read 0."""
+        xp = self.xp
         n, nz, nw = sino.shape
         n_pad, left = self._n_pad, self._left
-        padded = np.empty((n, nz, n_pad), np.float32)
+        padded = xp.empty((n, nz, n_pad), xp.float32)
         padded[..., left:left + nw] = sino
         padded[..., :left] = sino[..., :1]
         padded[..., left + nw:] = sino[..., -1:]
-        spec = scipy.fft.rfft(padded, axis=-1, workers=1)
+        fft = scipy.fft if xp is np else xp.fft
+        kw = {"workers": 1} if xp is np else {}
+        spec = fft.rfft(padded, axis=-1, **kw)
         spec *= self._kernel
-        q = np.zeros((n, nz, n_pad + 3), np.float32)
-        q[..., 1:n_pad + 1] = scipy.fft.irfft(spec, n=n_pad, axis=-1, workers=1)
+        q = xp.zeros((n, nz, n_pad + 3), xp.float32)
+        q[..., 1:n_pad + 1] = fft.irfft(spec, n=n_pad, axis=-1, **kw)
         return q
 
-    def _positions(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _positions(self, s: Any) -> tuple[Any, Any]:
         """Column in the zero-bordered filtered row, and the linear weight of the next one."""
-        np.clip(s, -1.0, float(self._n_pad), out=s)
-        i0 = np.floor(s)
+        xp = get_array_module(s)
+        xp.clip(s, -1.0, float(self._n_pad), out=s)
+        i0 = xp.floor(s)
         w = s - i0
         return i0.astype(np.intp) + 1, w
 
@@ -349,6 +376,31 @@ class PreviewSink:
             v0 = q[:, i]
             acc += v0 + w * (q[:, i + 1] - v0)
 
+    def _backproject_batch(self, q: Any, thetas: np.ndarray) -> None:
+        """Add ``B`` filtered projections (B, nz, n_pad + 3) at once: one gather per slice for
+        the whole batch (what keeps a GPU busy; per frame it would wait on kernel launches).
+        The same sums as :meth:`_backproject`, which the tests check on NumPy."""
+        xp = get_array_module(q)
+        n_b, nz, width = q.shape
+        c = xp.asarray(np.cos(thetas), dtype=xp.float32)[:, None, None]
+        s_ = xp.asarray(np.sin(thetas), dtype=xp.float32)[:, None, None]
+        axis = np.float32(self._n_pad // 2)
+        # xy slice at row z0: rows (B, width) gathered at (B, nw, nw) positions
+        rows = q[:, self.geo.z0, :].ravel()
+        i, w = self._positions(self._gx[None] * c + (self._gy[None] * s_ + axis))
+        flat = i + (xp.arange(n_b, dtype=i.dtype) * width)[:, None, None]
+        v0 = rows[flat]
+        self.acc_xy += (v0 + w * (rows[flat + 1] - v0)).sum(axis=0)
+        # xz line (y = y0) and yz line (x = x0) of every row: (B, nz, nw) gathers
+        cb, sb = c[:, 0], s_[:, 0]  # (B, 1)
+        for acc, s_line in ((self.acc_xz, self._gx[0][None, :] * cb + (self._line_y0 * sb + axis)),
+                            (self.acc_yz, self._line_x0 * cb + self._gy[:, 0][None, :] * sb + axis)):
+            i, w = self._positions(s_line)  # (B, nw)
+            idx = xp.broadcast_to(i[:, None, :], (n_b, nz, i.shape[-1]))
+            v0 = xp.take_along_axis(q, idx, axis=2)
+            v1 = xp.take_along_axis(q, idx + 1, axis=2)
+            acc += (v0 + w[:, None, :] * (v1 - v0)).sum(axis=0)
+
     # -- output -----------------------------------------------------------------------------
     def snapshot(self, final: bool = False) -> PreviewUpdate:
         """The slices now, scaled to attenuation per (binned) pixel."""
@@ -365,15 +417,19 @@ class PreviewSink:
             "units": "attenuation per binned pixel", "peak_queued_bytes": self.peak_queued_bytes,
             "ingest_s": round(self._ingest_s, 3),
         }
+        if self._spec.metadata.get("series"):  # a viewer steps through a series' time points
+            meta["series"] = self._spec.metadata["series"]
         if final:
             meta["refinement_pending"] = self._pending_refinement
             if self.center_check:
                 meta["center_check"] = dict(self.center_check)
+            meta["center_uncertain"] = self._center_uncertain()
         if final and self._stop_time is not None:
             meta["stop_to_final_s"] = round(time.monotonic() - self._stop_time, 4)
         return PreviewUpdate(
             run_uid=self._spec.run_uid, seq=self._seq, final=final, metadata=meta,
-            slices={"xy": self.acc_xy * scale, "xz": self.acc_xz * scale, "yz": self.acc_yz * scale},
+            slices={"xy": to_numpy(self.acc_xy * scale), "xz": to_numpy(self.acc_xz * scale),
+                    "yz": to_numpy(self.acc_yz * scale)},
             indices={"xy": g.z0, "xz": g.y0, "yz": g.x0})
 
     def _publish(self, final: bool) -> None:
@@ -405,6 +461,14 @@ class PreviewSink:
             self.final = self.latest
         self._final_event.set()
 
+    def _center_uncertain(self) -> bool:
+        """Whether the slices' centre is a guess nobody confirmed: the detector middle or the
+        previous scan's centre with no 0/180 pair to check it, or a pair too unlike to tell."""
+        check = self.center_check
+        if check.get("done"):
+            return float(check["peak"]) < PAIR_PEAK_CONFIDENT
+        return self.center_source in ("detector middle", "previous scan")
+
     def _refine_center(self) -> bool:
         """After the first final: the centre from the 0/180-degree pair; when it differs from the
         one used, the xy slice is recomputed from the cached row-z0 sinogram (the engine's Fourier
@@ -419,22 +483,23 @@ class PreviewSink:
             self.center_check = {"done": False, "why": "no projection pair 180 degrees apart"}
             return False
         t0 = time.perf_counter()
-        p0, p180 = self._first[1], self._opposite[2]
+        p0, p180 = to_numpy(self._first[1]), to_numpy(self._opposite[2])
         if self._opposite[1] < self._first[0]:
             p0, p180 = p180, p0
         c_binned, peak = center_from_pair(p0, p180)
         shift = c_binned - self.geo.center
         self.center_check = {"done": True, "center_binned": round(float(c_binned), 3),
-                             "center": round(float(c_binned * self.geo.b + (self.geo.b - 1) / 2.0), 3),
+                             "center": round(to_unbinned(float(c_binned), self.geo.b), 3),
                              "peak": round(float(peak), 3), "shift_binned_px": round(float(shift), 3),
                              "pair_mismatch_deg": round(math.degrees(self._opposite[0]), 4)}
         if abs(shift) <= self.center_tolerance_px or peak < 0.1:
             self.center_check["recomputed"] = []
             return False
-        sino = np.stack(self._rows)[None]
+        sino = to_numpy(self.xp.stack(self._rows))[None]
         xy = reconstruct_fourier(sino, np.asarray(self._row_angles), float(c_binned), n=self.geo.nw,
                                  filter_name=self.filter_name, threads=1)[0]
-        self.acc_xy[...] = xy * np.float32(max(1, self.n_used) / math.pi)  # snapshot rescales
+        rescaled = xy * np.float32(max(1, self.n_used) / math.pi)  # snapshot scales it back
+        self.acc_xy[...] = self.xp.asarray(rescaled)
         self.center_check.update(recomputed=["xy"], kept_scan_center=["xz", "yz"],
                                  seconds=round(time.perf_counter() - t0, 3))
         return True
@@ -476,6 +541,7 @@ class PreviewFileWriter:
             if "xy" in check.get("recomputed", ()):
                 centre = f"xy at checked centre {check['center']:.2f} px, xz/yz at {md.get('center'):.2f} px"
             title = (f"run {stem}  {md.get('n_projections_used')} projections  {centre}"
+                     + ("  CENTRE UNCERTAIN" if md.get("center_uncertain") else "")
                      + ("  (degraded)" if md.get("degraded") else ""))
             self.written.append(save_orthoslices_png(update.slices, self.directory / f"{stem}_preview.png",
                                                      title))

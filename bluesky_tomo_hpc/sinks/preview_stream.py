@@ -77,23 +77,37 @@ def decode(frames: list[bytes]) -> PreviewUpdate:
         header = json.loads(bytes(frames[1]).decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PreviewProtocolError(f"preview header is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise PreviewProtocolError(f"preview header must be a JSON object, not {type(header).__name__}")
     if header.get("version") != VERSION:
         raise PreviewProtocolError(f"preview header version {header.get('version')!r}, expected {VERSION}")
+    try:
+        return _update_from(header, frames[2:])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hostile or broken sender
+        raise PreviewProtocolError(f"malformed preview message: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _update_from(header: Any, buffers: list[bytes]) -> PreviewUpdate:
     descr = header.get("slices", [])
-    if len(frames) - 2 != len(descr):
-        raise PreviewProtocolError(f"header lists {len(descr)} slices but {len(frames) - 2} buffers came")
+    if len(buffers) != len(descr):
+        raise PreviewProtocolError(f"header lists {len(descr)} slices but {len(buffers)} buffers came")
+    if not isinstance(header["run_uid"], str):
+        raise PreviewProtocolError(f"run_uid must be text, not {type(header['run_uid']).__name__}")
     slices, indices = {}, {}
-    for d, buf in zip(descr, frames[2:], strict=True):
+    for d, buf in zip(descr, buffers, strict=True):
         dtype = np.dtype(d["dtype"])
-        shape = tuple(d["shape"])
+        if dtype.hasobject:
+            raise PreviewProtocolError(f"slice dtype {dtype} refused (object arrays could hold code)")
+        shape = tuple(int(n) for n in d["shape"])
         expected = int(np.prod(shape)) * dtype.itemsize
         if len(buf) != expected:
             raise PreviewProtocolError(
                 f"slice {d['plane']!r}: buffer has {len(buf)} bytes, shape {shape} {dtype} needs {expected}")
-        slices[d["plane"]] = np.frombuffer(buf, dtype=dtype).reshape(shape)
-        indices[d["plane"]] = int(d["index"])
-    return PreviewUpdate(run_uid=header["run_uid"], slices=slices, indices=indices, seq=header["seq"],
-                         final=header["final"], time=header["time"], metadata=header.get("metadata", {}))
+        slices[str(d["plane"])] = np.frombuffer(buf, dtype=dtype).reshape(shape)
+        indices[str(d["plane"])] = int(d["index"])
+    return PreviewUpdate(run_uid=header["run_uid"], slices=slices, indices=indices, seq=int(header["seq"]),
+                         final=bool(header["final"]), time=float(header["time"]),
+                         metadata=dict(header.get("metadata", {})))
 
 
 def _json_default(obj: Any) -> Any:

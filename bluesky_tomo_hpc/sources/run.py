@@ -493,7 +493,8 @@ class TomoRun(DocumentRouter):
             n_projections=lay.num_projections, n_darks=n_darks, n_flats=n_flats,
             angle_units=lay.angle_units, streams=streams, dark_flat_uid=lay.dark_flat_uid,
             raw_files=tuple(self.raw_files), source="documents",
-            metadata={"tomo": lay.tomo, "preset": lay.preset, "sample": lay.tomo.get("sample"),
+            metadata={"tomo": lay.tomo, "preset": lay.preset,
+                      "sample": start.get("sample", lay.tomo.get("sample")), "series": start.get("series"),
                       "start": {k: start[k] for k in ("plan_name", "scan_id", "time", "detectors",
                                                       "motors", "data_session") if k in start}},
         )

@@ -5,9 +5,9 @@ proxy's port then runs code in every subscriber. This module is the one place th
 documents cross that boundary here:
 
 * RunEngine side: ``Publisher(address, serializer=encode_document)``, or :func:`document_publisher`.
-* Worker side: :class:`DocumentDispatcher` (a ``RemoteDispatcher`` with :func:`decode_document`,
+* Worker side: :func:`document_dispatcher` (a ``RemoteDispatcher`` with :func:`decode_document`,
   which also drops, with a log line, messages whose document name is not a Bluesky one, instead
-  of letting them end the subscription).
+  of letting them end the subscription, and documents that fail event-model's schema).
 
 NumPy arrays travel in msgpack-numpy's layout, but decoding is ours: msgpack-numpy itself
 unpickles arrays of ``dtype=object``; here object and structured dtypes are refused, like any
@@ -87,11 +87,12 @@ def document_publisher(address: str, *, prefix: bytes = b"", **kwargs: Any) -> A
 
 def _dispatcher_class() -> type:
     from bluesky.callbacks.zmq import RemoteDispatcher
-    from event_model import DocumentNames
+    from event_model import DocumentNames, schema_validators
 
     class DocumentDispatcher(RemoteDispatcher):
         """``RemoteDispatcher`` with :func:`decode_document`, dropping (with a log line) any
-        message that is not ``prefix name document`` with a Bluesky document name.
+        message that is not ``prefix name document`` with a Bluesky document name and a
+        document that event-model's schema for that name accepts.
 
         Why its own receive loop: bluesky's ends the subscription on an unknown document name
         (``DocumentNames[name]`` raises inside it), so one stray message would stop the worker.
@@ -123,8 +124,11 @@ def _dispatcher_class() -> type:
                     continue
                 try:
                     doc = self._deserializer(payload)
-                except Exception as exc:  # noqa: BLE001 - any decoder fault drops one message
-                    self._drop(f"{name.value} document: {exc}")
+                    validator = schema_validators.get(name)
+                    if validator is not None:  # wrong types would fail deep in the worker instead
+                        validator.validate(doc)
+                except Exception as exc:  # noqa: BLE001 - any decoder or schema fault drops one message
+                    self._drop(f"{name.value} document: {str(exc).splitlines()[0][:200]}")
                     continue
                 self.loop.call_soon(self.process, name, doc)
 

@@ -13,11 +13,13 @@ import itertools
 import math
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from ..metadata.sample import sample_name
 from ..results.tiled_results import RECON_SPEC
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -51,13 +53,25 @@ class Catalog:
     """The ``raw`` and ``processed`` containers of one Tiled server (client made on first use,
     made again after a failure, so the page recovers when Tiled comes back)."""
 
-    def __init__(self, client_factory: Callable[[], Any], raw: str = "raw", processed: str = "processed"):
+    def __init__(self, client_factory: Callable[[], Any], raw: str = "raw", processed: str = "processed",
+                 *, probe: Callable[[], str | None] | None = None, probe_every_s: float = 0.0):
         self._factory = client_factory
         self.raw_name, self.processed_name = raw, processed
         self._client: Any = None
         self._lock = threading.Lock()
+        #: returns why Tiled is unusable, or None; asked before the client is used (at most every
+        #: ``probe_every_s``; 0: every time), because Tiled's client retries a refused connection
+        #: for ~25 s and the page should say at once that Tiled is down
+        self._probe = probe
+        self._probe_every_s = probe_every_s
+        self._probed_ok_at = -1e9
 
     def client(self) -> Any:
+        if self._probe is not None and time.monotonic() - self._probed_ok_at > self._probe_every_s:
+            why = self._probe()
+            if why:
+                raise TiledUnavailable(f"Tiled is not reachable: {why}")
+            self._probed_ok_at = time.monotonic()
         with self._lock:
             if self._client is None:
                 try:
@@ -105,7 +119,8 @@ class Catalog:
     @staticmethod
     def _run_summary(uid: str, md: Any) -> dict[str, Any]:
         start, stop = md.get("start") or {}, md.get("stop") or {}
-        return {"uid": uid, "scan_id": start.get("scan_id"), "sample": start.get("sample"),
+        # the sample's name: start["sample"] is a dict since the sample schema (a string before)
+        return {"uid": uid, "scan_id": start.get("scan_id"), "sample": sample_name(start.get("sample")),
                 "plan": start.get("plan_name"), "time": _when(start.get("time")),
                 "state": stop.get("exit_status", "running") if stop else "running",
                 "num_events": dict(stop.get("num_events") or {})}

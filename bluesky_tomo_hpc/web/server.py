@@ -29,19 +29,25 @@ def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], s
     monitor, else one is made from the settings when a person first retries or cancels."""
     from tiled.client import from_uri
 
-    from ..jobs.health_checks import check_tiled, run_checks
+    from ..jobs.health_checks import run_checks
 
     uri = tiled_uri if callable(tiled_uri) else (lambda: tiled_uri)  # type: ignore[return-value]
 
-    def connect() -> Any:
-        # a quick look first: Tiled's client retries a refused connection for ~25 s, and the
-        # page should say at once that Tiled is down
-        probe = check_tiled(uri(), api_key, timeout_s=5.0)  # type: ignore[operator]
-        if probe.status == "fail":
-            raise ConnectionError(probe.message)
-        return from_uri(uri(), api_key=api_key)  # type: ignore[operator]
+    def probe() -> str | None:
+        """Why Tiled cannot be used now (a refused or dead ``/healthz``), or None: one loopback
+        request, answered at once when Tiled is down."""
+        import httpx
 
-    catalog = Catalog(connect, settings.tiled.raw_container, settings.tiled.processed_container)
+        base = str(httpx.URL(uri()).copy_with(query=None, path="/"))  # type: ignore[operator]
+        try:
+            with httpx.Client(trust_env=False, timeout=3.0) as http:
+                status = http.get(base + "healthz").status_code
+        except httpx.HTTPError as exc:
+            return f"{base} unreachable: {type(exc).__name__}: {exc}"
+        return None if status == 200 else f"{base}healthz answered HTTP {status}"
+
+    catalog = Catalog(lambda: from_uri(uri(), api_key=api_key),  # type: ignore[operator]
+                      settings.tiled.raw_container, settings.tiled.processed_container, probe=probe)
 
     def monitor_factory() -> Any:
         if monitor is not None:

@@ -114,7 +114,7 @@ def test_slurm_directive_with_a_newline_is_refused(world, field):
 
 # -- a real RunEngine scan whose documents carry a hostile uid or sample name --------------------
 def _scan(RE, world, uid: str | None = None, md: dict | None = None, worker: Any = None,
-          router: Any = None) -> tuple[list[dict], Any]:
+          router: Any = None, **plan: Any) -> tuple[list[dict], Any]:
     """One small scan; every document goes to ``worker``/``router`` with the run uid replaced."""
     from bluesky_tomo_hpc.sim import make_sim_beamline, tomo_scan
 
@@ -137,7 +137,7 @@ def _scan(RE, world, uid: str | None = None, md: dict | None = None, worker: Any
 
     token = RE.subscribe(relabel)
     try:
-        RE(tomo_scan(bl.detector, bl.stage, **SCAN, md=md or {}))
+        RE(tomo_scan(bl.detector, bl.stage, **{**SCAN, **plan}, md=md or {}))
     finally:
         RE.unsubscribe(token)
     return stops, bl
@@ -151,7 +151,7 @@ def _worker(world) -> Any:
         "data_dir": str(world.data), "full_volume": True,
         "preview": {"png_dir": str(world.data / "previews"), "journal_dir": str(world.data / "journal"),
                     "refine_center": False},
-        "recon": {"circular_mask": None}})
+        "recon": {"circular_mask": None, "center": 15.5}})  # a given centre: no search, faster
     return StreamWorker(settings, client=None)
 
 
@@ -180,12 +180,11 @@ def test_hostile_run_uid_through_the_worker(module_RE, world, hostile, which):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("which", ["subshell", "unicode"])
-def test_hostile_sample_and_plan_metadata(module_RE, world, hostile, which):
-    """A hostile sample name in the scan metadata is carried as data only: the scan is reconstructed."""
+def test_hostile_sample_and_plan_metadata(module_RE, world, hostile):
+    """Hostile sample names and notes in the metadata are carried as data only: the scan is reconstructed."""
     worker = _worker(world)
     try:
-        md = {"sample": hostile[which], "note": hostile[which]}
+        md = {"sample": hostile["subshell"], "note": hostile["unicode"], "operator": hostile["newline"]}
         stops, _ = _scan(module_RE, world, md=md, worker=worker)
         assert worker.wait(60)
     finally:
@@ -193,6 +192,21 @@ def test_hostile_sample_and_plan_metadata(module_RE, world, hostile, which):
     assert_scan_not_aborted(stops)
     (outcome,) = worker.service.outcomes.values()
     assert outcome.ok, outcome.message
+
+
+@pytest.mark.timeout(60)
+def test_warnings_of_a_live_scan_reach_the_terminal(module_RE, world, caplog):
+    """A scan over only 90 degrees is reconstructed, and the warning is logged (terminal) and stored."""
+    worker = _worker(world)
+    try:
+        stops, _ = _scan(module_RE, world, worker=worker, stop=90.0)
+        assert worker.wait(60)
+    finally:
+        worker.close()
+    assert_scan_not_aborted(stops)
+    (outcome,) = worker.service.outcomes.values()
+    assert outcome.ok and any("cover only" in w for w in outcome.result.warnings)
+    assert any("cover only" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
 
 
 class _BashSlurm:

@@ -114,6 +114,12 @@ def _garbage_messages(sentinel: str) -> list[bytes]:
         b" start " + _payloads(sentinel)["truncated msgpack"],
         b" event " + msgpack.packb([1, 2]),
         b" stop " + b"",
+        b" start " + encode_document({"uid": {"a": 1}, "time": 1.0}),  # wrong types: schema refuses
+        b" start " + encode_document({"time": "yesterday"}),
+        b" descriptor " + encode_document({"uid": 1, "run_start": ["x"], "data_keys": 3}),
+        b" stop " + encode_document({"uid": "s", "run_start": {"x": 1}, "time": 1.0,
+                                     "exit_status": "success"}),
+        b" event " + encode_document({"descriptor": {"a": 1}}),
     ]
 
 
@@ -172,7 +178,7 @@ def test_worker_fed_garbage_then_a_scan_reconstructs_the_scan(module_RE, world):
     pub = ctx.socket(zmq.PUB)
     pub.bind(address)
     settings = Settings.model_validate({
-        "data_dir": str(world.data), "full_volume": True, "recon": {"circular_mask": None},
+        "data_dir": str(world.data), "full_volume": True, "recon": {"circular_mask": None, "center": 15.5},
         "preview": {"png_dir": str(world.data / "previews"), "refine_center": False}})
     worker = StreamWorker(settings, client=None)
     ready = threading.Event()
@@ -212,3 +218,68 @@ def test_worker_fed_garbage_then_a_scan_reconstructs_the_scan(module_RE, world):
     assert_stored_or_failed_with_reason(worker.service.outcomes)
     (outcome,) = worker.service.outcomes.values()
     assert outcome.ok, outcome.message
+
+
+def _preview_garbage() -> dict[str, list[bytes]]:
+    import json
+
+    from bluesky_tomo_hpc.sinks.preview_stream import TOPIC, VERSION
+
+    def header(**over) -> bytes:
+        h = {"version": VERSION, "run_uid": "r", "seq": 1, "final": False, "time": 1.0,
+             "slices": [{"plane": "xy", "dtype": "<f4", "shape": [2, 2], "index": 0}], **over}
+        return json.dumps(h).encode()
+
+    return {
+        "wrong topic": [b"other", header()],
+        "header not JSON": [TOPIC, b"\xff\xfe"],
+        "header a list": [TOPIC, b"[1, 2]"],
+        "object dtype": [TOPIC, header(slices=[{"plane": "xy", "dtype": "|O", "shape": [2], "index": 0}]),
+                         b"\x00" * 16],
+        "buffer too short": [TOPIC, header(), b"\x00" * 3],
+        "shape not numbers": [TOPIC, header(slices=[{"plane": "xy", "dtype": "<f4", "shape": ["a"],
+                                                     "index": 0}]), b""],
+        "run uid not text": [TOPIC, header(run_uid={"a": 1}), b"\x00" * 16],
+        "missing fields": [TOPIC, json.dumps({"version": VERSION, "slices": []}).encode()],
+    }
+
+
+@pytest.mark.parametrize("which", list(_preview_garbage()))
+def test_preview_stream_garbage_is_refused(world, which):
+    """A malformed preview message is refused with PreviewProtocolError (watch skips it and goes on)."""
+    from bluesky_tomo_hpc.sinks.preview_stream import PreviewProtocolError, decode
+
+    with pytest.raises(PreviewProtocolError):
+        decode(_preview_garbage()[which])
+
+
+def test_watch_skips_garbage_and_shows_the_next_update(capsys, world):
+    """watch fed garbage then a real update: skips the garbage with a line each, writes the update's files."""
+    import zmq
+
+    from bluesky_tomo_hpc.cli.main import main
+    from bluesky_tomo_hpc.sinks.preview_stream import PreviewPublisher, PreviewUpdate, encode
+
+    pub = PreviewPublisher(f"tcp://127.0.0.1:{_free_port()}", hwm=100)
+    planes = ("xy", "xz", "yz")
+    update = PreviewUpdate(run_uid="run-1", slices={p: np.ones((4, 4), np.float32) for p in planes},
+                           indices={"xy": 0, "xz": 0, "yz": 0}, seq=1, final=True, time=1.0, metadata={})
+
+    def send() -> None:
+        time.sleep(1.0)  # slow joiner
+        for frames in [f for k, f in _preview_garbage().items() if k != "wrong topic"]:
+            pub._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        pub._sock.send_multipart(encode(update), flags=zmq.NOBLOCK)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        code = main(["watch", pub.address, "--out", str(world.data / "w"), "--until-final",
+                     "--timeout", "20"])
+    finally:
+        sender.join(5)
+        pub.close()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert err.count("message skipped") == len(_preview_garbage()) - 1
+    assert (world.data / "w" / "run-1_xy.tif").is_file()

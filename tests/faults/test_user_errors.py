@@ -52,7 +52,8 @@ def scan(world) -> Path:
 
 
 def _recon(capsys, world, path: Path, *extra: str) -> tuple[int, str]:
-    return _cli(capsys, "recon", str(path), "--out", str(world.data / "rec"), "--center", "12", *extra)
+    center = [] if "--center" in extra else ["--center", "12"]
+    return _cli(capsys, "recon", str(path), "--out", str(world.data / "rec"), *center, *extra)
 
 
 # -- bad files --------------------------------------------------------------------------------------
@@ -154,6 +155,8 @@ def test_recon_out_not_writable(capsys, world, scan):
     (["--binning", "0"], ["--binning", "at least 1"]),
     (["--filter", "banana"], ["filter"]),
     (["--center", "left"], ["--center"]),
+    (["--center", "nan"], ["center", "finite"]),
+    (["--center", "1e300"], ["--center", "outside the detector"]),
 ])
 def test_recon_bad_parameter(capsys, world, scan, argv, words):
     """A bad recon parameter: exit 2, one line naming the parameter."""
@@ -322,3 +325,30 @@ def test_jobs_list_shows_a_hostile_uid_without_terminal_escapes(capsys, world):
     out = capsys.readouterr().out
     assert code == 0 and "\x1b" not in out and "\r" not in out and "\x07" not in out
     assert len(out.strip().splitlines()) == 2  # header and one row
+
+
+def test_worker_with_an_unreachable_tiled(capsys, world, monkeypatch):
+    """A worker whose Tiled URI nobody serves: exit 5, one line naming the URI."""
+    monkeypatch.setenv("BLUESKY_TOMO_HPC__TILED__URI", "http://127.0.0.1:9/api/v1")
+    monkeypatch.setattr("tiled.client.utils.TILED_RETRY_ATTEMPTS", 1)  # tiled retries for 45 s
+    code, err = _cli(capsys, "worker", "--zmq", "tcp://127.0.0.1:9", "--timeout", "1")
+    assert code == 5
+    _one_line_error(err, "worker", "http://127.0.0.1:9/api/v1")
+
+
+@pytest.mark.timeout(60)
+def test_worker_restarted_on_a_corrupt_journal(capsys, world):
+    """A worker started on a journal holding garbage and an old pickle starts, runs no code, no traceback."""
+    import socket
+
+    journal = world.data / "journal"
+    journal.mkdir()
+    (journal / "run-1.jsonl").write_bytes(b"\x00\xff garbage\n{not json\n")
+    (journal / "run-2.pickle").write_bytes(b"\x80\x04garbage")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, err = _cli(capsys, "worker", "--zmq", f"tcp://127.0.0.1:{port}", "--journal", str(journal),
+                     "--no-full-volume", "--timeout", "1")
+    assert code in (0, 1) and "Traceback" not in err, err
+    assert (journal / "run-2.pickle").exists(), "an old journal is left for a person to deal with"
