@@ -120,7 +120,7 @@ class MissingCalibrationError(TomoDataError):
 @dataclass
 class ScanData:
     """A whole scan as arrays, ready for the engine: what a file loader returns and what the
-    frame accumulator assembles from a stream.
+    full-volume sink reads back, slab by slab, from a staged stream.
 
     ``projections`` is (n_angles, ny, nx); ``theta`` is radians; ``darks``/``flats`` are
     (n, ny, nx) and may be empty (normalisation then refuses with a clear error).

@@ -27,3 +27,19 @@ def test_rows_per_slab_and_refusal_names_minimum() -> None:
         rows_per_slab(10 * 2**20, 25 * 2**20, minimum_rows=2, what="row slab")
     with pytest.raises(MemoryBudgetError):
         budget_bytes(-1)
+
+
+def test_cli_config_states_the_effective_budget_and_its_source(capsys, monkeypatch) -> None:
+    import yaml
+
+    from bluesky_tomo_hpc.cli.main import main as cli_main
+
+    monkeypatch.delenv("BLUESKY_TOMO_HPC_CONFIG", raising=False)
+    monkeypatch.delenv("BLUESKY_TOMO_HPC__MEMORY_BUDGET_MB", raising=False)
+    assert cli_main(["config"]) == 0
+    stated = yaml.safe_load(capsys.readouterr().out)["effective"]["memory_budget"]
+    assert stated["bytes"] == default_budget_bytes() and stated["from"].startswith("default: 25% of")
+    monkeypatch.setenv("BLUESKY_TOMO_HPC__MEMORY_BUDGET_MB", "512")
+    assert cli_main(["config"]) == 0
+    stated = yaml.safe_load(capsys.readouterr().out)["effective"]["memory_budget"]
+    assert stated == {"bytes": 512 * 2**20, "mib": 512.0, "from": "memory_budget_mb setting (512 MiB)"}

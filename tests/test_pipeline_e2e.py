@@ -102,7 +102,7 @@ def test_reconstruction_crash_never_aborts_the_scan(RE, pipeline, monkeypatch):
     def explode(*args, **kwargs):
         raise FloatingPointError("injected fault in the engine")
 
-    monkeypatch.setattr(engine_pipeline, "reconstruct_scan", explode)
+    monkeypatch.setattr(engine_pipeline, "reconstruct_prepared", explode)  # each slab of the volume
     bl = make_sim_beamline(pipeline.data_dir / "raw", shape=SHAPE)
     pipeline.subscribe(RE)
     (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=20, num_darks=2, num_flats=2))

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             summary = reprocess(raw, processed, params=params, query=query, submit=submit,
-                                progress=progress, allow_incomplete=args.allow_incomplete)
+                                progress=progress, settings=settings,
+                                allow_incomplete=args.allow_incomplete)
         except ReprocessError as exc:
             raise CliError(f"{exc}; widen the query (see --help)") from exc
     for line in summary.lines():

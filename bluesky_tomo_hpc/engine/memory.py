@@ -68,3 +68,13 @@ def rows_per_slab(
             f"at least {need / 2**20:.0f} MiB is needed (set memory_budget_mb / --memory-budget-mb)"
         )
     return int(rows)
+
+
+def describe_budget(budget_mb: float | None) -> tuple[int, str]:
+    """``(bytes, where it came from)``: what ``bluesky-tomo-hpc config`` states."""
+    if budget_mb is not None:
+        return budget_bytes(budget_mb), f"memory_budget_mb setting ({budget_mb:g} MiB)"
+    total = physical_memory_bytes()
+    return default_budget_bytes(), (
+        f"default: {DEFAULT_FRACTION:.0%} of this machine's {total / 2**30:.1f} GiB, "
+        f"between {DEFAULT_FLOOR_BYTES // 2**20} MiB and {DEFAULT_CAP_BYTES // 2**30} GiB")

@@ -100,7 +100,13 @@ def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
     from ..engine.center import resolve_uncertain_center
     from ..engine.halfturn import output_width
-    from ..engine.reconstruct import center_summary, find_center, preprocess_projections, to_unbinned
+    from ..engine.reconstruct import (
+        center_summary,
+        find_center,
+        preprocess_projections,
+        to_binned,
+        to_unbinned,
+    )
     from ..sources.raw_files import load_scan
 
     if job.params.center != "auto":
@@ -112,8 +118,11 @@ def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     r1 = min(rows[1], r0 + max(2 * half, b))
     params = job.params.with_updates(rows=None)
     proj_log, theta, _ = preprocess_projections(load_scan(job.input_path, rows=(r0, r1)), params)
-    # below the confidence threshold: the detector middle, with a warning (never a silent guess)
-    est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], None, b)
+    # below the confidence threshold: the job's fallback (the full volume at stop passes its
+    # detector's last confident centre) or the detector middle, with a warning (never a silent guess)
+    fallback = job.metadata.get("fallback_center")
+    fb = None if fallback is None else to_binned(float(fallback), b)
+    est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], fb, b)
     details = center_summary(est, b)
     width = output_width(proj_log.shape[2], est.center, theta, params.half_acquisition)
     if width != proj_log.shape[2]:  # half acquisition: the slices cover the stitched field of view

@@ -13,20 +13,22 @@ nothing the second time, and an interrupted one picks up where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..engine.params import ReconParams
-from ..metadata.pinned_center import PinnedCenters
 from ..results.tiled_results import find_reconstructions
-from ..results.writer import TiledResultWriter
-from ..sinks.full_volume import FullVolumeSink, ReconService
+from ..settings import Settings
 from ..sinks.sink import Sink
 from ..sources.recognise import recognise
 from ..sources.tiled_documents import is_bluesky_run
+from .scan_sinks import SinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +198,13 @@ def reprocess(
     submit: Callable[[str, Any], str] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     allow_incomplete: bool = False,
+    settings: Settings | None = None,
 ) -> ReprocessSummary:
     """Reconstruct every tomography run matching ``query`` that lacks a result with ``params``.
+
+    Each run's full volume is made as a live one is (:class:`~.sinks.factory.SinkFactory`, the
+    memory budget of ``settings``), in ``settings.data_dir``; without settings, in a temporary
+    folder removed at the end (the volumes are then uploaded to ``processed``).
 
     ``submit(uid, run)``, when given, hands a run to a batch executor instead of reconstructing
     it here and returns a job id. ``progress(done, total, uid)`` is called after each run.
@@ -209,17 +216,19 @@ def reprocess(
     if not candidates:
         raise ReprocessError(f"no run in the catalog matches {query.describe()}")
     summary = ReprocessSummary(params_hash=params.params_hash, matched=len(candidates))
-    service = ReconService()
-    writer = TiledResultWriter(processed, kind="full")
-    pinned = PinnedCenters()  # a series keeps one centre, a pinned scan its own, as live
-    service.listeners.append(pinned.remember)
-    try:
+    with contextlib.ExitStack() as stack:
+        if settings is None:
+            settings = Settings(data_dir=Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="tomo-reprocess-"))), jobs={"executor": "none"})
+        settings = settings.model_copy(update={"recon": params, "full_volume": True})
+        sinks = SinkFactory(settings, processed=processed)
+        stack.callback(sinks.close)
         for i, (uid, run, layout) in enumerate(candidates):
             scan_id = run.metadata.get("start", {}).get("scan_id") if layout != NOT_A_RUN else None
             t0 = time.perf_counter()
             try:
-                outcome = _one(uid, run, layout, scan_id, catalog, processed, params, service, writer,
-                               submit, pinned, allow_incomplete)
+                outcome = _one(uid, run, layout, scan_id, catalog, processed, params, sinks, submit,
+                               allow_incomplete)
             except Exception as exc:  # one bad run must not stop the others
                 log.exception("run %s could not be re-processed", uid)
                 outcome = RunOutcome(uid, scan_id, "failed", f"{type(exc).__name__}: {exc}")
@@ -228,14 +237,11 @@ def reprocess(
             log.info("run %s: %s %s", uid, outcome.status, outcome.message)
             if progress is not None:
                 progress(i + 1, len(candidates), uid)
-    finally:
-        service.shutdown()
     return summary
 
 
 def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: Any, processed: Any,
-         params: ReconParams, service: ReconService, writer: TiledResultWriter,
-         submit: Callable[[str, Any], str] | None, pinned: PinnedCenters,
+         params: ReconParams, sinks: SinkFactory, submit: Callable[[str, Any], str] | None,
          allow_incomplete: bool = False) -> RunOutcome:
     if layout == NOT_A_RUN:
         return RunOutcome(uid, scan_id, "not-a-run", "not a Bluesky run; skipped")
@@ -256,13 +262,9 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
             return RunOutcome(uid, scan_id, "submitted", f"job {submit(uid, run)}")
         except Exception as exc:
             return RunOutcome(uid, scan_id, "failed", f"submission failed: {exc}")
-
-    def sink() -> FullVolumeSink:
-        return FullVolumeSink(params, service, writer, center_for=pinned.center_for)
-
-    errors = _replay(run, sink, catalog)
-    service.wait()
-    result = service.outcomes.pop(uid, None)
+    errors = _replay(run, sinks.volume, catalog)
+    sinks.service.wait()
+    result = sinks.service.outcomes.pop(uid, None)
     if result is not None and result.ok:
         return RunOutcome(uid, scan_id, "reconstructed",
                           f"centre {result.center:.2f} px in {result.seconds:.1f} s")

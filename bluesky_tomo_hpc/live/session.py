@@ -23,18 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..metadata.pinned_center import PinnedCenters
 from ..model import UnsafeNameError, path_inside
 from ..results.recovery import TiledRecovery
 from ..results.series_volume import SeriesCollector
 from ..results.spool import ResultSpool
 from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
-from ..results.writer import TiledResultWriter
 from ..settings import Settings, load_settings
-from ..sinks.full_volume import FullVolumeSink, ReconService
-from ..sinks.sink import Sink, SinkFanout
+from ..sinks.sink import Sink
 from ..sources.threaded import ThreadedCallback
+from .scan_sinks import DetectorCenters, SinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -63,31 +61,18 @@ class TomoPipeline:
         self.data_dir = Path(settings.data_dir).resolve()
         self.raw = raw_catalog(client, settings.tiled.raw_container)
         self.processed = processed_container(client, settings.tiled.processed_container)
-        self.service = ReconService()
-        self.spool = ResultSpool(self.data_dir / "spool")
-        self.result_writer = TiledResultWriter(self.processed, png_dir=self.data_dir / "previews",
-                                               spool=self.spool, report=self.report_error)
-        self.service.listeners.append(self._report_failed_outcome)
         self.monitor = None
         self._submit_sinks: list[Any] = []
-        self._preview_publisher: Any = None
-        self._preview_sinks: list[Any] = []
         #: run uid -> its last final live preview (PreviewUpdate)
         self.previews: dict[str, Any] = {}
-        #: (detector key, frame shape) -> the centre of its last confident reconstruction
-        self.centers: dict[tuple[str, tuple[int, ...]], float] = {}
-        self.service.listeners.append(self._remember_center)
-        #: centres fixed by a scan's metadata or its series (see metadata.pinned_center)
-        self.pinned = PinnedCenters()
-        self.service.listeners.append(self.pinned.remember)
         #: called with each run's settled final live preview (steering waits on these)
         self.preview_listeners: list[Callable[[Any], None]] = []
-        in_place = settings.tiled.register_in_place
-        #: time series grouped into a Tiled container and an OME-Zarr with a t axis
-        self.series = SeriesCollector(
-            lambda: processed_container(client, settings.tiled.series_container), self.data_dir / "series",
-            register_in_place=server is not None if in_place is None else in_place)
-        self.service.listeners.append(self.series)
+        if settings.jobs.executor != "none":
+            from ..jobs.factory import make_monitor
+
+            # the embedded server reads the data folder, so batch volumes are registered in place
+            roots = [self.data_dir] if server is not None else None
+            self.monitor = make_monitor(settings, tiled=self.processed, readable_roots=roots)
         #: SciCat datasets (raw per scan, derived per reconstruction), when settings.scicat.uri is set
         self.scicat = None
         if settings.scicat.uri:
@@ -96,15 +81,30 @@ class TomoPipeline:
 
             journal = self.monitor.journal if self.monitor is not None else settings.journal_path
             self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(journal))
+        in_place = settings.tiled.register_in_place
+        in_place = (server is not None) if in_place is None else in_place
+        #: the sinks of each run (preview, full volume, batch job, SciCat), wired once
+        self.sinks = SinkFactory(
+            settings.model_copy(update={"data_dir": self.data_dir}), processed=self.processed,
+            register_in_place=in_place, preview_outputs=[self._keep_preview], progress=progress,
+            extra=[self._submit_sink] * (self.monitor is not None)
+            + [self._scicat_raw_sink] * (self.scicat is not None) + list(extra_sinks or []))
+        self.service = self.sinks.service
+        self.result_writer = self.sinks.result_writer
+        #: full volumes Tiled did not take wait here; failures go to the run's error list
+        self.spool = ResultSpool(self.data_dir / "spool")
+        if self.result_writer is not None:
+            self.result_writer.spool, self.result_writer.report = self.spool, self.report_error
+        self.service.listeners.append(self._report_failed_outcome)
+        #: centres fixed by a scan's metadata or its series (see metadata.pinned_center)
+        self.pinned = self.sinks.pinned
+        #: time series grouped into a Tiled container and an OME-Zarr with a t axis
+        self.series = SeriesCollector(
+            lambda: processed_container(client, settings.tiled.series_container), self.data_dir / "series",
+            register_in_place=in_place)
+        self.service.listeners.append(self.series)
+        if self.scicat is not None:
             self.service.listeners.append(self.scicat.queue_derived)
-        if settings.jobs.executor != "none":
-            from ..jobs.factory import make_monitor
-
-            # the embedded server reads the data folder, so batch volumes are registered in place
-            roots = [self.data_dir] if server is not None else None
-            self.monitor = make_monitor(settings, tiled=self.processed, readable_roots=roots)
-        self.progress = progress
-        self._extra_sinks = list(extra_sinks or [])
         backup = self.data_dir / "tiled_backup"
         backup.mkdir(parents=True, exist_ok=True)
         #: raw runs into Tiled, on its own thread (HTTP round trips per document)
@@ -136,54 +136,15 @@ class TomoPipeline:
 
     def make_sinks(self) -> Sink:
         """The sinks of one tomography run, as the settings ask."""
-        sinks: list[Sink] = []
-        if self.settings.preview.enabled:
-            sinks.append(self.make_preview())
-        if self.settings.full_volume:
-            sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer,
-                                        progress=self.progress, center_for=self.pinned.center_for,
-                                        fallback_center=self._previous_center))
-        if self.monitor is not None:
-            from ..jobs.factory import make_submit_sink
+        return self.sinks()
 
-            submit = make_submit_sink(self.settings, self.monitor)
-            submit.report = self.report_error
-            self._submit_sinks.append(submit)
-            sinks.append(submit)
-        if self.scicat is not None:
-            from ..jobs.scicat import ScicatRawSink
+    def _submit_sink(self) -> Sink:
+        from ..jobs.factory import make_submit_sink
 
-            raw_uri = getattr(self.raw, "uri", "")
-            sinks.append(ScicatRawSink(self.scicat, lambda uid: f"{raw_uri}/{uid}"))
-        sinks.extend(factory() for factory in self._extra_sinks)
-        return SinkFanout(sinks)
-
-    def make_preview(self) -> Sink:
-        """A live three-slice preview: TIFFs + final PNG in ``data_dir/previews``, the final in
-        Tiled (kind ``preview``), and 0MQ PUB when ``preview.zmq_address`` is set."""
-        from ..sinks.preview import PreviewFileWriter, PreviewSink, PreviewTiledWriter
-
-        pv, recon = self.settings.preview, self.settings.recon
-        outputs: list[Any] = []
-        if pv.zmq_address:
-            if self._preview_publisher is None:
-                from ..sinks.preview_stream import PreviewPublisher
-
-                self._preview_publisher = PreviewPublisher(pv.zmq_address)
-            outputs.append(self._preview_publisher)
-        outputs.append(PreviewFileWriter(pv.png_dir or self.data_dir / "previews"))
-        outputs.append(PreviewTiledWriter(self.processed, recon))
-        outputs.append(self._keep_preview)
-        center = recon.center if isinstance(recon.center, float | int) else None
-        sink = PreviewSink(outputs, binning=pv.binning, positions=pv.positions, center=center,
-                           fallback_center=self._previous_center,
-                           filter_name=recon.filter_name, device=recon.device,
-                           max_queue_bytes=int(pv.max_queue_mb * 2**20),
-                           publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
-                           refine_center=pv.refine_center)
-        self._preview_sinks.append(sink)
-        del self._preview_sinks[:-16]  # the last few; older ones are long final
-        return sink
+        submit = make_submit_sink(self.settings, self.monitor)
+        submit.report = self.report_error
+        self._submit_sinks.append(submit)
+        return submit
 
     def _keep_preview(self, update: Any) -> None:
         if update.final:
@@ -195,23 +156,16 @@ class TomoPipeline:
                 except Exception:
                     log.exception("preview listener failed for run %s", update.run_uid)
 
-    def _previous_center(self, spec: Any) -> float | None:
-        """The centre the last reconstruction of this detector found: the next live preview
-        starts from it (the axis rarely moves between scans); a centre pinned by the scan's
-        metadata or series comes first."""
-        pinned = self.pinned.pinned(spec.metadata)
-        if pinned is not None:
-            return pinned
-        return self.centers.get((spec.detector_key, tuple(spec.frame_shape)))
+    def _scicat_raw_sink(self) -> Sink:
+        from ..jobs.scicat import ScicatRawSink
 
-    def _remember_center(self, outcome: Any) -> None:
-        from ..engine.center import CONFIDENCE_THRESHOLD
+        raw_uri = getattr(self.raw, "uri", "")
+        return ScicatRawSink(self.scicat, lambda uid: f"{raw_uri}/{uid}")
 
-        result = getattr(outcome, "result", None)
-        spec = getattr(outcome, "spec", None)
-        if (outcome.ok and result is not None and spec is not None
-                and outcome.center_confidence >= CONFIDENCE_THRESHOLD):
-            self.centers[(spec.detector_key, tuple(spec.frame_shape))] = float(outcome.center)
+    @property
+    def centers(self) -> DetectorCenters:
+        """The centre each detector's next scan starts from."""
+        return self.sinks.centers
 
     def report_error(self, run_uid: str, message: str) -> None:
         """Add to a run's error list (what the scan summary shows) from any thread."""
@@ -259,7 +213,7 @@ class TomoPipeline:
     def wait(self, timeout: float | None = 300.0) -> bool:
         """Until every queued document is handled and every reconstruction finished."""
         flushed = self.callback.flush(timeout) and self.tiled_writer.flush(timeout)
-        for sink in list(self._preview_sinks):  # runs that have stopped: their final preview
+        for sink in list(self.sinks.previews):  # runs that have stopped: their final preview
             if sink.stopped:
                 try:
                     sink.wait_final(timeout)
@@ -274,11 +228,9 @@ class TomoPipeline:
         self.recovery.stop()
         if self.monitor is not None:
             self.monitor.stop()
-        if self._preview_publisher is not None:
-            self._preview_publisher.close()
+        self.sinks.close()
         if self.scicat is not None:
             self.scicat.close()
-        self.service.shutdown()
         if self.server is not None:
             self.server.close()
 

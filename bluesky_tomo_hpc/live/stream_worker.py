@@ -39,11 +39,10 @@ from event_model import NumpyEncoder
 
 from ..model import ScanEnd, UnsafeNameError, path_inside
 from ..settings import Settings, load_settings
-from ..sinks.full_volume import FullVolumeSink, ReconService
-from ..sinks.preview import PreviewFileWriter, PreviewOutput, PreviewSink, PreviewTiledWriter
-from ..sinks.preview_stream import PreviewPublisher
-from ..sinks.sink import Sink, SinkFanout
+from ..sinks.preview import PreviewOutput
+from ..sinks.sink import Sink
 from ..sources.documents import TomoRunRouter
+from .scan_sinks import SinkFactory
 
 log = logging.getLogger(__name__)
 
@@ -176,39 +175,25 @@ class StreamWorker:
         stop_timeout_s: float = 300.0,
     ):
         self.settings = settings or load_settings()
-        pv = self.settings.preview
         self.client = client if client is not None else self._connect_tiled()
         self.processed = None
         if self.client is not None:
             from ..results.tiled_results import processed_container
 
             self.processed = processed_container(self.client, self.settings.tiled.processed_container)
-        self.outputs: list[PreviewOutput] = list(preview_outputs)
-        self.publisher: PreviewPublisher | None = None
-        if pv.zmq_address:
-            self.publisher = PreviewPublisher(pv.zmq_address)
-            self.outputs.insert(0, self.publisher)  # first: the viewer must not wait on files
-        if pv.png_dir:
-            self.outputs.append(PreviewFileWriter(pv.png_dir))
-        if self.processed is not None:
-            self.outputs.append(PreviewTiledWriter(self.processed, self.settings.recon))
-        self.full_volume = self.settings.full_volume if full_volume is None else full_volume
-        self.max_queue_bytes = (int(pv.max_queue_mb * 2**20) if max_queue_bytes is None
-                                else max_queue_bytes)
-        self.service = ReconService()
-        self.result_writer = None
-        if self.processed is not None:
-            from ..results.writer import TiledResultWriter
-
-            self.result_writer = TiledResultWriter(self.processed)
+        #: each run's sinks, wired as in the in-process pipeline (the Tiled server is remote:
+        #: volumes are uploaded unless tiled.register_in_place says the server reads this disk)
+        self.sinks = SinkFactory(self.settings, processed=self.processed, preview_outputs=preview_outputs,
+                                 full_volume=full_volume, max_queue_bytes=max_queue_bytes,
+                                 extra=[lambda: _RunWatch(self)])
+        self.service = self.sinks.service
+        self.previews = self.sinks.previews
+        self.centers = self.sinks.centers
         self.router = TomoRunRouter(self.make_sinks, **self._router_kwargs(router_kwargs))
-        journal_dir = journal_dir or pv.journal_dir
+        journal_dir = journal_dir or self.settings.preview.journal_dir
         self.journal = RunJournal(journal_dir) if journal_dir else None
-        self.previews: list[PreviewSink] = []
         self.ended: list[str] = []
         self.rebuilt: list[str] = []
-        #: (detector key, frame shape) -> the last centre the preview's check found
-        self.centers: dict[tuple[Any, tuple[int, ...]], float] = {}
         self.gaps_filled = 0
         #: stream_resource uid -> (indices stop, seq_nums stop, descriptor) of its last StreamDatum
         self._datum_end: dict[str, tuple[int, int, str] | None] = {}
@@ -249,39 +234,9 @@ class StreamWorker:
                 log.warning("no dark/flat resolver from Tiled: %s", exc)
         return kwargs
 
-    def make_preview(self) -> PreviewSink:
-        pv = self.settings.preview
-        recon = self.settings.recon
-        center = recon.center if isinstance(recon.center, float | int) else None
-        sink = PreviewSink([*self.outputs, self._remember_center], binning=pv.binning,
-                           positions=pv.positions, center=center, fallback_center=self._previous_center,
-                           filter_name=recon.filter_name, device=recon.device,
-                           max_queue_bytes=self.max_queue_bytes,
-                           publish_interval_s=pv.publish_interval_s, final_budget_s=pv.final_budget_s,
-                           refine_center=pv.refine_center)
-        self.previews.append(sink)
-        del self.previews[:-16]  # keep the last few for callers; old ones are done
-        return sink
-
-    def _remember_center(self, update: Any) -> None:
-        """Keep each detector's checked centre: the next scan without a hint starts from it."""
-        check = update.metadata.get("center_check") or {}
-        if update.final and check.get("done"):
-            key = (update.metadata.get("detector"), tuple(update.metadata.get("frame_shape", ())))
-            self.centers[key] = float(check["center"])
-
-    def _previous_center(self, spec: Any) -> float | None:
-        return self.centers.get((spec.detector_key, tuple(spec.frame_shape)))
-
     def make_sinks(self) -> Sink:
         """The sinks of one run (called by the router at each tomography start)."""
-        sinks: list[Sink] = []
-        if self.settings.preview.enabled:
-            sinks.append(self.make_preview())
-        if self.full_volume:
-            sinks.append(FullVolumeSink(self.settings.recon, self.service, self.result_writer))
-        sinks.append(_RunWatch(self))
-        return SinkFanout(sinks)
+        return self.sinks()
 
     # -- documents ------------------------------------------------------------------------
     def __call__(self, name: str, doc: dict[str, Any]) -> None:
@@ -513,9 +468,7 @@ class StreamWorker:
         return True
 
     def close(self) -> None:
-        self.service.shutdown()
-        if self.publisher is not None:
-            self.publisher.close()
+        self.sinks.close()
         if self.journal is not None:
             self.journal.close_all()
 

@@ -41,16 +41,20 @@ class TiledResultWriter:
     """Writes each reconstruction under ``container`` (a callable, so a client can be made lazily
     on the worker thread) and, when ``png_dir`` is set, saves ``<uid8>_slices.png`` there.
 
+    A volume already in a Zarr store (``zarr_path``) is registered in place when the server reads
+    the data folder (``register_in_place``: the embedded server), else uploaded chunk by chunk.
     With a ``spool``, a result Tiled does not take (server down, restarting) is kept there and
     registered later, and ``report(run_uid, message)`` puts the failure in the run's error list;
-    the returned location is then ``spooled:<folder>``."""
+    the returned location is then ``spooled:<folder>``.
+    """
 
     def __init__(self, container: Callable[[], Any] | Any, png_dir: str | Path | None = None,
-                 kind: str = "full", *, spool: ResultSpool | None = None,
-                 report: Callable[[str, str], None] | None = None):
+                 kind: str = "full", *, register_in_place: bool = False,
+                 spool: ResultSpool | None = None, report: Callable[[str, str], None] | None = None):
         self._container = container
         self.png_dir = Path(png_dir) if png_dir else None
         self.kind = kind
+        self.register_in_place = register_in_place
         self.spool = spool
         self.report = report
         self.pngs: dict[str, Path] = {}
@@ -58,7 +62,7 @@ class TiledResultWriter:
     def container(self) -> Any:
         return self._container() if callable(self._container) else self._container
 
-    def write(self, spec: ScanSpec, result: Any) -> str:
+    def write(self, spec: ScanSpec, result: Any, *, zarr_path: Path | None = None) -> str:
         previews = preview_slices(result.volume)
         if self.png_dir is not None:
             title = f"run {spec.run_uid[:8]}  centre {result.center:.2f} px"
@@ -66,11 +70,13 @@ class TiledResultWriter:
                 title += "  (centre uncertain)"
             self.pngs[spec.run_uid] = save_orthoslices_png(
                 previews, self.png_dir / f"{safe_component(spec.run_uid[:8], 'run uid')}_slices.png", title)
+        volume = {"volume_zarr": zarr_path, "register_in_place": self.register_in_place} if zarr_path \
+            else {"volume": result.volume}
         metadata = result_metadata(spec, result)
         try:
             node = write_reconstruction(
-                self.container(), raw_uid=spec.run_uid, params=result.params, volume=result.volume,
-                previews=previews, metadata=metadata, kind=self.kind)
+                self.container(), raw_uid=spec.run_uid, params=result.params, previews=previews,
+                metadata=metadata, kind=self.kind, **volume)
         except Exception as exc:
             if self.spool is None:
                 raise

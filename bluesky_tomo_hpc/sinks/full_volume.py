@@ -1,8 +1,9 @@
 """Reconstruct the whole volume when a scan stops, and hand the result to a writer (Tiled).
 
-The sink only collects frames while the scan runs; the reconstruction is queued on a
-:class:`ReconService` thread at ``close`` so the source (and the RunEngine behind it) is never
-held up. Every outcome, success or failure, is recorded in :attr:`ReconService.outcomes`.
+The sink only notes where frames live while the scan runs (:mod:`.frame_store`); the
+reconstruction is queued on a :class:`ReconService` thread at ``close`` so the source (and the
+RunEngine behind it) is never held up. Every outcome, success or failure, is recorded in
+:attr:`ReconService.outcomes`.
 """
 
 from __future__ import annotations
@@ -13,19 +14,32 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from ..engine.params import ReconParams
-from ..model import FrameBatch, ScanEnd, ScanSpec
-from .accumulate import FrameAccumulator
+from ..model import FrameBatch, ScanEnd, ScanSpec, path_inside
+from .frame_store import FrameStore
 
 log = logging.getLogger(__name__)
+
+
+class VolumeMaker(Protocol):
+    """Turns a finished scan's :class:`FrameStore` into a volume in ``out_dir``; returns the
+    result (centre, timings, the volume as a lazily read array) and the Zarr array's path.
+    ``center`` (unbinned column), when given, is used instead of the parameters' centre;
+    ``fallback`` replaces an uncertain automatic one.
+    The one used everywhere is :class:`bluesky_tomo_hpc.jobs.volume_at_stop.VolumeAtStop`."""
+
+    def __call__(self, store: FrameStore, params: ReconParams, out_dir: Path,
+                 progress: Callable[[int, int], None] | None = None, *,
+                 center: float | None = None, fallback: float | None = None) -> tuple[Any, Path]: ...
 
 
 class ResultWriter(Protocol):
     """Where a finished reconstruction goes (Tiled, files...). Returns a location string."""
 
-    def write(self, spec: ScanSpec, result: Any) -> str: ...
+    def write(self, spec: ScanSpec, result: Any, *, zarr_path: Path | None = None) -> str: ...
 
 
 @dataclass
@@ -99,14 +113,24 @@ class ReconService:
 
 
 class FullVolumeSink:
-    """Collects a scan's frames; at stop, reconstructs the volume and writes it."""
+    """Notes where a scan's frames live while it runs; at stop, reconstructs the volume slab by
+    slab into a Zarr store (never holding the scan or the volume) and hands it to the writer.
+
+    Frames in files stay there; frames that came inside events are spilled to a scratch HDF5 in
+    ``scratch_dir`` as they arrive. The scratch files are removed after a success and kept after
+    a failure: the staged ``<run>.input.h5`` is a data-exchange file that ``bluesky-tomo-hpc
+    recon`` reads, so a retry needs nothing else.
+    """
 
     def __init__(
         self,
         params: ReconParams,
         service: ReconService,
+        make_volume: VolumeMaker,
         writer: ResultWriter | None = None,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        data_dir: str | Path,
         center_for: Callable[[ScanSpec, ReconParams], float | None] | None = None,
         fallback_center: Callable[[ScanSpec], float | None] | None = None,
     ):
@@ -115,45 +139,64 @@ class FullVolumeSink:
         #: starts; the parameters (and their hash) stay those requested
         self.center_for = center_for
         self.service = service
+        self.make_volume = make_volume
         self.writer = writer
         self.progress = progress
+        self.data_dir = Path(data_dir)
         #: the last confident centre of the scan's detector: used when the automatic centre is
         #: uncertain (see ``engine.center.resolve_uncertain_center``)
         self.fallback_center = fallback_center
-        self._acc: FrameAccumulator | None = None
+        self._store: FrameStore | None = None
 
     def open(self, spec: ScanSpec) -> None:
-        self._acc = FrameAccumulator(spec)
+        self._store = FrameStore(spec, self.data_dir / "scratch")
 
     def add(self, batch: FrameBatch) -> None:
-        if self._acc is None:
+        if self._store is None:
             raise RuntimeError("FullVolumeSink.add before open")
-        self._acc.add(batch)
+        self._store.add(batch)
+
+    def volume_dir(self, spec: ScanSpec) -> Path:
+        """Where the volume goes: ``volumes/<run>/<params hash>/`` in the data folder."""
+        return path_inside(self.data_dir / "volumes", spec.run_uid, self.params.params_hash, what="run uid")
 
     def close(self, end: ScanEnd) -> None:
-        acc, self._acc = self._acc, None
-        if acc is None:
+        store, self._store = self._store, None
+        if store is None:
             return
         if end.exit_status != "success":
+            store.close_spill()
             log.warning("run %s ended %r (%s); no full reconstruction of a partial scan "
                         "(raw data is kept)", end.run_uid, end.exit_status, end.reason)
             self.service.outcomes[end.run_uid] = ReconOutcome(
                 end.run_uid, ok=False, message=f"scan ended {end.exit_status!r}: not reconstructed")
             return
-        params, writer, progress, center_for = self.params, self.writer, self.progress, self.center_for
+        params, writer, progress, make_volume = self.params, self.writer, self.progress, self.make_volume
+        center_for, fallback_center, volume_dir = self.center_for, self.fallback_center, self.volume_dir
 
         def job() -> ReconOutcome:
-            from ..engine.reconstruct import reconstruct_scan
-
-            data = acc.assemble()
-            center = center_for(acc.spec, params) if center_for is not None else None
-            fallback = self.fallback_center(acc.spec) if self.fallback_center is not None else None
-            result = reconstruct_scan(data, params, center=center, fallback=fallback, progress=progress)
-            for warning in result.warnings:  # to the terminal too, not only the stored metadata
-                log.warning("run %s: %s", acc.spec.run_uid, warning)
-            location = writer.write(acc.spec, result) if writer is not None else ""
+            spec = store.spec
+            try:
+                out_dir = volume_dir(spec)
+                center = center_for(spec, params) if center_for is not None else None
+                fallback = fallback_center(spec) if fallback_center is not None else None
+                result, zarr_path = make_volume(store, params, out_dir, progress, center=center,
+                                                fallback=fallback)
+                for warning in result.warnings:  # to the terminal too, not only the stored metadata
+                    log.warning("run %s: %s", spec.run_uid, warning)
+                location = (writer.write(spec, result, zarr_path=zarr_path) if writer is not None
+                            else str(zarr_path))
+            except Exception as exc:  # reported in the outcome, never raised into a scan
+                store.close_spill()
+                kept = [str(p) for p in (store.staged_path, store.spill_path) if p.exists()]
+                message = f"{type(exc).__name__}: {exc}"
+                if kept:
+                    message += f" (kept for a retry: {', '.join(kept)})"
+                log.error("full volume of run %s failed: %s", spec.run_uid, message, exc_info=True)
+                return ReconOutcome(spec.run_uid, ok=False, message=message, spec=spec)
+            store.discard()
             return ReconOutcome(
-                run_uid=acc.spec.run_uid,
+                run_uid=spec.run_uid,
                 ok=True,
                 message="reconstructed",
                 location=location,
@@ -162,7 +205,7 @@ class FullVolumeSink:
                 shape=tuple(result.volume.shape),
                 timings=dict(result.timings),
                 result=result,
-                spec=acc.spec,
+                spec=spec,
             )
 
-        self.service.submit(acc.spec.run_uid, job)
+        self.service.submit(store.spec.run_uid, job)

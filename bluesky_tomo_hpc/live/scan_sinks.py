@@ -1,0 +1,158 @@
+"""The sinks of one scan, built from :class:`Settings`: the one place they are wired.
+
+The in-process pipeline (``configure(RE)``), the streaming worker and catalog re-processing all
+ask a :class:`SinkFactory` for each run's sinks, so a live preview, a full volume and the centre
+a detector remembers between scans behave the same whichever process runs them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ..engine.memory import budget_bytes
+from ..jobs.volume_at_stop import VolumeAtStop
+from ..metadata.pinned_center import PinnedCenters
+from ..settings import Settings
+from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService
+from ..sinks.sink import Sink, SinkFanout
+
+
+class DetectorCenters:
+    """(detector, frame shape) -> the last centre trusted for it: the next scan's preview starts
+    there (the axis rarely moves between scans).
+
+    One rule for every process: a scan's checked preview centre is remembered at its final, and
+    a confident full-volume centre, when one is made, replaces it (it comes later and looks at
+    more rows)."""
+
+    def __init__(self) -> None:
+        self._centers: dict[tuple[str, tuple[int, ...]], float] = {}
+
+    def previous(self, spec: Any) -> float | None:
+        return self._centers.get((str(spec.detector_key), tuple(spec.frame_shape)))
+
+    def from_preview(self, update: Any) -> None:
+        """A final live preview whose centre check ran."""
+        check = update.metadata.get("center_check") or {}
+        if update.final and check.get("done"):
+            key = (str(update.metadata.get("detector")), tuple(update.metadata.get("frame_shape", ())))
+            self._centers[key] = float(check["center"])
+
+    def from_outcome(self, outcome: ReconOutcome) -> None:
+        """A finished full volume."""
+        spec = outcome.spec
+        from ..engine.center import CONFIDENCE_THRESHOLD
+
+        if outcome.ok and spec is not None and (outcome.center_confidence or 0.0) >= CONFIDENCE_THRESHOLD:
+            self._centers[(str(spec.detector_key), tuple(spec.frame_shape))] = float(outcome.center)
+
+    def __len__(self) -> int:
+        return len(self._centers)
+
+    def items(self) -> Iterable[tuple[tuple[str, tuple[int, ...]], float]]:
+        return self._centers.items()
+
+
+class SinkFactory:
+    """Builds each run's sinks (``factory()`` is what a router calls at every tomography start).
+
+    ``processed``: the Tiled container for results (None: files only). ``register_in_place``:
+    the Tiled server reads the data folder (the embedded one), so volumes are registered where
+    they are written instead of uploaded. ``preview_outputs`` are added to every live preview;
+    ``extra`` makes further per-run sinks (a batch-job submitter).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        processed: Any | None = None,
+        register_in_place: bool | None = None,
+        preview_outputs: Iterable[Any] = (),
+        full_volume: bool | None = None,
+        max_queue_bytes: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        extra: Iterable[Callable[[], Sink]] = (),
+    ):
+        self.settings = settings
+        self.data_dir = Path(settings.data_dir)
+        self.processed = processed
+        self.full_volume = settings.full_volume if full_volume is None else full_volume
+        self.budget = budget_bytes(settings.memory_budget_mb)
+        pv = settings.preview
+        self.max_queue_bytes = int(pv.max_queue_mb * 2**20) if max_queue_bytes is None else max_queue_bytes
+        self.progress = progress
+        self.extra = list(extra)
+        self.png_dir = Path(pv.png_dir) if pv.png_dir else self.data_dir / "previews"
+        self.centers = DetectorCenters()
+        #: centres fixed by a scan's metadata or its series: they come before any remembered one
+        self.pinned = PinnedCenters()
+        self.service = ReconService()
+        self.service.listeners.append(self.centers.from_outcome)
+        self.service.listeners.append(self.pinned.remember)
+        self.publisher: Any = None
+        outputs: list[Any] = []
+        if pv.zmq_address:  # first: a viewer must not wait on files or Tiled
+            from ..sinks.preview_stream import PreviewPublisher
+
+            self.publisher = PreviewPublisher(pv.zmq_address)
+            outputs.append(self.publisher)
+        from ..sinks.preview import PreviewFileWriter, PreviewTiledWriter
+
+        outputs.append(PreviewFileWriter(self.png_dir))
+        self.result_writer = None
+        if processed is not None:
+            from ..results.writer import TiledResultWriter
+
+            outputs.append(PreviewTiledWriter(processed, settings.recon))
+            in_place = settings.tiled.register_in_place if register_in_place is None else register_in_place
+            self.result_writer = TiledResultWriter(processed, png_dir=self.png_dir,
+                                                   register_in_place=bool(in_place))
+        outputs.extend(preview_outputs)
+        outputs.append(self.centers.from_preview)
+        self.preview_outputs = outputs
+        #: the last few live previews (callers wait on their finals)
+        self.previews: list[Any] = []
+
+    def preview(self) -> Sink:
+        """A live three-slice preview with the settings' binning, positions, filter and budgets."""
+        from ..sinks.preview import PreviewSink
+
+        pv, recon = self.settings.preview, self.settings.recon
+        center = recon.center if isinstance(recon.center, float | int) else None
+        sink = PreviewSink(self.preview_outputs, binning=pv.binning, positions=pv.positions, center=center,
+                           fallback_center=self.previous_center, filter_name=recon.filter_name,
+                           device=recon.device, max_queue_bytes=self.max_queue_bytes,
+                           publish_interval_s=pv.publish_interval_s,
+                           final_budget_s=pv.final_budget_s, refine_center=pv.refine_center)
+        self.previews.append(sink)
+        del self.previews[:-16]  # older ones are long final
+        return sink
+
+    def previous_center(self, spec: Any) -> float | None:
+        """Where a scan's live preview starts when the parameters give no centre: the centre
+        pinned by its metadata or series, else the one its detector remembers."""
+        pinned = self.pinned.pinned(spec.metadata)
+        return pinned if pinned is not None else self.centers.previous(spec)
+
+    def volume(self) -> FullVolumeSink:
+        """The full volume at stop, within the memory budget."""
+        return FullVolumeSink(self.settings.recon, self.service, VolumeAtStop(self.budget),
+                              self.result_writer, progress=self.progress, data_dir=self.data_dir,
+                              center_for=self.pinned.center_for, fallback_center=self.previous_center)
+
+    def __call__(self) -> Sink:
+        sinks: list[Sink] = []
+        if self.settings.preview.enabled:
+            sinks.append(self.preview())
+        if self.full_volume:
+            sinks.append(self.volume())
+        sinks.extend(make() for make in self.extra)
+        return SinkFanout(sinks)
+
+    def close(self) -> None:
+        self.service.shutdown()
+        if self.publisher is not None:
+            self.publisher.close()
