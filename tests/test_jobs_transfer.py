@@ -22,11 +22,11 @@ from test_jobs_support import DSET, make_raw_scan
 
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
-from bluesky_tomo_hpc.jobs.journal import Journal
+from bluesky_tomo_hpc.jobs.journal import Journal, stage_statistics
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.movers.globus import GlobusMover
 from bluesky_tomo_hpc.jobs.staging import is_self_contained, materialize_exchange_file, write_exchange_file
-from bluesky_tomo_hpc.jobs.transfer_plan import DataPlan, RemoteSite, TransferLog, pipeline_statistics
+from bluesky_tomo_hpc.jobs.transfer_plan import DataPlan, RemoteSite
 from bluesky_tomo_hpc.model import TomoDataError
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions, processed_container
 
@@ -189,7 +189,7 @@ def test_nersc_job_stage_in_run_stage_out_register(tmp_path, g, rs, tiled_client
     details = [d or "" for _, _, d in journal.events(rec.job_id)]
     assert any(d.startswith("transfer-in started: globus task " + TASK_IN) for d in details)
     assert any(d.startswith("transfer-out done") for d in details)
-    stats = {s.stage: s for s in pipeline_statistics(journal)}
+    stats = {s.stage: s for s in stage_statistics(journal)}
     assert {"transfer-in", "queue", "run", "transfer-out", "register", "total"} <= set(stats)
     assert all(s.n == 1 for s in stats.values())
 
@@ -213,7 +213,7 @@ def test_failed_transfer_is_retried_and_permission_denied_is_permanent(tmp_path,
     mon.step()  # backoff 0: the transfer is tried again, and now the site refuses the path
     rec = journal.get(rec.job_id)
     assert rec.state == "FAILED" and "PERMISSION_DENIED" in rec.error and "gave up" not in rec.error
-    assert [r["state"] for r in TransferLog(journal).rows(rec.job_id)] == ["FAILED", "FAILED"]
+    assert [r["state"] for r in journal.transfers(rec.job_id)] == ["FAILED", "FAILED"]
     assert not nersc.requests, "nothing is submitted without its input at the site"
     assert not journal.copies(item=f"run:{rec.run_uid}", location="nersc")
 
@@ -234,7 +234,7 @@ def test_cancel_during_transfer_cancels_the_globus_task(tmp_path, g, rs):
     rec = JobMonitor(journal, ex, sites={"nersc": site}).cancel(rec.job_id)
     assert rec.state == "CANCELLED" and TASK_IN in journal.events(rec.job_id)[-1][2]
     assert any(c.request.url.endswith(f"/task/{TASK_IN}/cancel") for c in rs.calls)
-    assert [r["state"] for r in TransferLog(journal).rows(rec.job_id)] == ["CANCELLED"]
+    assert [r["state"] for r in journal.transfers(rec.job_id)] == ["CANCELLED"]
     assert not nersc.requests
 
 
@@ -316,4 +316,4 @@ def test_job_lost_at_nersc_without_its_result_is_retried_not_copied_back(tmp_pat
     assert rec.state == "RETRY_WAIT" and rec.error.startswith("LOST"), (rec.state, rec.error)
     stat = [c.request.url for c in rs.calls if "/stat" in c.request.url][-1]
     assert "result.json" in stat
-    assert [r["direction"] for r in TransferLog(journal).rows(rec.job_id)] == ["in"]
+    assert [r["direction"] for r in journal.transfers(rec.job_id)] == ["in"]

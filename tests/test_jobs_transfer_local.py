@@ -18,13 +18,13 @@ from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
 from bluesky_tomo_hpc.jobs.factory import make_monitor
 from bluesky_tomo_hpc.jobs.job import ReconJob, Resources
-from bluesky_tomo_hpc.jobs.journal import Journal
+from bluesky_tomo_hpc.jobs.journal import Journal, stage_statistics
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.movers.copy import LocalMover
 from bluesky_tomo_hpc.jobs.retention import RetentionRule, prune
 from bluesky_tomo_hpc.jobs.staging import is_self_contained
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink
-from bluesky_tomo_hpc.jobs.transfer_plan import DataPlan, RemoteSite, TransferLog, pipeline_statistics
+from bluesky_tomo_hpc.jobs.transfer_plan import DataPlan, RemoteSite
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions, processed_container
 from bluesky_tomo_hpc.settings import Settings
 
@@ -88,9 +88,9 @@ def test_two_sites_stage_in_run_stage_out_register(tmp_path, tiled_client):
     assert source.management == "external" and str(beamline) in source.assets[0].data_uri
 
     # journal: stages with statistics, copies for retention
-    rows = TransferLog(journal).rows(rec.job_id)
+    rows = journal.transfers(rec.job_id)
     assert [(r["direction"], r["state"]) for r in rows] == [("in", "SUCCEEDED"), ("out", "SUCCEEDED")]
-    stats = {s.stage for s in pipeline_statistics(journal)}
+    stats = {s.stage for s in stage_statistics(journal)}
     assert {"stage", "transfer-in", "run", "transfer-out", "register", "total"} <= stats
     # retention may drop the site's result folder (a verified copy is here) but not the site's input
     report = prune(
@@ -146,7 +146,7 @@ def test_transient_stage_out_failure_repeats_only_the_transfer(tmp_path, monkeyp
     assert rec.state == "DONE", (rec.state, rec.error)
     states = [s for s, _, _ in monitor.journal.events(job_id)]
     assert states.count("SUBMITTED") == 1 and "RETRY_WAIT" in states
-    rows = TransferLog(monitor.journal).rows(job_id)
+    rows = monitor.journal.transfers(job_id)
     assert [(r["direction"], r["state"]) for r in rows] == [
         ("in", "SUCCEEDED"),
         ("out", "FAILED"),

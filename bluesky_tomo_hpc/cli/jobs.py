@@ -49,7 +49,8 @@ def _journal(args: argparse.Namespace) -> Any:
 def _monitor(journal: Any, poll: float) -> Any:
     """A monitor with an executor for every executor name the journal's active jobs use."""
     from ..jobs.executors import make_executor
-    from ..jobs.monitor import JobMonitor, tiled_container
+    from ..jobs.monitor import JobMonitor
+    from ..results.batch_registration import tiled_container
     from ..settings import load_settings
 
     settings = load_settings()
@@ -99,9 +100,9 @@ def run(args: argparse.Namespace) -> int:
             print("(no jobs)" if args.all else "(no active jobs; --all shows finished ones)")
         return 0
     if args.jobs_command == "stats":
-        from ..jobs.transfer_plan import pipeline_statistics
+        from ..jobs.journal import stage_statistics
 
-        stats = pipeline_statistics(journal, executor=args.executor)
+        stats = stage_statistics(journal, executor=args.executor)
         if not stats:
             print("no job has finished a stage yet")
         for s in stats:

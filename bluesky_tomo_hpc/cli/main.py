@@ -37,7 +37,7 @@ command line/parameter/settings, 3 bad input data, 4 output not writable, 5 serv
 """
 
 #: subcommand modules in the order --help lists them
-COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "health", "reprocess", "config")
+COMMANDS = ("demo", "recon", "serve", "worker", "watch", "jobs", "health", "reprocess", "recover", "config")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    choices=["inprocess", "local", "slurm", "nersc", "alcf"],
                    help="inprocess: reconstruct here (default); others: submit batch jobs")
     p.add_argument("--dry-run", action="store_true", help="list what would be done, do nothing")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="reconstruct runs without a stop document from the frames they have "
+                        "(default: report them as incomplete and go on)")
     p.set_defaults(func=run)
 
 
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.params import ReconParams
     from ..live.catalog_replay import (
+        NOT_A_RUN,
         ReprocessError,
         RunQuery,
         already_reconstructed,
@@ -95,9 +99,12 @@ def run(args: argparse.Namespace) -> int:
         found = 0
         for uid, r, layout in tomography_runs(raw, query):
             found += 1
+            if layout == NOT_A_RUN:
+                print(f"{uid[:8]}: not a run")
+                continue
             done = already_reconstructed(processed, uid, params)
             what = "not tomography" if layout is None else ("done" if done else "to do")
-            print(f"{uid[:8]} scan {r.start.get('scan_id')}: {what}")
+            print(f"{uid[:8]} scan {r.metadata['start'].get('scan_id')}: {what}")
         if not found:
             raise CliError(f"no run matches {query.describe()}; widen the query (see --help)")
         return 0
@@ -123,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             summary = reprocess(raw, processed, params=params, query=query, submit=submit,
-                                progress=progress, settings=settings)
+                                progress=progress, settings=settings,
+                                allow_incomplete=args.allow_incomplete)
         except ReprocessError as exc:
             raise CliError(f"{exc}; widen the query (see --help)") from exc
     for line in summary.lines():
@@ -134,4 +142,4 @@ def run(args: argparse.Namespace) -> int:
         monitor.stop()
     if summary.count("reconstructed") + summary.count("submitted") == 0 and summary.count("failed") == 0:
         print("nothing to do: every matching tomography run is already reconstructed with these parameters")
-    return 1 if summary.count("failed") else 0
+    return 1 if summary.count("failed") or summary.count("incomplete") else 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from typing import Any
 
 from .errors import one_line
@@ -42,7 +43,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--journal", metavar="DIR", help="journal of open runs, for restarts")
     p.add_argument("--no-full-volume", action="store_true", help="preview only")
     p.add_argument("--max-runs", type=int, help="exit after this many scans")
-    p.add_argument("--timeout", type=float, help="exit after this many seconds")
+    p.add_argument("--timeout", type=float,
+                   help="exit after this many seconds, whatever the worker is doing")
+    p.add_argument("--stop-timeout", type=float, default=300.0,
+                   help="give up a run with no new frame for this long whose stop document never "
+                        "came (and that Tiled has no stop for); default 300 s")
     pva = p.add_argument_group("PV Access frames")
     pva.add_argument("--kind-attribute", default="frame_type", help="NDArray attribute of the frame kind")
     pva.add_argument("--angle-attribute", default="rotation_angle", help="NDArray attribute of the angle")
@@ -78,10 +83,34 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Serve until ``--max-runs``, ``--timeout``, SIGINT or SIGTERM, whatever the worker is doing
+    (rebuilding runs from the journal, waiting for documents, finishing volumes); runs still
+    open at the end are given up, saying so. A second signal exits at once."""
+    import os
+    import signal
+    import time
+
     from ..live.stream_worker import StreamWorker
 
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+
+    def remaining(default: float | None = None) -> float | None:
+        return default if deadline is None else max(0.0, deadline - time.monotonic())
+
     settings = settings_from_args(args)
-    worker = StreamWorker(settings, journal_dir=args.journal)
+    worker = StreamWorker(settings, journal_dir=args.journal, stop_timeout_s=args.stop_timeout)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if worker.interrupted is not None:
+            os._exit(128 + signum)  # a second signal: the user means it
+        print(f"{signal.Signals(signum).name}: stopping (again to exit at once)", file=sys.stderr, flush=True)
+        worker.interrupt(signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    if deadline is not None:  # --timeout counts from here, in every state
+        timer = threading.Timer(args.timeout, lambda: worker.interrupt(0))
+        timer.daemon = True
+        timer.start()
 
     def ready() -> None:
         print("READY", flush=True)
@@ -89,13 +118,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.zmq:
             worker.serve_zmq(args.zmq, prefix=args.prefix.encode(), max_runs=args.max_runs,
-                             timeout_s=args.timeout, ready=ready)
+                             timeout_s=remaining(), ready=ready)
         else:
-            worker.serve_pva(args.pva, max_runs=args.max_runs, timeout_s=args.timeout, ready=ready,
+            worker.serve_pva(args.pva, max_runs=args.max_runs, timeout_s=remaining(), ready=ready,
                              kind_attribute=args.kind_attribute, angle_attribute=args.angle_attribute,
                              angle_pv=args.angle_pv, kind_pv=args.kind_pv, angle_units=args.angle_units,
                              n_projections=args.n_projections, idle_timeout_s=args.idle_timeout)
-        finished = worker.wait(timeout=600)
+        worker.expire_stale_runs(all_open=True)  # nothing more will come for them
+        # interrupted (a signal, or --timeout: 0): a short grace for what is in flight
+        finish = 10.0 if worker.interrupted is not None else remaining(600.0)
+        finished = worker.wait(timeout=finish)
         for sink in worker.previews:
             if sink.final is not None:
                 print(json.dumps({"run_uid": sink.final.run_uid, "preview": sink.final.metadata},
@@ -107,6 +139,10 @@ def run(args: argparse.Namespace) -> int:
         if worker.router.errors:
             for uid, msg in worker.router.errors:
                 print(one_line(f"run {uid}: {msg}"), file=sys.stderr)
+        if worker.interrupted:
+            return 128 + worker.interrupted
         return 0 if finished else 1
     finally:
         worker.close()
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..results.batch_registration import tiled_container
 from ..settings import Settings
 from .executors import make_executor
 from .journal import Journal
-from .monitor import JobMonitor, tiled_container
+from .monitor import JobMonitor
 from .submit_sink import HPCSubmitSink
 from .transfer_plan import DataPlan, RemoteSite
 

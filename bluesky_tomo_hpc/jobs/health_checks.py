@@ -81,9 +81,12 @@ def check_journal(path: Path) -> Check:
     if not Path(path).exists():
         return Check("journal", "warn", f"{path} does not exist yet (no job submitted)")
     try:
-        jobs = Journal(path).jobs()
+        journal = Journal(path)
+        jobs = journal.jobs()
     except Exception as exc:
         return Check("journal", "fail", f"{path} unreadable: {exc}")
+    if journal.incidents:  # corrupt or emptied: the journal kept it aside and started afresh
+        return Check("journal", "fail", f"{path}: {journal.incidents[-1]}")
     active = sum(1 for j in jobs if not j.terminal)
     return Check("journal", "ok", f"{path}: {len(jobs)} jobs, {active} active")
 

@@ -1,46 +1,54 @@
-"""The job monitor: submits jobs, follows them, retries or fails them, registers results in Tiled.
+"""The job monitor: submits jobs, follows them, retries or fails them, and has results registered.
 
 All its state is in the :class:`~bluesky_tomo_hpc.jobs.journal.Journal`, so a monitor created in a
 new process (after an IPython restart) picks up every job the old one left unfinished. One
-:meth:`step` looks at each active job once; :meth:`start` runs steps on a daemon thread.
+:meth:`step` looks at each active job once; :meth:`start` runs steps on a daemon thread that
+never dies: a journal that is locked, deleted or corrupt is retried or recreated by the journal
+(the monitor puts back the jobs it was following), and any other error is logged and the next
+step tries again.
 
-Fault policy: a :class:`TransientError` or a transient remote failure is retried with exponential
-backoff up to ``max_retries``; a permanent one (permission denied, missing input, bad data,
-expired credentials) fails the job at once, with the reason in the journal. A job the executor
-reports COMPLETED counts only if its ``result.json`` exists ("nothing is lost").
-
-Remote sites (``sites``: executor name -> :class:`~bluesky_tomo_hpc.jobs.transfer_plan.RemoteSite`):
-a STAGED job's input is made self-contained and copied out (transfer-in), the executor gets the
-job with the site's paths, and when it finishes the outputs are copied back (transfer-out) before
-the result counts. Transfers are followed step by step (never blocking the monitor) in the
-journal's ``transfers`` table; a failed transfer is retried like a failed run, and only the
-failed leg is repeated.
+Fault policy: a :class:`TransientError` or a transient remote failure (a node lost, an MPI rank
+killed by a signal) is retried with exponential backoff up to ``max_retries``; a permanent one
+(permission denied, missing input, bad data, expired credentials, no scheduler) fails the job at
+once, with the reason in the journal. A job the executor reports COMPLETED counts only if its
+``result.json`` exists ("nothing is lost"). Data movement for remote sites is in
+:mod:`~bluesky_tomo_hpc.jobs.data_movement`; Tiled registration in
+:mod:`~bluesky_tomo_hpc.results.batch_registration`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..results.batch_registration import BatchRegistrar
+from .data_movement import Arrival, TransferLegs, read_result
 from .executors.executor import Executor, ExecutorError, RemoteState
 from .job import ReconJob
 from .journal import JobRecord, Journal, JournalError
-from .movers.mover import TransferError
-from .transfer_plan import RemoteSite, TransferLog
+from .transfer_plan import RemoteSite
 
 log = logging.getLogger(__name__)
+
+#: finished jobs the monitor remembers, to put back into a journal recreated under it
+REMEMBERED_JOBS = 256
 
 _REMOTE_TO_JOURNAL = {RemoteState.PENDING: "PENDING", RemoteState.RUNNING: "RUNNING"}
 
 
 class JobMonitor:
-    """Follows the jobs of ``journal`` on ``executors`` (name -> executor)."""
+    """Follows the jobs of ``journal`` on ``executors`` (name -> executor).
+
+    ``tiled``: the processed container (or a callable returning it) where results are
+    registered; ``register_in_place``/``readable_roots``: see :class:`BatchRegistrar`.
+    ``sites``: executor name -> the :class:`RemoteSite` its jobs' data travel to and from.
+    """
 
     def __init__(
         self,
@@ -61,24 +69,18 @@ class JobMonitor:
         if not isinstance(executors, dict):
             executors = {executors.name: executors}
         self.executors = executors
-        self._tiled = tiled
+        self.registrar = (BatchRegistrar(tiled, register_in_place=register_in_place,
+                                         readable_roots=readable_roots)
+                          if tiled is not None else None)
         self.max_retries, self.backoff_s, self.backoff_max_s, self.poll_s = (
-            max_retries,
-            backoff_s,
-            backoff_max_s,
-            poll_s,
-        )
+            max_retries, backoff_s, backoff_max_s, poll_s)
         self.stale_new_s = stale_new_s
-        #: None: register the Zarr in place when Tiled can read it, else upload. Where the server's
-        #: ``readable_storage`` is known, pass it as ``readable_roots``: otherwise readability is
-        #: probed by reading one slice, and a refusal costs the Tiled client's retries (~25 s).
-        self.register_in_place = register_in_place
-        self.readable_roots = (
-            [Path(r).resolve() for r in readable_roots] if readable_roots is not None else None
-        )
-        #: executor name -> the remote site its jobs' data must travel to and from
         self.sites = dict(sites or {})
-        self.transfers = TransferLog(journal)
+        self.legs = TransferLegs(journal, self._failed)
+        #: the jobs as last seen (active ones, and the last few finished): put back if the
+        #: journal file is lost under us
+        self._following: OrderedDict[str, JobRecord] = OrderedDict()
+        journal.recreated.append(self._restore_following)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.RLock()
@@ -93,24 +95,21 @@ class JobMonitor:
                 f"does not have (it has {sorted(self.executors)})"
             ) from None
 
-    def existing(self, job: ReconJob) -> JobRecord | None:
+    def existing(self, job: ReconJob, *, wait_s: float | None = None) -> JobRecord | None:
         """The journal's job for the same run and parameters hash, if one finished or is running."""
-        return self.journal.find_reusable(job.run_uid, job.params.params_hash)
+        return self.journal.find_reusable(job.run_uid, job.params.params_hash, wait_s=wait_s)
 
-    def add(self, job: ReconJob, executor: str | None = None, *, reuse: bool = True) -> JobRecord:
-        """Record ``job`` as NEW, or return the existing one of the same key (idempotent)."""
-        if reuse and (old := self.existing(job)) is not None:
-            log.info(
-                "job %s reuses %s (%s) for run %s, params %s",
-                job.job_id,
-                old.job_id,
-                old.state,
-                job.run_uid,
-                job.params.params_hash,
-            )
+    def add(self, job: ReconJob, executor: str | None = None, *, reuse: bool = True,
+            wait_s: float | None = None) -> JobRecord:
+        """Record ``job`` as NEW, or return the existing one of the same key (idempotent);
+        ``wait_s`` bounds the wait for a busy journal (:class:`JournalUnavailable` after it)."""
+        if reuse and (old := self.existing(job, wait_s=wait_s)) is not None:
+            log.info("job %s reuses %s (%s) for run %s, params %s", job.job_id, old.job_id,
+                     old.state, job.run_uid, job.params.params_hash)
             return old
-        name = executor or next(iter(self.executors))
-        return self.journal.add(job, name)
+        rec = self.journal.add(job, executor or next(iter(self.executors)), wait_s=wait_s)
+        self._remember(rec)
+        return rec
 
     def submit(self, job_id: str) -> JobRecord:
         """Hand a NEW/STAGED/RETRY_WAIT job to its executor (errors go to the journal, not up)."""
@@ -119,57 +118,72 @@ class JobMonitor:
             if rec.state not in ("NEW", "STAGED", "RETRY_WAIT"):
                 return rec  # submitted meanwhile (the sink's thread and the monitor's may both try)
             site = self.sites.get(rec.executor)
-            if site is not None and not self.transfers.succeeded(job_id, "in"):
-                if self.transfers.active(job_id) is None:
-                    self._stage_in(rec, site)  # submits once the input has arrived
+            if site is not None and not self.journal.transfer_succeeded(job_id, "in"):
+                if self.journal.active_transfer(job_id) is None:
+                    self._arrived(rec, self.legs.stage_in(rec, site))  # submits once the input is there
                 return self.journal.get(job_id)
+            tried = dataclasses.replace(rec, attempts=rec.attempts + 1)  # a failed submission counts
             try:
                 job = site.plan.remote_job(rec.job) if site is not None else rec.job
                 handle = self._executor(rec).submit(job)
             except ExecutorError as exc:
-                return self._failed(rec, str(exc), transient=exc.transient)
-            except OSError as exc:
-                return self._failed(rec, f"submission failed: {exc}", transient=True)
+                return self._failed(tried, f"submission failed: {exc}", exc.transient)
+            except OSError as exc:  # a full disk, a vanished folder: may pass
+                return self._failed(tried, f"submission failed: {exc}", True)
             except ValueError as exc:  # a path outside the site's local root
-                return self._failed(rec, f"submission failed: {exc}", transient=False)
-            return self.journal.set_state(
-                job_id,
-                "SUBMITTED",
-                f"handle {handle}",
-                handle=handle,
-                attempts=rec.attempts + 1,
-                error=None,
-                next_try=None,
-            )
+                return self._failed(tried, f"submission failed: {exc}", False)
+            rec = self.journal.set_state(job_id, "SUBMITTED", f"handle {handle}", handle=handle,
+                                         attempts=rec.attempts + 1, error=None, next_try=None)
+            self._remember(rec)
+            return rec
 
-    def _failed(self, rec: JobRecord, reason: str, *, transient: bool) -> JobRecord:
+    def _failed(self, rec: JobRecord, reason: str, transient: bool) -> JobRecord:
         attempts = max(rec.attempts, 1)
         if transient and attempts <= self.max_retries:
             delay = min(self.backoff_max_s, self.backoff_s * 2 ** (attempts - 1))
-            log.warning(
-                "job %s: %s; retry %d/%d in %.0f s", rec.job_id, reason, attempts, self.max_retries, delay
-            )
-            return self.journal.set_state(
-                rec.job_id,
-                "RETRY_WAIT",
-                reason,
-                error=reason,
-                next_try=time.time() + delay,
-                attempts=attempts,
-            )
+            log.warning("job %s: %s; retry %d/%d in %.0f s", rec.job_id, reason, attempts,
+                        self.max_retries, delay)
+            return self.journal.set_state(rec.job_id, "RETRY_WAIT", reason, error=reason,
+                                          next_try=time.time() + delay, attempts=attempts)
         why = reason if not transient else f"{reason} (gave up after {attempts} attempts)"
         log.error("job %s failed: %s", rec.job_id, why)
         return self.journal.set_state(rec.job_id, "FAILED", why, error=why)
 
+    def _arrived(self, rec: JobRecord, arrival: Arrival | None) -> None:
+        """What a finished transfer leg leads to: submit at the site, or register the result."""
+        if arrival == "input-at-site":
+            self.submit(rec.job_id)
+        elif arrival == "outputs-back":
+            self._register(self.journal.get(rec.job_id))
+
     # -- following --------------------------------------------------------------------------
     def step(self) -> None:
-        """Look at every active job once."""
-        for rec in self.journal.jobs(active_only=True):
+        """Look at every active job once (and record jobs parked while the journal was locked)."""
+        self.journal.adopt_parked()
+        active = self.journal.jobs(active_only=True)
+        for rec in active:
+            self._remember(rec)
             try:
                 self._step_one(rec)
+                self._remember(self.journal.get(rec.job_id))
+            except JournalError:
+                raise  # the journal itself is in trouble: the loop reports it and tries again
             except Exception as exc:  # one bad job must not stop the others being followed
                 log.exception("following job %s failed", rec.job_id)
                 self.journal.set_state(rec.job_id, rec.state, f"monitor error: {exc}", error=str(exc))
+
+    def _remember(self, rec: JobRecord) -> None:
+        """Keep the latest record of each job; finished ones only up to ``REMEMBERED_JOBS``."""
+        self._following[rec.job_id] = rec
+        self._following.move_to_end(rec.job_id)
+        excess = len(self._following) - REMEMBERED_JOBS
+        if excess > 0:
+            for jid in [j for j, r in self._following.items() if r.terminal][:excess]:
+                del self._following[jid]
+
+    def _restore_following(self, why: str) -> None:
+        for rec in list(self._following.values()):
+            self.journal.restore(rec, f"restored by the monitor: {why}")
 
     def _step_one(self, rec: JobRecord) -> None:
         with self._lock:
@@ -177,13 +191,13 @@ class JobMonitor:
             if rec.terminal:
                 return
             site = self.sites.get(rec.executor)
-            if site is not None and (row := self.transfers.active(rec.job_id)) is not None:
-                self._follow_transfer(rec, site, row)
+            if site is not None and (row := self.journal.active_transfer(rec.job_id)) is not None:
+                self._arrived(rec, self.legs.follow(rec, site, row))
                 return
             if rec.state == "STAGED" or (rec.state == "RETRY_WAIT" and (rec.next_try or 0) <= time.time()):
-                last = self.transfers.last(rec.job_id) if site is not None else None
+                last = self.journal.last_transfer(rec.job_id) if site is not None else None
                 if site is not None and last and last["direction"] == "out" and last["state"] != "SUCCEEDED":
-                    self._stage_out(rec, site)  # the run finished; only bringing it back failed
+                    self._arrived(rec, self.legs.stage_out(rec, site))  # only bringing it back failed
                 else:
                     self.submit(rec.job_id)  # stages in first where the job's site needs it
                 return
@@ -192,238 +206,60 @@ class JobMonitor:
                 return
             if rec.state == "NEW" and time.time() - rec.created > self.stale_new_s:
                 self.journal.set_state(
-                    rec.job_id,
-                    "FAILED",
-                    "staging never finished",
+                    rec.job_id, "FAILED", "staging never finished",
                     error=f"staging never finished within {self.stale_new_s:.0f} s "
-                    "(the submitting session ended while staging?)",
-                )
+                    "(the submitting session ended while staging?)")
                 return
             if rec.state not in ("SUBMITTED", "PENDING", "RUNNING") or rec.handle is None:
                 return
-            st = self._executor(rec).status(rec.handle)
-            if st.state in _REMOTE_TO_JOURNAL:
-                new = _REMOTE_TO_JOURNAL[st.state]
-                if new != rec.state:
-                    self.journal.set_state(rec.job_id, new, st.reason or None)
+            self._follow_remote(rec, site)
+
+    def _follow_remote(self, rec: JobRecord, site: RemoteSite | None) -> None:
+        """Ask the executor about a submitted job and act on its answer."""
+        assert rec.handle is not None
+        st = self._executor(rec).status(rec.handle)
+        if st.state in _REMOTE_TO_JOURNAL:
+            new = _REMOTE_TO_JOURNAL[st.state]
+            if new != rec.state:
+                self.journal.set_state(rec.job_id, new, st.reason or None)
+            return
+        if site is not None and st.state in (RemoteState.COMPLETED, RemoteState.LOST):
+            if st.state == RemoteState.LOST and not self.legs.finished_at_site(rec, site):
+                self._failed(rec, f"LOST: {st.reason}", st.transient)
                 return
-            if site is not None and st.state in (RemoteState.COMPLETED, RemoteState.LOST):
-                if st.state == RemoteState.LOST and not self._finished_at_site(rec, site):
-                    self._failed(rec, f"LOST: {st.reason}", transient=st.transient)
-                    return
-                if rec.state != "RUNNING":
-                    self.journal.set_state(rec.job_id, "RUNNING", f"seen {st.state.value}")
-                self._stage_out(self.journal.get(rec.job_id), site)  # result.json is checked once back
+            if rec.state != "RUNNING":
+                self.journal.set_state(rec.job_id, "RUNNING", f"seen {st.state.value}")
+            self._arrived(rec, self.legs.stage_out(self.journal.get(rec.job_id), site))
+            return
+        result = read_result(rec.job)
+        if st.state == RemoteState.COMPLETED or (st.state == RemoteState.LOST and result is not None):
+            if result is None:
+                self._failed(rec, f"{rec.executor} says COMPLETED but {rec.job.outputs.result_path} "
+                             "is missing", True)
                 return
-            result = self._result(rec.job)
-            if st.state == RemoteState.COMPLETED or (st.state == RemoteState.LOST and result is not None):
-                if result is None:
-                    self._failed(
-                        rec,
-                        f"{rec.executor} says COMPLETED but {rec.job.outputs.result_path} is missing",
-                        transient=True,
-                    )
-                    return
-                if rec.state != "RUNNING":  # a fast job may finish between two looks
-                    self.journal.set_state(rec.job_id, "RUNNING", "seen finished")
-                self.journal.set_state(rec.job_id, "COMPLETED", st.reason or None, result=result)
-                self._register(self.journal.get(rec.job_id))
-            elif st.state == RemoteState.CANCELLED:
-                self.journal.set_state(rec.job_id, "CANCELLED", st.reason or "cancelled by the executor")
-            else:  # FAILED or LOST
-                logs = self._executor(rec).logs(rec.handle)
-                failure = next((ln for ln in logs.splitlines() if ln.startswith("JOB FAILED")), "")
-                extra = f" | {failure}" if failure and failure not in st.reason else ""
-                self._failed(rec, f"{st.state.value}: {st.reason}{extra}", transient=st.transient)
-
-    # -- the remote data path ---------------------------------------------------------------
-    def _stage_in(self, rec: JobRecord, site: RemoteSite) -> None:
-        """Copy the job's input to the site, self-contained (virtual datasets materialised)."""
-        from .staging import is_self_contained, materialize_exchange_file
-
-        job, plan = rec.job, site.plan
-        try:
-            remote = plan.to_remote(job.input_path)
-            source = job.input_path
-            if not is_self_contained(source):
-                source = materialize_exchange_file(source, _materialized_path(job))
-        except (ValueError, OSError) as exc:  # outside the local root, raw file gone, disk full
-            self._failed(rec, f"transfer-in of {job.input_path}: {exc}", transient=isinstance(exc, OSError))
-            return
-        self.journal.set_state(rec.job_id, "STAGED", f"transfer-in to {plan.site}: {remote}")
-        self._start_transfer(
-            rec,
-            site,
-            "in",
-            plan.endpoint_path(str(source), at="local"),
-            plan.endpoint_path(remote, at="remote"),
-            recursive=False,
-        )
-
-    def _finished_at_site(self, rec: JobRecord, site: RemoteSite) -> bool:
-        """Whether a job the executor lost left its ``result.json`` at the site (then it finished)."""
-        remote = site.plan.to_remote(rec.job.outputs.result_path)
-        try:
-            return bool(site.mover_out.exists(site.plan.endpoint_path(remote, at="remote"), at="source"))
-        except TransferError as exc:
-            log.warning("job %s: cannot look for %s at %s: %s", rec.job_id, remote, site.plan.site, exc)
-            return False
-
-    def _stage_out(self, rec: JobRecord, site: RemoteSite) -> None:
-        """Copy the job's output folder (OME-Zarr, TIFFs, provenance, result.json) back here."""
-        plan, local = site.plan, rec.job.outputs.directory
-        remote = plan.to_remote(local)
-        if rec.state != "RUNNING":
-            self.journal.set_state(rec.job_id, "RUNNING", f"transfer-out from {plan.site}: {remote}")
-        self._start_transfer(
-            rec,
-            site,
-            "out",
-            plan.endpoint_path(remote, at="remote"),
-            plan.endpoint_path(str(local), at="local"),
-            recursive=True,
-        )
-
-    def _start_transfer(
-        self,
-        rec: JobRecord,
-        site: RemoteSite,
-        direction: str,
-        source: str,
-        destination: str,
-        *,
-        recursive: bool,
-    ) -> None:
-        mover = site.mover_in if direction == "in" else site.mover_out
-        label = f"tomo {rec.job_id} transfer-{direction}"
-        try:
-            task = mover.start(source, destination, recursive=recursive, label=label)
-        except TransferError as exc:  # recorded too: a retry must know which leg failed
-            failed = self.transfers.start(rec.job_id, direction, mover.name, "-", source, destination)  # type: ignore[arg-type]
-            self.transfers.finish(failed["id"], "FAILED", error=str(exc))
-            self._transfer_failed(rec, direction, source, destination, exc)
-            return
-        row = self.transfers.start(rec.job_id, direction, mover.name, task, source, destination)  # type: ignore[arg-type]
-        self.journal.set_state(
-            rec.job_id,
-            self.journal.get(rec.job_id).state,
-            f"transfer-{direction} started: {mover.name} task {task}",
-        )
-        self._follow_transfer(self.journal.get(rec.job_id), site, row)
-
-    def _transfer_failed(
-        self, rec: JobRecord, direction: str, src: str, dst: str, exc: TransferError
-    ) -> None:
-        # a transfer is an attempt too: count it, or a flaky link would be retried for ever
-        rec = dataclasses.replace(rec, attempts=rec.attempts + 1)
-        self._failed(rec, f"transfer-{direction} {src} -> {dst}: {exc}", transient=exc.transient)
-
-    def _follow_transfer(self, rec: JobRecord, site: RemoteSite, row: dict[str, Any]) -> None:
-        direction = row["direction"]
-        mover = site.mover_in if direction == "in" else site.mover_out
-        try:
-            done = mover.check(row["task_id"], row["source"], row["destination"])
-        except TransferError as exc:
-            self.transfers.finish(row["id"], "FAILED", error=str(exc))
-            self._transfer_failed(rec, direction, row["source"], row["destination"], exc)
-            return
-        if done is None:
-            return
-        self.transfers.finish(row["id"], "SUCCEEDED", nbytes=done.bytes)
-        job, plan = rec.job, site.plan
-        detail = f"transfer-{direction} done: {done.files} files, {done.bytes} bytes, task {done.task_id}"
-        if direction == "in":
-            self.journal.add_copy(
-                f"run:{job.run_uid}", plan.site, str(plan.to_remote(job.input_path)), done.bytes
-            )
-            _materialized_path(job).unlink(missing_ok=True)  # a full copy of the frames: not kept
-            self.journal.set_state(rec.job_id, "STAGED", detail)
-            self.submit(rec.job_id)
-            return
-        result = self._result(job)
-        if result is None:
-            self._failed(
-                dataclasses.replace(rec, attempts=rec.attempts + 1),
-                f"{rec.executor} finished but {job.outputs.result_path} is missing after transfer-out",
-                transient=True,
-            )
-            return
-        result = plan.localize(result)
-        item = f"result:{job.key}"
-        self.journal.add_copy(item, plan.site, str(plan.to_remote(job.outputs.directory)), done.bytes)
-        self.journal.add_copy(item, "local", str(job.outputs.directory), done.bytes)
-        self.journal.set_state(rec.job_id, "COMPLETED", detail, result=result)
-        self._register(self.journal.get(rec.job_id))
-
-    @staticmethod
-    def _result(job: ReconJob) -> dict[str, Any] | None:
-        p = job.outputs.result_path
-        return json.loads(p.read_text()) if p.exists() else None
-
-    def _container(self) -> Any:
-        return self._tiled() if callable(self._tiled) else self._tiled
+            if rec.state != "RUNNING":  # a fast job may finish between two looks
+                self.journal.set_state(rec.job_id, "RUNNING", "seen finished")
+            self.journal.set_state(rec.job_id, "COMPLETED", st.reason or None, result=result)
+            self._register(self.journal.get(rec.job_id))
+        elif st.state == RemoteState.CANCELLED:
+            self.journal.set_state(rec.job_id, "CANCELLED", st.reason or "cancelled by the executor")
+        else:  # FAILED or LOST
+            logs = self._executor(rec).logs(rec.handle)
+            failure = next((ln for ln in logs.splitlines() if ln.startswith("JOB FAILED")), "")
+            extra = f" | {failure}" if failure and failure not in st.reason else ""
+            self._failed(rec, f"{st.state.value}: {st.reason}{extra}", st.transient)
 
     def _register(self, rec: JobRecord) -> None:
-        """Register the job's volume in Tiled, linked to its raw run; REGISTERED when done."""
-        if self._tiled is None:
+        """Have the job's volume registered in Tiled; REGISTERED when done, else retried later."""
+        if self.registrar is None:
             self.journal.set_state(rec.job_id, "DONE", "no Tiled configured: results are files only")
             return
-        from ..results.tiled_results import write_reconstruction
-
-        result = rec.result or {}
-        job = rec.job
-        metadata = {
-            "job_id": job.job_id,
-            "executor": rec.executor,
-            "center": result.get("center"),
-            "timings": result.get("timings", {}),
-            "ranks": result.get("ranks"),
-            "ome_zarr": result.get("ome_zarr"),
-            "tiff_dir": result.get("tiff_dir"),
-            "provenance": str(job.outputs.provenance_path),
-            "warnings": result.get("warnings", []),
-            "sample": job.metadata.get("sample"),
-            "series": job.metadata.get("series"),
-        }
-
-        def write(in_place: bool) -> Any:
-            return write_reconstruction(
-                self._container(),
-                raw_uid=job.run_uid,
-                params=job.params,
-                volume_zarr=result["volume_zarr"],
-                metadata=metadata,
-                kind="batch",
-                register_in_place=in_place,
-            )
-
-        in_place = self.register_in_place
-        if in_place is None and self.readable_roots is not None:
-            zpath = Path(result.get("volume_zarr", "")).resolve()
-            in_place = any(zpath.is_relative_to(r) for r in self.readable_roots)
         try:
-            node = None
-            if in_place is not False:
-                try:
-                    node = write(True)
-                    node["volume"][:1]  # Tiled checks readability only on read: read one slice now
-                except Exception as exc:
-                    if in_place:
-                        raise
-                    log.info(
-                        "job %s: Tiled cannot read %s in place (%s); uploading",
-                        rec.job_id,
-                        result["volume_zarr"],
-                        exc,
-                    )
-                    node = None
-            if node is None:
-                node = write(False)
-        except Exception as exc:
+            path = self.registrar.register(rec.job, rec.result or {}, rec.executor)
+        except Exception as exc:  # Tiled down or refusing: the job stays COMPLETED, tried again
             log.warning("job %s: registering in Tiled failed (%s); will retry", rec.job_id, exc)
             self.journal.set_state(rec.job_id, "COMPLETED", f"register failed: {exc}", error=str(exc))
             return
-        path = "/".join(getattr(node, "path_parts", []) or [getattr(node, "item", {}).get("id", "")])
         self.journal.set_state(rec.job_id, "REGISTERED", path, tiled_node=path, error=None)
 
     def cancel(self, job_id: str) -> JobRecord:
@@ -432,12 +268,9 @@ class JobMonitor:
             rec = self.journal.get(job_id)
             if rec.terminal:
                 return rec
-            row = self.transfers.active(job_id) if rec.executor in self.sites else None
+            row = self.journal.active_transfer(job_id) if rec.executor in self.sites else None
             if row is not None:  # the data is moving: stop the transfer (the remote job is not running)
-                site = self.sites[rec.executor]
-                (site.mover_in if row["direction"] == "in" else site.mover_out).cancel(row["task_id"])
-                self.transfers.finish(row["id"], "CANCELLED", error="cancelled by the user")
-                detail = f"cancelled by the user during transfer-{row['direction']} (task {row['task_id']})"
+                detail = self.legs.cancel(rec, self.sites[rec.executor], row)
                 return self.journal.set_state(job_id, "CANCELLED", detail)
             if rec.handle:
                 self._executor(rec).cancel(rec.handle)
@@ -476,9 +309,16 @@ class JobMonitor:
             self._thread.start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:  # never let the thread die: the next step tries again
+                log.exception("job monitor step failed; trying again in %.0f s", self.poll_s)
             self._stop.wait(self.poll_s)
 
     def stop(self) -> None:
@@ -486,24 +326,3 @@ class JobMonitor:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-
-
-def _materialized_path(job: ReconJob) -> Path:
-    """Where a job's self-contained input is written before it travels (removed once it arrived)."""
-    return job.input_path.with_name(job.input_path.stem + ".materialized.h5")
-
-
-def tiled_container(uri: str, api_key: str | None = None, name: str = "processed") -> Callable[[], Any]:
-    """A lazy factory for the processed container (the client is built on the monitor's thread)."""
-    cache: dict[str, Any] = {}
-
-    def get() -> Any:
-        if "c" not in cache:
-            from tiled.client import from_uri
-
-            from ..results.tiled_results import processed_container
-
-            cache["c"] = processed_container(from_uri(uri, api_key=api_key), name)
-        return cache["c"]
-
-    return get

@@ -1,10 +1,13 @@
 """The on-stop sink: when a scan ends, stage it and submit a batch reconstruction.
 
-``close()`` only records the job in the journal and starts a (non-daemon) thread that writes the
+``close()`` only starts a (non-daemon) thread that records the job in the journal, writes the
 data-exchange input (zero-copy virtual datasets when frames are in files) and hands the job to
 the :class:`~bluesky_tomo_hpc.jobs.monitor.JobMonitor`; it returns at once, so the RunEngine is
-never held up. The job runs in its own process/session/scheduler and the journal remembers it,
-so it survives the IPython session that started it.
+never held up, not even by a locked journal. A journal that stays unavailable gets the job
+*parked* as a file next to it, adopted by the monitor when the journal is back: a job is never
+dropped. Every failure is reported through ``report(run_uid, message)`` (the run's error list).
+The job runs in its own process/session/scheduler and the journal remembers it, so it survives
+the IPython session that started it.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import numpy as np
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec, UnsafeNameError, path_inside
 from .job import JobOutputs, ReconJob, Resources
+from .journal import JobRecord, JournalError
 from .monitor import JobMonitor
 from .staging import write_exchange_file
 
 log = logging.getLogger(__name__)
+
+#: how long ``close()`` (on the RunEngine's callback path) waits for a busy journal
+CLOSE_WAIT_S = 0.2
 
 
 class HPCSubmitSink:
@@ -41,6 +48,7 @@ class HPCSubmitSink:
         executor: str | None = None,
         resources: Resources | Callable[[tuple[int, int, int]], Resources] | None = None,
         outputs: dict | None = None,
+        report: Callable[[str, str], None] | None = None,
     ):
         self.monitor = monitor
         self.work_dir = Path(work_dir)
@@ -53,6 +61,8 @@ class HPCSubmitSink:
         self.threads: list[threading.Thread] = []
         self.job_ids: list[str] = []
         self.errors: list[tuple[str, BaseException]] = []
+        #: ``report(run_uid, message)``: where failures go besides the log (the run's error list)
+        self.report = report
 
     def open(self, spec: ScanSpec) -> None:
         self._spec, self._batches = spec, []
@@ -105,32 +115,76 @@ class HPCSubmitSink:
                 "series": spec.metadata.get("series"),
             },
         )
-        rec = self.monitor.add(job, self.executor)
-        self.job_ids.append(rec.job_id)
-        if rec.job_id != job.job_id:
-            return  # the same run + parameters already has a job: reuse it
+        try:  # the usual case, at once; a busy journal is waited for on the staging thread instead
+            rec: JobRecord | None = self.monitor.add(job, self.executor, wait_s=CLOSE_WAIT_S)
+        except JournalError:
+            rec = None
+        if rec is not None:
+            self.job_ids.append(rec.job_id)
+            if rec.job_id != job.job_id:
+                return  # the same run + parameters already has a job: reuse it
         t = threading.Thread(
             target=self._stage_and_submit,
-            args=(spec, batches, job),
+            args=(spec, batches, job, rec is not None),
             name=f"tomo-submit-{job.job_id}",
             daemon=False,
         )
         self.threads.append(t)
         t.start()
 
-    def _stage_and_submit(self, spec: ScanSpec, batches: list[FrameBatch], job: ReconJob) -> None:
+    def _fail(self, job: ReconJob, message: str, exc: BaseException) -> None:
+        self.errors.append((job.job_id, exc))
+        log.error("run %s: %s", job.run_uid, message)
+        if self.report is not None:
+            self.report(job.run_uid, message)
+
+    def _stage_and_submit(self, spec: ScanSpec, batches: list[FrameBatch], job: ReconJob,
+                          recorded: bool) -> None:
         journal = self.monitor.journal
+        executor = self.executor or next(iter(self.monitor.executors))
+        unavailable: JournalError | None = None
+        if not recorded:
+            try:
+                rec = self.monitor.add(job, executor)
+                self.job_ids.append(rec.job_id)
+                if rec.job_id != job.job_id:
+                    return  # the same run + parameters already has a job: reuse it
+            except JournalError as exc:  # locked for too long: staged anyway, then parked below
+                unavailable = exc
+                self.job_ids.append(job.job_id)
         try:
             write_exchange_file(spec, batches, job.input_path)
+        except Exception as exc:  # never raise into a thread nobody joins: record it
+            log.exception("staging job %s failed", job.job_id)
+            self._fail(job, f"batch job {job.job_id}: staging failed: {exc}", exc)
+            if unavailable is None:
+                self._record_failure(job, f"staging failed: {exc}")
+            return
+        if unavailable is not None:
+            path = journal.park(job, executor, str(unavailable), state="STAGED")
+            self._fail(job, f"batch job {job.job_id} parked in {path} (the journal is unavailable: "
+                       f"{unavailable}); it is submitted when the journal is back", unavailable)
+            return
+        try:
             journal.add_copy(
                 f"run:{spec.run_uid}", "staging", str(job.input_path), job.input_path.stat().st_size
             )
             journal.set_state(job.job_id, "STAGED", str(job.input_path))
-            self.monitor.submit(job.job_id)
-        except Exception as exc:  # never raise into a thread nobody joins: record it
-            self.errors.append((job.job_id, exc))
-            log.exception("staging/submitting job %s failed", job.job_id)
-            journal.set_state(job.job_id, "FAILED", f"staging failed: {exc}", error=f"staging failed: {exc}")
+            rec = self.monitor.submit(job.job_id)
+        except Exception as exc:
+            log.exception("submitting job %s failed", job.job_id)
+            self._fail(job, f"batch job {job.job_id}: submission failed: {exc}", exc)
+            self._record_failure(job, f"submission failed: {exc}")
+            return
+        if rec.state in ("FAILED", "RETRY_WAIT"):
+            self._fail(job, f"batch job {job.job_id} {rec.state}: {rec.error}",
+                       RuntimeError(rec.error or rec.state))
+
+    def _record_failure(self, job: ReconJob, why: str) -> None:
+        try:
+            self.monitor.journal.set_state(job.job_id, "FAILED", why, error=why)
+        except JournalError:
+            log.exception("job %s: could not record its failure in the journal", job.job_id)
 
     def wait(self, timeout: float | None = None) -> None:
         """Join the staging threads (tests, scripts that exit right after a scan)."""

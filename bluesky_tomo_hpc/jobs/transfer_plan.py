@@ -7,17 +7,12 @@ executor a job whose paths are valid *at the site*, and to bring the outputs bac
 
 Every transfer is a row in the journal's ``transfers`` table (task id, direction, times, bytes),
 so a monitor in a new process finds a transfer under way and follows or cancels it, and
-:func:`pipeline_statistics` can report transfer-in and transfer-out next to queue, run and
-register, as in Table 2 of the ALS paper.
+:func:`~bluesky_tomo_hpc.jobs.journal.stage_statistics` reports transfer-in and transfer-out next
+to queue, run and register, as in Table 2 of the ALS paper.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import statistics
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -25,10 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .job import ReconJob
-from .journal import Journal, StageStats
 from .movers.mover import StagedMover
-
-Direction = Literal["in", "out"]
 
 
 class DataPlan(BaseModel):
@@ -143,120 +135,3 @@ class RemoteSite:
         client = transfer_client if transfer_client is not None else transfer_client_from_environment()
         out = GlobusMover(client, str(plan.source_endpoint), str(plan.destination_endpoint))
         return cls(plan, out, out.reversed())
-
-
-# -- the journal's transfers table --------------------------------------------------------------
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS transfers (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, direction TEXT NOT NULL,
-  mover TEXT NOT NULL, task_id TEXT NOT NULL, source TEXT NOT NULL, destination TEXT NOT NULL,
-  state TEXT NOT NULL, started REAL NOT NULL, finished REAL, bytes INTEGER, error TEXT);
-CREATE INDEX IF NOT EXISTS transfers_job ON transfers (job_id);
-"""
-
-
-class TransferLog:
-    """The ``transfers`` table in the journal's SQLite file (states ACTIVE, SUCCEEDED, FAILED,
-    CANCELLED); kept beside the job states so that the journal schema stays the executors' own."""
-
-    def __init__(self, journal: Journal | str | Path):
-        self.path = journal.path if isinstance(journal, Journal) else Path(journal)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.row_factory = sqlite3.Row
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
-
-    def start(
-        self, job_id: str, direction: Direction, mover: str, task_id: str, source: str, destination: str
-    ) -> dict[str, Any]:
-        with self._db() as db:
-            cur = db.execute(
-                "INSERT INTO transfers (job_id, direction, mover, task_id, source, destination, state,"
-                " started) VALUES (?, ?, ?, ?, ?, ?, 'ACTIVE', ?)",
-                (job_id, direction, mover, task_id, source, destination, time.time()),
-            )
-            row = db.execute("SELECT * FROM transfers WHERE id = ?", (cur.lastrowid,)).fetchone()
-        return dict(row)
-
-    def finish(self, row_id: int, state: str, *, nbytes: int | None = None, error: str | None = None) -> None:
-        if state not in ("SUCCEEDED", "FAILED", "CANCELLED"):
-            raise ValueError(f"a transfer ends SUCCEEDED, FAILED or CANCELLED, not {state!r}")
-        with self._db() as db:
-            db.execute(
-                "UPDATE transfers SET state = ?, finished = ?, bytes = ?, error = ? WHERE id = ?",
-                (state, time.time(), nbytes, error, row_id),
-            )
-
-    def rows(self, job_id: str, direction: Direction | None = None) -> list[dict[str, Any]]:
-        """The job's transfers, oldest first."""
-        sql, args = "SELECT * FROM transfers WHERE job_id = ?", [job_id]
-        if direction is not None:
-            sql, args = sql + " AND direction = ?", [*args, direction]
-        with self._db() as db:
-            return [dict(r) for r in db.execute(sql + " ORDER BY id", args).fetchall()]
-
-    def active(self, job_id: str) -> dict[str, Any] | None:
-        return next((r for r in reversed(self.rows(job_id)) if r["state"] == "ACTIVE"), None)
-
-    def succeeded(self, job_id: str, direction: Direction) -> bool:
-        return any(r["state"] == "SUCCEEDED" for r in self.rows(job_id, direction))
-
-    def last(self, job_id: str) -> dict[str, Any] | None:
-        rows = self.rows(job_id)
-        return rows[-1] if rows else None
-
-    def durations(self, job_id: str, direction: Direction) -> float | None:
-        """First start to last successful finish (retries included), or None if none succeeded."""
-        rows = self.rows(job_id, direction)
-        done = [r["finished"] for r in rows if r["state"] == "SUCCEEDED"]
-        return max(done) - rows[0]["started"] if done else None
-
-
-#: the rows of the statistics table, in pipeline order (ALS Table 2 plus local staging and total)
-PIPELINE_STAGES = ("stage", "transfer-in", "queue", "run", "transfer-out", "register", "total")
-
-
-def job_stage_durations(journal: Journal, log: TransferLog, job_id: str) -> dict[str, float]:
-    """Seconds per pipeline stage of one job; 'run' ends where transfer-out starts, if it did."""
-    out = journal.stage_durations(job_id)
-    for direction in ("in", "out"):
-        secs = log.durations(job_id, direction)  # type: ignore[arg-type]
-        if secs is not None:
-            out[f"transfer-{direction}"] = secs
-    outs = log.rows(job_id, "out")
-    running = [t for s, t, _ in journal.events(job_id) if s == "RUNNING"]
-    if outs and running:
-        out["run"] = max(0.0, outs[0]["started"] - running[0])
-    return {k: out[k] for k in PIPELINE_STAGES if k in out}
-
-
-def pipeline_statistics(journal: Journal, *, executor: str | None = None) -> list[StageStats]:
-    """Per-stage statistics (N, mean, sd, median, range) over all jobs, transfers included."""
-    log = TransferLog(journal)
-    per: dict[str, list[float]] = {name: [] for name in PIPELINE_STAGES}
-    for rec in journal.jobs():
-        if executor is not None and rec.executor != executor:
-            continue
-        for name, secs in job_stage_durations(journal, log, rec.job_id).items():
-            per[name].append(secs)
-    return [
-        StageStats(
-            name,
-            len(v),
-            statistics.fmean(v),
-            statistics.stdev(v) if len(v) > 1 else 0.0,
-            statistics.median(v),
-            min(v),
-            max(v),
-        )
-        for name, v in per.items()
-        if v
-    ]

@@ -1,8 +1,12 @@
 """Re-reconstruct the tomography runs of a catalog with new parameters.
 
 Runs are found with Tiled queries, recognised as tomography by the same rules as the live
-callback, and replayed (``run.documents()``) through the same router and sinks, so a
-re-processed run gives the same result a live one would. A run that already has a
+callback, and replayed through the same router and sinks, so a re-processed run gives the same
+result a live one would. Documents are rebuilt on the client
+(:func:`~bluesky_tomo_hpc.sources.tiled_documents.run_documents`), so any Tiled that
+``TiledWriter`` writes to will do, without a server-side exporter. Entries that are not runs are
+skipped; a run without its stop document (what a Tiled crash leaves) is reported ``incomplete``
+and the others go on (``allow_incomplete`` reconstructs what it has). A run that already has a
 reconstruction with the same parameters hash is skipped: running the same request twice does
 nothing the second time, and an interrupted one picks up where it stopped.
 """
@@ -23,6 +27,7 @@ from ..results.tiled_results import find_reconstructions
 from ..settings import Settings
 from ..sinks.sink import Sink
 from ..sources.recognise import recognise
+from ..sources.tiled_documents import is_bluesky_run
 from .scan_sinks import SinkFactory
 
 log = logging.getLogger(__name__)
@@ -55,7 +60,8 @@ class RunQuery:
 class RunOutcome:
     uid: str
     scan_id: int | None
-    #: "reconstructed", "submitted", "skipped", "failed", "not-tomography", "calibration"
+    #: "reconstructed", "submitted", "skipped", "failed", "incomplete", "not-tomography",
+    #: "calibration", "not-a-run"
     status: str
     message: str = ""
     seconds: float = 0.0
@@ -74,8 +80,9 @@ class ReprocessSummary:
         head = (f"{self.matched} runs matched; {self.count('reconstructed')} reconstructed, "
                 f"{self.count('submitted')} submitted, {self.count('skipped')} already done "
                 f"(params {self.params_hash}), {self.count('failed')} failed, "
+                f"{self.count('incomplete')} incomplete (no stop document), "
                 f"{self.count('not-tomography')} not tomography, "
-                f"{self.count('calibration')} dark/flat runs")
+                f"{self.count('calibration')} dark/flat runs, {self.count('not-a-run')} not runs")
         return [head] + [f"  {o.uid[:8]} scan {o.scan_id}: {o.status} {o.message}".rstrip()
                          for o in self.outcomes]
 
@@ -128,8 +135,13 @@ def _matching(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any]]:
 
 
 def tomography_runs(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any, str | None]]:
-    """Yield ``(uid, run, layout)`` for every matching run; layout None means not tomography."""
+    """Yield ``(uid, run, layout)`` for every matching entry; layout None means not tomography,
+    ``NOT_A_RUN`` an entry that is no Bluesky run (a plain container or array beside the runs)."""
     for uid, run in _matching(catalog, query):
+        if not is_bluesky_run(run):
+            log.warning("catalog entry %s is not a Bluesky run; skipped", uid)
+            yield uid, run, NOT_A_RUN
+            continue
         try:
             layout = recognise(run.start)
         except ValueError as exc:  # start["tomo"] present but malformed
@@ -137,6 +149,9 @@ def tomography_runs(catalog: Any, query: RunQuery) -> Iterator[tuple[str, Any, s
             layout = None
         yield uid, run, None if layout is None else layout.layout
 
+
+#: the layout :func:`tomography_runs` gives an entry that is not a Bluesky run
+NOT_A_RUN = "not-a-run"
 
 #: kinds of result that count as "reconstructed" (a live preview alone does not)
 VOLUME_KINDS = ("full", "batch")
@@ -148,13 +163,29 @@ def already_reconstructed(processed: Any, uid: str, params: ReconParams) -> bool
                for k in VOLUME_KINDS)
 
 
+def run_stop(run: Any) -> dict[str, Any] | None:
+    """The run's stop document, or None when Tiled never got it."""
+    return (getattr(run, "metadata", None) or {}).get("stop") or None
+
+
 def _replay(run: Any, sink_factory: Callable[[], Sink], catalog: Any) -> list[str]:
-    """Feed a stored run's documents through the live router; returns the router's errors."""
+    """Feed a stored run's documents through the live router; returns the router's errors.
+    A run without a stop is closed with one saying so (only asked for by ``allow_incomplete``)."""
     from ..sources.documents import TomoRunRouter, tiled_dark_flat_resolver
+    from ..sources.tiled_documents import run_documents
 
     router = TomoRunRouter(sink_factory, dark_flat_resolver=tiled_dark_flat_resolver(catalog))
-    for name, doc in run.documents():
+    start: dict[str, Any] = {}
+    stopped = False
+    for name, doc in run_documents(run):
+        start = doc if name == "start" else start
+        stopped = stopped or name == "stop"
         router(name, doc)
+    if not stopped and start:
+        router("stop", {"uid": f"{start['uid']}-closed-by-reprocess", "run_start": start["uid"],
+                        "time": time.time(), "exit_status": "success",
+                        "reason": "no stop document in the catalog: reconstructed what is there",
+                        "num_events": {}})
     return [message for _, message in router.errors]
 
 
@@ -166,6 +197,7 @@ def reprocess(
     query: RunQuery = RunQuery(),
     submit: Callable[[str, Any], str] | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    allow_incomplete: bool = False,
     settings: Settings | None = None,
 ) -> ReprocessSummary:
     """Reconstruct every tomography run matching ``query`` that lacks a result with ``params``.
@@ -176,6 +208,8 @@ def reprocess(
 
     ``submit(uid, run)``, when given, hands a run to a batch executor instead of reconstructing
     it here and returns a job id. ``progress(done, total, uid)`` is called after each run.
+    A run without a stop document is reported ``incomplete`` unless ``allow_incomplete``, which
+    reconstructs the frames it has. One run's failure never stops the others.
     Raises :class:`ReprocessError` when nothing matches.
     """
     candidates = list(tomography_runs(catalog, query))
@@ -190,9 +224,14 @@ def reprocess(
         sinks = SinkFactory(settings, processed=processed)
         stack.callback(sinks.close)
         for i, (uid, run, layout) in enumerate(candidates):
-            scan_id = run.start.get("scan_id")
+            scan_id = run.metadata.get("start", {}).get("scan_id") if layout != NOT_A_RUN else None
             t0 = time.perf_counter()
-            outcome = _one(uid, run, layout, scan_id, catalog, processed, params, sinks, submit)
+            try:
+                outcome = _one(uid, run, layout, scan_id, catalog, processed, params, sinks, submit,
+                               allow_incomplete)
+            except Exception as exc:  # one bad run must not stop the others
+                log.exception("run %s could not be re-processed", uid)
+                outcome = RunOutcome(uid, scan_id, "failed", f"{type(exc).__name__}: {exc}")
             outcome.seconds = time.perf_counter() - t0
             summary.outcomes.append(outcome)
             log.info("run %s: %s %s", uid, outcome.status, outcome.message)
@@ -202,15 +241,22 @@ def reprocess(
 
 
 def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: Any, processed: Any,
-         params: ReconParams, sinks: SinkFactory, submit: Callable[[str, Any], str] | None) -> RunOutcome:
+         params: ReconParams, sinks: SinkFactory, submit: Callable[[str, Any], str] | None,
+         allow_incomplete: bool = False) -> RunOutcome:
+    if layout == NOT_A_RUN:
+        return RunOutcome(uid, scan_id, "not-a-run", "not a Bluesky run; skipped")
     if layout is None:
         return RunOutcome(uid, scan_id, "not-tomography")
     if layout == "dark_flat":
         return RunOutcome(uid, scan_id, "calibration", "dark/flat run, used by the runs that cite it")
     if already_reconstructed(processed, uid, params):
         return RunOutcome(uid, scan_id, "skipped", "already reconstructed with these parameters")
-    if (run.stop or {}).get("exit_status", "success") != "success":
-        return RunOutcome(uid, scan_id, "failed", f"scan ended {run.stop.get('exit_status')!r}")
+    stop = run_stop(run)
+    if stop is None and not allow_incomplete:
+        return RunOutcome(uid, scan_id, "incomplete", "no stop document (Tiled lost it?): complete it "
+                          "with 'bluesky-tomo-hpc recover', or use --allow-incomplete")
+    if stop is not None and stop.get("exit_status", "success") != "success":
+        return RunOutcome(uid, scan_id, "failed", f"scan ended {stop.get('exit_status')!r}")
     if submit is not None:
         try:
             return RunOutcome(uid, scan_id, "submitted", f"job {submit(uid, run)}")
@@ -240,9 +286,12 @@ def batch_submitter(monitor: Any, work_dir: Any, params: ReconParams, executor: 
         if not sink.job_ids:
             why = errors + [str(e) for _, e in sink.errors]
             raise RuntimeError("; ".join(why) or "no job was created from the replayed run")
-        if sink.errors:
+        if sink.errors:  # staging failed, the journal was unavailable, or the executor refused
             raise RuntimeError("; ".join(f"{j}: {e}" for j, e in sink.errors))
-        return sink.job_ids[-1]
+        rec = monitor.journal.get(sink.job_ids[-1])
+        if rec.state in ("FAILED", "CANCELLED", "RETRY_WAIT"):
+            raise RuntimeError(f"job {rec.job_id} {rec.state}: {rec.error}")
+        return rec.job_id
 
     return submit
 

@@ -9,6 +9,11 @@ It subscribes two callbacks, each on its own thread so the RunEngine never waits
 bluesky-tiled-plugins' ``TiledWriter`` (raw runs into the ``raw`` catalog, with a JSONL backup
 if Tiled fails) and the tomography callback (live preview, full
 volume at stop, batch job on HPC), which never blocks or raises into the RunEngine.
+
+When Tiled is down, nothing is lost: a raw run goes to the JSONL backup, a full volume to the
+spool (``<data_dir>/spool``), each failure to the run's error list (``tomo.router.errors``), and
+a recovery thread puts both into Tiled once it answers again (``bluesky-tomo-hpc recover`` does
+the same by hand).
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..model import UnsafeNameError, path_inside
+from ..results.recovery import TiledRecovery
 from ..results.series_volume import SeriesCollector
+from ..results.spool import ResultSpool
 from ..results.tiled_results import processed_container
 from ..results.tiled_server import EmbeddedTiledServer, raw_catalog
 from ..settings import Settings, load_settings
@@ -40,6 +48,7 @@ class TomoPipeline:
         server: EmbeddedTiledServer | None = None,
         extra_sinks: list[Callable[[], Sink]] | None = None,
         progress: Callable[[int, int], None] | None = None,
+        recovery_interval_s: float = 30.0,
     ):
         from bluesky_tiled_plugins import TiledWriter
 
@@ -82,6 +91,11 @@ class TomoPipeline:
             + [self._scicat_raw_sink] * (self.scicat is not None) + list(extra_sinks or []))
         self.service = self.sinks.service
         self.result_writer = self.sinks.result_writer
+        #: full volumes Tiled did not take wait here; failures go to the run's error list
+        self.spool = ResultSpool(self.data_dir / "spool")
+        if self.result_writer is not None:
+            self.result_writer.spool, self.result_writer.report = self.spool, self.report_error
+        self.service.listeners.append(self._report_failed_outcome)
         #: centres fixed by a scan's metadata or its series (see metadata.pinned_center)
         self.pinned = self.sinks.pinned
         #: time series grouped into a Tiled container and an OME-Zarr with a t axis
@@ -96,7 +110,11 @@ class TomoPipeline:
         #: raw runs into Tiled, on its own thread (HTTP round trips per document)
         writer = TiledWriter(self.raw, batch_size=settings.tiled.writer_batch_size,
                              backup_directory=str(backup))
-        self.tiled_writer = ThreadedCallback(writer, name="tiled-writer")
+        self.tiled_writer = ThreadedCallback(_BackupWatch(writer, backup, self.report_error),
+                                             name="tiled-writer")
+        #: puts into Tiled what it missed while down (backed-up raw runs, spooled results)
+        self.recovery = TiledRecovery(self.spool, backup, raw=self.raw, processed=self.processed,
+                                      interval_s=recovery_interval_s).start()
         self.callback = TomoCallback(self.make_sinks, dark_flat_resolver=tiled_dark_flat_resolver(self.raw))
         self.router = self.callback.router
         self._tokens: list[tuple[Any, int]] = []
@@ -124,6 +142,7 @@ class TomoPipeline:
         from ..jobs.factory import make_submit_sink
 
         submit = make_submit_sink(self.settings, self.monitor)
+        submit.report = self.report_error
         self._submit_sinks.append(submit)
         return submit
 
@@ -148,12 +167,27 @@ class TomoPipeline:
         """The centre each detector's next scan starts from."""
         return self.sinks.centers
 
+    def report_error(self, run_uid: str, message: str) -> None:
+        """Add to a run's error list (what the scan summary shows) from any thread."""
+        self.router.report(run_uid, message)
+
+    def _report_failed_outcome(self, outcome: Any) -> None:
+        if not outcome.ok:
+            self.report_error(outcome.run_uid, f"full reconstruction failed: {outcome.message}")
+
     def batch_jobs(self, run_uid: str | None = None) -> list[Any]:
         """Journal records of the batch jobs this pipeline submitted (for one run, or all)."""
         if self.monitor is None:
             return []
+        from ..jobs.journal import JournalError
+
         ids = [j for sink in self._submit_sinks for j in sink.job_ids]
-        records = [self.monitor.journal.get(j) for j in dict.fromkeys(ids)]
+        records = []
+        for j in dict.fromkeys(ids):
+            try:
+                records.append(self.monitor.journal.get(j))
+            except JournalError:  # parked while the journal was locked: not recorded yet
+                continue
         return [r for r in records if run_uid is None or r.run_uid == run_uid]
 
     def wait_for_jobs(self, timeout: float = 600.0) -> list[Any]:
@@ -191,6 +225,7 @@ class TomoPipeline:
         self.unsubscribe()
         self.callback.close()
         self.tiled_writer.close()
+        self.recovery.stop()
         if self.monitor is not None:
             self.monitor.stop()
         self.sinks.close()
@@ -198,6 +233,27 @@ class TomoPipeline:
             self.scicat.close()
         if self.server is not None:
             self.server.close()
+
+
+class _BackupWatch:
+    """The raw-data writer, telling the run's error list when a run went to the JSONL backup
+    instead of Tiled (TiledWriter itself only logs it)."""
+
+    def __init__(self, writer: Callable[[str, dict], Any], backup: Path,
+                 report: Callable[[str, str], None]):
+        self.writer, self.backup, self.report = writer, backup, report
+
+    def __call__(self, name: str, doc: dict) -> None:
+        self.writer(name, doc)
+        if name == "stop":
+            uid = str(doc.get("run_start", ""))
+            try:  # TiledWriter names the backup after the uid's first part; never a path outside
+                path = path_inside(self.backup, f"{uid.split('-')[0]}.jsonl", what="run uid")
+            except UnsafeNameError:
+                return
+            if uid and path.exists():
+                self.report(uid, f"raw run not fully written to Tiled; all its documents are in {path} "
+                            "and go to Tiled when it is back (or run: bluesky-tomo-hpc recover)")
 
 
 def configure(RE: Any, settings: Settings | str | Path | None = None, **kwargs: Any) -> TomoPipeline:

@@ -15,6 +15,13 @@ journal folder, see :func:`..model.safe_component`);
 restarted, it replays those through the router, which re-reads the frames from the HDF5 files
 they point to, then carries on with the live documents. The RunEngine never waits on any of
 this: its Publisher's PUB socket drops rather than blocks.
+
+Why a stop timeout: a run whose stop document never comes (the worker was down when it was
+sent, 0MQ dropped it, the RunEngine died) would keep its preview and volume waiting for ever.
+A run rebuilt from the journal first asks Tiled for its stop (the raw run is there when the
+RunEngine's TiledWriter wrote it); a run with no new frame for ``stop_timeout_s`` that Tiled has
+no stop for is given up, and the worker says so (log, ``errors``, the run's error list): its raw
+data is untouched and ``bluesky-tomo-hpc reprocess --uid`` reconstructs it later.
 """
 
 from __future__ import annotations
@@ -165,6 +172,7 @@ class StreamWorker:
         full_volume: bool | None = None,
         max_queue_bytes: int | None = None,
         router_kwargs: Mapping[str, Any] | None = None,
+        stop_timeout_s: float = 300.0,
     ):
         self.settings = settings or load_settings()
         self.client = client if client is not None else self._connect_tiled()
@@ -177,7 +185,7 @@ class StreamWorker:
         #: volumes are uploaded unless tiled.register_in_place says the server reads this disk)
         self.sinks = SinkFactory(self.settings, processed=self.processed, preview_outputs=preview_outputs,
                                  full_volume=full_volume, max_queue_bytes=max_queue_bytes,
-                                 extra=[lambda: _EndCounter(self)])
+                                 extra=[lambda: _RunWatch(self)])
         self.service = self.sinks.service
         self.previews = self.sinks.previews
         self.centers = self.sinks.centers
@@ -192,6 +200,14 @@ class StreamWorker:
         self._max_runs: int | None = None
         self._stop_event = threading.Event()
         self._on_stop: Callable[[], None] | None = None
+        #: a run with no new frame for this long, whose stop Tiled does not have, is given up
+        self.stop_timeout_s = stop_timeout_s
+        #: run uid -> monotonic time of its last frame (or its start), for open runs
+        self.last_activity: dict[str, float] = {}
+        #: (run uid, why) of the runs given up
+        self.gave_up: list[tuple[str, str]] = []
+        #: the signal that interrupted the worker, if one did
+        self.interrupted: int | None = None
 
     # -- construction helpers ------------------------------------------------------------
     def _connect_tiled(self) -> Any | None:
@@ -291,10 +307,60 @@ class StreamWorker:
             uid = docs[0][1]["uid"]
             log.info("rebuilding run %s from its journal (%d documents)", uid, len(docs))
             for name, doc in docs:
+                if self._stop_event.is_set():  # SIGINT/SIGTERM while rebuilding: stop now
+                    self.rebuilt.extend(rebuilt)
+                    return rebuilt
                 self._handle(name, doc, record=False)
             rebuilt.append(uid)
         self.rebuilt.extend(rebuilt)
+        for uid in rebuilt:  # the stop may have been sent while this worker was down
+            self._stop_from_tiled(uid)
         return rebuilt
+
+    # -- runs whose stop does not come ----------------------------------------------------------
+    def _stop_from_tiled(self, run_uid: str) -> bool:
+        """Route the run's stop document from the raw catalog, if Tiled has it; True if so."""
+        if run_uid not in self.router.runs or self.client is None:
+            return False
+        try:
+            stop = self.client[self.settings.tiled.raw_container][run_uid].metadata.get("stop")
+        except Exception as exc:  # Tiled down, or the run is not there (yet)
+            log.info("run %s: no stop document from Tiled (%s)", run_uid, exc)
+            return False
+        if not stop:
+            return False
+        log.warning("run %s: its stop document was missed; taken from Tiled", run_uid)
+        self._handle("stop", dict(stop), record=False)
+        return True
+
+    def expire_stale_runs(self, *, now: float | None = None, all_open: bool = False) -> list[str]:
+        """Give up the open runs with no frame for ``stop_timeout_s`` (or every open run with
+        ``all_open``) whose stop Tiled does not have either; returns their uids."""
+        now = time.monotonic() if now is None else now
+        given_up = []
+        for uid in list(self.router.runs):
+            idle = now - self.last_activity.get(uid, now)
+            if not all_open and idle < self.stop_timeout_s:
+                continue
+            if self._stop_from_tiled(uid):
+                continue
+            why = (f"gave up: no stop document after {idle:.0f} s without frames (stop timeout "
+                   f"{self.stop_timeout_s:.0f} s)" if not all_open else
+                   "gave up: the worker is exiting before the run's stop document arrived")
+            why += ("; the raw data is untouched: reconstruct it later with "
+                    f"'bluesky-tomo-hpc reprocess URI --uid {uid}'")
+            self.router.report(uid, why)
+            self.gave_up.append((uid, why))
+            self._handle("stop", {"uid": f"{uid}-given-up", "run_start": uid, "time": time.time(),
+                                  "exit_status": "fail", "reason": why, "num_events": {}},
+                         record=False)
+            given_up.append(uid)
+        return given_up
+
+    def interrupt(self, signum: int) -> None:
+        """What SIGINT/SIGTERM do: stop serving at once (thread- and signal-safe)."""
+        self.interrupted = signum
+        self.stop()
 
     # -- feeds ----------------------------------------------------------------------------
     def _run_ended(self, end: ScanEnd) -> None:
@@ -316,12 +382,12 @@ class StreamWorker:
 
         check_zmq_address(address, what="--zmq address")
 
+        self._stop_event.clear()
         self.replay_journal()
         # msgpack, never bluesky's pickle default: see zmq_documents
         dispatcher = document_dispatcher(address, prefix=prefix, loop=asyncio.new_event_loop())
         dispatcher.subscribe(self)
         self._max_runs = None if max_runs is None else len(self.ended) + max_runs
-        self._stop_event.clear()
 
         def cancel() -> None:
             if dispatcher._task is not None:
@@ -334,8 +400,19 @@ class StreamWorker:
                 dispatcher.loop.call_soon_threadsafe(cancel)
 
         self._on_stop = cancel_threadsafe
+        if self._stop_event.is_set() and self.interrupted is not None:
+            return 0  # interrupted while rebuilding the journal
         if timeout_s is not None:
             dispatcher.loop.call_later(timeout_s, cancel)
+
+        def check_stale() -> None:
+            try:
+                self.expire_stale_runs()
+            except Exception:
+                log.exception("checking for runs without a stop failed")
+            dispatcher.loop.call_later(min(5.0, self.stop_timeout_s / 4), check_stale)
+
+        dispatcher.loop.call_later(min(5.0, self.stop_timeout_s / 4), check_stale)
         if ready is not None:
             dispatcher.loop.call_soon(ready)
         n0 = len(self.ended)
@@ -368,18 +445,27 @@ class StreamWorker:
 
     # -- end ------------------------------------------------------------------------------
     def wait(self, timeout: float | None = 60.0) -> bool:
-        """Until every preview is final and every full volume is done; False on timeout."""
+        """Until every preview is final and every full volume is done; False on timeout.
+        Waits in short slices, so a signal handler (SIGINT/SIGTERM) gets to run."""
         deadline = None if timeout is None else time.monotonic() + timeout
+
+        def left() -> float:
+            return 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+
         for sink in list(self.previews):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                sink.wait_final(left)
-            except TimeoutError:
+            while True:
+                try:
+                    sink.wait_final(left())
+                    break
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return False
+                except Exception:
+                    break  # that preview failed; it was logged
+        while not self.service.wait(left()):
+            if deadline is not None and time.monotonic() >= deadline:
                 return False
-            except Exception:
-                continue  # that preview failed; it was logged
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self.service.wait(left)
+        return True
 
     def close(self) -> None:
         self.sinks.close()
@@ -408,19 +494,23 @@ class _PerScanSinks:
             current.close(end)
 
 
-class _EndCounter:
-    """The last sink of each run: tells the worker that a scan ended (for ``max_runs``)."""
+class _RunWatch:
+    """The last sink of each run: when it last saw frames (for the stop timeout), and that it
+    ended (for ``max_runs``)."""
 
     def __init__(self, worker: StreamWorker):
         self.worker = worker
+        self.run_uid = ""
 
     def open(self, spec: Any) -> None:
-        pass
+        self.run_uid = spec.run_uid
+        self.worker.last_activity[spec.run_uid] = time.monotonic()
 
     def add(self, batch: Any) -> None:
-        pass
+        self.worker.last_activity[self.run_uid] = time.monotonic()
 
     def close(self, end: ScanEnd) -> None:
+        self.worker.last_activity.pop(end.run_uid, None)
         self.worker._run_ended(end)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..model import ScanSpec, safe_component
 from .pictures import save_orthoslices_png
+from .spool import ResultSpool
 from .tiled_results import preview_slices, recon_key, write_reconstruction
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,20 @@ class TiledResultWriter:
 
     A volume already in a Zarr store (``zarr_path``) is registered in place when the server reads
     the data folder (``register_in_place``: the embedded server), else uploaded chunk by chunk.
+    With a ``spool``, a result Tiled does not take (server down, restarting) is kept there and
+    registered later, and ``report(run_uid, message)`` puts the failure in the run's error list;
+    the returned location is then ``spooled:<folder>``.
     """
 
     def __init__(self, container: Callable[[], Any] | Any, png_dir: str | Path | None = None,
-                 kind: str = "full", *, register_in_place: bool = False):
+                 kind: str = "full", *, register_in_place: bool = False,
+                 spool: ResultSpool | None = None, report: Callable[[str, str], None] | None = None):
         self._container = container
         self.png_dir = Path(png_dir) if png_dir else None
         self.kind = kind
         self.register_in_place = register_in_place
+        self.spool = spool
+        self.report = report
         self.pngs: dict[str, Path] = {}
 
     def container(self) -> Any:
@@ -63,12 +70,30 @@ class TiledResultWriter:
                 title += "  (centre uncertain)"
             self.pngs[spec.run_uid] = save_orthoslices_png(
                 previews, self.png_dir / f"{safe_component(spec.run_uid[:8], 'run uid')}_slices.png", title)
-        container = self.container()
         volume = {"volume_zarr": zarr_path, "register_in_place": self.register_in_place} if zarr_path \
             else {"volume": result.volume}
-        node = write_reconstruction(
-            container, raw_uid=spec.run_uid, params=result.params, previews=previews,
-            metadata=result_metadata(spec, result), kind=self.kind, **volume)
+        metadata = result_metadata(spec, result)
+        try:
+            node = write_reconstruction(
+                self.container(), raw_uid=spec.run_uid, params=result.params, previews=previews,
+                metadata=metadata, kind=self.kind, **volume)
+        except Exception as exc:
+            if self.spool is None:
+                raise
+            return self._spool(spec, result, metadata, exc)
         key = recon_key(spec.run_uid, result.params.params_hash, self.kind)
         log.info("reconstruction of run %s written to Tiled node %s", spec.run_uid, key)
         return str(getattr(node, "uri", key))
+
+    def _spool(self, spec: ScanSpec, result: Any, metadata: dict[str, Any], exc: Exception) -> str:
+        assert self.spool is not None
+        error = f"{type(exc).__name__}: {exc}"
+        path = self.spool.put(raw_uid=spec.run_uid, params=result.params, volume=result.volume,
+                              metadata=metadata, kind=self.kind, error=error)
+        message = (f"writing the {self.kind} volume to Tiled failed ({error}); it is kept in {path} "
+                   "and registered when Tiled is back (or run: bluesky-tomo-hpc recover)")
+        if self.report is not None:
+            self.report(spec.run_uid, message)
+        else:
+            log.error("run %s: %s", spec.run_uid, message)
+        return f"spooled:{path}"

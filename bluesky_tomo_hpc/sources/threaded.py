@@ -137,3 +137,8 @@ class ThreadedCallback:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def queued(self) -> int:
+        """Documents waiting for the target (a soak run checks this never grows without bound)."""
+        return len(self._queue)

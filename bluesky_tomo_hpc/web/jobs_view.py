@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..jobs.journal import JobRecord, Journal, JournalError
-from ..jobs.transfer_plan import TransferLog, job_stage_durations, pipeline_statistics
+from ..jobs.journal import JobRecord, Journal, JournalError, stage_statistics
 
 LOG_TAIL_LINES = 40
 
@@ -56,14 +55,14 @@ def job_detail(journal: Journal, job_id: str, monitor: Any = None) -> dict[str, 
     rec = _get(journal, job_id)
     events = [{"state": s, "time": t, "detail": d} for s, t, d in journal.events(job_id)]
     return {**job_row(rec), "events": events,
-            "stages": job_stage_durations(journal, TransferLog(journal), job_id),
+            "stages": journal.stage_durations(job_id),
             "log_tail": log_tail(monitor, rec)}
 
 
 def statistics(journal: Journal) -> list[dict[str, Any]]:
     """Per stage: N, mean, sd, median, min, max (seconds), as ``jobs stats`` prints them."""
     return [{"stage": s.stage, "n": s.n, "mean": s.mean, "sd": s.sd, "median": s.median,
-             "min": s.minimum, "max": s.maximum} for s in pipeline_statistics(journal)]
+             "min": s.minimum, "max": s.maximum} for s in stage_statistics(journal)]
 
 
 def act(journal: Journal, monitor: Any, job_id: str, action: str) -> dict[str, Any]:

@@ -10,6 +10,8 @@ credentials), and the monitor acts on that distinction alone.
 from __future__ import annotations
 
 import enum
+import re
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,12 +76,45 @@ class Executor(Protocol):
     def logs(self, handle: str) -> str: ...
 
 
-def status_from_exit_code(code: int | None, reason: str = "") -> RemoteStatus:
-    """Completed/failed from a batch-program exit code, with its permanence (see ``jobs.batch_program``)."""
+#: what mpich's hydra (and a shell) print when a process died of a signal
+_SIGNAL_LINES = (
+    re.compile(r"EXIT STRING: .*\(signal (\d+)\)"),
+    re.compile(r"KILLED BY SIGNAL: (\d+)"),
+    re.compile(r"terminated by signal (\d+)", re.IGNORECASE),
+)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def killing_signal(log_text: str) -> int | None:
+    """The signal that killed an MPI rank, as the launcher reported it in the job's log."""
+    for pattern in _SIGNAL_LINES:
+        if m := pattern.search(log_text):
+            return int(m.group(1))
+    return None
+
+
+def status_from_exit_code(code: int | None, reason: str = "", log_text: str = "") -> RemoteStatus:
+    """Completed/failed from a batch-program exit code, with its permanence (see ``jobs.batch_program``).
+
+    A rank killed by a signal (the OOM killer, a node's watchdog, an operator's ``kill``) is a
+    transient failure named by its signal, whether the launcher says so in the log or the shell
+    reports 128 + N."""
     from ..batch_program import EX_TEMPFAIL, PERMANENT_EXIT_CODES
 
     if code == 0:
         return RemoteStatus(RemoteState.COMPLETED, 0, reason)
+    sig = killing_signal(log_text)
+    if sig is None and code is not None and code > 128 and code - 128 < signal.NSIG:
+        sig = code - 128
+    if sig is not None:
+        why = f"an MPI rank was killed by {signal_name(sig)} (signal {sig}); exit code {code}"
+        return RemoteStatus(RemoteState.FAILED, code, why, transient=True)
     transient = code == EX_TEMPFAIL or (code is not None and code not in PERMANENT_EXIT_CODES and code >= 128)
     why = f"batch program exited with {code}" + (f": {reason}" if reason else "")
     if code in PERMANENT_EXIT_CODES:

@@ -103,7 +103,8 @@ class LocalExecutor:
         code_file = run_dir / "exit_code"
         if code_file.exists():
             code = int(code_file.read_text().strip())
-            return status_from_exit_code(code, self._failure_line(run_dir) if code else "")
+            return status_from_exit_code(code, self._failure_line(run_dir) if code else "",
+                                         self.logs(handle) if code else "")
         pid, start = (run_dir / "start").read_text().split()
         if _start_time(int(pid)) == start:
             return RemoteStatus(RemoteState.RUNNING)

@@ -22,7 +22,15 @@ from string import Template
 
 from ...model import UnsafeNameError, safe_component
 from ..job import ReconJob
-from .executor import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
+from .executor import (
+    PermanentError,
+    RemoteState,
+    RemoteStatus,
+    TransientError,
+    killing_signal,
+    signal_name,
+    status_from_exit_code,
+)
 
 _PENDING = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "SUSPENDED"}
 _RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
@@ -149,7 +157,9 @@ def interpret_state(info: dict[str, str]) -> RemoteStatus:
         )
     if state in ("COMPLETED", "FAILED"):
         if sig not in ("", "0"):
-            return RemoteStatus(RemoteState.FAILED, code, f"killed by signal {sig}", transient=True, raw=info)
+            name = signal_name(int(sig)) if sig.isdigit() else "a signal"
+            why = f"killed by {name} (signal {sig})"
+            return RemoteStatus(RemoteState.FAILED, code, why, transient=True, raw=info)
         st = status_from_exit_code(code if state == "FAILED" else 0)
         return RemoteStatus(
             st.state, st.exit_code, f"Slurm {state}: {st.reason}".rstrip(": "), st.transient, raw=info
@@ -219,7 +229,12 @@ class SlurmExecutor:
             return RemoteStatus(
                 RemoteState.LOST, reason=f"Slurm does not know job {handle} (purged?)", transient=True
             )
-        return interpret_state(info)
+        st = interpret_state(info)
+        if st.state == RemoteState.FAILED and not st.transient:
+            log = _read(info.get("StdOut"))
+            if killing_signal(log) is not None:  # a rank killed under mpiexec: say which signal
+                st = status_from_exit_code(st.exit_code, log_text=log)
+        return st
 
     def cancel(self, handle: str) -> None:
         try:
@@ -228,8 +243,12 @@ class SlurmExecutor:
             pass
 
     def logs(self, handle: str) -> str:
-        info = self._scontrol(handle) or {}
-        path = info.get("StdOut")
-        if path and Path(path).exists():
-            return Path(path).read_text(errors="replace")
+        return _read((self._scontrol(handle) or {}).get("StdOut"))
+
+
+def _read(path: str | None) -> str:
+    """A job's log file, or "" when it is not (or no longer) there."""
+    try:
+        return Path(path).read_text(errors="replace") if path else ""
+    except OSError:
         return ""
