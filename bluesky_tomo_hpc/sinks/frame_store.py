@@ -16,6 +16,7 @@ twice (a replay after a worker restart) still stage in acquisition order; the la
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +24,26 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..model import FrameBatch, FrameRole, MissingCalibrationError, ScanSpec, TomoDataError, safe_component
+from ..model import (
+    FrameBatch,
+    FrameRole,
+    MissingCalibrationError,
+    ScanSpec,
+    TomoDataError,
+    UnsafeNameError,
+    safe_component,
+)
 
 log = logging.getLogger(__name__)
+
+def run_file_stem(run_uid: object) -> str:
+    """A file name for a run's scratch and volume: the uid made safe, or (a uid that cannot be a
+    name: NUL, 10 kB...) its hash, so such a run is still reconstructed."""
+    try:
+        return safe_component(run_uid, "run uid")
+    except UnsafeNameError:
+        return "run-" + hashlib.sha256(repr(run_uid).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
 
 @dataclass
 class _RoleIndex:
@@ -42,7 +60,7 @@ class FrameStore:
     def __init__(self, spec: ScanSpec, scratch_dir: str | Path):
         self.spec = spec
         self.scratch_dir = Path(scratch_dir)
-        stem = safe_component(spec.run_uid, "run uid")  # an outside string: never a path out
+        stem = run_file_stem(spec.run_uid)  # an outside string: never a path out of the folder
         #: frames that came inside events, appended as they arrive
         self.spill_path = self.scratch_dir / f"{stem}.frames.h5"
         #: the data-exchange view of the whole scan, written at stop

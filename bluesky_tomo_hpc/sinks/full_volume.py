@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec, path_inside
-from .frame_store import FrameStore
+from .frame_store import FrameStore, run_file_stem
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ class FullVolumeSink:
 
     def volume_dir(self, spec: ScanSpec) -> Path:
         """Where the volume goes: ``volumes/<run>/<params hash>/`` in the data folder."""
-        return path_inside(self.data_dir / "volumes", spec.run_uid, self.params.params_hash, what="run uid")
+        return path_inside(self.data_dir / "volumes", run_file_stem(spec.run_uid), self.params.params_hash,
+                           what="run uid")
 
     def close(self, end: ScanEnd) -> None:
         store, self._store = self._store, None
