@@ -263,3 +263,35 @@ def test_submit_sink_sizes_jobs_from_the_scan_and_refuses_oversize(tmp_path):
     three = settings.model_copy(update={"jobs": settings.jobs.model_copy(update={"ranks": 3})})
     fixed = make_submit_sink(three, monitor=None)  # type: ignore[arg-type]
     assert fixed.resources.ranks == 3
+
+
+def test_local_jobs_queue_behind_max_running(tmp_path):
+    """Back-to-back scans must not start one mpiexec each: the second job waits STAGED."""
+    from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
+    from bluesky_tomo_hpc.jobs.monitor import JobMonitor
+
+    fake_mpiexec = tmp_path / "mpiexec"
+    # stands in for ``mpiexec -n N python -m bluesky_tomo_hpc.batch JOB``: a second, then a result
+    fake_mpiexec.write_text('#!/bin/sh\nsleep 1\necho {} > "$(dirname "$6")/../result.json"\n')
+    fake_mpiexec.chmod(0o755)
+    with pytest.raises(ValueError, match="max_running"):
+        LocalExecutor(max_running=0)
+    monitor = JobMonitor(Journal(tmp_path / "jobs.sqlite"), LocalExecutor(mpiexec=str(fake_mpiexec)),
+                         poll_s=0.1)
+    jobs = [monitor.add(_job(tmp_path, run=f"r{i}")) for i in range(3)]
+    states = [monitor.submit(rec.job_id).state for rec in jobs]
+    assert states == ["SUBMITTED", "STAGED", "STAGED"]
+    assert any("queued: 1 of 1 local job(s) running" in (detail or "")
+               for _, _, detail in monitor.journal.events(jobs[1].job_id))
+
+    deadline = time.monotonic() + 60
+    most_running = 0
+    while time.monotonic() < deadline:
+        monitor.step()
+        current = [monitor.journal.get(rec.job_id).state for rec in jobs]
+        most_running = max(most_running, sum(s in ("SUBMITTED", "PENDING", "RUNNING") for s in current))
+        if all(s == "DONE" for s in current):
+            break
+        time.sleep(0.1)
+    assert [monitor.journal.get(rec.job_id).state for rec in jobs] == ["DONE"] * 3
+    assert most_running == 1

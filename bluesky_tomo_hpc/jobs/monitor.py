@@ -122,6 +122,8 @@ class JobMonitor:
                 if self.journal.active_transfer(job_id) is None:
                     self._arrived(rec, self.legs.stage_in(rec, site))  # submits once the input is there
                 return self.journal.get(job_id)
+            if (queued := self._no_free_slot(rec)) is not None:
+                return queued
             tried = dataclasses.replace(rec, attempts=rec.attempts + 1)  # a failed submission counts
             try:
                 job = site.plan.remote_job(rec.job) if site is not None else rec.job
@@ -136,6 +138,24 @@ class JobMonitor:
                                          attempts=rec.attempts + 1, error=None, next_try=None)
             self._remember(rec)
             return rec
+
+    def _no_free_slot(self, rec: JobRecord) -> JobRecord | None:
+        """Keep ``rec`` STAGED (the record returned) while its executor runs ``max_running`` jobs."""
+        try:
+            limit = getattr(self._executor(rec), "max_running", None)
+        except ExecutorError:
+            return None  # submit() reports the missing executor
+        if limit is None:
+            return None
+        running = sum(1 for other in self.journal.jobs(active_only=True)
+                      if other.executor == rec.executor
+                      and other.state in ("SUBMITTED", "PENDING", "RUNNING"))
+        if running < limit:
+            return None
+        if rec.state == "STAGED":
+            return rec
+        return self.journal.set_state(rec.job_id, "STAGED",
+                                      f"queued: {running} of {limit} {rec.executor} job(s) running")
 
     def _failed(self, rec: JobRecord, reason: str, transient: bool) -> JobRecord:
         attempts = max(rec.attempts, 1)

@@ -58,6 +58,7 @@ class AlcfExecutor:
     """Submits :func:`run_batch_remote` to a Globus Compute endpoint."""
 
     name = "alcf"
+    max_running: int | None = None  # the site's scheduler queues jobs
 
     def __init__(
         self,

@@ -63,9 +63,14 @@ class PermanentError(ExecutorError):
 
 @runtime_checkable
 class Executor(Protocol):
-    """Where jobs run. Handles are strings so the journal can keep them."""
+    """Where jobs run. Handles are strings so the journal can keep them.
+
+    ``max_running``: how many of its jobs may run at once (``None``: no limit here, the site's
+    scheduler queues them); the monitor holds further jobs STAGED until one ends.
+    """
 
     name: str
+    max_running: int | None
 
     def submit(self, job: ReconJob) -> str: ...
 

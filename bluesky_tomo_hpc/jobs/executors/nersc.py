@@ -56,6 +56,7 @@ class NerscExecutor:
     """Submits through SFAPI to ``machine`` (default perlmutter)."""
 
     name = "nersc"
+    max_running: int | None = None  # the site's scheduler queues jobs
 
     def __init__(
         self,

@@ -171,6 +171,7 @@ class SlurmExecutor:
     """Submits with ``sbatch`` on this host (or a login node whose Slurm commands are on PATH)."""
 
     name = "slurm"
+    max_running: int | None = None  # the site's scheduler queues jobs
 
     def __init__(
         self,
