@@ -54,14 +54,6 @@ class ScanSpec:
     #: sample, instrument, user metadata; the whole ``start["tomo"]`` dict lives under "tomo"
     metadata: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def expected_frames(self) -> dict[FrameRole, int | None]:
-        return {
-            FrameRole.DARK: self.n_darks,
-            FrameRole.FLAT: self.n_flats,
-            FrameRole.PROJECTION: self.n_projections,
-        }
-
 
 @dataclass(frozen=True)
 class FrameBatch:

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -294,10 +294,6 @@ def batch_submitter(monitor: Any, work_dir: Any, params: ReconParams, executor: 
         return rec.job_id
 
     return submit
-
-
-def uids_of(outcomes: Iterable[RunOutcome], status: str) -> list[str]:
-    return [o.uid for o in outcomes if o.status == status]
 
 
 def notebook_progress(description: str = "re-processing") -> Callable[[int, int, str], None]:

@@ -51,10 +51,6 @@ class PinnedCenters:
         """The pinned centre of this scan, or None (no pin, or the parameters fix a centre)."""
         return self.pinned(spec.metadata) if params.center == "auto" else None
 
-    def series_center(self, series_id: str) -> float | None:
-        with self._lock:
-            return self._series.get(series_id)
-
     def remember(self, outcome: Any) -> None:
         spec = getattr(outcome, "spec", None)
         point = series_point(spec.metadata) if spec is not None else None
