@@ -68,11 +68,12 @@ def test_ipython_profile_reconstructs_a_scan_into_tiled(tmp_path):
     assert result["ok"] is True
     assert result["beamline_id"] == "test-tomo"
 
-    # IPython has exited (and closed its server): open the same catalog afresh
+    # IPython has exited (and closed its server): open the same catalog afresh, as
+    # `bluesky-tomo-hpc serve --data-dir` does (volumes registered in place live in the data folder)
     from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
     from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
 
-    with EmbeddedTiledServer(tmp_path / "data" / "tiled") as server:
+    with EmbeddedTiledServer(tmp_path / "data" / "tiled", readable_storage=[tmp_path / "data"]) as server:
         client = server.client()
         run = client["raw"][result["uid"]]
         assert run.metadata["start"]["tomo"]["layout"] == "streams"
