@@ -30,7 +30,7 @@ from typing import Any
 from ..results.batch_registration import BatchRegistrar
 from .data_movement import Arrival, TransferLegs, read_result
 from .executors.executor import Executor, ExecutorError, RemoteState
-from .job import ReconJob
+from ..batch.job import ReconJob
 from .journal import JobRecord, Journal, JournalError
 from .transfer_plan import RemoteSite
 

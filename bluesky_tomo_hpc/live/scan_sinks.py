@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.memory import budget_bytes
-from ..jobs.volume_at_stop import VolumeAtStop
+from ..batch.volume_at_stop import VolumeAtStop
 from ..metadata.pinned_center import PinnedCenters
 from ..settings import Settings
 from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService

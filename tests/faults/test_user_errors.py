@@ -312,7 +312,7 @@ def test_run_journal_with_a_hostile_uid_stays_in_its_folder(world, hostile):
 
 def test_jobs_list_shows_a_hostile_uid_without_terminal_escapes(capsys, world):
     """A run uid with terminal escape codes and newlines is listed as one printable line."""
-    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
+    from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob
     from bluesky_tomo_hpc.jobs.journal import Journal
 
     uid = "\x1b[2J\x1b[31mFAKE\nDONE\r\x07"

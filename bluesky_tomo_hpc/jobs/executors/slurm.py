@@ -21,7 +21,7 @@ from pathlib import Path
 from string import Template
 
 from ...model import UnsafeNameError, safe_component
-from ..job import ReconJob
+from ...batch.job import ReconJob
 from .executor import (
     PermanentError,
     RemoteState,
