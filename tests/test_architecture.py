@@ -4,8 +4,9 @@ Layers, lowest first: ``model``/``settings``/``metadata`` and ``engine`` (pure a
 no Tiled), ``sources`` and ``sinks`` (the stream), ``results``, ``batch`` (the reconstruction program
 an HPC job runs), ``jobs`` (tracking those jobs), ``publishing`` (SciCat) and ``health`` (operations
 checks), ``steering`` and ``plans`` (what a RunEngine runs, reading results), ``live`` (wiring of a
-scan), ``web`` (the page), ``cli``. A module may import its own layer and the ones below; imports inside functions
-count too, because a lazy import that runs back up is still a cycle a reader has to untangle.
+scan), ``web`` (the page), ``cli``. A module may import its own layer and the ones below; imports
+inside functions count too, because a lazy import that runs back up is still a cycle a reader has to
+untangle. No module grows past 500 lines: past that it mixes concerns.
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ import pytest
 import zarr
 from test_jobs_support import make_raw_scan
 
+from bluesky_tomo_hpc.batch.batch_program import EX_NOINPUT
+from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
-from bluesky_tomo_hpc.batch.batch_program import EX_NOINPUT
 from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor, _start_time
-from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink

@@ -14,12 +14,12 @@ import tifffile
 from test_engine_recon_cli import _parse, dx_file, write_dxchange  # noqa: F401 - fixture reused
 from test_engine_recon_pipeline import make_scan
 
+from bluesky_tomo_hpc.batch.slab_pipeline import slab_bytes_per_row, slab_rows
 from bluesky_tomo_hpc.cli import recon as recon_cli
 from bluesky_tomo_hpc.cli.errors import EXIT_OUTPUT
 from bluesky_tomo_hpc.cli.main import main as cli_main
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.batch.slab_pipeline import slab_bytes_per_row, slab_rows
 from bluesky_tomo_hpc.results.provenance import PROVENANCE_SCHEMA, STAGES, CenterChoice, provenance_record
 from bluesky_tomo_hpc.results.volume_files import (
     ResultExistsError,

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch.job import JobOutputs, ReconJob, Resources
+from ..batch.staging import write_exchange_file
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec, UnsafeNameError, path_inside
-from ..batch.job import JobOutputs, ReconJob, Resources
 from .journal import JobRecord, JournalError
 from .monitor import JobMonitor
-from ..batch.staging import write_exchange_file
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..engine.memory import budget_bytes
 from ..batch.volume_at_stop import VolumeAtStop
+from ..engine.memory import budget_bytes
 from ..metadata.pinned_center import PinnedCenters
 from ..settings import Settings
 from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService
