@@ -99,7 +99,7 @@ class SinkFactory:
 
             self.publisher = PreviewPublisher(pv.zmq_address)
             outputs.append(self.publisher)
-        from ..sinks.preview import PreviewFileWriter, PreviewTiledWriter
+        from ..sinks.preview_outputs import PreviewFileWriter, PreviewTiledWriter
 
         outputs.append(PreviewFileWriter(self.png_dir))
         self.result_writer = None
