@@ -7,7 +7,6 @@ Tiled's ``/api/v1``); all links inside it are relative, so any mount point works
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import time
@@ -34,14 +33,16 @@ from starlette.staticfiles import StaticFiles
 
 from .auth import RequireKey, is_authorised, key_matches, set_session
 from .catalog import Catalog, CatalogError
-from .images import to_png
 from .jobs_view import JobNotFound, act, job_detail, list_jobs, statistics
 from .live_feed import LiveFeed
+from .query import bounded, number
+from .recon_routes import recon_routes
+from .volume_reader import VolumeReader
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(str(files("bluesky_tomo_hpc.web") / "static"))
-#: the 3D viewer's built file, put there at build time (see tools/vendor_viewer.sh)
+#: the 3D viewer's built file (niivue), committed in the package with its licence beside it
 VIEWER_JS = STATIC / "vendor" / "niivue.umd.js"
 KEEPALIVE_S = 15.0
 
@@ -58,8 +59,16 @@ class WebContext:
     monitor_factory: Callable[[], Any] | None = None
     #: returns the health checks (list of :class:`~bluesky_tomo_hpc.health.Check`)
     health: Callable[[], list[Any]] | None = None
-    tiled_uri: str = ""
+    #: Tiled's address as a person would use it in Python (a callable: known once Tiled listens)
+    tiled_uri: str | Callable[[], str] = ""
     _monitor: Any = field(default=None, repr=False)
+    reader: VolumeReader = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.reader = VolumeReader(self.catalog, api_key=self.api_key, tiled_uri=self.tiled_address)
+
+    def tiled_address(self) -> str:
+        return self.tiled_uri() if callable(self.tiled_uri) else self.tiled_uri
 
     def journal(self) -> Any:
         from ..jobs.journal import Journal
@@ -77,33 +86,11 @@ class WebContext:
 
     def close(self) -> None:
         self.live.close()
+        self.reader.close()
 
 
 def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
-
-
-def _number(request: Request, name: str, kind: type = int, default: Any = None) -> Any:
-    """Query parameter ``name`` as ``kind`` (int or float), or ``default`` when absent."""
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise CatalogError(f"{name} must be {what}, got {raw!r}", 400) from None
-
-
-def _png(data: Any, request: Request) -> Response:
-    lo, hi = _number(request, "lo", float), _number(request, "hi", float)
-    if lo is not None and hi is not None:
-        if not 0 <= lo < hi <= 100:
-            raise CatalogError("contrast percentiles must satisfy 0 <= lo < hi <= 100", 400)
-        png = to_png(data, percentiles=(lo, hi))
-    else:
-        png = to_png(data)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 def build_web_app(ctx: WebContext) -> Starlette:
@@ -170,53 +157,24 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     # -- scans and results ------------------------------------------------------------------
     def runs(request: Request) -> Response:
-        since, until = _number(request, "since", float), _number(request, "until", float)
-        found = ctx.catalog.runs(scan_id=_number(request, "scan_id"),
-                                 sample=request.query_params.get("sample"),
-                                 plan=request.query_params.get("plan"), since=since, until=until,
-                                 limit=_number(request, "limit", default=50) or 50)
-        return JSONResponse({"runs": found})
+        since, until = number(request, "since", float), number(request, "until", float)
+        filters = {"scan_id": number(request, "scan_id"), "sample": request.query_params.get("sample"),
+                   "plan": request.query_params.get("plan"), "since": since, "until": until}
+        found = ctx.catalog.runs(**filters, limit=bounded(request, "limit", 1, 500, 50))
+        body: dict[str, Any] = {"runs": found}
+        if not found:  # an empty catalog is a normal state: say what fills it
+            body["note"] = ("No run matches." if any(v not in (None, "") for v in filters.values()) else
+                            "No scan in the catalog yet: a scan run with this pipeline (or "
+                            "bluesky-tomo-hpc demo) appears here by itself.")
+        return JSONResponse(body)
 
     def run(request: Request) -> Response:
         return JSONResponse(ctx.catalog.run(request.path_params["uid"]))
 
-    def recons(request: Request) -> Response:
-        return JSONResponse({"reconstructions": ctx.catalog.reconstructions(
-            kind=request.query_params.get("kind") or None,
-            limit=_number(request, "limit", default=50) or 50)})
-
-    def recon(request: Request) -> Response:
-        return JSONResponse(ctx.catalog.info(request.path_params["key"]))
-
-    def recon_slice(request: Request) -> Response:
-        data, where = ctx.catalog.slice(request.path_params["key"], request.path_params["plane"],
-                                        _number(request, "index"),
-                                        _number(request, "level", default=0) or 0)
-        response = _png(data, request)
-        response.headers["X-Slice"] = json.dumps(where)
-        return response
-
-    def recon_preview(request: Request) -> Response:
-        return _png(ctx.catalog.preview(request.path_params["key"], request.path_params["plane"]), request)
-
-    def recon_volume(request: Request) -> Response:
-        import nibabel as nib
-        import numpy as np
-
-        from ..results.pictures import grey_limits
-
-        max_side = _number(request, "max_side", default=128) or 128
-        vol = ctx.catalog.small_volume(request.path_params["key"], max_side=max_side)
-        lo, hi = grey_limits([vol[len(vol) // 2]])
-        grey = np.clip((vol - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-        img = nib.Nifti1Image(np.ascontiguousarray(grey.transpose(2, 1, 0)), np.eye(4))
-        buf = io.BytesIO(img.to_bytes())
-        return Response(buf.getvalue(), media_type="application/octet-stream")
-
     async def viewer_js(request: Request) -> Response:
         if not VIEWER_JS.is_file():
-            return _error("the 3D viewer is not installed in this package (run tools/vendor_viewer.sh "
-                          "when building it)", 404)
+            return _error(f"the 3D viewer's file {VIEWER_JS.name} is missing from this installation "
+                          "of the package (reinstall it)", 404)
         return FileResponse(VIEWER_JS, media_type="text/javascript")
 
     # -- jobs -------------------------------------------------------------------------------
@@ -263,7 +221,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
                              "checks": [c.as_dict() for c in checks]})
 
     async def whoami(request: Request) -> Response:
-        return JSONResponse({"authorised": is_authorised(request, ctx.api_key), "tiled_uri": ctx.tiled_uri,
+        return JSONResponse({"authorised": is_authorised(request, ctx.api_key),
+                             "tiled_uri": ctx.tiled_address(),
                              "live": ctx.live.status()})
 
     # -- errors -----------------------------------------------------------------------------
@@ -291,10 +250,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
         Route("/api/live", live_state), Route("/api/live/stream", live_stream),
         Route("/api/live/final/{uid}", live_final),
         Route("/api/runs", runs), Route("/api/runs/{uid}", run),
-        Route("/api/recon", recons), Route("/api/recon/{key}", recon),
-        Route("/api/recon/{key}/slice/{plane}.png", recon_slice),
-        Route("/api/recon/{key}/preview/{plane}.png", recon_preview),
-        Route("/api/recon/{key}/volume.nii", recon_volume),
+        *recon_routes(ctx.catalog, ctx.reader),
         Route("/api/jobs", jobs), Route("/api/jobs/stats", job_stats), Route("/api/jobs/{job_id}", job),
         Route("/api/jobs/{job_id}/{action}", job_action, methods=["POST"]),
         Route("/api/health", health), Route("/viewer.js", viewer_js),
