@@ -96,7 +96,8 @@ def recon_routes(catalog: Catalog, reader: VolumeReader) -> list[Route]:
         buf = io.BytesIO()
         key, plane = request.path_params["key"], request.path_params["plane"]
         tifffile.imwrite(buf, data.astype(np.float32),
-                         metadata={"reconstruction": key, "plane": plane, **where})
+                         metadata={"reconstruction": key, "plane": plane, "index": where["index"],
+                                   "level": where["level"], "volume_shape": where["shape"]})
         name = f"{key}_{plane}_{where['index']}.tiff"
         return Response(buf.getvalue(), media_type="image/tiff",
                         headers={**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'})

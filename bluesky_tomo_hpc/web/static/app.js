@@ -94,7 +94,7 @@ function setLiveFields({ run, state, used, expected, skipped, center, confidence
   const prog = $("#live-progress");
   prog.max = expected || 1;
   prog.value = used || 0;
-  $("#live-count").textContent = used === undefined ? "" : `${used ?? "?"} / ${expected ?? "?"} projections` + (skipped ? `, ${skipped} skipped` : "");
+  $("#live-count").textContent = used === undefined || used === null ? "" : `${used} / ${expected ?? "?"} projections` + (skipped ? `, ${skipped} skipped` : "");
   $("#live-center").textContent = center;
   $("#live-confidence").textContent = confidence;
   $("#live-warnings").replaceChildren(...(warnings || []).map((w) => { const li = document.createElement("li"); li.textContent = w; return li; }));
@@ -146,21 +146,23 @@ async function loadFinals() {
     const buttons = [];
     for (const f of live.finals) {
       seen.add(f.run_uid);
-      buttons.push(finalButton(`${f.run_uid.slice(0, 8)} (${fmtTime(f.time)})`, async () => showLive(await api(`api/live/final/${encodeURIComponent(f.run_uid)}`))));
+      buttons.push(finalButton(`${f.run_uid.slice(0, 8)} (${fmtTime(f.time)})`, async () => showLive(await api(`api/live/final/${encodeURIComponent(f.run_uid)}`)), f.run_uid, "live"));
     }
     for (const r of stored.reconstructions) {
       if (seen.has(r.raw_uid)) continue;
       seen.add(r.raw_uid);
-      buttons.push(finalButton(`${r.raw_uid.slice(0, 8)} (${fmtTime(r.written_at)})`, () => showStoredPreview(r)));
+      buttons.push(finalButton(`${r.raw_uid.slice(0, 8)} (${fmtTime(r.written_at)})`, () => showStoredPreview(r), r.raw_uid, "stored"));
     }
     box.replaceChildren(...buttons);
     if (!buttons.length) box.textContent = "No finished scan yet.";
   } catch (err) { showError(err.message); }
 }
 
-function finalButton(label, onclick) {
+function finalButton(label, onclick, run, source) {
   const b = document.createElement("button");
   b.type = "button";
+  b.dataset.run = run;
+  b.dataset.source = source;
   b.textContent = label;
   b.addEventListener("click", () => onclick().catch((err) => showError(err.message)));
   return b;
@@ -169,11 +171,13 @@ function finalButton(label, onclick) {
 // a preview stored in Tiled: every field is set from it (nothing of the last live run stays)
 async function showStoredPreview(r) {
   for (const p of ["xy", "xz", "yz"]) $(`#live-${p}`).src = `api/recon/${encodeURIComponent(r.key)}/preview/${p}.png`;
+  const pv = r.preview || {};
   setLiveFields({
-    run: r.raw_uid, state: "final (stored in Tiled)", used: r.projections ?? undefined, expected: r.projections ?? undefined,
-    center: r.center === null ? "-" : `${fmtNum(r.center)} px`,
-    confidence: r.center_confidence === null || r.center_confidence === undefined ? "not recorded" : fmtNum(r.center_confidence),
-    warnings: r.warnings || [], indices: { xy: "(middle)", xz: "(middle)", yz: "(middle)" },
+    run: r.raw_uid, state: "final (stored in Tiled)", used: pv.used, expected: pv.expected, skipped: pv.skipped,
+    center: r.center === null || r.center === undefined ? "-" : `${fmtNum(r.center)} px` + (pv.center_source ? ` (${pv.center_source})` : ""),
+    confidence: pv.confidence === null || pv.confidence === undefined ? "not checked" : fmtNum(pv.confidence),
+    warnings: pv.warnings || [],
+    indices: Object.fromEntries(["xy", "xz", "yz"].map((q) => [q, pv.indices && pv.indices[q] !== undefined ? `at ${pv.indices[q]}` : ""])),
   });
   const state = $("#live-state");
   state.dataset.final = "1"; state.dataset.run = r.raw_uid; state.dataset.seq = "-1";

@@ -58,6 +58,7 @@ async function openRecon(key, query = new URLSearchParams()) {
     sliders.forEach((s) => { s.disabled = true; });
     for (const p of PLANES) $(`#index-${p}-value`).textContent = info.previews.includes(p) ? "(stored preview: the middle slice; no volume to browse)" : "(none)";
     await Promise.all(info.previews.map((p) => drawPreview(key, p)));
+    window.reconOpened = { key, ms: performance.now() - t0, volume: false };
     if (info.state === "writing") showError(`reconstruction ${key} is still being written; its volume is not there yet`);
     return;
   }
