@@ -113,7 +113,10 @@ def test_click_links_the_views_and_wheel_and_keys_step_slices(page, bl):
     page.mouse.up()
     page.wait_for_function(f"V.index.xz === {y} && V.index.yz === {x}", timeout=WAIT_MS)
     page.wait_for_function(f"document.querySelector('#view-xz').dataset.index === '{y}'", timeout=WAIT_MS)
-    page.mouse.wheel(0, 120)  # the next xy slice
+    # the wheel on the xy view: its next slice
+    page.evaluate("""() => { const c = document.querySelector('#view-xy'), r = c.getBoundingClientRect();
+        c.dispatchEvent(new WheelEvent('wheel', {clientX: r.x + 20, clientY: r.y + 20, deltaY: 120,
+                                                 bubbles: true, cancelable: true})); }""")
     page.wait_for_function(f"V.index.xy === {z + 1}", timeout=WAIT_MS)
     page.keyboard.press("ArrowUp")
     page.wait_for_function(f"V.index.xy === {z + 2}", timeout=WAIT_MS)
