@@ -153,7 +153,8 @@ def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> Center
     t0 = time.perf_counter()
     xp = get_array_module(proj_log)
     local = params.with_updates(
-        rows=None, center="auto", center_search_width=params.center_search_width / params.binning
+        rows=None, center="auto",
+        center_search_width=None if params.center_search_width is None else params.center_search_width / params.binning
     )
     nz = proj_log.shape[1]
     pick = np.unique(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int))  # all a search uses
