@@ -45,7 +45,6 @@ from bluesky_tomo_hpc.sim.scan_arrays import offset_axis_geometry, simulate_scan
 from bluesky_tomo_hpc.sources.raw_files import load_scan
 
 
-
 def _shared_data() -> Path:
     """``../shared/data`` beside the checkout; for a git worktree, beside the main checkout."""
     root = Path(__file__).resolve().parents[1]

@@ -17,6 +17,7 @@ import numpy as np
 
 from bluesky_tomo_hpc.engine.backend import get_array_module, to_numpy
 from bluesky_tomo_hpc.engine.center_consensus import (
+    NO_EVIDENCE_AGREEMENT,
     HalvesPolish,
     negative_mass,
     polish_on_halves,
@@ -212,6 +213,9 @@ def _half_turn_consensus(arr: Any, th: np.ndarray, est: CenterEstimate, u_legacy
     their spread is the uncertainty."""
     polish = polish_on_halves(_mean_sinogram(arr, params), th, est.center, params)
     details["negative_mass"] = _polish_details(polish)
+    if polish.agreement < NO_EVIDENCE_AGREEMENT:  # the halves' slices are noise: no sample
+        details["no_evidence"] = True
+        return est.center, float(arr.shape[2]), est.method
     if polish.at_edge:  # no bracketed optimum near the sharpest slice: the earlier answer stands
         return est.center, max(u_legacy, 1.0), est.method
     others = [(est.center, 0.5)]
@@ -234,6 +238,9 @@ def _full_turn_consensus(arr: Any, th: np.ndarray, ht: CenterEstimate, params: R
     registration stands with its own uncertainty."""
     polish = polish_on_halves(_mean_sinogram(arr, params), th, ht.center, params, full_turn=True)
     details = {**ht.details, "negative_mass": _polish_details(polish), "registration": ht.center}
+    if polish.agreement < NO_EVIDENCE_AGREEMENT:  # the halves' slices are noise: no sample
+        details.update(no_evidence=True, uncertainty_px=float(arr.shape[2]))
+        return CenterEstimate(ht.center, 0.0, "halfturn", details)
     if polish.at_edge:
         return CenterEstimate(ht.center, ht.confidence, "halfturn", details)
     answers = [ht.center, *polish.halves]

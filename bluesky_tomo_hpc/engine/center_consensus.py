@@ -30,7 +30,12 @@ from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.preprocess import circular_mask, to_binned
 from bluesky_tomo_hpc.engine.sinogram_recon import reconstruct_at_centers
 
-__all__ = ["UNCERTAINTY_FLOOR_PX", "HalvesPolish", "negative_mass", "polish_on_halves", "spread_uncertainty"]
+__all__ = ["UNCERTAINTY_FLOOR_PX", "NO_EVIDENCE_AGREEMENT", "HalvesPolish", "negative_mass",
+           "polish_on_halves",
+           "spread_uncertainty"]
+
+#: Below this agreement of the two halves' slices they are noise: the data show no axis at all.
+NO_EVIDENCE_AGREEMENT = 0.15
 
 #: The smallest uncertainty any automatic centre states: below a quarter pixel the metrics'
 #: own biases (and the references they were checked against) are not known better.
@@ -56,6 +61,9 @@ class HalvesPolish:
     at_edge: bool
     candidates: list[float]
     metric: list[float]
+    #: correlation of the two halves' slices at the sample nearest the optimum: near 0 when the
+    #: slices are noise (no sample, no evidence of any axis), near 1 for a clear sample
+    agreement: float = 1.0
 
     @property
     def half_spread(self) -> float:
@@ -119,9 +127,11 @@ def polish_on_halves(
     def metric_at(cs: np.ndarray) -> np.ndarray:  # rows: both, first half, second half
         per_half = [reconstruct_at_centers(hs, ht, [to_binned(float(c), b) for c in cs], params)
                     for hs, ht in halves]
-        out = np.empty((3, len(cs)))
+        out = np.empty((4, len(cs)))
         for j in range(len(cs)):
             a, c = (np.asarray(to_numpy(h[j]), dtype=np.float64) for h in per_half)
+            ma, mc = circular_mask(a, ratio), circular_mask(c, ratio)
+            out[3, j] = float(np.corrcoef(ma.ravel(), mc.ravel())[0, 1]) if ma.std() and mc.std() else 0.0
             out[0, j] = negative_mass((weights[0] * a + weights[1] * c) / sum(weights), ratio)
             out[1, j], out[2, j] = negative_mass(a, ratio), negative_mass(c, ratio)
         return out
@@ -136,13 +146,15 @@ def polish_on_halves(
         more = cands[k] + sign * step * np.arange(1, max(2, int(round(1.0 / step))) + 1)
         more_values = metric_at(more)
         if sign < 0:
-            cands, values = np.concatenate([more[::-1], cands]), np.concatenate([more_values[:, ::-1], values], 1)
+            cands = np.concatenate([more[::-1], cands])
+            values = np.concatenate([more_values[:, ::-1], values], 1)
         else:
             cands, values = np.concatenate([cands, more]), np.concatenate([values, more_values], 1)
     center, at_edge = _vertex(cands, values[0])
     h1, e1 = _vertex(cands, values[1])
     h2, e2 = _vertex(cands, values[2])
-    return HalvesPolish(center, (h1, h2), at_edge or e1 or e2, cands.tolist(), values[0].tolist())
+    agreement = float(values[3, int(np.argmin(np.abs(cands - center)))])
+    return HalvesPolish(center, (h1, h2), at_edge or e1 or e2, cands.tolist(), values[0].tolist(), agreement)
 
 
 def spread_uncertainty(center: float, independent: list[tuple[float, float]], half_spread: float = 0.0,
