@@ -66,8 +66,7 @@ def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEs
     angles and 512 columns in the coarse search, +/- 2 px at 0.25 px in the fine one."""
     rows, groups = row_group_sinograms(proj_norm, params, params.minus_log_clip)
     width = search_width(proj_norm.shape[2], params)
-    ests = [find_center_vo(g, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
-            for g in groups]
+    ests = [_vo_two_stage(g, theta, width) for g in groups]
     centers = np.array([e.center for e in ests])
     center = float(np.median(centers))
     spread = float(np.abs(centers - center).max()) if len(centers) > 1 else 0.0
@@ -76,6 +75,25 @@ def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEs
                "row_confidences": [e.confidence for e in ests],
                "minimum_at_search_edge": any(e.details["minimum_at_search_edge"] for e in ests)}
     return CenterEstimate(center, float(np.clip(conf, 0.0, 1.0)), "vo", details)
+
+
+def _vo_two_stage(sino: Any, theta: np.ndarray, width: float) -> CenterEstimate:
+    """Vo's centre within +/- ``width`` px at a bounded cost: a wide window is searched first on
+    a detector binned so that at most ~128 candidates are compared (its minimum's depth and
+    rivals make the confidence), then the usual search (512 columns, +/- 2 px fine) runs within
+    a few binned pixels of it."""
+    nx = sino.shape[-1]
+    if width <= 64 or nx <= 256:
+        return find_center_vo(sino, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
+    wide = find_center_vo(sino, theta, width, fine_radius=1.0, max_rows=(192, 192),
+                          max_cols=max(64, int(nx * 32 / width)))
+    near = 2.0 * wide.details["binning"] + 2.0
+    local = find_center_vo(sino, theta, near, center_guess=wide.center, fine_radius=2.0,
+                           max_rows=(192, 384), max_cols=512)
+    details = {**local.details, "wide_search": {k: wide.details[k] for k in ("coarse_center", "binning",
+                                                                             "search_range")},
+               "minimum_at_search_edge": wide.details["minimum_at_search_edge"]}
+    return CenterEstimate(local.center, wide.confidence, "vo", details)
 
 
 def _halfturn_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
@@ -165,7 +183,7 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
         start = pr
         u_start = math.hypot(0.3 / min(pr.details["peaks"]),
                              0.125 * arr.shape[2] * math.radians(pr.details["angle_mismatch_deg"]))
-    est = refine_center_sharpness(arr, th, start, params)
+    est = refine_center_sharpness(arr, th, start, params, max_width=512, max_angles=360)
     details: dict[str, Any] = {**est.details, "vo": vo, "pairs": pr, "started_from": start.method, **extra}
     # the image optimum is what a person checks; Vo's metric may sit ~1 px off it (the tooth)
     u = math.hypot(u_start, 0.25 * abs(est.center - start.center))
