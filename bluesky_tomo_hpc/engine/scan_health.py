@@ -417,11 +417,13 @@ class ScanHealth:
                         message(k, o)) for k, o in self._open.items()]
         return sorted(self.findings + live, key=lambda f: (f.first, f.kind))
 
-    def summary(self, max_points: int = 256) -> dict[str, Any]:
-        """JSON-ready: status, findings, counts and the timeline (at most ``max_points`` bins)."""
+    def summary(self, max_points: int = 256, with_timeline: bool = True) -> dict[str, Any]:
+        """JSON-ready: status, findings, counts and the timeline (at most ``max_points`` bins;
+        ``with_timeline=False``: without it, for the per-frame updates, a few hundred bytes)."""
         findings = self.all_findings()
-        return {"version": 1, "status": self.status, "final": self.finished,
-                "n_projections": self.n_projections, "n_expected": self.n_expected,
-                "findings": [f.as_dict() for f in findings],
-                "n_findings_dropped": self.n_dropped_findings,
-                "timeline": timeline(self.record, max_points)}
+        out = {"version": 1, "status": self.status, "final": self.finished,
+               "n_projections": self.n_projections, "n_expected": self.n_expected,
+               "findings": [f.as_dict() for f in findings], "n_findings_dropped": self.n_dropped_findings}
+        if with_timeline:
+            out["timeline"] = timeline(self.record, max_points)
+        return out

@@ -117,13 +117,15 @@ class SinkFactory:
         self.preview_outputs = outputs
         #: the last few live previews (callers wait on their finals)
         self.previews: list[Any] = []
-        #: called with each run's scan health (sinks.scan_health_sink.HealthUpdate) as it changes
+        #: called with each run's scan health (sinks.scan_health_sink.HealthUpdate) as it changes;
+        #: on the 0MQ preview socket too, so a remote plan hears it at its own pace
         self.health_outputs = list(health_outputs)
+        if self.publisher is not None:
+            self.health_outputs.insert(0, self.publisher.publish_health)
 
     def health(self) -> ScanHealthSink:
         """The scan's health, frame by frame (put before the preview: its final carries it)."""
-        interval = self.settings.preview.publish_interval_s
-        return ScanHealthSink(self.health_outputs, publish_interval_s=interval)
+        return ScanHealthSink(self.health_outputs)
 
     def preview(self, health: ScanHealthSink | None = None) -> Sink:
         """A live three-slice preview with the settings' binning, positions, filter and budgets;

@@ -8,9 +8,10 @@ moment the scan's stop reaches this sink. Put it before the preview in a
 health (``PreviewSink(extra_metadata=health.metadata)``), and with it the Tiled preview node,
 the 0MQ preview stream (``watch``, a remote plan) and the Live page.
 
-``outputs`` are called with a :class:`HealthUpdate` when a finding opens, grows to a new
-severity or closes, at most every ``publish_interval_s`` otherwise, and once at the end
-(``final``). A failing output is logged and the others still run.
+``outputs`` are called with a :class:`HealthUpdate` after every batch of frames (its summary
+without the timeline: a few hundred bytes, so a plan waiting for "health of all N projections"
+always hears about the last one), and once at the end (``final``, timeline included). A failing
+output is logged and the others still run.
 """
 
 from __future__ import annotations
@@ -67,17 +68,13 @@ def saturation_for(spec: ScanSpec) -> float | None:
 class ScanHealthSink:
     """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that keeps a :class:`ScanHealth` per run."""
 
-    def __init__(self, outputs: Iterable[HealthOutput] = (), *, thresholds: HealthThresholds | None = None,
-                 publish_interval_s: float = 0.5):
+    def __init__(self, outputs: Iterable[HealthOutput] = (), *, thresholds: HealthThresholds | None = None):
         self.outputs = list(outputs)
         self.thresholds = thresholds or HealthThresholds()
-        self.publish_interval_s = publish_interval_s
         self._lock = threading.Lock()
         self.health: ScanHealth | None = None
         self.run_uid = ""
         self.final: HealthUpdate | None = None
-        self._last_publish = 0.0
-        self._last_key: tuple[str, int] = ("ok", 0)
 
     # -- Sink protocol --------------------------------------------------------------------
     def open(self, spec: ScanSpec) -> None:
@@ -87,7 +84,6 @@ class ScanHealthSink:
             self.health = ScanHealth(spec.frame_shape, n_projections=spec.n_projections,
                                      saturation=saturation_for(spec), thresholds=self.thresholds)
             self.final = None
-            self._last_key = ("ok", 0)
         self._publish(final=False)
 
     def add(self, batch: FrameBatch) -> None:
@@ -107,10 +103,7 @@ class ScanHealthSink:
                     raise TomoDataError(f"run {self.run_uid}: projections {batch.indices[:1]}... "
                                         "came without angles; their health cannot be judged")
                 health.add_projections(batch.frames, np.asarray(batch.indices), np.asarray(batch.angles))
-            key = (health.status, len(health.all_findings()))
-        if key != self._last_key or time.monotonic() - self._last_publish >= self.publish_interval_s:
-            self._last_key = key
-            self._publish(final=False)
+        self._publish(final=False)
 
     def close(self, end: ScanEnd) -> None:
         if self.health is None:
@@ -120,18 +113,19 @@ class ScanHealthSink:
         self.final = self._publish(final=True)
 
     # -- output ---------------------------------------------------------------------------
-    def summary(self) -> dict[str, Any]:
+    def summary(self, with_timeline: bool = True) -> dict[str, Any]:
         """The health now (thread-safe; the preview thread asks while frames come)."""
         with self._lock:
-            return self.health.summary() if self.health is not None else {"status": "ok", "findings": []}
+            if self.health is None:
+                return {"status": "ok", "findings": []}
+            return self.health.summary(with_timeline=with_timeline)
 
     def metadata(self) -> dict[str, Any]:
         """What the preview adds to each update's metadata: ``{"scan_health": summary}``."""
         return {"scan_health": self.summary()}
 
     def _publish(self, final: bool) -> HealthUpdate:
-        update = HealthUpdate(self.run_uid, self.summary(), final=final)
-        self._last_publish = time.monotonic()
+        update = HealthUpdate(self.run_uid, self.summary(with_timeline=final), final=final)
         for out in self.outputs:
             try:
                 out(update)
