@@ -390,7 +390,7 @@ class PreviewSink(OrthoSliceBackprojection):
             return False
         sino = to_numpy(self.xp.stack(self._rows))[None]
         xy = reconstruct_fourier(sino, np.asarray(self._row_angles), float(c_binned), n=self.geo.nw,
-                                 filter_name=self.filter_name, threads=1)[0]
+                                 filter_name=self.filter_name, threads=1, whole_square=True)[0]
         rescaled = xy * np.float32(max(1, self.n_used) / math.pi)  # snapshot scales it back
         self.acc_xy[...] = self.xp.asarray(rescaled)
         self.center_check.update(recomputed=["xy"], kept_scan_center=["xz", "yz"],
