@@ -33,6 +33,31 @@ def grid_size(n: int, upsampfac: float = UPSAMPFAC) -> int:
     return nf + nf % 2
 
 
+def kernel_series(n: int, nf: int, opts: dict[str, Any], offsets: int = 8) -> np.ndarray:
+    """The spreading kernel's Fourier series at modes ``-(n//2) .. n - n//2 - 1`` (times the
+    grid's own phase), measured through FINUFFT's 1D spreader with the same options: one unit
+    point at each of ``offsets`` positions spread over one grid cell, transformed, its shift
+    removed, averaged. The average over the cell cancels the aliased terms (up to the
+    ``offsets``-th), so this is the kernel's continuous transform, as FINUFFT divides by; one
+    point on a grid node would leave them in. The 2D kernel is the product of two of these.
+    """
+    import finufft
+
+    h = n // 2
+    k = np.arange(-h, n - h)
+    idx = k % nf
+    series = np.zeros(n, dtype=np.complex128)
+    grid = np.empty(nf, dtype=np.complex64)
+    plan = finufft.Plan(1, (nf,), n_trans=1, **opts)
+    for j in range(offsets):
+        x = (j + 0.5) / offsets * 2 * np.pi / nf
+        plan.setpts(np.array([x], dtype=np.float32))
+        plan.execute(np.ones(1, dtype=np.complex64), out=grid)
+        b = np.fft.ifft(grid.astype(np.complex128), norm="forward")[idx]
+        series += b * np.exp(-1j * k * float(np.float32(x)))
+    return series / offsets
+
+
 class SpreadNUFFT:
     """``sum_j c_j exp(+i (k_y y_j + k_x x_j))`` on ``n x n`` modes, one thread's worth.
 
@@ -50,23 +75,13 @@ class SpreadNUFFT:
         self._spread = finufft.Plan(1, (self.nf, self.nf), n_trans=1, **opts)
         self._spread.setpts(*points)
         self._grid = np.empty((self.nf, self.nf), dtype=np.complex64)
-        unit = finufft.Plan(1, (self.nf, self.nf), n_trans=1, **opts)
-        origin = np.zeros(1, dtype=np.float32)
-        unit.setpts(origin, origin)
-        unit.execute(np.ones(1, dtype=np.complex64), out=self._grid)
-        modes = self._modes(scipy.fft.ifft2(self._grid, norm="forward", workers=1))
-        weights = 1.0 / modes.astype(np.complex128)
-        # FINUFFT's kernel is even: its series is real (to float rounding) and the two slices
-        # stay apart; a complex factor (a kernel off the grid's centre) would mix them
-        if np.abs(weights.imag).max() > 1e-4 * np.abs(weights.real).max():
+        series = kernel_series(n, self.nf, opts)
+        # FINUFFT's kernel is even: its series is real (to rounding) and the two slices stay
+        # apart; a complex one (a kernel off centre) would mix them
+        if np.abs(series.imag).max() > 1e-4 * np.abs(series.real).max():
             raise RuntimeError("FINUFFT's spreading kernel is not centred: its deconvolution is complex")
-        self.weights = np.ascontiguousarray(weights.real[::-1], dtype=np.float32)  # rows as stored
-
-    def _modes(self, g: np.ndarray) -> np.ndarray:
-        """Modes ``-(n//2) .. n - n//2 - 1`` on both axes of a transformed grid, in mode order."""
-        n, nf, h = self.n, self.nf, self.n // 2
-        idx = np.r_[nf - h : nf, 0 : n - h]
-        return g[np.ix_(idx, idx)]
+        w = 1.0 / series.real
+        self.weights = np.ascontiguousarray(np.outer(w[::-1], w), dtype=np.float32)  # rows as stored
 
     def execute(self, c: np.ndarray, out_re: np.ndarray, out_im: np.ndarray | None) -> None:
         """Transform ``c`` (complex64, one value per point) into ``out_re`` / ``out_im`` (n x n
