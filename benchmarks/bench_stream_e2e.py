@@ -411,6 +411,10 @@ def finish(worker: Proc, sub: Proc, record: Path, proj_times: list[float], t_sto
         "stop_to_full_volume_s": round(vol[0] - t_stop, 2) if vol[0] else None,
         "full_volume": vol[1]["full_volume"] if vol[1] else None,
     }
+    for prov in sorted(record.parent.glob("data/volumes/*/*/result/provenance.json")):
+        doc = json.loads(prov.read_text())  # how the volume was made, and where its stop time went
+        out["full_volume_how"] = (doc.get("extra") or {}).get("streamed", "at stop (batch program)")
+        out["full_volume_timings_s"] = doc.get("timings_s")
     partials = record.with_name("partials.jsonl")
     if partials.exists() and proj_times:
         out["partial_volumes"] = [
