@@ -53,6 +53,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NY, NX = 2160, 2560
+#: the rotation axis of both simulated feeds (make_sim_beamline's default offset of 3.5 px)
+CENTER = (NX - 1) / 2.0 + 3.5
 
 
 # -- plumbing ----------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ def subscriber_main(address: str, record: str, timeout: float) -> int:
 # -- the two feeds -------------------------------------------------------------------------------
 def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, feed: list[str],
                  env: dict[str, str], timeout: float,
-                 streaming: bool = True) -> tuple[Proc, Proc, Proc, Path]:
+                 streaming: bool = True, center: str = "auto") -> tuple[Proc, Proc, Proc, Path]:
     """Tiled server, subscriber and worker processes; returns them and the subscriber's record."""
     tiled = Proc("tiled", [sys.executable, "-c", (
         "import json, sys, time\n"
@@ -217,7 +219,8 @@ def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, fe
     rss.watch("preview subscriber", sub.proc.pid)
     wenv = {**env, "BLUESKY_TOMO_HPC__DATA_DIR": str(work / "data"), "TILED_API_KEY": info["api_key"],
             "BLUESKY_TOMO_HPC__RECON__BINNING": str(volume_binning),
-            "BLUESKY_TOMO_HPC__FULL_VOLUME_STREAMING": "true" if streaming else "false"}
+            "BLUESKY_TOMO_HPC__FULL_VOLUME_STREAMING": "true" if streaming else "false",
+            **({"BLUESKY_TOMO_HPC__RECON__CENTER": str(CENTER)} if center == "given" else {})}
     tiled_uri = info["uri"].split("?")[0]  # the key travels in TILED_API_KEY
     worker = Proc("worker", [sys.executable, "-m", "bluesky_tomo_hpc.cli.main", "worker", *feed,
                              "--preview-zmq", preview, "--binning", str(binning), "--tiled-uri", tiled_uri,
@@ -278,7 +281,7 @@ def run_zmq(work: Path, a: argparse.Namespace) -> dict:
     try:
         tiled, sub, worker, record = start_common(
             work, a.binning, a.volume_binning, rss, ["--zmq", f"tcp://127.0.0.1:{pout}"], {}, a.timeout,
-            streaming=a.streaming)
+            streaming=a.streaming, center=a.volume_center)
         procs += [tiled, sub, worker]
         RE = RunEngine({})
         # connect the publisher first: 0MQ drops what a PUB socket sends before its connection
@@ -347,14 +350,15 @@ def run_pva(work: Path, a: argparse.Namespace) -> dict:
                                  "--channel", channel, "--nx", str(NX), "--ny", str(NY),
                                  "--angles", str(a.frames), "--darks", str(a.darks),
                                  "--flats", str(a.flats), "--fps", str(a.fps), "--distinct", str(a.distinct),
-                                 "--times", str(times_file)],
+                                 "--times", str(times_file), "--center", str(CENTER)],
                   env=env, stdin=True, log_dir=work)
     procs = [server]
     try:
         server.wait_line("READY", 600)
         rss.watch("pva server", server.proc.pid)
         tiled, sub, worker, record = start_common(work, a.binning, a.volume_binning, rss,
-                                                  ["--pva", channel], env, a.timeout, streaming=a.streaming)
+                                                  ["--pva", channel], env, a.timeout, streaming=a.streaming,
+                                                  center=a.volume_center)
         procs += [tiled, sub, worker]
         server.send("GO")
         server.wait_line("DONE", a.timeout)
@@ -435,6 +439,10 @@ def main() -> int:
     ap.add_argument("--volume-binning", type=int, default=4, help="full-volume binning (worker's recon)")
     ap.add_argument("--volume-mode", nargs="+", default=["streaming"], choices=["streaming", "at-stop"],
                     help="full volume grown during the scan, or made after the stop (both: compared)")
+    ap.add_argument("--volume-center", default="given", choices=["given", "auto"],
+                    help="given: the simulated axis (both feeds), as a beamline that knows it; auto: "
+                         "found from the data, which --distinct < --frames makes meaningless (cycled "
+                         "frames do not match their angles), so a streamed sum is then rarely confirmed")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--work", help="working folder (default: a temporary one, removed)")
     ap.add_argument("--json", help="write the results here")
