@@ -24,12 +24,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
+from bluesky_tomo_hpc.batch.staging import write_exchange_file
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
-from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
-from bluesky_tomo_hpc.jobs.staging import write_exchange_file
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink
 from bluesky_tomo_hpc.model import FrameBatch, FrameRole, ScanEnd, ScanSpec
 from bluesky_tomo_hpc.results.tiled_results import processed_container

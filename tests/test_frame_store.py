@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from test_preview import phantom_scan, spec_for  # tests/ is on sys.path
 
+from bluesky_tomo_hpc.batch.slab_pipeline import FIXED_OVERHEAD_BYTES, slab_rows
+from bluesky_tomo_hpc.batch.staging import write_exchange_file
+from bluesky_tomo_hpc.batch.volume_at_stop import VolumeAtStop
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
-from bluesky_tomo_hpc.jobs.slab_pipeline import FIXED_OVERHEAD_BYTES, slab_rows
-from bluesky_tomo_hpc.jobs.staging import write_exchange_file
-from bluesky_tomo_hpc.jobs.volume_at_stop import VolumeAtStop
 from bluesky_tomo_hpc.model import (
     FrameBatch,
     FrameRole,

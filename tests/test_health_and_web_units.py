@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from bluesky_tomo_hpc.jobs.health_checks import (
+from bluesky_tomo_hpc.health.checks import (
     Check,
     check_free_space,
     check_journal,
@@ -38,7 +38,7 @@ def test_tiled_down_and_wrong_key_fail_with_the_reason(tiled_server):
 
 
 def _job(tmp_path, journal, state: str, walltime: int = 600):
-    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
+    from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
 
     job = ReconJob(run_uid="run1", input_path=tmp_path / "in.h5",
                    outputs=JobOutputs(directory=tmp_path / "o"), resources=Resources(walltime_s=walltime))
@@ -174,7 +174,7 @@ def test_retry_only_failed_or_cancelled_jobs(tmp_path):
 def test_executor_checks_name_what_is_missing(tmp_path, monkeypatch):
     import os
 
-    from bluesky_tomo_hpc.jobs.health_checks import check_executor
+    from bluesky_tomo_hpc.health.checks import check_executor
 
     assert check_executor("none").status == "ok"
     assert check_executor("local").status == "ok"  # mpich from the test extra

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from test_jobs_support import make_raw_scan
 
+from bluesky_tomo_hpc.batch.batch_program import chunk_split
+from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob
+from bluesky_tomo_hpc.batch.sizing import Allocation, CostModel, SizingError, size_job
+from bluesky_tomo_hpc.batch.staging import write_exchange_file
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.jobs.batch_program import chunk_split
-from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
 from bluesky_tomo_hpc.jobs.journal import Journal, JournalError, stage_statistics
 from bluesky_tomo_hpc.jobs.movers.copy import LocalMover
 from bluesky_tomo_hpc.jobs.movers.mover import TransferError
 from bluesky_tomo_hpc.jobs.retention import RetentionRule, RetentionScheduler, prune
-from bluesky_tomo_hpc.jobs.sizing import Allocation, CostModel, SizingError, size_job
-from bluesky_tomo_hpc.jobs.staging import write_exchange_file
 from bluesky_tomo_hpc.model import FrameBatch, TomoDataError
 from bluesky_tomo_hpc.sources.raw_files import load_scan
 
@@ -84,7 +84,7 @@ def test_journal_is_shared_by_a_new_instance(tmp_path):
 
 
 def test_measured_cost_sizes_a_job():
-    from bluesky_tomo_hpc.jobs.sizing import measure_voxel_cost
+    from bluesky_tomo_hpc.batch.sizing import measure_voxel_cost
 
     cost = measure_voxel_cost(n=32, n_angles=30, rows=2, repeat=1)
     assert 1e-12 < cost.seconds_per_voxel_projection < 1e-3
@@ -245,8 +245,8 @@ def test_factory_builds_from_settings(tmp_path):
 
 def test_submit_sink_sizes_jobs_from_the_scan_and_refuses_oversize(tmp_path):
     """Without jobs.ranks the factory sizes each job from the scan shape and the allocation."""
+    from bluesky_tomo_hpc.batch.sizing import SizingError
     from bluesky_tomo_hpc.jobs.factory import make_submit_sink
-    from bluesky_tomo_hpc.jobs.sizing import SizingError
     from bluesky_tomo_hpc.settings import Settings
 
     # 1e-10 s per voxel and projection: our Fourier method on this machine (benchmarks/)

@@ -13,11 +13,11 @@ import pytest
 import zarr
 from test_jobs_support import make_raw_scan
 
+from bluesky_tomo_hpc.batch.batch_program import EX_NOINPUT
+from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
-from bluesky_tomo_hpc.jobs.batch_program import EX_NOINPUT
 from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor, _start_time
-from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink
@@ -146,7 +146,7 @@ def test_missing_input_fails_at_once_with_its_reason(tmp_path):
 def test_a_failing_rank_aborts_the_job_and_names_itself(tmp_path):
     """Rank 1's slab points past the end of the data: that rank fails, MPI_Abort ends all."""
     spec, batches, _ = make_raw_scan(tmp_path)
-    from bluesky_tomo_hpc.jobs.staging import write_exchange_file
+    from bluesky_tomo_hpc.batch.staging import write_exchange_file
 
     inp = write_exchange_file(spec, batches, tmp_path / "in.h5")
     job = _job(tmp_path, inp, center=31.5)
@@ -228,7 +228,7 @@ from test_jobs_support import make_raw_scan
 from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
-from bluesky_tomo_hpc.jobs.job import Resources
+from bluesky_tomo_hpc.batch.job import Resources
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink
 from bluesky_tomo_hpc.engine.params import ReconParams
 tmp = Path({tmp!r})

@@ -10,11 +10,11 @@ import httpx
 import pytest
 import responses
 
+from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.executors.alcf import AlcfExecutor
 from bluesky_tomo_hpc.jobs.executors.executor import PermanentError, RemoteState
 from bluesky_tomo_hpc.jobs.executors.nersc import NerscExecutor
-from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.movers.globus import GlobusMover

@@ -14,12 +14,12 @@ import pytest
 import zarr
 from test_jobs_support import make_raw_scan
 
+from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
+from bluesky_tomo_hpc.batch.staging import write_exchange_file
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.executors.slurm import SlurmExecutor, render_script
-from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
-from bluesky_tomo_hpc.jobs.staging import write_exchange_file
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
 UP = Path(__file__).parent / "services" / "slurm_up.sh"

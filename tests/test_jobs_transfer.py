@@ -20,12 +20,12 @@ import zarr
 from test_jobs_remote import _nersc, _ok, _rec
 from test_jobs_support import DSET, make_raw_scan
 
+from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
+from bluesky_tomo_hpc.batch.staging import is_self_contained, materialize_exchange_file, write_exchange_file
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal, stage_statistics
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.movers.globus import GlobusMover
-from bluesky_tomo_hpc.jobs.staging import is_self_contained, materialize_exchange_file, write_exchange_file
 from bluesky_tomo_hpc.jobs.transfer_plan import DataPlan, RemoteSite
 from bluesky_tomo_hpc.model import TomoDataError
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions, processed_container

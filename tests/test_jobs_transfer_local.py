@@ -14,15 +14,15 @@ import pytest
 import zarr
 from test_jobs_support import make_raw_scan
 
+from bluesky_tomo_hpc.batch.job import ReconJob, Resources
+from bluesky_tomo_hpc.batch.staging import is_self_contained
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
 from bluesky_tomo_hpc.jobs.factory import make_monitor
-from bluesky_tomo_hpc.jobs.job import ReconJob, Resources
 from bluesky_tomo_hpc.jobs.journal import Journal, stage_statistics
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.movers.copy import LocalMover
 from bluesky_tomo_hpc.jobs.retention import RetentionRule, prune
-from bluesky_tomo_hpc.jobs.staging import is_self_contained
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink
 from bluesky_tomo_hpc.jobs.transfer_plan import DataPlan, RemoteSite
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions, processed_container

@@ -274,7 +274,7 @@ def test_batched_gather_equals_the_per_frame_one():
 def test_unconfirmed_guess_is_marked_centre_uncertain_on_metadata_and_picture(tmp_path):
     """No hint and no 0/180 pair (90 degrees only): the detector middle is a guess, and the
     final says so in its metadata and on the picture's title."""
-    from bluesky_tomo_hpc.sinks.preview import PreviewFileWriter
+    from bluesky_tomo_hpc.sinks.preview_outputs import PreviewFileWriter
 
     scan = phantom_scan(n_angles=46)
     scan["theta"] = scan["theta"][:23]

@@ -124,8 +124,8 @@ def test_cli_reprocess_and_its_refusals(catalog, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.mpi
 def test_batch_submission_through_local_mpi(catalog):
+    from bluesky_tomo_hpc.batch.job import Resources
     from bluesky_tomo_hpc.jobs.executors import make_executor
-    from bluesky_tomo_hpc.jobs.job import Resources
     from bluesky_tomo_hpc.jobs.journal import Journal
     from bluesky_tomo_hpc.jobs.monitor import JobMonitor
     from bluesky_tomo_hpc.live.catalog_replay import batch_submitter

@@ -14,12 +14,12 @@ import tifffile
 from test_engine_recon_cli import _parse, dx_file, write_dxchange  # noqa: F401 - fixture reused
 from test_engine_recon_pipeline import make_scan
 
+from bluesky_tomo_hpc.batch.slab_pipeline import slab_bytes_per_row, slab_rows
 from bluesky_tomo_hpc.cli import recon as recon_cli
 from bluesky_tomo_hpc.cli.errors import EXIT_OUTPUT
 from bluesky_tomo_hpc.cli.main import main as cli_main
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.jobs.slab_pipeline import slab_bytes_per_row, slab_rows
 from bluesky_tomo_hpc.results.provenance import PROVENANCE_SCHEMA, STAGES, CenterChoice, provenance_record
 from bluesky_tomo_hpc.results.volume_files import (
     ResultExistsError,
@@ -209,8 +209,8 @@ def test_pixel_size_from_the_scan_file_and_binning(tmp_path):
 
 
 def test_ranks_on_a_node_share_its_budget():
-    from bluesky_tomo_hpc.jobs.batch_program import rank_budget_bytes
-    from bluesky_tomo_hpc.jobs.job import Resources
+    from bluesky_tomo_hpc.batch.batch_program import rank_budget_bytes
+    from bluesky_tomo_hpc.batch.job import Resources
 
     assert rank_budget_bytes(Resources(ranks=4, memory_budget_mb=400), 4) == 100 * 2**20
     assert rank_budget_bytes(Resources(ranks=4, nodes=2, memory_budget_mb=400), 4) == 200 * 2**20
@@ -219,7 +219,7 @@ def test_ranks_on_a_node_share_its_budget():
 
 _RSS_CHILD = """
 import argparse, gc, json, resource, sys
-import bluesky_tomo_hpc.jobs.batch_program, ome_zarr.writer, tifffile, zarr  # imports before the baseline
+import bluesky_tomo_hpc.batch.batch_program, ome_zarr.writer, tifffile, zarr  # imports before the baseline
 from bluesky_tomo_hpc.cli import recon as recon_cli
 parser = argparse.ArgumentParser()
 recon_cli.register(parser.add_subparsers())

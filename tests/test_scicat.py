@@ -14,9 +14,9 @@ import pytest
 import responses
 
 from bluesky_tomo_hpc.engine.params import ReconParams
-from bluesky_tomo_hpc.jobs.scicat import ScicatPublisher
-from bluesky_tomo_hpc.jobs.scicat_outbox import ScicatOutbox
 from bluesky_tomo_hpc.model import ScanEnd, ScanSpec
+from bluesky_tomo_hpc.publishing.scicat import ScicatPublisher
+from bluesky_tomo_hpc.publishing.scicat_outbox import ScicatOutbox
 from bluesky_tomo_hpc.settings import ScicatSettings
 from bluesky_tomo_hpc.sinks.full_volume import ReconOutcome
 

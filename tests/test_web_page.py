@@ -238,7 +238,7 @@ def test_volume_still_being_written_and_tiled_down(beamline):
 
 
 def test_cancel_and_retry_from_the_jobs_page(beamline):
-    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
+    from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob
 
     pipeline = beamline["pipeline"]
     out_dir = beamline["data_dir"] / "web-cancel"

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..jobs.health_checks import exit_code, run_checks
+    from ..health.checks import exit_code, run_checks
     from ..settings import load_settings
 
     checks = run_checks(load_settings(), tiled_uri=args.tiled_uri, locations=args.location)

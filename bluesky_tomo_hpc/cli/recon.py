@@ -1,6 +1,6 @@
 """``bluesky-tomo-hpc recon FILE``: reconstruct a data-exchange or NXtomo file to disk.
 
-Why a CLI: the same program as the HPC batch job (:mod:`bluesky_tomo_hpc.jobs.batch_program` on one rank,
+Why a CLI: the same program as the HPC batch job (:mod:`bluesky_tomo_hpc.batch.batch_program` on one rank,
 no MPI needed), for a file on disk (re-processing, checking a centre, a user's laptop). Rows are
 read in slabs sized from the memory budget, reading and writing overlap the reconstruction, and
 the result folder (OME-Zarr, TIFF per detector row, provenance JSON) appears only when complete;
@@ -103,7 +103,7 @@ def _params(args: argparse.Namespace) -> Any:
 
 
 def _job(args: argparse.Namespace, params: Any, out: Path) -> Any:
-    from ..jobs.job import JobOutputs, ReconJob, Resources
+    from ..batch.job import JobOutputs, ReconJob, Resources
     from ..settings import load_settings
     from ..sources.raw_files import file_run_uid
 
@@ -122,7 +122,7 @@ def _job(args: argparse.Namespace, params: Any, out: Path) -> Any:
 def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from ..jobs.batch_program import SingleRank, run
+    from ..batch.batch_program import SingleRank, run
     from ..sources.raw_files import describe_scan
 
     path: Path = args.file
@@ -170,8 +170,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _estimate_center(path: Path, rows: tuple[int, int], params: Any) -> tuple[float, float, str]:
     """The centre the batch program would use for these rows (given, or found)."""
-    from ..jobs.batch_program import choose_center
-    from ..jobs.job import JobOutputs, ReconJob
+    from ..batch.batch_program import choose_center
+    from ..batch.job import JobOutputs, ReconJob
 
     job = ReconJob(run_uid="try", input_path=path, params=params, outputs=JobOutputs(directory=Path(".")))
     found = choose_center(job, rows)

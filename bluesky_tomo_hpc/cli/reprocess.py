@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
     submit = monitor = None
     if args.executor != "inprocess":
+        from ..batch.job import Resources
         from ..jobs.factory import make_monitor
-        from ..jobs.job import Resources
         from ..live.catalog_replay import batch_submitter
 
         settings = settings.model_copy(update={"jobs": settings.jobs.model_copy(

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     check_zmq_address(args.address, what="watch address")  # before any window or folder is made
     show: Any
     if args.out:
-        from ..sinks.preview import PreviewFileWriter
+        from ..sinks.preview_outputs import PreviewFileWriter
 
         show = PreviewFileWriter(writable_folder(args.out, "--out"))
     else:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from .job import ReconJob
+from ..batch.job import ReconJob
 from .journal import Direction, JobRecord, Journal
 from .movers.mover import TransferError
 from .transfer_plan import RemoteSite
@@ -50,7 +50,7 @@ class TransferLegs:
 
     def stage_in(self, rec: JobRecord, site: RemoteSite) -> Arrival | None:
         """Copy the job's input to the site, self-contained (virtual datasets materialised)."""
-        from .staging import is_self_contained, materialize_exchange_file
+        from ..batch.staging import is_self_contained, materialize_exchange_file
 
         job, plan = rec.job, site.plan
         try:

@@ -52,7 +52,7 @@ def make_monitor(
 def make_submit_sink(settings: Settings, monitor: JobMonitor) -> HPCSubmitSink:
     """The on-stop sink for ``settings``: ``jobs.ranks`` if given, else resources sized from each
     scan's shape against the allocation (a job too big for it is refused with the reason)."""
-    from .job import Resources
+    from ..batch.job import Resources
 
     jobs = settings.jobs
     # the memory budget is this machine's: it bounds the ranks of jobs that run here
@@ -76,7 +76,7 @@ def _sizer(settings: Settings) -> Any:
     """``shape -> Resources`` from the allocation settings and a per-voxel cost (measured once)."""
     import os
 
-    from .sizing import Allocation, CostModel, measure_voxel_cost, size_job
+    from ..batch.sizing import Allocation, CostModel, measure_voxel_cost, size_job
 
     jobs = settings.jobs
     memory = jobs.memory_mb_per_node or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .job import ReconJob
+from ..batch.job import ReconJob
 from .journal_store import SQLiteStore, StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -27,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..batch.job import ReconJob
 from ..results.batch_registration import BatchRegistrar
 from .data_movement import Arrival, TransferLegs, read_result
 from .executors.executor import Executor, ExecutorError, RemoteState
-from .job import ReconJob
 from .journal import JobRecord, Journal, JournalError
 from .transfer_plan import RemoteSite
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch.job import JobOutputs, ReconJob, Resources
+from ..batch.staging import write_exchange_file
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec, UnsafeNameError, path_inside
-from .job import JobOutputs, ReconJob, Resources
 from .journal import JobRecord, JournalError
 from .monitor import JobMonitor
-from .staging import write_exchange_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class HPCSubmitSink:
     """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that submits one batch job per successful scan.
 
     ``resources`` is fixed :class:`Resources` or a function of the scan's (projections, rows,
-    columns) shape (e.g. wrapping :func:`~bluesky_tomo_hpc.jobs.sizing.size_job`).
+    columns) shape (e.g. wrapping :func:`~bluesky_tomo_hpc.batch.sizing.size_job`).
     """
 
     def __init__(

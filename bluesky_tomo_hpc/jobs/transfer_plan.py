@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .job import ReconJob
+from ..batch.job import ReconJob
 from .movers.mover import StagedMover
 
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ..batch.volume_at_stop import VolumeAtStop
 from ..engine.memory import budget_bytes
-from ..jobs.volume_at_stop import VolumeAtStop
 from ..metadata.pinned_center import PinnedCenters
 from ..settings import Settings
 from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService
@@ -99,7 +99,7 @@ class SinkFactory:
 
             self.publisher = PreviewPublisher(pv.zmq_address)
             outputs.append(self.publisher)
-        from ..sinks.preview import PreviewFileWriter, PreviewTiledWriter
+        from ..sinks.preview_outputs import PreviewFileWriter, PreviewTiledWriter
 
         outputs.append(PreviewFileWriter(self.png_dir))
         self.result_writer = None

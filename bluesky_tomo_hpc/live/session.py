@@ -76,8 +76,8 @@ class TomoPipeline:
         #: SciCat datasets (raw per scan, derived per reconstruction), when settings.scicat.uri is set
         self.scicat = None
         if settings.scicat.uri:
-            from ..jobs.scicat import ScicatPublisher
-            from ..jobs.scicat_outbox import ScicatOutbox
+            from ..publishing.scicat import ScicatPublisher
+            from ..publishing.scicat_outbox import ScicatOutbox
 
             journal = self.monitor.journal if self.monitor is not None else settings.journal_path
             self.scicat = ScicatPublisher(settings.scicat, ScicatOutbox(journal))
@@ -157,7 +157,7 @@ class TomoPipeline:
                     log.exception("preview listener failed for run %s", update.run_uid)
 
     def _scicat_raw_sink(self) -> Sink:
-        from ..jobs.scicat import ScicatRawSink
+        from ..publishing.scicat import ScicatRawSink
 
         raw_uri = getattr(self.raw, "uri", "")
         return ScicatRawSink(self.scicat, lambda uid: f"{raw_uri}/{uid}")

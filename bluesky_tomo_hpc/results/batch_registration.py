@@ -38,7 +38,7 @@ class BatchRegistrar:
         return self._tiled() if callable(self._tiled) else self._tiled
 
     def register(self, job: Any, result: dict[str, Any], executor: str) -> str:
-        """Register ``job``'s volume (a :class:`~bluesky_tomo_hpc.jobs.job.ReconJob`); returns
+        """Register ``job``'s volume (a :class:`~bluesky_tomo_hpc.batch.job.ReconJob`); returns
         the Tiled node path. Raises when Tiled refuses or cannot be reached."""
         metadata = {
             "job_id": job.job_id,

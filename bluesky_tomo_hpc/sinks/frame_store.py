@@ -6,9 +6,9 @@ index, *where* a frame is: frames that arrive with an ``origin`` (Resource / Str
 in their raw file; frames that travelled inside event documents are appended, as they arrive, to
 a scratch HDF5 file in the data folder. At stop, :meth:`FrameStore.batches` lists the scan as
 frame-less batches whose origins point at those frames: the zero-copy staging of a batch job
-(:func:`~bluesky_tomo_hpc.jobs.staging.write_exchange_file`) turns them into one data-exchange
+(:func:`~bluesky_tomo_hpc.batch.staging.write_exchange_file`) turns them into one data-exchange
 file of HDF5 virtual views, which the reconstruction reads in row slabs
-(:mod:`bluesky_tomo_hpc.jobs.volume_at_stop`).
+(:mod:`bluesky_tomo_hpc.batch.volume_at_stop`).
 
 Frames are placed by their index within their role, so batches that arrive late, out of order or
 twice (a replay after a worker restart) still stage in acquisition order; the last copy wins.
@@ -144,7 +144,7 @@ class FrameStore:
 
     def batches(self) -> list[FrameBatch]:
         """The scan as frame-less batches, one per run of frames contiguous in one dataset,
-        in index order (what :func:`~bluesky_tomo_hpc.jobs.staging.write_exchange_file` stages)."""
+        in index order (what :func:`~bluesky_tomo_hpc.batch.staging.write_exchange_file` stages)."""
         out: list[FrameBatch] = []
         for role, store in self._roles.items():
             order = sorted(store.where)

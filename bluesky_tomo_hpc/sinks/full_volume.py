@@ -29,7 +29,7 @@ class VolumeMaker(Protocol):
     result (centre, timings, the volume as a lazily read array) and the Zarr array's path.
     ``center`` (unbinned column), when given, is used instead of the parameters' centre;
     ``fallback`` replaces an uncertain automatic one.
-    The one used everywhere is :class:`bluesky_tomo_hpc.jobs.volume_at_stop.VolumeAtStop`."""
+    The one used everywhere is :class:`bluesky_tomo_hpc.batch.volume_at_stop.VolumeAtStop`."""
 
     def __call__(self, store: FrameStore, params: ReconParams, out_dir: Path,
                  progress: Callable[[int, int], None] | None = None, *,

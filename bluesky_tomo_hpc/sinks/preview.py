@@ -23,30 +23,28 @@ frames are uploaded as they come (raw uint16), binned, normalised, filtered and 
 the GPU, a whole batch of projections per gather (:meth:`PreviewSink._backproject_batch`); only
 the three slices come back, at each publish. The batched gather is tested on NumPy against the
 per-frame one; the CuPy run has not happened on a GPU yet (see docs).
+
+The arithmetic (normalise, filter, back-project onto the three slices) is
+:mod:`.preview_backprojection`; where updates go (TIFF/PNG files, Tiled) is :mod:`.preview_outputs`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
-from ..engine.backend import choose_device, get_array_module, to_numpy
+from ..engine.backend import choose_device, to_numpy
 from ..engine.filters import center_phase, filter_response, padded_width
-from ..engine.params import ReconParams
 from ..engine.preprocess import bin_frames, to_binned, to_unbinned
-from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError, safe_component
+from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
+from .preview_backprojection import OrthoSliceBackprojection, SliceGeometry
 from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
@@ -57,18 +55,7 @@ PreviewOutput = Callable[[PreviewUpdate], None]
 PAIR_PEAK_CONFIDENT = 0.3
 
 
-@dataclass
-class _Geometry:
-    nz: int
-    nw: int
-    b: int
-    center: float  # binned pixel-index convention
-    z0: int
-    y0: int
-    x0: int
-
-
-class PreviewSink:
+class PreviewSink(OrthoSliceBackprojection):
     """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that keeps three orthogonal slices live.
 
     ``outputs`` are called (from the preview thread) with each :class:`PreviewUpdate`: at most
@@ -196,7 +183,7 @@ class PreviewSink:
         if center is None:
             center, hint_source = (nx - 1) / 2.0, "detector middle"
         pz, py, px = self.positions
-        self.geo = _Geometry(nz=nz, nw=nw, b=b, center=to_binned(float(center), b),
+        self.geo = SliceGeometry(nz=nz, nw=nw, b=b, center=to_binned(float(center), b),
                              z0=min(nz - 1, int(round(pz * (nz - 1)))),
                              y0=min(nw - 1, int(round(py * (nw - 1)))),
                              x0=min(nw - 1, int(round(px * (nw - 1)))))
@@ -307,100 +294,6 @@ class PreviewSink:
                 self._rows.append(p[self.geo.z0].copy())
                 self._row_angles.append(theta)
 
-    def _normalise(self, frames: np.ndarray) -> np.ndarray:
-        """-log transmission. Before any flat has arrived (flats taken after the projections) the
-        flat is provisionally a per-row constant, the brightest pixel of the row in the first
-        projection: the error is then the flat's variation along each row, which is smooth and
-        mostly removed by the ramp filter (the metadata counts such projections)."""
-        xp = self.xp
-        dark = (self._dark_sum / self.n_dark).astype(xp.float32) if self.n_dark else np.float32(0)
-        p = xp.maximum(frames - dark, np.float32(self.min_transmission))
-        if self.n_flat:
-            f = xp.maximum((self._flat_sum / self.n_flat).astype(xp.float32) - dark, np.float32(1e-3))
-        else:
-            if self._provisional_flat is None:
-                self._provisional_flat = p[0].max(axis=-1, keepdims=True)
-            f = self._provisional_flat
-            self.n_before_flat += len(frames)
-        p /= f
-        xp.maximum(p, np.float32(self.min_transmission), out=p)
-        xp.log(p, out=p)
-        xp.negative(p, out=p)
-        return p
-
-    def _filter_rows(self, sino: np.ndarray) -> np.ndarray:
-        """Filter along detector rows, edge-padded; returns (n, nz, n_pad + 3) with the axis at
-        column n_pad // 2 + 1 and zero columns at both ends, so off-detector positions read 0."""
-        xp = self.xp
-        n, nz, nw = sino.shape
-        n_pad, left = self._n_pad, self._left
-        padded = xp.empty((n, nz, n_pad), xp.float32)
-        padded[..., left:left + nw] = sino
-        padded[..., :left] = sino[..., :1]
-        padded[..., left + nw:] = sino[..., -1:]
-        fft = scipy.fft if xp is np else xp.fft
-        kw = {"workers": 1} if xp is np else {}
-        spec = fft.rfft(padded, axis=-1, **kw)
-        spec *= self._kernel
-        q = xp.zeros((n, nz, n_pad + 3), xp.float32)
-        q[..., 1:n_pad + 1] = fft.irfft(spec, n=n_pad, axis=-1, **kw)
-        return q
-
-    def _positions(self, s: Any) -> tuple[Any, Any]:
-        """Column in the zero-bordered filtered row, and the linear weight of the next one."""
-        xp = get_array_module(s)
-        xp.clip(s, -1.0, float(self._n_pad), out=s)
-        i0 = xp.floor(s)
-        w = s - i0
-        return i0.astype(np.intp) + 1, w
-
-    def _backproject(self, q: np.ndarray, theta: float) -> None:
-        """Add one filtered projection (nz, n_pad + 3) to the three accumulators.
-
-        Geometry of :mod:`bluesky_tomo_hpc.engine.fbp`: s = x cos(theta) + y sin(theta) from the
-        axis; the same sum as ``engine.fbp.backproject_projection``, with the row, line and
-        slice gathers written out to avoid its per-call masks (this loop runs per frame).
-        """
-        c, s_ = np.float32(math.cos(theta)), np.float32(math.sin(theta))
-        axis = np.float32(self._n_pad // 2)
-        # xy slice at row z0
-        row = q[self.geo.z0]
-        s = self._gx * c + (self._gy * s_ + axis)
-        i, w = self._positions(s)
-        v0 = row[i]
-        self.acc_xy += v0 + w * (row[i + 1] - v0)
-        # xz line (y = y0) and yz line (x = x0) in every row
-        for acc, s_line in ((self.acc_xz, self._gx[0] * c + (self._line_y0 * s_ + axis)),
-                            (self.acc_yz, self._line_x0 * c + self._gy[:, 0] * s_ + axis)):
-            i, w = self._positions(s_line)
-            v0 = q[:, i]
-            acc += v0 + w * (q[:, i + 1] - v0)
-
-    def _backproject_batch(self, q: Any, thetas: np.ndarray) -> None:
-        """Add ``B`` filtered projections (B, nz, n_pad + 3) at once: one gather per slice for
-        the whole batch (what keeps a GPU busy; per frame it would wait on kernel launches).
-        The same sums as :meth:`_backproject`, which the tests check on NumPy."""
-        xp = get_array_module(q)
-        n_b, nz, width = q.shape
-        c = xp.asarray(np.cos(thetas), dtype=xp.float32)[:, None, None]
-        s_ = xp.asarray(np.sin(thetas), dtype=xp.float32)[:, None, None]
-        axis = np.float32(self._n_pad // 2)
-        # xy slice at row z0: rows (B, width) gathered at (B, nw, nw) positions
-        rows = q[:, self.geo.z0, :].ravel()
-        i, w = self._positions(self._gx[None] * c + (self._gy[None] * s_ + axis))
-        flat = i + (xp.arange(n_b, dtype=i.dtype) * width)[:, None, None]
-        v0 = rows[flat]
-        self.acc_xy += (v0 + w * (rows[flat + 1] - v0)).sum(axis=0)
-        # xz line (y = y0) and yz line (x = x0) of every row: (B, nz, nw) gathers
-        cb, sb = c[:, 0], s_[:, 0]  # (B, 1)
-        for acc, s_line in ((self.acc_xz, self._gx[0][None, :] * cb + (self._line_y0 * sb + axis)),
-                            (self.acc_yz, self._line_x0 * cb + self._gy[:, 0][None, :] * sb + axis)):
-            i, w = self._positions(s_line)  # (B, nw)
-            idx = xp.broadcast_to(i[:, None, :], (n_b, nz, i.shape[-1]))
-            v0 = xp.take_along_axis(q, idx, axis=2)
-            v1 = xp.take_along_axis(q, idx + 1, axis=2)
-            acc += (v0 + w[:, None, :] * (v1 - v0)).sum(axis=0)
-
     # -- output -----------------------------------------------------------------------------
     def snapshot(self, final: bool = False) -> PreviewUpdate:
         """The slices now, scaled to attenuation per (binned) pixel."""
@@ -503,68 +396,3 @@ class PreviewSink:
         self.center_check.update(recomputed=["xy"], kept_scan_center=["xz", "yz"],
                                  seconds=round(time.perf_counter() - t0, 3))
         return True
-
-
-class PreviewFileWriter:
-    """Preview output for people with ImageJ: ``<uid8>_<plane>.tif`` (float32) rewritten on each
-    update (written aside, then renamed, so a reader never sees half a file), and at the final
-    ``<uid8>_preview.png`` with the three slices side by side."""
-
-    def __init__(self, directory: str | Path, *, live: bool = True, png: bool = True):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.live = live
-        self.png = png
-        self.written: list[Path] = []
-
-    def __call__(self, update: PreviewUpdate) -> None:
-        import tifffile
-
-        if not (self.live or update.final):
-            return
-        stem = safe_component(update.run_uid[:8], "run uid")  # a uid may be '../../x'
-        for plane, image in update.slices.items():
-            path = self.directory / f"{stem}_{plane}.tif"
-            tmp = path.with_suffix(".tif.part")
-            tifffile.imwrite(tmp, np.asarray(image, np.float32),
-                             description=json.dumps({"seq": update.seq, "final": update.final,
-                                                     "index": update.indices.get(plane)}))
-            os.replace(tmp, path)
-            if update.final:
-                self.written.append(path)
-        if update.final and self.png and not update.metadata.get("refinement_pending"):
-            from ..results.pictures import save_orthoslices_png
-
-            md = update.metadata
-            check = md.get("center_check") or {}
-            centre = f"centre {md.get('center', float('nan')):.2f} px"
-            if "xy" in check.get("recomputed", ()):
-                centre = f"xy at checked centre {check['center']:.2f} px, xz/yz at {md.get('center'):.2f} px"
-            title = (f"run {stem}  {md.get('n_projections_used')} projections  {centre}"
-                     + ("  CENTRE UNCERTAIN" if md.get("center_uncertain") else "")
-                     + ("  (degraded)" if md.get("degraded") else ""))
-            self.written.append(save_orthoslices_png(update.slices, self.directory / f"{stem}_preview.png",
-                                                     title))
-
-
-class PreviewTiledWriter:
-    """Writes the final preview next to the raw run in Tiled (kind ``preview``), through the
-    results module, so it is found like any reconstruction of that run."""
-
-    def __init__(self, container: Callable[[], Any] | Any, params: ReconParams | None = None):
-        self._container = container
-        self.params = params or ReconParams()
-        self.nodes: list[Any] = []
-
-    def __call__(self, update: PreviewUpdate) -> None:
-        if not update.final or update.metadata.get("refinement_pending"):
-            return
-        from ..results.tiled_results import write_reconstruction
-
-        container = self._container() if callable(self._container) else self._container
-        # the recon params of the worker (their hash keys the node); preview binning and centre
-        # are in the metadata
-        params = self.params
-        md = {**update.metadata, "slice_indices": dict(update.indices), "preview_seq": update.seq}
-        self.nodes.append(write_reconstruction(container, raw_uid=update.run_uid, params=params,
-                                               previews=update.slices, metadata=md, kind="preview"))

@@ -256,7 +256,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     # -- health -----------------------------------------------------------------------------
     def health(request: Request) -> Response:
-        from ..jobs.health_checks import exit_code
+        from ..health.checks import exit_code
 
         checks = ctx.health() if ctx.health is not None else []
         return JSONResponse({"exit_code": exit_code(checks), "checked_at": time.time(),

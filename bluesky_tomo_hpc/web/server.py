@@ -29,7 +29,7 @@ def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], s
     monitor, else one is made from the settings when a person first retries or cancels."""
     from tiled.client import from_uri
 
-    from ..jobs.health_checks import run_checks
+    from ..health.checks import run_checks
 
     uri = tiled_uri if callable(tiled_uri) else (lambda: tiled_uri)  # type: ignore[return-value]
 

@@ -19,10 +19,10 @@ from fault_services import journal_locked
 from fault_world import assert_raw_intact
 from test_jobs_support import make_raw_scan
 
+from bluesky_tomo_hpc.batch.job import Resources
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.jobs.executors.executor import status_from_exit_code
 from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
-from bluesky_tomo_hpc.jobs.job import Resources
 from bluesky_tomo_hpc.jobs.journal import Journal, JournalUnavailable
 from bluesky_tomo_hpc.jobs.monitor import JobMonitor
 from bluesky_tomo_hpc.jobs.submit_sink import HPCSubmitSink

@@ -60,7 +60,7 @@ def test_symlink_planted_in_the_folder_is_refused(world):
 
 # -- Slurm: the job script, rendered and executed with bash (no Slurm needed) --------------------
 def _job(world, run_uid: str) -> Any:
-    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
+    from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob
 
     folder = path_inside(world.data / "jobs", run_uid, "0123abcd", what="run uid")
     return ReconJob(run_uid=run_uid, input_path=folder / "input.h5",

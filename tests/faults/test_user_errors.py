@@ -264,7 +264,7 @@ def test_debug_adds_the_traceback(capsys, world):
 # -- the worker's run journal ----------------------------------------------------------------------
 def test_old_pickle_journal_is_never_loaded(world, caplog):
     """A <uid>.pickle journal (old format, or planted) is named in the log and never unpickled."""
-    from bluesky_tomo_hpc.live.stream_worker import RunJournal
+    from bluesky_tomo_hpc.live.run_journal import RunJournal
 
     class Bomb:
         def __reduce__(self):
@@ -281,7 +281,7 @@ def test_old_pickle_journal_is_never_loaded(world, caplog):
                                      b'{"name": "start", "doc": "not a mapping"}\n'])
 def test_damaged_run_journal_reads_as_far_as_it_is_whole(world, content):
     """A damaged JSON-lines journal is read up to the damage, never raising and never running code."""
-    from bluesky_tomo_hpc.live.stream_worker import RunJournal
+    from bluesky_tomo_hpc.live.run_journal import RunJournal
 
     path = world.data / "run-1.jsonl"
     path.write_bytes(content)
@@ -290,7 +290,7 @@ def test_damaged_run_journal_reads_as_far_as_it_is_whole(world, content):
 
 def test_run_journal_with_a_hostile_uid_stays_in_its_folder(world, hostile):
     """RunJournal files for hostile uids are made and removed inside the journal folder only."""
-    from bluesky_tomo_hpc.live.stream_worker import RunJournal
+    from bluesky_tomo_hpc.live.run_journal import RunJournal
 
     folder = world.data / "journal"
     j = RunJournal(folder)
@@ -312,7 +312,7 @@ def test_run_journal_with_a_hostile_uid_stays_in_its_folder(world, hostile):
 
 def test_jobs_list_shows_a_hostile_uid_without_terminal_escapes(capsys, world):
     """A run uid with terminal escape codes and newlines is listed as one printable line."""
-    from bluesky_tomo_hpc.jobs.job import JobOutputs, ReconJob
+    from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob
     from bluesky_tomo_hpc.jobs.journal import Journal
 
     uid = "\x1b[2J\x1b[31mFAKE\nDONE\r\x07"

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ..job import ReconJob
+from ...batch.job import ReconJob
 from .executor import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
 
 _PENDING = {"waiting-for-ep", "waiting-for-nodes", "waiting-for-launch", "received", "unknown"}

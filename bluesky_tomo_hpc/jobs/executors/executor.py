@@ -15,7 +15,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from ..job import ReconJob
+from ...batch.job import ReconJob
 
 
 class RemoteState(enum.StrEnum):
@@ -105,12 +105,12 @@ def killing_signal(log_text: str) -> int | None:
 
 
 def status_from_exit_code(code: int | None, reason: str = "", log_text: str = "") -> RemoteStatus:
-    """Completed/failed from a batch-program exit code, with its permanence (see ``jobs.batch_program``).
+    """Completed/failed from a batch-program exit code, with its permanence (see ``batch.batch_program``).
 
     A rank killed by a signal (the OOM killer, a node's watchdog, an operator's ``kill``) is a
     transient failure named by its signal, whether the launcher says so in the log or the shell
     reports 128 + N."""
-    from ..batch_program import EX_TEMPFAIL, PERMANENT_EXIT_CODES
+    from ...batch.batch_program import EX_TEMPFAIL, PERMANENT_EXIT_CODES
 
     if code == 0:
         return RemoteStatus(RemoteState.COMPLETED, 0, reason)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..job import ReconJob
+from ...batch.job import ReconJob
 from .executor import PermanentError, RemoteState, RemoteStatus, status_from_exit_code
 
 

@@ -18,7 +18,7 @@ import shlex
 from collections.abc import Callable
 from typing import Any
 
-from ..job import ReconJob
+from ...batch.job import ReconJob
 from .executor import PermanentError, RemoteState, RemoteStatus, TransientError
 from .slurm import interpret_state, render_script
 

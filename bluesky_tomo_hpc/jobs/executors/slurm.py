@@ -20,8 +20,8 @@ from importlib.resources import files
 from pathlib import Path
 from string import Template
 
+from ...batch.job import ReconJob
 from ...model import UnsafeNameError, safe_component
-from ..job import ReconJob
 from .executor import (
     PermanentError,
     RemoteState,

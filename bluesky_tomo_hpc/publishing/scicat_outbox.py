@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .journal import Journal
+from ..jobs.journal import Journal
 
 STATES = ("PENDING", "RETRY_WAIT", "DONE", "FAILED")
 

@@ -25,7 +25,7 @@ class _Model(BaseModel):
 
 
 class Resources(_Model):
-    """What the job asks the scheduler for; filled by :mod:`bluesky_tomo_hpc.jobs.sizing`."""
+    """What the job asks the scheduler for; filled by :mod:`bluesky_tomo_hpc.batch.sizing`."""
 
     ranks: int = Field(1, ge=1, description="MPI ranks in total")
     nodes: int = Field(1, ge=1)
@@ -88,7 +88,7 @@ class ReconJob(_Model):
 
     job_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12])
     run_uid: str
-    input_path: Path = Field(..., description="data-exchange HDF5 (see jobs.staging)")
+    input_path: Path = Field(..., description="data-exchange HDF5 (see batch.staging)")
     params: ReconParams = ReconParams()
     outputs: JobOutputs
     resources: Resources = Resources()

@@ -76,7 +76,7 @@ def check_tiled(uri: str | None, api_key: str | None, *, timeout_s: float = 5.0)
 
 def check_journal(path: Path) -> Check:
     """The journal opens and lists its jobs."""
-    from .journal import Journal
+    from ..jobs.journal import Journal
 
     if not Path(path).exists():
         return Check("journal", "warn", f"{path} does not exist yet (no job submitted)")
@@ -114,7 +114,7 @@ def stuck_jobs(records: Iterable[Any], now: float | None = None) -> list[tuple[s
 
 
 def check_stuck_jobs(path: Path, now: float | None = None) -> Check:
-    from .journal import Journal
+    from ..jobs.journal import Journal
 
     if not Path(path).exists():
         return Check("stuck jobs", "ok", "no journal, no jobs")
@@ -160,8 +160,8 @@ def check_executor(name: str, options: dict[str, Any] | None = None) -> Check:
     if name == "none":
         return Check("executor", "ok", "no batch jobs configured")
     if name == "local":
-        from .executors.executor import ExecutorError
-        from .executors.mpiexec import _find_mpiexec
+        from ..jobs.executors.executor import ExecutorError
+        from ..jobs.executors.mpiexec import _find_mpiexec
 
         try:
             return Check("executor local", "ok", f"mpiexec at {_find_mpiexec()}")
