@@ -57,14 +57,20 @@ def read_text_bounded(path: str | Path, max_bytes: int, what: str = "file") -> s
         fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise UntrustedFileError(f"cannot read {what} {p}: {exc.strerror or type(exc).__name__}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UntrustedFileError(f"{what} {p} is not a regular file; give a file")
         if info.st_size > max_bytes:
             raise UntrustedFileError(
                 f"{what} {p} is {info.st_size} bytes, more than the {max_bytes} accepted")
-        data = f.read(max_bytes + 1)
+        chunks, size = [], 0
+        while size <= max_bytes and (chunk := os.read(fd, max_bytes + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:  # grew while being read
         raise UntrustedFileError(f"{what} {p} is more than the {max_bytes} bytes accepted")
     try:
@@ -99,7 +105,9 @@ def load_yaml(text: str, what: str = "file") -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = re.sub(r"'[^']*'|\"[^\"]*\"", "'...'", str(getattr(exc, "problem", None) or "syntax error"))
+        # the parser quotes a token (':') or the text it choked on: only the token is repeated
+        problem = str(getattr(exc, "problem", None) or "syntax error")
+        problem = re.sub(r"'[^']{4,}'|\"[^\"]{4,}\"", "'...'", problem)
         raise UntrustedFileError(f"{what} is not valid YAML{at}: {problem}") from None
 
 
