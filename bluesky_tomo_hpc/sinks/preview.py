@@ -84,12 +84,15 @@ class PreviewSink(OrthoSliceBackprojection):
         max_cached_rows: int = 8192,
         device: str = "auto",
         gpu_batch: int = 32,
+        extra_metadata: Callable[[], dict[str, Any]] | None = None,
     ):
         if binning < 1:
             raise ValueError(f"preview binning must be >= 1, got {binning}")
         if not all(0.0 <= p <= 1.0 for p in positions):
             raise ValueError(f"preview positions are fractions in [0, 1] (z, y, x), got {positions}")
         self.outputs = list(outputs)
+        #: more to say in every update's metadata (the scan's health: sinks.scan_health_sink)
+        self.extra_metadata = extra_metadata
         self.binning = binning
         self.positions = tuple(positions)
         self.center_override = center
@@ -312,6 +315,11 @@ class PreviewSink(OrthoSliceBackprojection):
         }
         if self._spec.metadata.get("series"):  # a viewer steps through a series' time points
             meta["series"] = self._spec.metadata["series"]
+        if self.extra_metadata is not None:
+            try:
+                meta.update(self.extra_metadata())
+            except Exception:  # what another sink says must not stop the preview
+                log.exception("extra preview metadata failed for run %s", self._spec.run_uid)
         if final:
             meta["refinement_pending"] = self._pending_refinement
             if self.center_check:
