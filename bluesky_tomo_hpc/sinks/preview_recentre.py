@@ -137,7 +137,8 @@ class PreviewRecentring:
             k = -(-len(self._rows) // XY_MAX_ANGLES)  # every k-th row: the slice, at a fraction of the cost
             sino = to_numpy(self.xp.stack(self._rows[::k]))[None]
             xy = reconstruct_fourier(sino, np.asarray(self._row_angles[::k]), float(center_binned),
-                                     n=self.geo.nw, filter_name=self.filter_name, threads=1)[0]
+                                     n=self.geo.nw, filter_name=self.filter_name, threads=1,
+                                     whole_square=True)[0]
             self.acc_xy[...] = self.xp.asarray(xy * np.float32(max(1, self.n_used) / math.pi))
         return {"recomputed": ["xy", "xz", "yz"], "xz_yz_projections": len(store.items),
                 "seconds": round(time.perf_counter() - t0, 3)}
