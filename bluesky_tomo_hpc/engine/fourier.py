@@ -34,13 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from .backend import cpu_threads, get_array_module
+from ..extras import optional, require
+from .backend import GPU_FEATURE, cpu_threads, get_array_module
 from .filters import center_phase, filter_response, padded_width
 
-try:  # the GPU path; import errors on machines without CUDA are normal
-    import cufinufft as _cufinufft  # type: ignore[import-not-found]
-except Exception:  # pragma: no cover - depends on the machine
-    _cufinufft = None
+# the GPU path (the ``gpu`` extra): used where it imports
+_cufinufft: Any = optional("cufinufft")
 
 #: FFTW planner flags as FINUFFT takes them (``fftw`` option)
 FFTW_MEASURE, FFTW_ESTIMATE = 0, 64
@@ -93,12 +92,9 @@ class FourierPlan:
         self._lock = threading.Lock()  # one caller at a time: worker plans hold scratch state
         self._pool: ThreadPoolExecutor | None = None
         if gpu:
-            import cupy as cp  # type: ignore[import-not-found]
-
+            cp = require("cupy", GPU_FEATURE)
             if _cufinufft is None:
-                raise RuntimeError(
-                    "Fourier reconstruction on the GPU needs cufinufft, which is not installed"
-                )
+                require("cufinufft", "Fourier reconstruction on the GPU")
             self.shift = cp.asarray(self.shift)
             self._points = (cp.asarray(wy, dtype=cp.float32), cp.asarray(wx, dtype=cp.float32))
             self._gpu_plans: dict[tuple[int, int], Any] = {}
@@ -204,8 +200,7 @@ class FourierPlan:
     # -- GPU ------------------------------------------------------------------------------
     def _gpu_plan(self, n_trans: int) -> Any:  # pragma: no cover - needs a CUDA device
         """The cuFINUFFT plan for ``n_trans`` pairs on the current device and stream."""
-        import cupy as cp  # type: ignore[import-not-found]
-
+        cp = require("cupy", GPU_FEATURE)
         stream = cp.cuda.get_current_stream()
         key = (n_trans, stream.ptr)
         if key not in self._gpu_plans:
@@ -218,8 +213,7 @@ class FourierPlan:
 
     def run_gpu(self, spec: Any) -> Any:  # pragma: no cover - needs a CUDA device
         """``spec`` (pairs, M, n_pad) complex64 CuPy, weighted -> (pairs, n, n) complex64."""
-        import cupy as cp  # type: ignore[import-not-found]
-
+        cp = require("cupy", GPU_FEATURE)
         pairs = spec.shape[0]
         c = spec.reshape(pairs, -1)
         out = cp.empty((pairs, self.n, self.n), dtype=cp.complex64)
@@ -249,9 +243,7 @@ def fourier_plan(
     theta = np.asarray(theta, dtype=np.float64)
     device = -1
     if gpu:  # pragma: no cover - needs a CUDA device
-        import cupy as cp  # type: ignore[import-not-found]
-
-        device = cp.cuda.Device().id
+        device = require("cupy", GPU_FEATURE).cuda.Device().id
     key = (n, n_pad, hashlib.sha1(theta.tobytes()).hexdigest(), float(eps), cpu_threads(threads), gpu, device,
            bool(fft_measure))
     with _PLAN_CACHE_LOCK:
@@ -320,8 +312,7 @@ def _reconstruct_gpu(
     sino: Any, plan: FourierPlan, kernel: Any, out: Any, left: int
 ) -> Any:  # pragma: no cover - needs a CUDA device
     """The CuPy path: all pairs at once (device memory is the slab's), same steps as the CPU."""
-    import cupy as cp  # type: ignore[import-not-found]
-
+    cp = require("cupy", GPU_FEATURE)
     nz, n_angles, n_det = sino.shape
     pairs = (nz + 1) // 2
     buf = cp.zeros((pairs, n_angles, plan.n_pad), dtype=cp.complex64)
