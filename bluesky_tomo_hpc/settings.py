@@ -88,6 +88,8 @@ class PreviewSettings(_Section):
     publish_interval_s: float = Field(0.5, ge=0, description="at most one live update per interval")
     final_budget_s: float = Field(0.5, gt=0, description="time allowed to drain the queue at stop")
     refine_center: bool = Field(True, description="check the centre on the 0/180 pair at stop")
+    scan_health: bool = Field(True, description="check every frame while it comes: beam, saturation, "
+                              "sample motion, flats, angles (findings in the preview's metadata)")
     journal_dir: Path | None = Field(None, description="worker: journal open runs here (restartable)")
 
 

@@ -38,7 +38,7 @@ ALLOWED = {
     "jobs": {"model", "engine", "settings", "metadata", "sources", "results", "batch"},
     "publishing": {"model", "engine", "settings", "metadata", "results", "jobs"},
     "health": {"model", "engine", "settings", "metadata", "results", "batch", "jobs"},
-    "steering": {"model", "engine", "settings", "metadata", "results"},
+    "steering": {"model", "engine", "settings", "metadata", "results", "sinks"},  # sinks: the preview stream
     "plans": {"model", "engine", "settings", "metadata", "sim", "results", "steering"},
     "live": {"model", "engine", "settings", "metadata", "sources", "sinks", "results", "batch", "jobs",
              "publishing", "sim"},

@@ -113,10 +113,10 @@ def test_live_message_has_three_pngs_progress_and_warnings():
     assert len(msg["warnings"]) == 2
     assert "skipped" in msg["warnings"][0] and "not checked" in msg["warnings"][1]
     json.dumps(msg)  # goes to the browser as JSON
-    update.metadata["center_check"] = {"done": True, "center": 14.0, "peak": 0.9, "shift_binned_px": 1.5,
-                                       "recomputed": ["xy"], "kept_scan_center": ["xz", "yz"]}
-    msg = message_from_update(update)
-    assert msg["center"] == 14.0 and "scan used 12.5" in msg["center_source"]
+    update.metadata.update(center=14.0, center_source="0/180 pair", center_check={
+        "done": True, "center": 14.0, "peak": 0.9, "shift_binned_px": 1.5, "recomputed": ["xy", "xz", "yz"]})
+    msg = message_from_update(update)  # the page states the centre every slice is at
+    assert msg["center"] == 14.0 and msg["center_source"] == "0/180 pair"
     assert msg["center_confidence"] == 0.9 and "centre moved by 1.5" in msg["warnings"][-1]
 
 

@@ -70,8 +70,9 @@ class ReconParams(_Frozen):
     center_method: Literal["vo", "pairs", "halfturn", "auto"] = Field(
         "auto", description="auto: halfturn for 360-degree scans, Vo + sharpness for 180-degree ones"
     )
-    center_search_width: float = Field(
-        50.0, gt=0, description="px either side of the detector middle (full-field scans)"
+    center_search_width: float | None = Field(
+        None, gt=0, description="px either side of the detector middle (full-field scans); "
+        "default: a quarter of the detector width, as far as the methods reach"
     )
     half_acquisition: Literal["auto", "on", "off"] = Field(
         "auto", description="360-degree offset-axis scan stitched to a 180-degree one of the full width; "
