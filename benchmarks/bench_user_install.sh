@@ -11,7 +11,7 @@ repeats=${1:-1}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 MPLBACKEND=Agg EPICS_PVA_AUTO_ADDR_LIST=NO
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-tooth="$(pwd)/../shared/data/tomopy_tooth/tooth.h5"
+tooth="$(pwd)/tests/data/tomopy_tooth/tooth.h5"
 declare -A times
 timed() {  # timed NAME COMMAND...: run, append the seconds to times[NAME]
   local name=$1 t0
