@@ -134,10 +134,16 @@ def test_png_is_small_and_8_bit():
         to_png(np.zeros((2, 2, 2)))
 
 
-def test_session_cookie_is_a_hash_of_the_key_not_the_key():
-    from bluesky_tomo_hpc.web.auth import key_matches, session_token
+def test_sessions_are_random_server_side_and_end():
+    from bluesky_tomo_hpc.web.auth import Sessions, key_matches
 
-    assert "secretkey" not in session_token("secretkey") and len(session_token("secretkey")) == 64
+    sessions = Sessions(lifetime_s=60, max_sessions=2)
+    a, b = sessions.start(), sessions.start()
+    assert a != b and len(a) >= 32 and sessions.valid(a) and not sessions.valid("forged")
+    sessions.end(a)
+    assert not sessions.valid(a) and sessions.valid(b)
+    c, d = sessions.start(), sessions.start()  # beyond max_sessions the oldest ends
+    assert not sessions.valid(b) and sessions.valid(c) and sessions.valid(d)
     assert key_matches("k1", "k1") and not key_matches("k2", "k1") and not key_matches(None, "k1")
 
 

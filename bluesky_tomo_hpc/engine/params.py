@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
+#: the largest parameters file read (a real one is under 2 kB)
+MAX_PARAMS_FILE_BYTES = 256 * 1024
+
 FilterName = Literal[
     "none", "ramp", "shepp", "cosine", "hann", "hamming", "parzen", "butterworth"
 ]
@@ -115,10 +118,10 @@ class ReconParams(_Frozen):
     @classmethod
     def from_file(cls, path: str | Path) -> ReconParams:
         """Read YAML or JSON; unknown keys and impossible values raise a ``ValidationError``."""
-        import yaml
+        from ..untrusted.outside_files import load_yaml_file
 
-        with open(path, encoding="utf-8") as f:  # from the file, so a YAML error names it
-            data: Any = yaml.safe_load(f) or {}
+        # untrusted: a regular file, bounded, no YAML aliases; a refusal never repeats its content
+        data: Any = load_yaml_file(path, MAX_PARAMS_FILE_BYTES, "parameters file") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of ReconParams fields, got {type(data).__name__}")
         return cls.model_validate(data)
