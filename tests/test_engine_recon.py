@@ -228,7 +228,7 @@ def test_engine_auto_selects_native_without_tomopy():
         pytest.skip("TomoPy is installed here; this checks the fallback without it")
     assert resolve_engine(ReconParams()) == "native"
     assert resolve_engine(ReconParams(engine="native")) == "native"
-    missing = (r"the TomoPy engine \(engine: tomopy.*\) needs the Python package tomopy, "
+    missing = (r"the TomoPy engine \(engine: tomopy.*\) needs tomopy, "
                r"which is not installed: conda install")
     with pytest.raises(ModuleNotFoundError, match=missing):
         resolve_engine(ReconParams(engine="tomopy"))
