@@ -118,8 +118,9 @@ def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     r1 = min(rows[1], r0 + max(2 * half, b))
     params = job.params.with_updates(rows=None)
     proj_log, theta, _ = preprocess_projections(load_scan(job.input_path, rows=(r0, r1)), params)
-    # below the confidence threshold: the job's fallback (the full volume at stop passes its
-    # detector's last confident centre) or the detector middle, with a warning (never a silent guess)
+    # below the confidence threshold, with a warning (never a silent guess): the estimate, or the
+    # job's fallback (the full volume at stop passes its detector's last confident centre) where
+    # it fits the data as well (engine.center_estimate.resolve_uncertain_center)
     fallback = job.metadata.get("fallback_center")
     fb = None if fallback is None else to_binned(float(fallback), b)
     est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], fb, b)
@@ -189,8 +190,13 @@ def run(
     metadata, provenance) and renames it into place. ``call`` is recorded in the provenance (the
     command line by default); ``progress(slices_done, slices_total)`` is called on rank 0.
     """
+    from ..engine.backend import choose_device
+    from ..engine.tomopy_engine import resolve_engine
     from ..results.provenance import command_line, file_sha256
 
+    # what the parameters ask for (device: gpu, engine: tomopy) is there, or one line: before any work
+    choose_device(job.params.device)
+    resolve_engine(job.params)
     rank, size = comm.Get_rank(), comm.Get_size()
     t0 = time.perf_counter()
     plan: dict[str, Any] | None = None

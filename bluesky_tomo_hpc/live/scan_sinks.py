@@ -16,6 +16,7 @@ from ..engine.memory import budget_bytes
 from ..metadata.pinned_center import PinnedCenters
 from ..settings import Settings
 from ..sinks.full_volume import FullVolumeSink, ReconOutcome, ReconService
+from ..sinks.scan_health_sink import ScanHealthSink
 from ..sinks.sink import Sink, SinkFanout
 
 
@@ -75,6 +76,7 @@ class SinkFactory:
         max_queue_bytes: int | None = None,
         progress: Callable[[int, int], None] | None = None,
         extra: Iterable[Callable[[], Sink]] = (),
+        health_outputs: Iterable[Any] = (),
     ):
         self.settings = settings
         self.data_dir = Path(settings.data_dir)
@@ -115,9 +117,19 @@ class SinkFactory:
         self.preview_outputs = outputs
         #: the last few live previews (callers wait on their finals)
         self.previews: list[Any] = []
+        #: called with each run's scan health (sinks.scan_health_sink.HealthUpdate) as it changes;
+        #: on the 0MQ preview socket too, so a remote plan hears it at its own pace
+        self.health_outputs = list(health_outputs)
+        if self.publisher is not None:
+            self.health_outputs.insert(0, self.publisher.publish_health)
 
-    def preview(self) -> Sink:
-        """A live three-slice preview with the settings' binning, positions, filter and budgets."""
+    def health(self) -> ScanHealthSink:
+        """The scan's health, frame by frame (put before the preview: its final carries it)."""
+        return ScanHealthSink(self.health_outputs)
+
+    def preview(self, health: ScanHealthSink | None = None) -> Sink:
+        """A live three-slice preview with the settings' binning, positions, filter and budgets;
+        ``health`` adds its findings to every update's metadata."""
         from ..sinks.preview import PreviewSink
 
         pv, recon = self.settings.preview, self.settings.recon
@@ -126,7 +138,8 @@ class SinkFactory:
                            fallback_center=self.previous_center, filter_name=recon.filter_name,
                            device=recon.device, max_queue_bytes=self.max_queue_bytes,
                            publish_interval_s=pv.publish_interval_s,
-                           final_budget_s=pv.final_budget_s, refine_center=pv.refine_center)
+                           final_budget_s=pv.final_budget_s, refine_center=pv.refine_center,
+                           extra_metadata=health.metadata if health is not None else None)
         self.previews.append(sink)
         del self.previews[:-16]  # older ones are long final
         return sink
@@ -137,16 +150,40 @@ class SinkFactory:
         pinned = self.pinned.pinned(spec.metadata)
         return pinned if pinned is not None else self.centers.previous(spec)
 
-    def volume(self) -> FullVolumeSink:
-        """The full volume at stop, within the memory budget."""
+    def volume(self) -> Sink:
+        """The full volume within the memory budget: grown during the scan (binning > 1,
+        ``full_volume_streaming``), else made at stop from the raw scan."""
+        recon = self.settings.recon
+        if self.settings.full_volume_streaming and recon.binning > 1 and recon.rows is None:
+            from ..sinks.streaming_volume import StreamingVolumeSink
+
+            return StreamingVolumeSink(
+                recon, self.service, self.result_writer, progress=self.progress, data_dir=self.data_dir,
+                budget=self.budget, center_for=self.pinned.center_for, fallback_center=self.previous_center,
+                partial=self.partial_volume if self.result_writer is not None else None)
         return FullVolumeSink(self.settings.recon, self.service, VolumeAtStop(self.budget),
                               self.result_writer, progress=self.progress, data_dir=self.data_dir,
                               center_for=self.pinned.center_for, fallback_center=self.previous_center)
 
+    def partial_volume(self, spec: Any, volume: Any, n_angles: int) -> None:
+        """A volume from the angles so far, during the scan: a ``partial`` node in Tiled (replaced
+        by each newer one), marked partial with how many projections it holds."""
+        from ..results.tiled_results import write_reconstruction
+
+        assert self.result_writer is not None
+        write_reconstruction(
+            self.result_writer.container(), raw_uid=spec.run_uid, params=self.settings.recon, volume=volume,
+            kind="partial", metadata={"partial": True, "n_projections_used": int(n_angles),
+                                      "n_projections_planned": spec.n_projections,
+                                      "note": "limited-angle volume during the scan, sub-sampled"})
+
     def __call__(self) -> Sink:
         sinks: list[Sink] = []
+        health = self.health() if self.settings.preview.scan_health else None
+        if health is not None:
+            sinks.append(health)
         if self.settings.preview.enabled:
-            sinks.append(self.preview())
+            sinks.append(self.preview(health))
         if self.full_volume:
             sinks.append(self.volume())
         sinks.extend(make() for make in self.extra)

@@ -67,6 +67,9 @@ class TomoPipeline:
         self.previews: dict[str, Any] = {}
         #: called with each run's settled final live preview (steering waits on these)
         self.preview_listeners: list[Callable[[Any], None]] = []
+        #: called with each run's scan health as it changes (sinks.scan_health_sink.HealthUpdate;
+        #: steering's ResultFutures and ScanHealthSignals listen)
+        self.health_listeners: list[Callable[[Any], None]] = []
         if settings.jobs.executor != "none":
             from ..jobs.factory import make_monitor
 
@@ -87,6 +90,7 @@ class TomoPipeline:
         self.sinks = SinkFactory(
             settings.model_copy(update={"data_dir": self.data_dir}), processed=self.processed,
             register_in_place=in_place, preview_outputs=[self._keep_preview], progress=progress,
+            health_outputs=[self._tell_health],
             extra=[self._submit_sink] * (self.monitor is not None)
             + [self._scicat_raw_sink] * (self.scicat is not None) + list(extra_sinks or []))
         self.service = self.sinks.service
@@ -155,6 +159,13 @@ class TomoPipeline:
                     listener(update)
                 except Exception:
                     log.exception("preview listener failed for run %s", update.run_uid)
+
+    def _tell_health(self, update: Any) -> None:
+        for listener in list(self.health_listeners):
+            try:
+                listener(update)
+            except Exception:
+                log.exception("health listener failed for run %s", update.run_uid)
 
     def _scicat_raw_sink(self) -> Sink:
         from ..publishing.scicat import ScicatRawSink

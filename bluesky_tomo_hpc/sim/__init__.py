@@ -9,6 +9,7 @@ Typical use::
 """
 
 from .beamline import FLAVOURS, SimBeamline, make_sim_beamline
+from .faults import BeamlineFaults
 from .hdf5_writer import ANGLE_PATH, DATA_PATH, FrameFile
 from .optics import DetectorPhysics, FrameSimulator
 from .phantom import Ellipsoid, Phantom, shepp_logan_3d
@@ -17,6 +18,7 @@ from .scan_arrays import offset_axis_geometry, simulate_scan
 from .stage import SHUTTER_CLOSED, SHUTTER_OPEN, BeamState, TomoStage, make_async_stage, make_v1_stage
 
 __all__ = [
+    "BeamlineFaults",
     "ANGLE_PATH",
     "DATA_PATH",
     "FLAVOURS",

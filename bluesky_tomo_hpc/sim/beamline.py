@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from .faults import BeamlineFaults
 from .optics import DetectorPhysics, FrameSimulator
 from .phantom import Phantom, shepp_logan_3d
 from .scan_arrays import offset_axis_geometry
@@ -95,6 +96,7 @@ def make_sim_beamline(
     connect_timeout: float = 10.0,
     rotation_accel_time: float = 0.05,
     half_acquisition: bool = False,
+    faults: BeamlineFaults | None = None,
 ) -> SimBeamline:
     """Build the phantom, the detector physics and connected devices of one ``flavour``.
 
@@ -107,6 +109,7 @@ def make_sim_beamline(
     detector (:func:`~.scan_arrays.offset_axis_geometry`: the axis nx / 8 from the right edge,
     ``rotation_offset_px`` ignored); scan 0..360 degrees and say so in the plan's metadata
     (``md={"tomo": {"half_acquisition": True}}``), or let the pipeline find it in the data.
+    ``faults``: beam dumps, sample drift and jumps, overexposure (:class:`~.faults.BeamlineFaults`).
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
@@ -125,7 +128,8 @@ def make_sim_beamline(
         read_noise=read_noise,
         ring_columns=dict(ring_columns or {}),
     )
-    simulator = FrameSimulator(phantom, physics, rotation_offset_px=rotation_offset_px, seed=seed)
+    simulator = FrameSimulator(phantom, physics, rotation_offset_px=rotation_offset_px, seed=seed,
+                               faults=faults)
     if flavour == "ophyd_async":
         from .ophyd_async_detector import SimTomoDetector
 

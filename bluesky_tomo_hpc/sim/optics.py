@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .faults import BeamlineFaults
 from .phantom import Phantom
 
 _UINT16_MAX = np.iinfo(np.uint16).max
@@ -72,12 +73,14 @@ class DetectorPhysics:
         beam_on: bool,
         frame_number: int,
         rng: np.random.Generator,
+        intensity: float = 1.0,
     ) -> np.ndarray:
-        """One uint16 frame. ``line_integral`` None means sample out; ``beam_on`` False: dark."""
+        """One uint16 frame. ``line_integral`` None means sample out; ``beam_on`` False: dark.
+        ``intensity`` scales the beam (a dump, an overexposure: :mod:`.faults`)."""
         ny, nx = self.shape
         signal = np.zeros(self.shape, dtype=float)
         if beam_on:
-            flat = self.expected_flat(frame_number)
+            flat = self.expected_flat(frame_number) * intensity
             if line_integral is None:
                 transmission = np.ones(self.shape)
             else:
@@ -106,6 +109,9 @@ class FrameSimulator:
     rotation_offset_px: float = 3.5
     seed: int = 0
     frames_acquired: int = 0
+    #: beam dumps, sample motion, overexposure by projection number (None: a healthy beamline)
+    faults: BeamlineFaults | None = None
+    projections_acquired: int = 0
 
     def expected_line_integrals(self, angle_deg: float) -> np.ndarray:
         """The exact (noiseless) line integrals the detector sees at ``angle_deg``."""
@@ -114,7 +120,25 @@ class FrameSimulator:
     def acquire(self, *, angle_deg: float, shutter_open: bool, sample_in: bool) -> np.ndarray:
         """Take the next frame with the beamline in the given state."""
         rng = np.random.default_rng([self.seed, self.frames_acquired])
-        li = self.expected_line_integrals(angle_deg) if (shutter_open and sample_in) else None
-        frame = self.physics.counts(li, beam_on=shutter_open, frame_number=self.frames_acquired, rng=rng)
+        li, intensity = None, 1.0
+        if shutter_open and sample_in:
+            li, intensity = self._projection(angle_deg)
+        frame = self.physics.counts(li, beam_on=shutter_open, frame_number=self.frames_acquired, rng=rng,
+                                    intensity=intensity)
         self.frames_acquired += 1
         return frame
+
+    def _projection(self, angle_deg: float) -> tuple[np.ndarray, float]:
+        """Line integrals and beam intensity of the next projection, faults included."""
+        k = self.projections_acquired
+        self.projections_acquired += 1
+        if self.faults is None:
+            return self.expected_line_integrals(angle_deg), 1.0
+        dz, dx = self.faults.offset_px(k)
+        theta = np.deg2rad(angle_deg)
+        li = self.phantom.line_integrals(theta, self.physics.shape, self.rotation_offset_px + dx)
+        if dz:
+            from scipy import ndimage
+
+            li = ndimage.shift(li, (dz, 0.0), order=1, mode="constant", cval=0.0)
+        return li, self.faults.intensity(k)

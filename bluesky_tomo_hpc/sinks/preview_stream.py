@@ -13,6 +13,13 @@ Header (version 1)::
      "metadata": {... what the preview says about itself: centre, binning, projections used and
                   skipped, degraded, units ...}}
 
+Scan health travels on the same socket as its own message (topic ``b"tomo.health"``), after every
+batch of frames (without its timeline) and at the end, independent of the preview's cadence::
+
+    frame 0  topic            b"tomo.health"
+    frame 1  UTF-8 JSON       {"version": 1, "run_uid": str, "final": bool, "time": float,
+                               "scan_health": {... engine.scan_health.ScanHealth.summary() ...}}
+
 Plain JSON + raw buffers so that any language (ImageJ plugins, a web page) can read it without
 pickle, and so that a reader never executes what it receives.
 """
@@ -20,6 +27,7 @@ pickle, and so that a reader never executes what it receives.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +37,7 @@ import numpy as np
 from ..settings import check_zmq_address
 
 TOPIC = b"tomo.preview"
+HEALTH_TOPIC = b"tomo.health"
 VERSION = 1
 PLANES = ("xy", "xz", "yz")
 
@@ -110,6 +119,29 @@ def _update_from(header: Any, buffers: list[bytes]) -> PreviewUpdate:
                          metadata=dict(header.get("metadata", {})))
 
 
+def encode_health(update: Any) -> list[bytes]:
+    """The frames of a scan-health message (``update``: a ``HealthUpdate``)."""
+    body = {"version": VERSION, "run_uid": update.run_uid, "final": bool(update.final),
+            "time": float(update.time), "scan_health": update.summary}
+    return [HEALTH_TOPIC, json.dumps(body, default=_json_default).encode()]
+
+
+def decode_health(frames: list[bytes]) -> tuple[str, dict[str, Any], bool]:
+    """(run uid, scan-health summary, final) of a health message; checked like :func:`decode`."""
+    if len(frames) != 2 or bytes(frames[0]) != HEALTH_TOPIC:
+        raise PreviewProtocolError(f"not a health message: expected topic {HEALTH_TOPIC!r} and one body")
+    try:
+        body = json.loads(bytes(frames[1]).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PreviewProtocolError(f"health message is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(body, dict) or body.get("version") != VERSION:
+        raise PreviewProtocolError(f"health message must be a version {VERSION} JSON object")
+    uid, summary = body.get("run_uid"), body.get("scan_health")
+    if not isinstance(uid, str) or not isinstance(summary, dict):
+        raise PreviewProtocolError("health message needs a text run_uid and a scan_health object")
+    return uid, summary, bool(body.get("final"))
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.generic):
         return obj.item()
@@ -133,15 +165,24 @@ class PreviewPublisher:
         (self._sock.bind if bind else self._sock.connect)(address)
         self.address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) if bind else address
         self.sent = 0
+        self._lock = threading.Lock()  # previews and health come from different threads
 
     def __call__(self, update: PreviewUpdate) -> None:
+        self._send(encode(update))
+
+    def publish_health(self, update: Any) -> None:
+        """A scan-health update (``sinks.scan_health_sink.HealthUpdate``) on the same socket."""
+        self._send(encode_health(update))
+
+    def _send(self, frames: list[Any]) -> None:
         import zmq
 
-        try:
-            self._sock.send_multipart(encode(update), flags=zmq.NOBLOCK, copy=False)
-            self.sent += 1
-        except zmq.Again:  # no room: this update is dropped for that subscriber, never waited for
-            pass
+        with self._lock:
+            try:
+                self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+                self.sent += 1
+            except zmq.Again:  # no room: this update is dropped for that subscriber, never waited for
+                pass
 
     def close(self) -> None:
         self._sock.close(linger=0)
@@ -150,7 +191,7 @@ class PreviewPublisher:
 class PreviewSubscriber:
     """SUB side, for ``bluesky-tomo-hpc watch`` and tests."""
 
-    def __init__(self, address: str, *, bind: bool = False):
+    def __init__(self, address: str, *, bind: bool = False, health: bool = False):
         import zmq
 
         check_zmq_address(address, bind=bind, what="preview address")
@@ -158,6 +199,8 @@ class PreviewSubscriber:
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        if health:  # recv_any() then returns health messages too
+            self._sock.setsockopt(zmq.SUBSCRIBE, HEALTH_TOPIC)
         (self._sock.bind if bind else self._sock.connect)(address)
 
     def recv(self, timeout_s: float | None = None) -> PreviewUpdate | None:
@@ -165,6 +208,14 @@ class PreviewSubscriber:
         if timeout_s is not None and not self._sock.poll(int(timeout_s * 1000)):
             return None
         return decode(self._sock.recv_multipart())
+
+    def recv_any(self, timeout_s: float | None = None
+                 ) -> PreviewUpdate | tuple[str, dict[str, Any], bool] | None:
+        """The next preview update or health message (``decode_health``'s tuple), or None."""
+        if timeout_s is not None and not self._sock.poll(int(timeout_s * 1000)):
+            return None
+        frames = self._sock.recv_multipart()
+        return decode_health(frames) if frames and bytes(frames[0]) == HEALTH_TOPIC else decode(frames)
 
     def close(self) -> None:
         self._sock.close(linger=0)

@@ -19,16 +19,24 @@ from starlette.routing import Route
 
 from .catalog import Catalog, CatalogError
 from .images import to_png
-from .query import bounded, number
+from .query import Query
 from .volume_reader import VolumeReader
 
 NO_STORE = {"Cache-Control": "no-store"}
+#: the query parameters of the slice and preview pictures (contrast percentiles)
+CONTRAST = ("lo", "hi")
+#: the largest side of the 3D view's volume or region (256**3 float32: 64 MiB), and the smallest
+MAX_VOLUME_SIDE, MIN_VOLUME_SIDE = 256, 16
+#: the most rows a list answers
+MAX_ROWS = 500
+#: a volume's largest side, and the most multiscale levels
+MAX_SIDE, MAX_LEVEL = 2**31, 16
 
 
-def _png(data: Any, request: Request) -> Response:
-    lo, hi = number(request, "lo", float), number(request, "hi", float)
+def _png(data: Any, q: Query) -> Response:
+    lo, hi = q.number("lo", 0, 100), q.number("hi", 0, 100)
     if lo is not None and hi is not None:
-        if not 0 <= lo < hi <= 100:
+        if not lo < hi:
             raise CatalogError("contrast percentiles must satisfy 0 <= lo < hi <= 100", 400)
         png = to_png(data, percentiles=(lo, hi))
     else:
@@ -36,8 +44,8 @@ def _png(data: Any, request: Request) -> Response:
     return Response(png, media_type="image/png", headers=NO_STORE)
 
 
-def _box(request: Request) -> tuple[int, int, int, int, int, int] | None:
-    raw = request.query_params.get("roi")
+def _box(q: Query) -> tuple[int, int, int, int, int, int] | None:
+    raw = q.text("roi", 80)
     if not raw:
         return None
     try:
@@ -65,26 +73,28 @@ def nifti_bytes(vol: np.ndarray, window: tuple[float, float]) -> bytes:
 
 def recon_routes(catalog: Catalog, reader: VolumeReader) -> list[Route]:
     def recons(request: Request) -> Response:
+        q = Query(request, ("kind", "raw_uid", "limit"))
         return JSONResponse({"reconstructions": catalog.reconstructions(
-            kind=request.query_params.get("kind") or None,
-            raw_uid=request.query_params.get("raw_uid") or None,
-            limit=bounded(request, "limit", 1, 500, 50))})
+            kind=q.text("kind", 64), raw_uid=q.text("raw_uid", 200),
+            limit=q.integer("limit", 1, MAX_ROWS, 50))})
 
     def recon(request: Request) -> Response:
+        Query(request)
         return JSONResponse(reader.info(request.path_params["key"]))
 
-    def _slice(request: Request) -> tuple[np.ndarray, dict[str, Any]]:
+    def _slice(request: Request, q: Query) -> tuple[np.ndarray, dict[str, Any]]:
         return reader.slice(request.path_params["key"], request.path_params["plane"],
-                            number(request, "index"), bounded(request, "level", 0, 5, 0))
+                            q.integer("index", 0, MAX_SIDE), q.integer("level", 0, MAX_LEVEL, 0))
 
     def slice_png(request: Request) -> Response:
-        data, where = _slice(request)
-        response = _png(data, request)
+        q = Query(request, ("index", "level", *CONTRAST))
+        data, where = _slice(request, q)
+        response = _png(data, q)
         response.headers["X-Slice"] = json.dumps(where)
         return response
 
     def slice_f32(request: Request) -> Response:
-        data, where = _slice(request)
+        data, where = _slice(request, Query(request, ("index", "level")))
         return Response(np.ascontiguousarray(data, dtype="<f4").tobytes(),
                         media_type="application/octet-stream",
                         headers={**NO_STORE, "X-Slice": json.dumps(where)})
@@ -92,7 +102,7 @@ def recon_routes(catalog: Catalog, reader: VolumeReader) -> list[Route]:
     def slice_tiff(request: Request) -> Response:
         import tifffile
 
-        data, where = _slice(request)
+        data, where = _slice(request, Query(request, ("index", "level")))
         buf = io.BytesIO()
         key, plane = request.path_params["key"], request.path_params["plane"]
         tifffile.imwrite(buf, data.astype(np.float32),
@@ -103,15 +113,18 @@ def recon_routes(catalog: Catalog, reader: VolumeReader) -> list[Route]:
                         headers={**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'})
 
     def preview(request: Request) -> Response:
-        return _png(catalog.preview(request.path_params["key"], request.path_params["plane"]), request)
+        q = Query(request, CONTRAST)
+        return _png(catalog.preview(request.path_params["key"], request.path_params["plane"]), q)
 
     def stats(request: Request) -> Response:
+        Query(request)
         return JSONResponse(reader.stats(request.path_params["key"]))
 
     def volume(request: Request) -> Response:
-        max_side = bounded(request, "max_side", 16, 256, 128)
-        lo, hi = number(request, "lo", float), number(request, "hi", float)
-        vol, where = reader.region(request.path_params["key"], _box(request), max_side=max_side)
+        q = Query(request, ("max_side", "lo", "hi", "roi"))
+        max_side = q.integer("max_side", MIN_VOLUME_SIDE, MAX_VOLUME_SIDE, 128)
+        lo, hi = q.number("lo", -1e30, 1e30), q.number("hi", -1e30, 1e30)
+        vol, where = reader.region(request.path_params["key"], _box(q), max_side=max_side)
         if lo is None or hi is None:
             lo, hi = reader.stats(request.path_params["key"])["window"]
         return Response(nifti_bytes(vol, (lo, hi)), media_type="application/octet-stream",

@@ -1,0 +1,64 @@
+"""What a plan reads about a scan's health: the findings so far, and which frames they concern.
+
+The same object whether the health came from the in-process pipeline (``health_listeners``) or a
+remote worker's 0MQ preview stream (the ``scan_health`` entry of each preview's metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITY_ORDER = ("ok", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class ScanHealthReport:
+    """One run's health at one moment: ``findings`` are dicts with ``kind``, ``severity``,
+    ``first``/``last`` (projection indices), ``n_frames``, angles, ``value`` and ``message``."""
+
+    run_uid: str
+    status: str
+    n_projections: int
+    final: bool
+    findings: tuple[Mapping[str, Any], ...] = ()
+    summary: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_summary(cls, run_uid: str, summary: Mapping[str, Any],
+                     final: bool | None = None) -> ScanHealthReport:
+        """From :meth:`ScanHealth.summary` as it travels (JSON): unknown or broken entries are
+        dropped, never trusted (it may come from the network)."""
+        findings = tuple(f for f in summary.get("findings", ()) if isinstance(f, Mapping)
+                         and isinstance(f.get("first"), int) and isinstance(f.get("last"), int))
+        status = summary.get("status")
+        n = summary.get("n_projections")
+        return cls(run_uid=str(run_uid), status=status if status in SEVERITY_ORDER else "ok",
+                   n_projections=n if isinstance(n, int) else 0,
+                   final=bool(summary.get("final")) if final is None else final, findings=findings,
+                   summary=summary)
+
+    def alarms(self, at_least: str = "warning") -> list[Mapping[str, Any]]:
+        """Findings of ``at_least`` that severity (``"warning"``: warnings and errors)."""
+        floor = SEVERITY_ORDER.index(at_least)
+        return [f for f in self.findings if f.get("severity") in SEVERITY_ORDER
+                and SEVERITY_ORDER.index(f["severity"]) >= floor]
+
+    def frames(self, kinds: Iterable[str] | str | None = None, at_least: str = "warning") -> list[int]:
+        """Projection indices named by the findings (of ``kinds``, of ``at_least`` that severity):
+        what a plan re-takes. Flat-frame findings (``role`` "flat") are not projections."""
+        wanted = {kinds} if isinstance(kinds, str) else (set(kinds) if kinds is not None else None)
+        out: set[int] = set()
+        for f in self.alarms(at_least):
+            if f.get("role", "projection") != "projection":
+                continue
+            if wanted is not None and f["kind"] not in wanted:
+                continue
+            out.update(range(int(f["first"]), int(f["last"]) + 1))
+        return sorted(out)
+
+    @property
+    def ok(self) -> bool:
+        """No warning and no error so far."""
+        return not self.alarms()
