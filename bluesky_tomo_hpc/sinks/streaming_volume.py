@@ -34,7 +34,7 @@ from .binned_store import BinnedScanStore
 from .frame_store import run_file_stem
 from .full_volume import ReconOutcome, ReconService, ResultWriter
 from .running_volume import RunningVolume, lower_priority, not_accumulable
-from .streamed_result import slabs_from_store, slabs_from_sum, stop_center, write_volume
+from .streamed_result import half_acquisition, slabs_from_store, slabs_from_sum, stop_center, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,8 @@ class _StreamedRun:
             center_b = to_binned(center.value, store.binning)
             running, warnings = self.running, []
             why = self.not_summed if running is None else running.usable(center_b)
+            if why is None and half_acquisition(store, params, center_b):
+                why = "a half acquisition is stitched from both half-turns"
             t = time.perf_counter()
             if running is not None and why is None:
                 running.threads = None  # the stop has every core
