@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 BLOCK = 128
 END_BLOCK = 32
 #: raw bytes of frames waiting to be binned before ``add`` waits (back-pressure, never a drop)
-QUEUE_BYTES = 512 * 2**20
+QUEUE_BYTES = 256 * 2**20
 #: the partial volume is sub-sampled to about this many voxels a side (a look, not a result), and
 #: published at most every PARTIAL_EVERY_S seconds
 PARTIAL_SIZE = 160
