@@ -70,7 +70,7 @@ def run_once(kind: str, work: Path, a: argparse.Namespace, cached: tuple) -> dic
     from bluesky_tomo_hpc.sinks.streaming_volume import StreamingVolumeSink
 
     proj, dark, flat, center = cached
-    params = ReconParams(binning=a.binning)
+    params = ReconParams(binning=a.binning, center=center if a.center == "given" else "auto")
     budget = budget_bytes(a.budget_mb)
     service = ReconService()
     if kind == "streaming":
@@ -127,6 +127,9 @@ def main() -> int:
     ap.add_argument("--binning", type=int, default=4)
     ap.add_argument("--budget-mb", type=float, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--center", default="given", choices=["given", "auto"],
+                    help="given: the simulated axis; auto: found from the data (cycled frames do not match "
+                         "their angles: the found centre is meaningless, a streamed sum rarely confirmed)")
     ap.add_argument("--kinds", nargs="+", default=["streaming", "at-stop"], choices=["streaming", "at-stop"])
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
