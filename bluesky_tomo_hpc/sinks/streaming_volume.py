@@ -251,7 +251,7 @@ class _StreamedRun:
 
     def finish(self) -> ReconOutcome:
         """The service thread: drain, confirm the centre, finish the sum (or use the store), write."""
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         spec, params, sink, store = self.spec, self.params, self.sink, self.store
         timings: dict[str, float] = {}
         try:
@@ -303,6 +303,8 @@ class _StreamedRun:
         store.discard()
         self.running = None
         result.timings["total"] = time.perf_counter() - t0
+        # the process's CPU seconds since the stop (every thread): on a shared host, what the stop costs
+        result.timings["cpu_total"] = time.process_time() - cpu0
         note = "" if how["summed"] else f"; not summed: {how['why']}"
         return ReconOutcome(
             run_uid=spec.run_uid, ok=True, message="reconstructed (streamed)" + note,
