@@ -10,7 +10,9 @@ frames with their origin in a raw HDF5 file written as they come (as a detector 
   at-stop:   :class:`bluesky_tomo_hpc.sinks.full_volume.FullVolumeSink` + ``VolumeAtStop`` (the raw
              file staged and reconstructed after the stop), the path before issue 24.
 
-Reported per sink and repeat: stop -> volume written (no Tiled: the sink's own result folder),
+Reported per sink and repeat: stop -> volume written (no Tiled: the sink's own result folder), the
+CPU seconds of this process during the scan (feed included) and after the stop (what a shared host
+does not distort: on an idle 2-core host the stop takes at least half of it),
 how it was made, its stage timings, the peak RSS growth of this process during the run, and the
 load average. Median and range over --repeats; the ratio at-stop / streaming.
 
@@ -83,6 +85,7 @@ def run_once(kind: str, work: Path, a: argparse.Namespace, cached: tuple) -> dic
     theta = np.linspace(0, np.pi, a.frames, endpoint=False)
     reset_hwm()
     hwm0 = vm_hwm()
+    cpu0 = time.process_time()
     sink.open(spec)
     with h5py.File(raw, "w") as f:
         for role, frame, n in ((FrameRole.DARK, dark, a.darks), (FrameRole.FLAT, flat, a.flats)):
@@ -102,15 +105,17 @@ def run_once(kind: str, work: Path, a: argparse.Namespace, cached: tuple) -> dic
                                 origin=(str(raw), "projection", i, i + 1)))
     written_fps = (a.frames - 1) / (time.perf_counter() - t0)
     load = os.getloadavg()[0]
-    t_stop = time.perf_counter()
+    t_stop, cpu_stop = time.perf_counter(), time.process_time()
     sink.close(ScanEnd(spec.run_uid))
     service.wait()
     stop_to_volume = time.perf_counter() - t_stop
+    cpu_after = time.process_time() - cpu_stop
     service.shutdown()
     outcome = service.outcomes[spec.run_uid]
     raw.unlink()
     out = {"kind": kind, "ok": outcome.ok, "message": outcome.message[:200],
            "stop_to_volume_s": round(stop_to_volume, 2), "written_fps": round(written_fps, 2),
+           "cpu_s_during_scan": round(cpu_stop - cpu0, 1), "cpu_s_after_stop": round(cpu_after, 1),
            "timings_s": {k: round(v, 2) for k, v in outcome.timings.items()},
            "peak_rss_growth_gib": round((vm_hwm() - hwm0) / 2**30, 2), "load_at_stop": round(load, 2)}
     print(json.dumps(out), flush=True)
