@@ -100,7 +100,7 @@ def slabs_from_store(store: BinnedScanStore, params: ReconParams, center_b: floa
             proj_log, theta, c = stitch_half_acquisition(proj_log, theta, center_b)
         if recon is None:
             recon = make_chunk_reconstructor(np.asarray(theta, dtype=np.float64), c, proj_log.shape[2],
-                                             local, engine=resolve_engine(params), slices=store.shape[0])
+                                             local, engine=resolve_engine(params))
         yield z0, reconstruct_prepared(proj_log, theta, c, local, recon=recon)
 
 
