@@ -137,6 +137,11 @@ def stop_phase(a: argparse.Namespace) -> dict:
 
     class Store:  # what write_volume reads of a BinnedScanStore
         binning, shape, slots = a.binning, (NY // a.binning, NX // a.binning), dict.fromkeys(range(a.frames))
+        angles = dict(enumerate(np.linspace(0, np.pi, a.frames, endpoint=False)))
+
+        @staticmethod
+        def order() -> list[int]:
+            return list(range(a.frames))
 
     nz, nx = Store.shape
     params = ReconParams(binning=a.binning, center=(NX - 1) / 2)
