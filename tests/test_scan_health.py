@@ -24,7 +24,7 @@ SHAPE = (64, 128)
 ALARMS = ("warning", "error")
 
 
-def _run(RE, tmp_path, plan_of, *, faults=None, seed=0, flavour="ophyd_v1", **beamline) -> dict:
+def _run(RE, tmp_path, plan_of, *, faults=None, seed=0, flavour="ophyd_v1", shape=SHAPE, **beamline) -> dict:
     """One scan through RE -> TomoCallback -> ScanHealthSink; the final health summary."""
     sinks: list[ScanHealthSink] = []
 
@@ -32,7 +32,7 @@ def _run(RE, tmp_path, plan_of, *, faults=None, seed=0, flavour="ophyd_v1", **be
         sinks.append(ScanHealthSink())
         return SinkFanout([sinks[-1]])
 
-    bl = make_sim_beamline(tmp_path / "raw", flavour=flavour, shape=SHAPE, seed=seed, faults=faults,
+    bl = make_sim_beamline(tmp_path / "raw", flavour=flavour, shape=shape, seed=seed, faults=faults,
                            **beamline)
     cb = TomoCallback(factory)
     token = RE.subscribe(cb)
@@ -110,17 +110,17 @@ def test_missing_and_out_of_order_angles(RE, tmp_path):
 
 def _fly(n):
     return lambda bl: tomo_fly_scan(bl.detector, bl.stage, num_projections=n, num_darks=4, num_flats=4,
-                                    exposure=0.002)
+                                    exposure=0.02)
 
 
 def test_no_false_alarm_over_20_clean_simulated_scans(RE, tmp_path):
     for seed in range(20):
         flats = ("before", "after", "both")[seed % 3]
-        plan = _scan(240, 360.0) if seed % 4 == 0 else _scan(60 + 4 * seed, flat_position=flats)
+        plan = _scan(200, 360.0) if seed % 4 == 0 else _scan(60 + 2 * seed, flat_position=flats)
         flavour = "ophyd_v1"
         if seed % 4 == 1:  # a fly scan: ophyd-async detector writing HDF5, frames in StreamDatum batches
-            plan, flavour = _fly(60 + 4 * seed), "ophyd_async"
-        summary = _run(RE, tmp_path / str(seed), plan, seed=seed, flavour=flavour,
+            plan, flavour = _fly(60 + 2 * seed), "ophyd_async"
+        summary = _run(RE, tmp_path / str(seed), plan, seed=seed, flavour=flavour, shape=(48, 96),
                        rotation_offset_px=(seed % 5) - 2.0, photons=[2e4, 5e3, 4e4][seed % 3])
         assert _alarms(summary) == [], (seed, summary["findings"])
         assert summary["status"] in ("ok", "info")

@@ -67,7 +67,8 @@ def message(kind: str, o: OpenFinding) -> str:
     frames = f"projections {o.first}-{o.last}" if o.last != o.first else f"projection {o.first}"
     at = ""
     if not math.isnan(o.angle_first):
-        at = f" ({o.angle_first:.1f} deg)" if o.last == o.first else f" ({o.angle_first:.1f}-{o.angle_last:.1f} deg)"
+        span = f"{o.angle_first:.1f}" if o.last == o.first else f"{o.angle_first:.1f}-{o.angle_last:.1f}"
+        at = f" ({span} deg)"
     what = {
         "shutter_closed": f"no beam (intensity {o.worst:.0%} of the projections before)",
         "beam_loss": f"beam down to {o.worst:.0%} of the projections before",
