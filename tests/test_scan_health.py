@@ -14,7 +14,7 @@ from bluesky_tomo_hpc.engine.scan_health import ScanHealth
 from bluesky_tomo_hpc.model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.faults import BeamlineFaults
-from bluesky_tomo_hpc.sim.plans import _darks, _flats, _projections, _scan_md, tomo_fly_scan, tomo_scan
+from bluesky_tomo_hpc.sim.plans import _darks, _flats, _projections, _scan_md, tomo_scan
 from bluesky_tomo_hpc.sinks.scan_health_sink import ScanHealthSink
 from bluesky_tomo_hpc.sinks.sink import SinkFanout
 from bluesky_tomo_hpc.sources.callback import TomoCallback
@@ -108,18 +108,13 @@ def test_missing_and_out_of_order_angles(RE, tmp_path):
     assert [f["kind"] for f in summary["findings"]] == ["angles_out_of_order"]
 
 
-def _fly(n):
-    return lambda bl: tomo_fly_scan(bl.detector, bl.stage, num_projections=n, num_darks=4, num_flats=4,
-                                    exposure=0.02)
-
-
 def test_no_false_alarm_over_20_clean_simulated_scans(RE, tmp_path):
     for seed in range(20):
         flats = ("before", "after", "both")[seed % 3]
         plan = _scan(200, 360.0) if seed % 4 == 0 else _scan(60 + 2 * seed, flat_position=flats)
         flavour = "ophyd_v1"
-        if seed % 4 == 1:  # a fly scan: ophyd-async detector writing HDF5, frames in StreamDatum batches
-            plan, flavour = _fly(60 + 2 * seed), "ophyd_async"
+        if seed % 4 == 1:  # the ophyd-async detector writing HDF5: frames come by StreamDatum
+            flavour = "ophyd_async"
         summary = _run(RE, tmp_path / str(seed), plan, seed=seed, flavour=flavour, shape=(48, 96),
                        rotation_offset_px=(seed % 5) - 2.0, photons=[2e4, 5e3, 4e4][seed % 3])
         assert _alarms(summary) == [], (seed, summary["findings"])
