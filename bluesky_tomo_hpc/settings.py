@@ -20,10 +20,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from .engine.params import ReconParams
+from .untrusted.outside_files import load_yaml_file
 
 log = logging.getLogger(__name__)
 
 ENV_FILE = "BLUESKY_TOMO_HPC_CONFIG"
+#: the largest settings file read (a real one is a few kB)
+MAX_SETTINGS_FILE_BYTES = 1024 * 1024
 ENV_PREFIX = "BLUESKY_TOMO_HPC__"
 
 
@@ -145,6 +148,9 @@ class Settings(_Section):
     jobs: JobSettings = JobSettings()
     scicat: ScicatSettings = ScicatSettings()
     full_volume: bool = Field(True, description="reconstruct the whole volume in-process at stop")
+    full_volume_streaming: bool = Field(
+        True, description="with recon binning > 1: bin frames as they arrive and sum the volume during the "
+        "scan, so that at stop only the rest is left (false: the raw scan is read again after the stop)")
     memory_budget_mb: float | None = Field(
         None, gt=0, description="memory every path may use for frames and slices (MiB); slab sizes derive "
         "from it. None: a quarter of this machine's memory, 256 MiB to 16 GiB",
@@ -200,13 +206,8 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     data: dict[str, Any] = {}
     path = path or env.get(ENV_FILE)
     if path:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ValueError(f"settings file {path} is not valid YAML{at}: "
-                             f"{getattr(exc, 'problem', None) or exc}; fix the file") from None
+        # untrusted: a regular file, bounded, no YAML aliases; a refusal never repeats its content
+        loaded = load_yaml_file(path, MAX_SETTINGS_FILE_BYTES, "settings file") or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"{path}: the configuration must be a mapping of sections")
         data = loaded

@@ -19,6 +19,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
 
 
+TEST_DATA = ROOT / "tests" / "data"
+
+
+@pytest.fixture(scope="session")
+def reference_file():
+    """``rel`` (a path inside ``../shared/data``) from ``tests/data`` when it ships with the
+    tests (small, permissively licensed: see tests/data/README.md), else from ``../shared/data``;
+    the test skips when neither has it."""
+
+    def find(rel: str) -> Path:
+        for base in (TEST_DATA, SHARED_DATA):
+            if (base / rel).is_file():
+                return base / rel
+        pytest.skip(f"{rel} is neither in {TEST_DATA} nor in {SHARED_DATA}")
+
+    return find
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` next to the checkout (reference data, never copied in)."""

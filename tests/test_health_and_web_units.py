@@ -113,10 +113,10 @@ def test_live_message_has_three_pngs_progress_and_warnings():
     assert len(msg["warnings"]) == 2
     assert "skipped" in msg["warnings"][0] and "not checked" in msg["warnings"][1]
     json.dumps(msg)  # goes to the browser as JSON
-    update.metadata["center_check"] = {"done": True, "center": 14.0, "peak": 0.9, "shift_binned_px": 1.5,
-                                       "recomputed": ["xy"], "kept_scan_center": ["xz", "yz"]}
-    msg = message_from_update(update)
-    assert msg["center"] == 14.0 and "scan used 12.5" in msg["center_source"]
+    update.metadata.update(center=14.0, center_source="0/180 pair", center_check={
+        "done": True, "center": 14.0, "peak": 0.9, "shift_binned_px": 1.5, "recomputed": ["xy", "xz", "yz"]})
+    msg = message_from_update(update)  # the page states the centre every slice is at
+    assert msg["center"] == 14.0 and msg["center_source"] == "0/180 pair"
     assert msg["center_confidence"] == 0.9 and "centre moved by 1.5" in msg["warnings"][-1]
 
 
@@ -134,10 +134,16 @@ def test_png_is_small_and_8_bit():
         to_png(np.zeros((2, 2, 2)))
 
 
-def test_session_cookie_is_a_hash_of_the_key_not_the_key():
-    from bluesky_tomo_hpc.web.auth import key_matches, session_token
+def test_sessions_are_random_server_side_and_end():
+    from bluesky_tomo_hpc.web.auth import Sessions, key_matches
 
-    assert "secretkey" not in session_token("secretkey") and len(session_token("secretkey")) == 64
+    sessions = Sessions(lifetime_s=60, max_sessions=2)
+    a, b = sessions.start(), sessions.start()
+    assert a != b and len(a) >= 32 and sessions.valid(a) and not sessions.valid("forged")
+    sessions.end(a)
+    assert not sessions.valid(a) and sessions.valid(b)
+    c, d = sessions.start(), sessions.start()  # beyond max_sessions the oldest ends
+    assert not sessions.valid(b) and sessions.valid(c) and sessions.valid(d)
     assert key_matches("k1", "k1") and not key_matches("k2", "k1") and not key_matches(None, "k1")
 
 

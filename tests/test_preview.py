@@ -22,11 +22,11 @@ def z_profile(nz: int) -> np.ndarray:
 
 
 def phantom_scan(n: int = 64, nz: int = 16, n_angles: int = 90, center: float | None = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, span: float = np.pi) -> dict:
     """Raw uint16 frames of a parallel-beam scan of a z-modulated Shepp-Logan (exact line
     integrals, Poisson-free), with a smooth flat field, plus darks, flats and the truth."""
     center = (n - 1) / 2.0 if center is None else center
-    theta = np.linspace(0, np.pi, n_angles, endpoint=False)
+    theta = np.linspace(0, span, n_angles, endpoint=False)
     sino = ellipse_sinogram(n, theta, n_det=n, center=center) * MU  # (angles, n)
     prof = z_profile(nz)
     flat = FLAT * (1.0 + 0.2 * np.sin(np.linspace(0, np.pi, n)))[None, :] * np.ones((nz, 1))
@@ -232,12 +232,61 @@ def test_centre_is_checked_at_stop_and_a_wrong_guess_gives_a_second_corrected_fi
     assert first.metadata["refinement_pending"] is True and first.metadata["stop_to_final_s"] < 1.0
     assert second is final and final.metadata["refinement_pending"] is False
     check = final.metadata["center_check"]
-    assert check["recomputed"] == ["xy"] and abs(check["center"] - 35.2) < 0.5
+    assert check["recomputed"] == ["xy", "xz", "yz"] and abs(check["center"] - 35.2) < 0.5
+    assert final.metadata["center"] == check["center"] and final.metadata["center_source"] == "0/180 pair"
+    # xz and yz too: all three slices at the checked centre (every projection fits the store here)
+    ref = _engine_fbp(scan, check["center"])
+    for plane, want in (("xz", ref[:, final.indices["xz"], :]), ("yz", ref[:, :, final.indices["yz"]])):
+        np.testing.assert_allclose(final.slices[plane], want, atol=1e-4 * np.abs(ref).max())
+        assert corr(first.slices[plane], want) < corr(final.slices[plane], want)
     m = disc(64)
     assert corr(first.slices["xy"][m], scan["truth_xy"][m]) < 0.5
     assert corr(final.slices["xy"][m], scan["truth_xy"][m]) > 0.9
     inner = scan["truth_xy"] == np.float32(0.2 * MU)
     assert abs(np.median(final.slices["xy"][inner]) / (0.2 * MU) - 1) < 0.15  # same scale as live
+
+
+def _engine_fbp(scan: dict, center: float) -> np.ndarray:
+    """The engine's FBP of the scan's frames at ``center``: (nz, n, n)."""
+    from bluesky_tomo_hpc.engine.fbp import reconstruct_fbp
+
+    proj = scan["proj"].astype(np.float64)
+    dark, flat = scan["darks"].mean(0), scan["flats"].mean(0)
+    line = -np.log((proj - dark) / (flat - dark)).astype(np.float32)
+    return reconstruct_fbp(line.transpose(1, 0, 2), scan["theta"], center)
+
+
+def test_a_360_scan_moves_to_the_pair_centre_mid_scan_in_all_three_slices():
+    scan = phantom_scan(center=35.2, n_angles=120, span=2 * np.pi)  # no hint: the middle is 3.7 px off
+    updates = []
+    sink = PreviewSink([updates.append], publish_interval_s=0.0)
+    sink.open(spec_for(scan))
+    feed(sink, scan)
+    sink.close(ScanEnd("run-1"))
+    final = sink.wait_final(30)
+    live = [u for u in updates if not u.final]
+    moved = [u for u in live if u.metadata["center_source"] == "0/180 pair (during the scan)"]
+    assert live[0].metadata["center_source"] == "detector middle"
+    assert moved and moved[0].metadata["n_projections_used"] <= 70  # half-way, not at stop
+    assert abs(moved[0].metadata["center"] - 35.2) < 0.5
+    check = final.metadata["center_check"]
+    assert check["recomputed"] == [] and "moved_during_scan" in check  # already right at stop
+    assert final.metadata["center"] == moved[-1].metadata["center"]
+    ref = _engine_fbp(scan, final.metadata["center"])
+    for plane, want in (("xz", ref[:, final.indices["xz"], :]), ("yz", ref[:, :, final.indices["yz"]])):
+        np.testing.assert_allclose(final.slices[plane], want, atol=1e-4 * np.abs(ref).max())
+
+
+def test_projection_store_thins_evenly_within_its_bytes():
+    from bluesky_tomo_hpc.sinks.preview_recentre import ProjectionStore
+
+    store = ProjectionStore(max_bytes=10 * 400)
+    for k in range(100):
+        store.add(float(k), np.full((10, 10), k, np.float32))  # 400 bytes each
+    assert store.nbytes <= store.max_bytes and store.stride == 16
+    kept = [t for t, _ in store.items]
+    assert kept == [float(k) for k in range(0, 100, 16)]  # evenly spread over the whole scan
+    assert ProjectionStore(0).items == []
 
 
 def test_a_right_centre_is_confirmed_without_recomputing(scan):

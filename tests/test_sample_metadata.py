@@ -66,7 +66,7 @@ def test_yaml_files_are_untrusted(tmp_path):
     (tmp_path / "ti64-07.yml").write_text("name: ti64-07\nmaterial: {category: alloy}\n")
     assert lib.get("ti64-07").material.category == "alloy"
     (tmp_path / "evil.yml").write_text("name: !!python/object/apply:os.system ['true']\n")
-    with pytest.raises(SampleMetadataError, match="evil.yml: not valid YAML"):
+    with pytest.raises(SampleMetadataError, match="evil.yml is not valid YAML"):
         lib.get("evil")
     with pytest.raises(SampleMetadataError, match="must match"):
         lib.get("../ti64-07")

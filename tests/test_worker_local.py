@@ -28,8 +28,8 @@ def test_the_next_scan_starts_from_the_centre_the_last_one_found(tmp_path):
         first, second = (p.final for p in worker.previews)
     finally:
         worker.close()
-    assert first.metadata["center_source"] == "detector middle"
-    assert first.metadata["center_check"]["recomputed"] == ["xy"]
+    assert first.metadata["center_source"] == "0/180 pair"  # started at the detector middle, moved
+    assert first.metadata["center_check"]["recomputed"] == ["xy", "xz", "yz"]
     assert second.metadata["center_source"] == "previous scan"
     assert abs(second.metadata["center"] - 35.2) < 0.5
     assert second.metadata["center_check"]["recomputed"] == []  # right from the start

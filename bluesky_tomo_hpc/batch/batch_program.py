@@ -118,8 +118,9 @@ def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     r1 = min(rows[1], r0 + max(2 * half, b))
     params = job.params.with_updates(rows=None)
     proj_log, theta, _ = preprocess_projections(load_scan(job.input_path, rows=(r0, r1)), params)
-    # below the confidence threshold: the job's fallback (the full volume at stop passes its
-    # detector's last confident centre) or the detector middle, with a warning (never a silent guess)
+    # below the confidence threshold, with a warning (never a silent guess): the estimate, or the
+    # job's fallback (the full volume at stop passes its detector's last confident centre) where
+    # it fits the data as well (engine.center_estimate.resolve_uncertain_center)
     fallback = job.metadata.get("fallback_center")
     fb = None if fallback is None else to_binned(float(fallback), b)
     est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], fb, b)

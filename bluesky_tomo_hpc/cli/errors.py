@@ -62,14 +62,9 @@ def one_line(text: object, limit: int = 400) -> str:
 
 
 def _validation_line(exc: object) -> str:
-    errors = exc.errors()  # type: ignore[attr-defined]
-    parts = []
-    for e in errors[:3]:
-        msg = str(e.get("msg", "")).removeprefix("Value error, ")
-        where = ".".join(str(p) for p in e.get("loc", ()))
-        parts.append(f"{where}: {msg} (got {e.get('input')!r:.60})" if where else msg)
-    more = f" and {len(errors) - 3} more" if len(errors) > 3 else ""
-    return "; ".join(parts) + more
+    from ..untrusted.outside_files import validation_line
+
+    return validation_line(exc.errors())  # type: ignore[attr-defined]
 
 
 def writable_folder(path: str | Path, option: str) -> Path:

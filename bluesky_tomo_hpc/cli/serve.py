@@ -50,13 +50,14 @@ def run(args: argparse.Namespace) -> int:
     if args.tiled_uri:
         import uvicorn
 
+        from ..untrusted.secrets_mask import mask_text, uvicorn_log_config
         from ..web.app import build_web_app, standalone_app
         from ..web.server import MOUNT, make_context
 
         ctx = make_context(settings, api_key=key, tiled_uri=args.tiled_uri, preview_address=args.preview)
-        print(f"Web page: {base}{MOUNT}/  (reading Tiled at {args.tiled_uri})", file=sys.stderr)
+        print(f"Web page: {base}{MOUNT}/  (reading Tiled at {mask_text(args.tiled_uri)})", file=sys.stderr)
         uvicorn.run(standalone_app(build_web_app(ctx), MOUNT), host="127.0.0.1", port=args.port,
-                    log_level="info")
+                    log_config=uvicorn_log_config("info"))
         return 0
 
     from ..results.tiled_server import serve_forever

@@ -16,6 +16,13 @@ from typing import Any
 import numpy as np
 
 from bluesky_tomo_hpc.engine.backend import get_array_module, to_numpy
+from bluesky_tomo_hpc.engine.center_consensus import (
+    NO_EVIDENCE_AGREEMENT,
+    HalvesPolish,
+    negative_mass,
+    polish_on_halves,
+    spread_uncertainty,
+)
 from bluesky_tomo_hpc.engine.center_estimate import (
     CONFIDENCE_THRESHOLD,
     CenterEstimate,
@@ -27,6 +34,7 @@ from bluesky_tomo_hpc.engine.center_rows import (
     check_projection_stack,
     row_group_sinograms,
     rows_for_center,
+    search_width,
     search_window,
 )
 from bluesky_tomo_hpc.engine.center_sharpness import refine_center_sharpness, total_variation, try_centers
@@ -34,6 +42,7 @@ from bluesky_tomo_hpc.engine.center_vo import find_center_vo
 from bluesky_tomo_hpc.engine.halfturn import covers_full_turn, is_half_acquisition, match_half_turns
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.preprocess import check_angles, minus_log
+from bluesky_tomo_hpc.engine.sinogram_recon import reconstruct_at_centers
 from bluesky_tomo_hpc.model import TomoDataError
 
 __all__ = [
@@ -56,9 +65,8 @@ def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEs
     """Vo's centre of two row groups (see :func:`row_group_sinograms`), sized for speed: at most 192 / 384
     angles and 512 columns in the coarse search, +/- 2 px at 0.25 px in the fine one."""
     rows, groups = row_group_sinograms(proj_norm, params, params.minus_log_clip)
-    width = params.center_search_width
-    ests = [find_center_vo(g, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
-            for g in groups]
+    width = search_width(proj_norm.shape[2], params)
+    ests = [_vo_two_stage(g, theta, width) for g in groups]
     centers = np.array([e.center for e in ests])
     center = float(np.median(centers))
     spread = float(np.abs(centers - center).max()) if len(centers) > 1 else 0.0
@@ -67,6 +75,25 @@ def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEs
                "row_confidences": [e.confidence for e in ests],
                "minimum_at_search_edge": any(e.details["minimum_at_search_edge"] for e in ests)}
     return CenterEstimate(center, float(np.clip(conf, 0.0, 1.0)), "vo", details)
+
+
+def _vo_two_stage(sino: Any, theta: np.ndarray, width: float) -> CenterEstimate:
+    """Vo's centre within +/- ``width`` px at a bounded cost: a wide window is searched first on
+    a detector binned so that at most ~128 candidates are compared (its minimum's depth and
+    rivals make the confidence), then the usual search (512 columns, +/- 2 px fine) runs within
+    a few binned pixels of it."""
+    nx = sino.shape[-1]
+    if width <= 64 or nx <= 256:
+        return find_center_vo(sino, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
+    wide = find_center_vo(sino, theta, width, fine_radius=1.0, max_rows=(192, 192),
+                          max_cols=max(64, int(nx * 32 / width)))
+    near = 2.0 * wide.details["binning"] + 2.0
+    local = find_center_vo(sino, theta, near, center_guess=wide.center, fine_radius=2.0,
+                           max_rows=(192, 384), max_cols=512)
+    details = {**local.details, "wide_search": {k: wide.details[k] for k in ("coarse_center", "binning",
+                                                                             "search_range")},
+               "minimum_at_search_edge": wide.details["minimum_at_search_edge"]}
+    return CenterEstimate(local.center, wide.confidence, "vo", details)
 
 
 def _halfturn_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
@@ -128,6 +155,8 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
     method = params.center_method
     if method == "halfturn" or (method == "auto" and covers_full_turn(th)):
         est = _halfturn_rows(arr, th, params)
+        if method == "auto" and not est.details["half_acquisition"]:
+            est = _full_turn_consensus(arr, th, est, params)
         return CenterEstimate(est.center, est.confidence, est.method, {**est.details, **extra})
     if method == "pairs":
         est = find_center_pairs(arr, th)
@@ -143,16 +172,18 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
         pr = None
     lo, hi = search_window(arr.shape[2], params)
     start, u_start = vo, _vo_uncertainty(vo)
-    if (pr is not None and (vo.details["minimum_at_search_edge"] or vo.confidence < 0.3)
-            and lo <= pr.center <= hi and min(pr.details["peaks"]) > 0.5
-            and pr.details["angle_mismatch_deg"] <= 1.5):
+    pair_usable = (pr is not None and lo <= pr.center <= hi and min(pr.details["peaks"]) > 0.5
+                   and pr.details["angle_mismatch_deg"] <= 1.5)
+    if pr is not None and pair_usable and (
+            vo.details["minimum_at_search_edge"] or vo.confidence < 0.3
+            or (abs(pr.center - vo.center) > 2.0 and _slice_prefers(arr, th, pr.center, vo.center, params))):
         # Vo's metric has a false minimum where the mirrored copy barely overlaps (axis more
         # than ~nx/8 from the middle, small sample): the 0/180 pair does not, so start there;
         # features at a quarter of the width move by r * mismatch between the two projections
         start = pr
         u_start = math.hypot(0.3 / min(pr.details["peaks"]),
                              0.125 * arr.shape[2] * math.radians(pr.details["angle_mismatch_deg"]))
-    est = refine_center_sharpness(arr, th, start, params)
+    est = refine_center_sharpness(arr, th, start, params, max_width=512, max_angles=360)
     details: dict[str, Any] = {**est.details, "vo": vo, "pairs": pr, "started_from": start.method, **extra}
     # the image optimum is what a person checks; Vo's metric may sit ~1 px off it (the tooth)
     u = math.hypot(u_start, 0.25 * abs(est.center - start.center))
@@ -167,9 +198,81 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
             # a sinogram metric plus image sharpness, and a projection registration, fail in
             # different ways: agreeing, they pin the centre to about their difference
             u = min(u, max(0.35, diff))
-    center = est.center
+    center, u, how = _half_turn_consensus(arr, th, est, u, vo, pr, params, details)
     if not lo <= center <= hi:
-        center = float(np.clip(center, lo, hi))
-        u += abs(center - est.center)
+        clipped = float(np.clip(center, lo, hi))
+        u += abs(clipped - center)
+        center = clipped
     details.update(uncertainty_px=u, search_window=(lo, hi))
-    return CenterEstimate(center, confidence_from_uncertainty(u), f"auto:{est.method}", details)
+    return CenterEstimate(center, confidence_from_uncertainty(u), f"auto:{how}", details)
+
+
+def _slice_prefers(arr: Any, th: np.ndarray, a: float, b: float, params: ReconParams) -> bool:
+    """Whether the slice at centre ``a`` has less negative mass than the one at ``b``: settles
+    which of two far-apart starts (Vo's, the pair's) the data support."""
+    sino = _mean_sinogram(arr, params)
+    slices = reconstruct_at_centers(sino, th, [a, b], params)
+    return negative_mass(slices[0]) < negative_mass(slices[1])
+
+
+def _mean_sinogram(proj_norm: Any, params: ReconParams) -> np.ndarray:
+    """The -log sinogram of the mean of the rows the search uses (one slice, less noise)."""
+    _, groups = row_group_sinograms(proj_norm, params, params.minus_log_clip)
+    return np.mean([to_numpy(g) for g in groups], axis=0)
+
+
+def _half_turn_consensus(arr: Any, th: np.ndarray, est: CenterEstimate, u_legacy: float, vo: CenterEstimate,
+                         pr: CenterEstimate | None, params: ReconParams, details: dict[str, Any],
+                         ) -> tuple[float, float, str]:
+    """180-degree scans: the negative-mass optimum on even / odd projections
+    (:mod:`.center_consensus`) beside the sharpest slice (``est``), Vo and the pair. Agreeing
+    within 1 px, the negative-mass optimum is the answer (total variation is known to sit up to
+    ~1 px off on real scans, so its distance counts half); disagreeing, the median of all, and
+    their spread is the uncertainty."""
+    polish = polish_on_halves(_mean_sinogram(arr, params), th, est.center, params)
+    details["negative_mass"] = _polish_details(polish)
+    if polish.agreement < NO_EVIDENCE_AGREEMENT:  # the halves' slices are noise: no sample
+        details["no_evidence"] = True
+        return est.center, float(arr.shape[2]), est.method
+    if polish.at_edge:  # no bracketed optimum near the sharpest slice: the earlier answer stands
+        return est.center, max(u_legacy, 1.0), est.method
+    others = [(est.center, 0.5)]
+    if not vo.details.get("minimum_at_search_edge"):
+        others.append((vo.center, 0.5))
+    if pr is not None and pr.details["angle_mismatch_deg"] < 0.5 and min(pr.details["peaks"]) > 0.3:
+        others.append((pr.center, 0.5))
+    if abs(polish.center - est.center) <= 1.0:
+        u = spread_uncertainty(polish.center, others[:1], polish.half_spread)
+        return polish.center, u, "negative-mass"
+    center = float(np.median([polish.center] + [c for c, _ in others]))
+    u = spread_uncertainty(center, [(polish.center, 1.0)] + [(c, 1.0) for c, _ in others], polish.half_spread)
+    return center, u, "median"
+
+
+def _full_turn_consensus(arr: Any, th: np.ndarray, ht: CenterEstimate, params: ReconParams) -> CenterEstimate:
+    """Full-field 360-degree scans: the half-turn registration beside the negative-mass optimum
+    of each half-turn alone (three independent answers); their mean (median when one strays by
+    more than 0.5 px), their spread the uncertainty. Without a bracketed optimum the
+    registration stands with its own uncertainty."""
+    polish = polish_on_halves(_mean_sinogram(arr, params), th, ht.center, params, full_turn=True)
+    details = {**ht.details, "negative_mass": _polish_details(polish), "registration": ht.center}
+    if polish.agreement < NO_EVIDENCE_AGREEMENT:  # the halves' slices are noise: no sample
+        details.update(no_evidence=True, uncertainty_px=float(arr.shape[2]))
+        return CenterEstimate(ht.center, 0.0, "halfturn", details)
+    if polish.at_edge:
+        return CenterEstimate(ht.center, ht.confidence, "halfturn", details)
+    answers = [ht.center, *polish.halves]
+    center = float(np.mean(answers))
+    if max(abs(a - center) for a in answers) > 0.5:
+        center = float(np.median(answers))
+    u = spread_uncertainty(center, [(a, 1.0) for a in answers], scale=1.5)
+    lo, hi = details.get("search_window", (-math.inf, math.inf))
+    if not lo <= center <= hi:
+        return CenterEstimate(ht.center, ht.confidence, "halfturn", details)
+    details["uncertainty_px"] = u
+    return CenterEstimate(center, confidence_from_uncertainty(u), "halfturn+negative-mass", details)
+
+
+def _polish_details(p: HalvesPolish) -> dict[str, Any]:
+    return {"center": p.center, "halves": list(p.halves), "at_edge": p.at_edge,
+            "candidates": p.candidates, "metric": p.metric}

@@ -46,25 +46,39 @@ def confidence_from_uncertainty(uncertainty_px: float) -> float:
     return float(math.exp(-0.5 * (uncertainty_px / UNCERTAINTY_SCALE_PX) ** 2))
 
 
+#: An uncertainty this large a share of the detector width means the data hold no evidence of
+#: the axis at all (no sample, a flat field): only then may a guess replace the estimate.
+NO_EVIDENCE_SHARE = 1.0 / 8.0
+
+
 def resolve_uncertain_center(
     est: CenterEstimate, nx: int, fallback: float | None = None, binning: int = 1
 ) -> CenterEstimate:
-    """An automatic centre whose confidence is below :data:`CONFIDENCE_THRESHOLD` is not used
-    silently: it is replaced by ``fallback`` (the last confident centre of this detector, same
-    columns) or else the detector middle, and ``details`` say so (``uncertain``, ``warning``,
-    ``estimate``); the warning names unbinned columns (``binning``). A half acquisition keeps
-    its estimate when there is no fallback: the middle of the detector cannot be its axis.
+    """What an automatic centre whose confidence is below :data:`CONFIDENCE_THRESHOLD` uses,
+    never silently (``details``: ``uncertain``, ``warning``, ``estimate``, ``fallback``; the
+    warning names unbinned columns, ``binning``), and never moving away from the data's evidence:
+
+    * the **estimate** itself: the value the data support best;
+    * the **last confident centre of this detector** (``fallback``, same columns) instead, when
+      it fits the data as well: it lies within the estimate's uncertainty (at least 0.5 px);
+    * a guess (``fallback``, else the detector middle) only where the data hold no evidence:
+      ``details["no_evidence"]`` (the finder saw only noise), or an uncertainty that is
+      non-finite or above :data:`NO_EVIDENCE_SHARE` of the width.
+
     Confident, manual and given centres pass unchanged."""
     if est.confidence >= CONFIDENCE_THRESHOLD or est.method in ("manual", "given"):
         return est
-    half = bool(est.details.get("half_acquisition"))
-    if fallback is not None:
-        use, source = float(fallback), "last confident centre of this detector"
-    elif half:
-        use, source = est.center, "uncertain estimate (half acquisition: the middle cannot be the axis)"
+    u_b = float(est.details.get("uncertainty_px", float("inf")))
+    no_evidence = (bool(est.details.get("no_evidence")) or not math.isfinite(u_b)
+                   or u_b > NO_EVIDENCE_SHARE * nx)
+    if fallback is not None and (no_evidence or abs(float(fallback) - est.center) <= max(u_b, 0.5)):
+        use, source = float(fallback), "last confident centre of this detector" + (
+            "" if no_evidence else " (it fits the data as well as the estimate)")
+    elif no_evidence and not est.details.get("half_acquisition"):
+        use, source = (nx - 1) / 2.0, "detector middle (the data show no axis)"
     else:
-        use, source = (nx - 1) / 2.0, "detector middle"
-    u = float(est.details.get("uncertainty_px", float("nan"))) * binning
+        use, source = est.center, "estimate (the value the data support best)"
+    u = u_b * binning
     warning = (f"centre uncertain: the automatic centre {to_unbinned(est.center, binning):.2f} px "
                f"({est.method}) has confidence {est.confidence:.2f} < {CONFIDENCE_THRESHOLD} (uncertainty "
                f"{u:.2f} px); using the {source}, {to_unbinned(use, binning):.2f} px: check it with "

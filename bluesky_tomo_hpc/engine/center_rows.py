@@ -41,9 +41,17 @@ def rows_for_center(ny: int, params: ReconParams, n_rows: int = 5) -> list[int]:
 
 def search_window(nx: int, params: ReconParams) -> tuple[float, float]:
     """Lowest and highest centre an automatic search may answer for a full-field scan:
-    ``center_search_width`` px either side of the detector middle, within the detector."""
+    ``center_search_width`` px either side of the detector middle (default a quarter of the
+    detector width: Vo's metric reaches that far, the axis of a full-field scan rarely further),
+    within the detector."""
     mid = (nx - 1) / 2.0
-    return max(mid - params.center_search_width, 0.0), min(mid + params.center_search_width, nx - 1.0)
+    width = search_width(nx, params)
+    return max(mid - width, 0.0), min(mid + width, nx - 1.0)
+
+
+def search_width(nx: int, params: ReconParams) -> float:
+    """``center_search_width``, or a quarter of the ``nx`` columns when it is not set."""
+    return nx / 4.0 if params.center_search_width is None else float(params.center_search_width)
 
 
 def row_group_sinograms(proj_norm: Any, params: ReconParams, clip: float) -> tuple[list[int], list[Any]]:

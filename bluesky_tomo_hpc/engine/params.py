@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat, model_validator
 
+#: the largest parameters file read (a real one is under 2 kB)
+MAX_PARAMS_FILE_BYTES = 256 * 1024
+
 FilterName = Literal[
     "none", "ramp", "shepp", "cosine", "hann", "hamming", "parzen", "butterworth"
 ]
@@ -70,8 +73,9 @@ class ReconParams(_Frozen):
     center_method: Literal["vo", "pairs", "halfturn", "auto"] = Field(
         "auto", description="auto: halfturn for 360-degree scans, Vo + sharpness for 180-degree ones"
     )
-    center_search_width: float = Field(
-        50.0, gt=0, description="px either side of the detector middle (full-field scans)"
+    center_search_width: float | None = Field(
+        None, gt=0, description="px either side of the detector middle (full-field scans); "
+        "default: a quarter of the detector width, as far as the methods reach"
     )
     half_acquisition: Literal["auto", "on", "off"] = Field(
         "auto", description="360-degree offset-axis scan stitched to a 180-degree one of the full width; "
@@ -114,10 +118,10 @@ class ReconParams(_Frozen):
     @classmethod
     def from_file(cls, path: str | Path) -> ReconParams:
         """Read YAML or JSON; unknown keys and impossible values raise a ``ValidationError``."""
-        import yaml
+        from ..untrusted.outside_files import load_yaml_file
 
-        with open(path, encoding="utf-8") as f:  # from the file, so a YAML error names it
-            data: Any = yaml.safe_load(f) or {}
+        # untrusted: a regular file, bounded, no YAML aliases; a refusal never repeats its content
+        data: Any = load_yaml_file(path, MAX_PARAMS_FILE_BYTES, "parameters file") or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of ReconParams fields, got {type(data).__name__}")
         return cls.model_validate(data)

@@ -153,7 +153,9 @@ def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> Center
     t0 = time.perf_counter()
     xp = get_array_module(proj_log)
     local = params.with_updates(
-        rows=None, center="auto", center_search_width=params.center_search_width / params.binning
+        rows=None, center="auto",
+        center_search_width=(None if params.center_search_width is None
+                             else params.center_search_width / params.binning)
     )
     nz = proj_log.shape[1]
     pick = np.unique(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int))  # all a search uses
@@ -199,8 +201,9 @@ def reconstruct_scan(
 
     ``center`` (unbinned pixel-index column) overrides ``params.center``; with neither,
     the centre is found from the data (``params.center_method``); when its confidence is below
-    :data:`.center.CONFIDENCE_THRESHOLD` it is replaced by ``fallback`` (unbinned, like
-    ``center``: the last confident centre of this detector) or the detector middle, with a warning. A
+    :data:`.center.CONFIDENCE_THRESHOLD` the rule of :func:`.center_estimate.resolve_uncertain_center`
+    applies, with a warning: the estimate, or ``fallback`` (unbinned, like ``center``: the last
+    confident centre of this detector) where it fits the data as well. A
     half-acquisition scan is stitched to 180 degrees first: the slices are then wider than the
     detector. ``out`` receives the masked slices when given (e.g. a Zarr array);
     ``ReconResult.volume`` is then that array.
@@ -314,7 +317,7 @@ def _reconstruct_scan_slabs(
     compare with :func:`reconstruct_scan`. Dead pixels are repaired within each slab. Not yet
     run on a GPU (see docs).
     """
-    from .fourier import MEASURE_FROM_SLICES, reconstruct_fourier
+    from .fourier import reconstruct_fourier
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -344,7 +347,7 @@ def _reconstruct_scan_slabs(
         flats = block[nd : nd + nf].astype(xp.float32)
         proj_log = line_integrals(block[nd + nf :], flats, darks, data, params, warnings)
         sino = proj_log.transpose(1, 0, 2)
-        slices = reconstruct_fourier(sino, theta, c_b, fft_measure=nz >= MEASURE_FROM_SLICES, **filt)
+        slices = reconstruct_fourier(sino, theta, c_b, whole_square=params.circular_mask is None, **filt)
         if params.circular_mask is not None:
             preprocess.circular_mask(slices, params.circular_mask, in_place=True)
         if _out is not None:  # the CPU loop hands a host view to fill

@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..model import UnsafeNameError
+from ..untrusted.outside_files import UntrustedFileError, load_yaml_file, resolve_inside, validation_line
 from .units import (
     AnyQuantity,
     Current,
@@ -135,11 +136,7 @@ class SampleMetadata(_Strict):
 
 
 def _one_line(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "sample"
-        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
+    return validation_line(exc.errors(), limit=5)
 
 
 def parse_sample(raw: Any) -> SampleMetadata:
@@ -158,17 +155,13 @@ def parse_sample(raw: Any) -> SampleMetadata:
 
 
 def load_sample_file(path: str | Path) -> SampleMetadata:
-    """Read one sample YAML file (untrusted: ``safe_load``, size-capped) and validate it."""
+    """Read one sample YAML file (untrusted: a regular file, size-capped, no YAML aliases; a
+    refusal never repeats its content) and validate it."""
     p = Path(path)
     try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise SampleMetadataError(f"{p.name}: {size} bytes, more than {MAX_FILE_BYTES} for a sample file")
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SampleMetadataError(f"cannot read sample file {p}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SampleMetadataError(f"{p.name}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        data = load_yaml_file(p, MAX_FILE_BYTES, "sample file")
+    except UntrustedFileError as exc:
+        raise SampleMetadataError(str(exc)) from None
     try:
         return parse_sample(data)
     except SampleMetadataError as exc:
@@ -176,18 +169,22 @@ def load_sample_file(path: str | Path) -> SampleMetadata:
 
 
 class SampleLibrary:
-    """A folder of ``<name>.yml`` sample files, looked up by name (never outside the folder)."""
+    """A folder of ``<name>.yml`` sample files, looked up by name, never outside the folder: a
+    file that is a symbolic link out of it is refused (the one rule of ``untrusted/``)."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder).resolve()
 
     def path_of(self, name: str) -> Path:
-        if not re.match(NAME_PATTERN, name):
-            raise SampleMetadataError(f"sample name {name!r} must match {NAME_PATTERN}")
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            raise SampleMetadataError(f"sample name {str(name)[:40]!r} must match {NAME_PATTERN}")
         for suffix in (".yml", ".yaml"):
             candidate = self.folder / f"{name}{suffix}"
-            if candidate.is_file():
-                return candidate
+            if candidate.is_file() or candidate.is_symlink():
+                try:
+                    return resolve_inside(self.folder, candidate.name, f"sample file {candidate.name}")
+                except UnsafeNameError as exc:
+                    raise SampleMetadataError(str(exc)) from None
         raise SampleMetadataError(f"no sample file {name}.yml in {self.folder}")
 
     def get(self, name: str) -> SampleMetadata:
@@ -197,11 +194,12 @@ class SampleLibrary:
         return sample
 
     def has(self, name: str) -> bool:
-        try:
-            self.path_of(name)
-        except SampleMetadataError:
+        """Whether the folder holds an entry ``name`` (even one :meth:`get` refuses, so a refused
+        file is reported, not silently replaced by a bare name)."""
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
             return False
-        return True
+        return any((self.folder / f"{name}{s}").is_file() or (self.folder / f"{name}{s}").is_symlink()
+                   for s in (".yml", ".yaml"))
 
 
 def as_library(library: SampleLibrary | str | Path | None) -> SampleLibrary | None:

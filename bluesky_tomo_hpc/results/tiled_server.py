@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from ..untrusted.secrets_mask import uvicorn_log_config, with_mask_filter
+
 log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
@@ -55,14 +57,25 @@ def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[st
     )
     for path, sub in (mounts or {}).items():
         app.mount(path, sub)
+        # "/web" -> "web/", relative: the router's own slash redirect is built from the Host header
+        app.add_route(path, _relative_redirect(path.rstrip("/").rsplit("/", 1)[-1] + "/"))
     return app
+
+
+def _relative_redirect(location: str) -> Any:
+    from starlette.responses import RedirectResponse
+
+    async def redirect(request: Any) -> Any:
+        return RedirectResponse(location)
+
+    return redirect
 
 
 def _log_config(directory: Path) -> dict[str, Any]:
     """Uvicorn logs to files in the data folder, so the demo's terminal stays readable."""
     from tiled.server.logging_config import LOGGING_CONFIG
 
-    cfg = copy.deepcopy(LOGGING_CONFIG)
+    cfg = with_mask_filter(LOGGING_CONFIG)
     for name, fname in (("access", "access.log"), ("default", "error.log")):
         cfg["handlers"][name]["class"] = "logging.FileHandler"
         cfg["handlers"][name].pop("stream", None)
@@ -77,8 +90,8 @@ class BackgroundServer:
                  log_config: dict[str, Any] | None = None, failure_hint: str = ""):
         import uvicorn
 
-        quiet: dict[str, Any] = {"log_config": log_config} if log_config else {"log_level": "warning"}
-        config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio", **quiet)
+        config = uvicorn.Config(app, host=HOST, port=port, loop="asyncio",
+                                log_config=log_config or uvicorn_log_config("warning"))
         self._server = uvicorn.Server(config)
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
@@ -159,7 +172,7 @@ def serve_forever(
 
     directory = Path(directory).resolve()
     app = build_tiled_app(directory, api_key, readable_storage, mounts)
-    uvicorn.run(app, host=HOST, port=port, log_level="info")
+    uvicorn.run(app, host=HOST, port=port, log_config=uvicorn_log_config("info"))
 
 
 def raw_catalog(client: Any, name: str = "raw") -> Any:

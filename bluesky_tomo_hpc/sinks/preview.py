@@ -12,11 +12,12 @@ projections. When frames come faster than the preview absorbs them, projections 
 are skipped (dark/flat frames never are), and the metadata says how many and that the preview is
 degraded. Raw data is not the preview's concern: it is on disk or in the run.
 
-The rotation centre is fixed while the scan runs (changing it needs every projection again):
-the constructor's, else ``start["tomo"]["rotation_center_hint"]``, else what the caller remembers
-(the worker: the last scan's), else the detector middle. At stop it is checked on the 0/180-degree
-pair; if it was wrong the xy slice is recomputed from its cached sinogram row and sent as a second
-final (metadata ``center_check``), within a second of the first.
+The rotation centre starts as the constructor's, else ``start["tomo"]["rotation_center_hint"]``,
+else what the caller remembers (the worker: the last scan's), else the detector middle. As soon
+as the first projection's 0/180-degree partner is in (mid-scan on a 360-degree scan) and again at
+stop, it is checked on that pair; when it was wrong, all three slices are rebuilt at the pair's
+centre (:mod:`.preview_recentre`) and the metadata (``center``, ``center_source``,
+``center_check``) say so; at stop that is a second final, within a second of the first.
 
 Array backend: NumPy on a CPU; with ``device`` ``"gpu"`` (or ``"auto"`` where CuPy sees a GPU) the
 frames are uploaded as they come (raw uint16), binned, normalised, filtered and back-projected on
@@ -41,10 +42,11 @@ from typing import Any
 import numpy as np
 
 from ..engine.backend import choose_device, to_numpy
-from ..engine.filters import center_phase, filter_response, padded_width
+from ..engine.filters import padded_width
 from ..engine.preprocess import bin_frames, to_binned, to_unbinned
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
 from .preview_backprojection import OrthoSliceBackprojection, SliceGeometry
+from .preview_recentre import PreviewRecentring, ProjectionStore
 from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ PreviewOutput = Callable[[PreviewUpdate], None]
 PAIR_PEAK_CONFIDENT = 0.3
 
 
-class PreviewSink(OrthoSliceBackprojection):
+class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
     """A :class:`~bluesky_tomo_hpc.sinks.sink.Sink` that keeps three orthogonal slices live.
 
     ``outputs`` are called (from the preview thread) with each :class:`PreviewUpdate`: at most
@@ -82,6 +84,7 @@ class PreviewSink(OrthoSliceBackprojection):
         refine_center: bool = True,
         center_tolerance_px: float = 0.5,
         max_cached_rows: int = 8192,
+        max_recentre_bytes: int = 128 * 2**20,
         device: str = "auto",
         gpu_batch: int = 32,
         extra_metadata: Callable[[], dict[str, Any]] | None = None,
@@ -105,6 +108,7 @@ class PreviewSink(OrthoSliceBackprojection):
         self.refine_center = refine_center
         self.center_tolerance_px = center_tolerance_px
         self.max_cached_rows = max_cached_rows
+        self.max_recentre_bytes = max_recentre_bytes
         self.xp = choose_device(device)  # numpy, or cupy on a GPU
         self.gpu_batch = gpu_batch  # projections per batched gather on the GPU
         self._cond = threading.Condition()
@@ -192,14 +196,10 @@ class PreviewSink(OrthoSliceBackprojection):
                              x0=min(nw - 1, int(round(px * (nw - 1)))))
         self.center_source = hint_source
         self.center_full = float(center)
-        # The engine's filter, with the centre applied as a phase ramp: after filtering, the axis
-        # sits at padded column n_pad // 2 whatever the centre (no resampling of the data).
         n_pad = padded_width(nw)
         self._n_pad, self._left = n_pad, (n_pad - nw) // 2
-        shift = (self.geo.center + self._left) - n_pad // 2
-        kernel = filter_response(n_pad, self.filter_name) * center_phase(n_pad, shift)
+        self._set_kernel()
         xp = self.xp
-        self._kernel = xp.asarray(kernel[: n_pad // 2 + 1].astype(np.complex64))
         m = (nw - 1) / 2.0
         g = xp.arange(nw, dtype=xp.float32) - np.float32(m)
         self._gx = g[None, :]  # columns: x
@@ -220,6 +220,9 @@ class PreviewSink(OrthoSliceBackprojection):
         self._opposite: tuple[float, float, np.ndarray] | None = None
         self._rows: list[np.ndarray] = []
         self._row_angles: list[float] = []
+        self._store = ProjectionStore(self.max_recentre_bytes if self.refine_center else 0)
+        self._checked_mid_scan = False
+        self._pair_in = False
         self._pending_refinement = False
         self.center_check: dict[str, Any] = {}
         self.peak_queued_bytes = 0
@@ -282,6 +285,10 @@ class PreviewSink(OrthoSliceBackprojection):
                 for k in range(0, len(angles), self.gpu_batch):
                     self._backproject_batch(filtered[k : k + self.gpu_batch], angles[k : k + self.gpu_batch])
             self.n_used += len(frames)
+            if (self._pair_in and not self._checked_mid_scan and self.refine_center
+                    and self.center_source != "argument"):
+                self._checked_mid_scan = True  # the data can give the centre now: move to it
+                self._refine_center(during_scan=True)
 
     def _keep_for_centre(self, sino: np.ndarray, angles: np.ndarray) -> None:
         """Bounded memory for the centre check at stop: the first projection, the one nearest
@@ -296,6 +303,9 @@ class PreviewSink(OrthoSliceBackprojection):
             if len(self._row_angles) < self.max_cached_rows:
                 self._rows.append(p[self.geo.z0].copy())
                 self._row_angles.append(theta)
+            self._store.add(theta, p)
+            if abs(theta - self._first[0]) >= math.pi - 1e-9:
+                self._pair_in = True  # the first projection's partner is in
 
     # -- output -----------------------------------------------------------------------------
     def snapshot(self, final: bool = False) -> PreviewUpdate:
@@ -370,37 +380,38 @@ class PreviewSink(OrthoSliceBackprojection):
             return float(check["peak"]) < PAIR_PEAK_CONFIDENT
         return self.center_source in ("detector middle", "previous scan")
 
-    def _refine_center(self) -> bool:
-        """After the first final: the centre from the 0/180-degree pair; when it differs from the
-        one used, the xy slice is recomputed from the cached row-z0 sinogram (the engine's Fourier
-        method, a fraction of a second); True then. The xz/yz slices would need every projection
-        again, so they keep the scan's centre, and the metadata says so."""
+    def _refine_center(self, during_scan: bool = False) -> bool:
+        """The centre from the 0/180-degree pair (once the first projection's partner is in, and at
+        stop); when it differs from the one used by more than ``center_tolerance_px``, all three
+        slices are rebuilt at it (:meth:`_recentre`) and True is returned. ``center_check`` in the
+        metadata records it (``during_scan``: the move happened while the scan ran)."""
         from ..engine.center import center_from_pair
-        from ..engine.fourier import reconstruct_fourier
 
         step = float(np.median(np.abs(np.diff(self._row_angles)))) if len(self._row_angles) > 1 else 0.0
         if (self._first is None or self._opposite is None
                 or self._opposite[0] > max(math.radians(1.0), 1.01 * step)):
-            self.center_check = {"done": False, "why": "no projection pair 180 degrees apart"}
+            if not during_scan:
+                self.center_check = {"done": False, "why": "no projection pair 180 degrees apart"}
             return False
-        t0 = time.perf_counter()
         p0, p180 = to_numpy(self._first[1]), to_numpy(self._opposite[2])
         if self._opposite[1] < self._first[0]:
             p0, p180 = p180, p0
         c_binned, peak = center_from_pair(p0, p180)
         shift = c_binned - self.geo.center
-        self.center_check = {"done": True, "center_binned": round(float(c_binned), 3),
-                             "center": round(to_unbinned(float(c_binned), self.geo.b), 3),
-                             "peak": round(float(peak), 3), "shift_binned_px": round(float(shift), 3),
-                             "pair_mismatch_deg": round(math.degrees(self._opposite[0]), 4)}
-        if abs(shift) <= self.center_tolerance_px or peak < 0.1:
-            self.center_check["recomputed"] = []
-            return False
-        sino = to_numpy(self.xp.stack(self._rows))[None]
-        xy = reconstruct_fourier(sino, np.asarray(self._row_angles), float(c_binned), n=self.geo.nw,
-                                 filter_name=self.filter_name, threads=1)[0]
-        rescaled = xy * np.float32(max(1, self.n_used) / math.pi)  # snapshot scales it back
-        self.acc_xy[...] = self.xp.asarray(rescaled)
-        self.center_check.update(recomputed=["xy"], kept_scan_center=["xz", "yz"],
-                                 seconds=round(time.perf_counter() - t0, 3))
-        return True
+        earlier = self.center_check if self.center_check.get("during_scan") else None
+        check: dict[str, Any] = {
+            "done": True, "center_binned": round(float(c_binned), 3),
+            "center": round(to_unbinned(float(c_binned), self.geo.b), 3), "peak": round(float(peak), 3),
+            "shift_binned_px": round(float(shift), 3),
+            "pair_mismatch_deg": round(math.degrees(self._opposite[0]), 4), "recomputed": []}
+        if during_scan:
+            check["during_scan"] = True
+        elif earlier is not None and earlier.get("recomputed"):
+            check["moved_during_scan"] = {k: earlier[k] for k in ("shift_binned_px", "seconds")
+                                          if k in earlier}
+        moved = abs(shift) > self.center_tolerance_px and peak >= 0.1
+        if moved:
+            source = "0/180 pair" + (" (during the scan)" if during_scan else "")
+            check.update(self._recentre(c_binned, source))
+        self.center_check = check
+        return moved

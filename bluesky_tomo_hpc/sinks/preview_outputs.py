@@ -50,8 +50,8 @@ class PreviewFileWriter:
             md = update.metadata
             check = md.get("center_check") or {}
             centre = f"centre {md.get('center', float('nan')):.2f} px"
-            if "xy" in check.get("recomputed", ()):
-                centre = f"xy at checked centre {check['center']:.2f} px, xz/yz at {md.get('center'):.2f} px"
+            if check.get("done"):  # the slices are at the centre the 0/180 pair gave (moved or confirmed)
+                centre += " (checked on the 0/180 pair)"
             title = (f"run {stem}  {md.get('n_projections_used')} projections  {centre}"
                      + ("  CENTRE UNCERTAIN" if md.get("center_uncertain") else "")
                      + ("  (degraded)" if md.get("degraded") else ""))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -32,11 +33,13 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .auth import RequireKey, is_authorised, key_matches, set_session
+from ..untrusted.secrets_mask import mask_secrets, mask_text
+from .auth import Gate, RequireKey, is_authorised, too_many
 from .catalog import Catalog, CatalogError
 from .images import to_png
 from .jobs_view import JobNotFound, act, job_detail, list_jobs, statistics
 from .live_feed import LiveFeed
+from .query import Query
 
 log = logging.getLogger(__name__)
 
@@ -79,26 +82,26 @@ class WebContext:
         self.live.close()
 
 
+#: the query parameters of the slice and preview pictures (contrast percentiles)
+CONTRAST = ("lo", "hi")
+#: the largest side of the 3D view's volume (256**3 bytes: 16 MiB), and the smallest
+MAX_VOLUME_SIDE, MIN_VOLUME_SIDE = 256, 16
+#: the most rows a list answers
+MAX_ROWS = 500
+#: the largest login form body
+MAX_FORM_BYTES = 4096
+#: the largest scan id a search takes (Tiled stores 64-bit integers)
+MAX_SCAN_ID = 2**53
+
+
 def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": mask_text(message)}, status_code=status)
 
 
-def _number(request: Request, name: str, kind: type = int, default: Any = None) -> Any:
-    """Query parameter ``name`` as ``kind`` (int or float), or ``default`` when absent."""
-    raw = request.query_params.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return kind(raw)
-    except ValueError:
-        what = "a whole number" if kind is int else "a number"
-        raise CatalogError(f"{name} must be {what}, got {raw!r}", 400) from None
-
-
-def _png(data: Any, request: Request) -> Response:
-    lo, hi = _number(request, "lo", float), _number(request, "hi", float)
+def _png(data: Any, q: Query) -> Response:
+    lo, hi = q.number("lo", 0, 100), q.number("hi", 0, 100)
     if lo is not None and hi is not None:
-        if not 0 <= lo < hi <= 100:
+        if not lo < hi:
             raise CatalogError("contrast percentiles must satisfy 0 <= lo < hi <= 100", 400)
         png = to_png(data, percentiles=(lo, hi))
     else:
@@ -106,43 +109,60 @@ def _png(data: Any, request: Request) -> Response:
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
-def build_web_app(ctx: WebContext) -> Starlette:
-    """The web page's ASGI app behind ``ctx.api_key``."""
+def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
+    """The web page's ASGI app behind ``ctx.api_key`` (``gate``: its sessions and login
+    throttle, made here unless given; kept as ``app.state.gate``). Every redirect is relative."""
+    gate = gate or Gate(ctx.api_key)
 
     # -- pages and login --------------------------------------------------------------------
     async def index(request: Request) -> Response:
-        if request.query_params.get("api_key"):  # a bookmarked link with the key: keep it in a cookie
-            response = RedirectResponse(str(request.url.remove_query_params("api_key")), status_code=303)
-            set_session(response, ctx.api_key, request.scope.get("root_path", ""))
+        Query(request)
+        if request.query_params.get("api_key"):  # a bookmarked link with the key: keep it in a session
+            verdict = gate.check_key(request, request.query_params["api_key"])
+            if verdict is not True:
+                return too_many(verdict) if verdict else RedirectResponse("login?failed=1", status_code=303)
+            rest = request.url.remove_query_params("api_key").query
+            response = RedirectResponse(f"./?{rest}" if rest else "./", status_code=303)
+            gate.start_session(response, request.scope.get("root_path", ""))
             return response
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     async def login_form(request: Request) -> Response:
+        Query(request, ("failed",))
         return FileResponse(STATIC / "login.html")
 
     async def login(request: Request) -> Response:
-        form = await request.form()
-        root = request.scope.get("root_path", "")
-        if not key_matches(str(form.get("api_key", "")), ctx.api_key):
-            return RedirectResponse(f"{root}/login?failed=1", status_code=303)
-        response = RedirectResponse(f"{root}/", status_code=303)
-        set_session(response, ctx.api_key, root)
+        body = b""
+        async for chunk in request.stream():  # bounded: the form holds one key
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                return _error(f"a login form is at most {MAX_FORM_BYTES} bytes", 413)
+        try:
+            fields = parse_qs(body.decode("utf-8"), max_num_fields=4)
+        except (UnicodeDecodeError, ValueError):
+            fields = {}
+        verdict = gate.check_key(request, (fields.get("api_key") or [""])[0])
+        if verdict is not True:
+            return too_many(verdict) if verdict else RedirectResponse("login?failed=1", status_code=303)
+        response = RedirectResponse("./", status_code=303)
+        gate.start_session(response, request.scope.get("root_path", ""))
         return response
 
     async def logout(request: Request) -> Response:
-        root = request.scope.get("root_path", "")
-        response = RedirectResponse(f"{root}/login", status_code=303)
-        response.delete_cookie("btomo_session", path=root or "/")
+        response = RedirectResponse("login", status_code=303)
+        gate.end_session(request, response, request.scope.get("root_path", ""))
         return response
 
     # -- live -------------------------------------------------------------------------------
     async def live_state(request: Request) -> Response:
+        Query(request)
         return JSONResponse({"feed": ctx.live.status(), "latest": ctx.live.latest,
                              "finals": [{k: m[k] for k in ("run_uid", "time", "center")}
                                         for m in reversed(ctx.live.finals.values())]})
 
     async def live_final(request: Request) -> Response:
-        uid = request.path_params["uid"]
+        Query(request)
+        uid = request.path_params["uid"][:1024]
         msg = ctx.live.finals.get(uid)
         if msg is None:
             raise CatalogError(f"no final preview of run {uid!r} in this server's memory; see "
@@ -150,6 +170,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
         return JSONResponse(msg)
 
     async def live_stream(request: Request) -> Response:
+        Query(request)
+
         async def events():  # type: ignore[no-untyped-def]
             async with ctx.live.listen() as queue:
                 yield "retry: 2000\n\n"  # at once: the browser sees the stream open (headers flushed)
@@ -170,34 +192,36 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     # -- scans and results ------------------------------------------------------------------
     def runs(request: Request) -> Response:
-        since, until = _number(request, "since", float), _number(request, "until", float)
-        found = ctx.catalog.runs(scan_id=_number(request, "scan_id"),
-                                 sample=request.query_params.get("sample"),
-                                 plan=request.query_params.get("plan"), since=since, until=until,
-                                 limit=_number(request, "limit", default=50) or 50)
+        q = Query(request, ("scan_id", "sample", "plan", "since", "until", "limit"))
+        found = ctx.catalog.runs(scan_id=q.integer("scan_id", 0, MAX_SCAN_ID), sample=q.text("sample"),
+                                 plan=q.text("plan"), since=q.number("since", 0, 1e11),
+                                 until=q.number("until", 0, 1e11), limit=q.integer("limit", 1, MAX_ROWS, 50))
         return JSONResponse({"runs": found})
 
     def run(request: Request) -> Response:
+        Query(request)
         return JSONResponse(ctx.catalog.run(request.path_params["uid"]))
 
     def recons(request: Request) -> Response:
+        q = Query(request, ("kind", "limit"))
         return JSONResponse({"reconstructions": ctx.catalog.reconstructions(
-            kind=request.query_params.get("kind") or None,
-            limit=_number(request, "limit", default=50) or 50)})
+            kind=q.text("kind", 64), limit=q.integer("limit", 1, MAX_ROWS, 50))})
 
     def recon(request: Request) -> Response:
+        Query(request)
         return JSONResponse(ctx.catalog.info(request.path_params["key"]))
 
     def recon_slice(request: Request) -> Response:
+        q = Query(request, ("index", "level", *CONTRAST))
         data, where = ctx.catalog.slice(request.path_params["key"], request.path_params["plane"],
-                                        _number(request, "index"),
-                                        _number(request, "level", default=0) or 0)
-        response = _png(data, request)
+                                        q.integer("index", 0, 2**31), q.integer("level", 0, 16, 0))
+        response = _png(data, q)
         response.headers["X-Slice"] = json.dumps(where)
         return response
 
     def recon_preview(request: Request) -> Response:
-        return _png(ctx.catalog.preview(request.path_params["key"], request.path_params["plane"]), request)
+        q = Query(request, CONTRAST)
+        return _png(ctx.catalog.preview(request.path_params["key"], request.path_params["plane"]), q)
 
     def recon_volume(request: Request) -> Response:
         import nibabel as nib
@@ -205,7 +229,8 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
         from ..results.pictures import grey_limits
 
-        max_side = _number(request, "max_side", default=128) or 128
+        q = Query(request, ("max_side",))
+        max_side = q.integer("max_side", MIN_VOLUME_SIDE, MAX_VOLUME_SIDE, 128)
         vol = ctx.catalog.small_volume(request.path_params["key"], max_side=max_side)
         lo, hi = grey_limits([vol[len(vol) // 2]])
         grey = np.clip((vol - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
@@ -214,6 +239,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
         return Response(buf.getvalue(), media_type="application/octet-stream")
 
     async def viewer_js(request: Request) -> Response:
+        Query(request)
         if not VIEWER_JS.is_file():
             return _error("the 3D viewer is not installed in this package (run tools/vendor_viewer.sh "
                           "when building it)", 404)
@@ -221,20 +247,22 @@ def build_web_app(ctx: WebContext) -> Starlette:
 
     # -- jobs -------------------------------------------------------------------------------
     def jobs(request: Request) -> Response:
+        active = Query(request, ("active",)).choice("active", ("0", "1"), "0") == "1"
         journal = ctx.journal()
         if journal is None:
             note = f"no journal at {ctx.journal_path} yet: no job submitted"
             return JSONResponse({"jobs": [], "note": note})
-        active = request.query_params.get("active") == "1"
         return JSONResponse({"jobs": list_jobs(journal, active_only=active)})
 
     def job(request: Request) -> Response:
+        Query(request)
         journal = ctx.journal()
         if journal is None:
             raise JobNotFound(f"no job {request.path_params['job_id']!r}: the journal is empty")
         return JSONResponse(job_detail(journal, request.path_params["job_id"], _monitor_or_none()))
 
     def job_action(request: Request) -> Response:
+        Query(request)
         journal = ctx.journal()
         job_id, action = request.path_params["job_id"], request.path_params["action"]
         if journal is None:
@@ -244,6 +272,7 @@ def build_web_app(ctx: WebContext) -> Starlette:
         return JSONResponse(act(journal, ctx.monitor(), job_id, action))
 
     def job_stats(request: Request) -> Response:
+        Query(request)
         journal = ctx.journal()
         return JSONResponse({"stages": statistics(journal) if journal is not None else []})
 
@@ -258,13 +287,15 @@ def build_web_app(ctx: WebContext) -> Starlette:
     def health(request: Request) -> Response:
         from ..health.checks import exit_code
 
+        Query(request)
         checks = ctx.health() if ctx.health is not None else []
         return JSONResponse({"exit_code": exit_code(checks), "checked_at": time.time(),
-                             "checks": [c.as_dict() for c in checks]})
+                             "checks": mask_secrets([c.as_dict() for c in checks])})
 
     async def whoami(request: Request) -> Response:
-        return JSONResponse({"authorised": is_authorised(request, ctx.api_key), "tiled_uri": ctx.tiled_uri,
-                             "live": ctx.live.status()})
+        Query(request)
+        return JSONResponse({"authorised": is_authorised(request, gate),
+                             "tiled_uri": mask_text(ctx.tiled_uri), "live": mask_secrets(ctx.live.status())})
 
     # -- errors -----------------------------------------------------------------------------
     async def catalog_error(request: Request, exc: Exception) -> Response:
@@ -300,21 +331,27 @@ def build_web_app(ctx: WebContext) -> Starlette:
         Route("/api/health", health), Route("/viewer.js", viewer_js),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequireKey, api_key=ctx.api_key)],
+        middleware=[Middleware(RequireKey, gate=gate)],
         exception_handlers={CatalogError: catalog_error, JobNotFound: not_found, ValueError: refused,
                             HTTPException: http_error, Exception: internal},
     )
+    app.router.redirect_slashes = False  # its redirect would be absolute, built from the Host header
+    app.state.gate = gate
+    return app
 
 
 def standalone_app(web: Starlette, mount: str = "/web") -> Starlette:
     """The web app alone (beside a site's own Tiled): mounted at ``mount``, ``/`` redirects there."""
 
     async def to_web(request: Request) -> Response:
-        return RedirectResponse(f"{mount}/")
+        return RedirectResponse(f"{mount.strip('/')}/")  # relative: never the Host header's site
 
     async def health(request: Request) -> Response:
         return HTMLResponse("ok")
 
-    return Starlette(routes=[Route("/", to_web), Route("/healthz", health), Mount(mount, web)])
+    app = Starlette(routes=[Route("/", to_web), Route(mount, to_web), Route("/healthz", health),
+                            Mount(mount, web)])
+    app.router.redirect_slashes = False
+    return app

@@ -39,7 +39,7 @@ def warnings_of(md: dict[str, Any]) -> list[str]:
         out.append(f"centre not checked at stop: {check.get('why', 'no reason given')}")
     elif check.get("recomputed"):
         out.append(f"centre moved by {check.get('shift_binned_px')} binned px at the 0/180 check; "
-                   f"xy recomputed, {', '.join(check.get('kept_scan_center', []))} kept the scan's centre")
+                   f"{', '.join(check['recomputed'])} rebuilt at {check.get('center')} px")
     return out
 
 
@@ -51,9 +51,7 @@ def message_from_update(update: Any, *, max_side: int = 512) -> dict[str, Any]:
     small = {p: shrink(update.slices[p], max_side) for p in planes}
     limits = grey_limits(list(small.values())) if planes else (0.0, 1.0)
     check = md.get("center_check") or {}
-    center, source = md.get("center"), md.get("center_source")
-    if check.get("done") and check.get("recomputed"):  # the xy slice now uses the checked centre
-        center, source = check.get("center"), f"0/180 check; the scan used {center}"
+    center, source = md.get("center"), md.get("center_source")  # every slice is at this centre
     return {
         "run_uid": update.run_uid, "seq": update.seq, "final": bool(update.final), "time": update.time,
         "received": time.time(),
