@@ -23,8 +23,15 @@ Rows:
   * ``ours fourier``: ``engine.fourier.reconstruct_fourier`` (cached plan).
   * ``ours reconstruct_scan``: the entry point every sink calls (``engine.reconstruct``) on a
     ScanData of float32 transmissions (flats 1, darks 0): normalise, -log, reconstruct, mask.
-  * ``finufft floor``: the type-1 NUFFT (gridding + FFT) alone on the same points and grid with
-    the same options, one single-threaded plan per thread: what any NUFFT method pays.
+  * ``nufft floor``: the type-1 NUFFT (FINUFFT's spreading + SciPy's FFT + deconvolution) alone
+    on the same points and grid, one per thread: what the NUFFT step of ours pays; the rest of
+    ours (filtering, windowing, reading) is the difference.
+  * ``tomopy gridrec``: TomoPy's gridrec as beamlines call it (``tomopy.recon(proj, theta,
+    center, algorithm="gridrec", filter_name="ramlak", ncore=N)`` on the projections, no padding
+    of our own), and ``tomopy gridrec padded`` through the project's adapter
+    (``engine.tomopy_engine.reconstruct_tomopy``: edge-padded to 2n, the fair-accuracy anchor).
+    Both run whenever ``import tomopy`` works (TomoPy is not on PyPI: build it from its source or
+    take conda-forge's), in the same process, rounds interleaved with ours, same slices per call.
   * peers (``pip install .[bench]``): algotom DFI and FBP, ASTRA CPU FBP (linear projector),
     scikit-image ``iradon``. ASTRA and scikit-image hold the GIL: their 2t runs 2 processes.
 
@@ -48,13 +55,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from bluesky_tomo_hpc.engine.filters import padded_width
-from bluesky_tomo_hpc.engine.fourier import FFTW_MEASURE, fourier_plan, reconstruct_fourier
+from bluesky_tomo_hpc.engine.fourier import fourier_plan, reconstruct_fourier
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.projector import MODIFIED_SHEPP_LOGAN, ellipse_image, ellipse_sinogram
 from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
+from bluesky_tomo_hpc.engine.tomopy_engine import tomopy_available
 from bluesky_tomo_hpc.model import ScanData
 
 PEERS = ("algotom dfi", "algotom fbp", "astra cpu fbp", "skimage iradon")
+TOMOPY = ("tomopy gridrec", "tomopy gridrec padded")  # fast: timed like ours (same slices, rounds)
 PROCESS_PEERS = ("astra cpu fbp", "skimage iradon")  # they hold the GIL: 2t runs 2 processes
 TRUTH_SUPERSAMPLE = 4
 
@@ -192,28 +201,25 @@ def setup_entry(s_half, s_mid, theta, threads):
 
 
 def setup_floor(s_half, s_mid, theta, threads):
-    """The type-1 NUFFT alone (same points, grid and options as ours), one plan per thread."""
-    import finufft
+    """The type-1 NUFFT alone as ours runs it (FINUFFT's spreader + SciPy's FFT + deconvolution,
+    on the same points and grid), one per thread, each taking whole slice pairs."""
+    from bluesky_tomo_hpc.engine.fourier import window_width
+    from bluesky_tomo_hpc.engine.nufft_spread import SpreadNUFFT
 
     n, nz = s_half.shape[-1], s_half.shape[0]
-    n_pad = padded_width(n)
-    omega = 2 * np.pi * np.fft.fftfreq(n_pad)
+    L = window_width(n, padded_width(n))
+    omega = 2 * np.pi * np.fft.fftfreq(L)
     wy = (np.sin(theta)[:, None] * omega).ravel().astype(np.float32)
     wx = (np.cos(theta)[:, None] * omega).ravel().astype(np.float32)
     rng = np.random.default_rng(0)
     c = (rng.standard_normal(wx.size) + 1j * rng.standard_normal(wx.size)).astype(np.complex64)
-    plans = []
-    for _ in range(threads):
-        p = finufft.Plan(1, (n, n), n_trans=1, eps=1e-3, isign=1, dtype="complex64", nthreads=1,
-                         upsampfac=1.25, fftw=FFTW_MEASURE)
-        p.setpts(wy, wx)
-        plans.append(p)
+    plans = [SpreadNUFFT(n, (wy, wx)) for _ in range(threads)]
     pairs = (nz + 1) // 2
 
     def one(k):
-        out = np.empty((n, n), np.complex64)
+        re, im = np.empty((n, n), np.float32), np.empty((n, n), np.float32)
         for _ in range(k, pairs, threads):
-            plans[k].execute(c, out=out)
+            plans[k].execute(c, re, im)
 
     def run():
         ts = [threading.Thread(target=one, args=(k,)) for k in range(threads)]
@@ -224,6 +230,26 @@ def setup_floor(s_half, s_mid, theta, threads):
         return None
 
     return run
+
+
+def setup_tomopy(s_half, s_mid, theta, threads):
+    """TomoPy gridrec as beamlines call it: projections in, its own (power-of-two) padding."""
+    import tomopy  # type: ignore[import-not-found]
+
+    n = s_half.shape[-1]
+    proj = np.ascontiguousarray(s_half.transpose(1, 0, 2))  # what a loader hands TomoPy
+    th = theta.astype(np.float32)
+    return lambda: tomopy.recon(proj, th, center=n / 2, algorithm="gridrec", filter_name="ramlak",
+                                ncore=threads)
+
+
+def setup_tomopy_padded(s_half, s_mid, theta, threads):
+    """TomoPy gridrec edge-padded to 2n through the project's adapter (engine=\"tomopy\")."""
+    from bluesky_tomo_hpc.engine.tomopy_engine import reconstruct_tomopy
+
+    n = s_half.shape[-1]
+    params = ReconParams(filter_name="ramp", engine="tomopy")
+    return lambda: reconstruct_tomopy(s_half, theta, n / 2, params, ncore=threads)
 
 
 def _astra_one(args):
@@ -310,7 +336,9 @@ def setup_algotom_dfi(s_half, s_mid, theta, threads):
 METHODS: dict[str, Callable] = {
     "ours fourier": setup_ours,
     "ours reconstruct_scan": setup_entry,
-    "finufft floor": setup_floor,
+    "nufft floor": setup_floor,
+    "tomopy gridrec": setup_tomopy,
+    "tomopy gridrec padded": setup_tomopy_padded,
     "algotom dfi": setup_algotom_dfi,
     "algotom fbp": setup_algotom_fbp,
     "astra cpu fbp": setup_astra,
@@ -351,8 +379,8 @@ def run_size(m: int, n: int, methods: list[str], threads_list: list[int], repeat
     configs = []  # (method, threads, nz, run)
     for name in methods:
         for t in threads_list:
-            peer = name in PEERS
-            nz = max(slices["peer"], t) if peer else slices["ours"]
+            peer = name in PEERS or name in TOMOPY
+            nz = max(slices["peer"], t) if name in PEERS else slices["ours"]
             sh = np.repeat(s_half[None], nz, axis=0)
             sm = np.repeat(s_mid[None], nz, axis=0)
             pinned(t)
@@ -398,8 +426,8 @@ def print_table(rows: list[Row]) -> None:
     by = {(r.size, r.method, r.threads): r for r in rows}
     for size in dict.fromkeys(r.size for r in rows):
         print(f"\n| {size} | threads | s/slice median [min-max] | CPU s/slice | speed-up vs 1t "
-              "| time / ours 1t | NRMSE | SSIM | scale |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| time / ours 1t | TomoPy gridrec / this (wall, CPU) | NRMSE | SSIM | scale |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         ref = by.get((size, "ours fourier", 1))
         for r in rows:
             if r.size != size:
@@ -408,8 +436,12 @@ def print_table(rows: list[Row]) -> None:
             speed = f"{one.s_per_slice_median / r.s_per_slice_median:.2f}x" if one and r.threads > 1 else ""
             rel = f"{r.s_per_slice_median / ref.s_per_slice_median:.2f}" if ref else ""
             acc = (f"{r.nrmse:.3f} | {r.ssim:.3f} | {r.scale:.3f}" if r.nrmse is not None else "- | - | -")
-            print(f"| {r.method} | {r.threads} | {r.s_per_slice_median:.4f} [{r.s_per_slice_min:.4f}-"
-                  f"{r.s_per_slice_max:.4f}] | {r.cpu_s_per_slice_median:.4f} | {speed} | {rel} | {acc} |")
+            tp = by.get((size, "tomopy gridrec", r.threads))
+            vs = (f"{tp.s_per_slice_median / r.s_per_slice_median:.2f}x, "
+                  f"{tp.cpu_s_per_slice_median / r.cpu_s_per_slice_median:.2f}x" if tp else "")
+            timing = (f"{r.s_per_slice_median:.4f} [{r.s_per_slice_min:.4f}-{r.s_per_slice_max:.4f}] "
+                      f"| {r.cpu_s_per_slice_median:.4f}")
+            print(f"| {r.method} | {r.threads} | {timing} | {speed} | {rel} | {vs} | {acc} |")
 
 
 def main() -> None:
@@ -428,6 +460,9 @@ def main() -> None:
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     if "peers" in skip:
         skip |= set(PEERS)
+    if not tomopy_available():
+        print("bench_engine: TomoPy is not importable here: its rows are left out", flush=True)
+        skip |= set(TOMOPY)
     methods = [m for m in METHODS if m not in skip]
     if args.sizes:
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]

@@ -4,17 +4,23 @@
 Each size runs in its own process: a real RunEngine fly-scans the ophyd-async simulated detector,
 which writes full 2160 x 2560 uint16 frames into HDF5 (the ALS geometry of the seed paper; 21 GB
 is all 1969 projections), through ``TomoPipeline`` (embedded Tiled server, TiledWriter, the
-tomography callback with the live preview and the full volume at stop). The full volume is a
-``--rows`` subset of detector rows (for time; every frame still passes through the pipeline and
-is read back from its file in row slabs). Frames are cheap to make (a two-disc cylinder: one
-analytic row per angle, broadcast to every detector row), so the simulator is not the bottleneck.
+tomography callback with the live preview and the full volume at stop). The full volume is the
+whole volume by default (every detector row, read back from its file in row slabs), at
+``--binning`` 1 (full resolution) or 2; ``--rows N`` keeps N rows around the middle instead (a
+quick look). Frames are cheap to make (a two-disc cylinder: one analytic row per angle, broadcast
+to every detector row), so the simulator is not the bottleneck.
 
 Printed per size: peak RSS of the process above the baseline taken before the scan (and the
 absolute peak), the scan's wall time, stop -> full volume in Tiled and its stages, raw and
 volume bytes on disk. Each size's data is deleted after it is measured.
 
-Usage: bench_scale.py [--sizes 0.5 2 8 21] [--repeat 1] [--rows 16] [--budget-mb 2048]
+Usage: bench_scale.py [--sizes 0.5 2 8 21] [--repeat 1] [--binning 1] [--rows N] [--budget-mb 2048]
                       [--data-dir DIR] [--json out.json] [--png benchmarks/bench_scale.png]
+
+The ALS scan at stop, whole volume (needs ~22 GB of raw frames plus the volume on disk: 7 GB at
+binning 2, 56 GB at full resolution; a quiet machine):
+    bench_scale.py --sizes 21 --binning 2 --json als_bin2.json
+    bench_scale.py --sizes 21 --binning 1 --json als_full.json
        bench_scale.py --plot-only a.json b.json   # one plot of several runs
 """
 
@@ -78,7 +84,7 @@ def install_fast_frames(simulator, offset_px: float) -> None:
     simulator.acquire = acquire
 
 
-def child(size_gb: float, root: Path, rows: int, budget_mb: float, preview: bool) -> dict:
+def child(size_gb: float, root: Path, rows: int, budget_mb: float, preview: bool, binning: int = 1) -> dict:
     """One size, in this process; returns the measurements."""
     import resource
 
@@ -91,9 +97,9 @@ def child(size_gb: float, root: Path, rows: int, budget_mb: float, preview: bool
 
     n_proj = projections_for(size_gb)
     mid = NY // 2
+    recon = {"binning": binning, "rows": (mid - rows // 2, mid + rows - rows // 2) if rows else None}
     settings = Settings(data_dir=root, memory_budget_mb=budget_mb, jobs={"executor": "none"},
-                        preview={"enabled": preview, "binning": 4},
-                        recon={"rows": (mid - rows // 2, mid + rows - rows // 2)})
+                        preview={"enabled": preview, "binning": 4}, recon=recon)
     RE = RunEngine({})
     pipe = TomoPipeline.from_settings(settings)
     bl = make_sim_beamline(root / "raw", shape=(NY, NX))
@@ -111,7 +117,8 @@ def child(size_gb: float, root: Path, rows: int, budget_mb: float, preview: bool
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     outcome = pipe.service.outcomes.get(uid)
     result = {
-        "size_gb": size_gb, "projections": n_proj, "frame": [NY, NX], "rows": rows, "budget_mb": budget_mb,
+        "size_gb": size_gb, "projections": n_proj, "frame": [NY, NX], "rows": rows or NY, "binning": binning,
+        "volume_shape": list(outcome.shape) if outcome and outcome.ok else None, "budget_mb": budget_mb,
         "preview": preview, "raw_bytes": tree_bytes(root / "raw"),
         "volume_bytes": tree_bytes(root / "volumes"),
         "scratch_bytes": tree_bytes(root / "scratch"), "baseline_mib": baseline, "peak_mib": peak,
@@ -152,7 +159,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=float, nargs="+", default=[0.5, 2, 8, 21])
     ap.add_argument("--repeat", type=int, default=1, help="interleaved repeats of every size")
-    ap.add_argument("--rows", type=int, default=16, help="detector rows in the full volume")
+    ap.add_argument("--rows", type=int, default=0, help="detector rows in the full volume (0: all, default)")
+    ap.add_argument("--binning", type=int, default=1, help="binning of the full volume (default 1)")
     ap.add_argument("--budget-mb", type=float, default=2048)
     ap.add_argument("--no-preview", action="store_true")
     ap.add_argument("--data-dir", type=Path, default=Path("benchmarks/_scale_data"))
@@ -169,7 +177,7 @@ def main() -> int:
         return 0
     if args.child is not None:
         print("RESULT " + json.dumps(child(args.child, args.data_dir, args.rows, args.budget_mb,
-                                           not args.no_preview)), flush=True)
+                                           not args.no_preview, args.binning)), flush=True)
         return 0
     results = []
     for rep in range(args.repeat):
@@ -177,7 +185,8 @@ def main() -> int:
             root = args.data_dir / f"{size:g}GB-{rep}"
             shutil.rmtree(root, ignore_errors=True)
             cmd = [sys.executable, __file__, "--child", str(size), "--data-dir", str(root), "--rows",
-                   str(args.rows), "--budget-mb", str(args.budget_mb)] + (["--no-preview"] * args.no_preview)
+                   str(args.rows), "--binning", str(args.binning), "--budget-mb", str(args.budget_mb)]
+            cmd += ["--no-preview"] * args.no_preview
             load = os.getloadavg()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             shutil.rmtree(root, ignore_errors=True)  # /work is shared: never keep a size's data
@@ -195,7 +204,8 @@ def main() -> int:
                   f"scan {r['scan_s']:6.1f} s  stop->volume {r['stop_to_volume_s']:6.1f} s "
                   f"(stage {t.get('stage', 0):.1f} centre {t.get('center', 0):.1f} "
                   f"preprocess {t.get('preprocess', 0):.1f} recon {t.get('reconstruct', 0):.1f})  "
-                  f"raw {r['raw_bytes'] / 1e9:6.2f} GB  volume {r['volume_bytes'] / 1e6:6.0f} MB  "
+                  f"raw {r['raw_bytes'] / 1e9:6.2f} GB  "
+                  f"volume {r['volume_shape']} {r['volume_bytes'] / 1e6:6.0f} MB  "
                   f"ok={r['ok']}  load {r['load_before'][0]:.1f}", flush=True)
             if not r["ok"]:
                 print(f"  {r['message']}", flush=True)

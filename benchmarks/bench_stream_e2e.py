@@ -20,8 +20,16 @@ p95), stop -> first final preview and -> settled final (after the centre check),
 volume outcome from the worker (written into Tiled), and the peak RSS (VmHWM, sampled) of every
 process. The stop time is the stop document's time (zmq) or the last frame's publish time (pva).
 
+Full volume (issue 24): ``--volume-mode streaming`` (the default: frames binned as they arrive,
+blocks of angles summed during the scan, :mod:`bluesky_tomo_hpc.sinks.streaming_volume`) or
+``at-stop`` (the scan re-read after the stop); ``--volume-mode streaming at-stop`` runs both, one
+after the other, on the same feed and prints the ratio. Per run: stop -> full volume in Tiled, how
+it was made (summed or why not), and the timeline of the partial volumes in Tiled (seconds after
+the first projection, projections in each), polled from the Tiled server every second.
+
     python benchmarks/bench_stream_e2e.py --frames 300 --json e2e.json
     python benchmarks/bench_stream_e2e.py --mode zmq --frames 1969 --volume-binning 4
+    python benchmarks/bench_stream_e2e.py --frames 1969 --volume-mode streaming at-stop --json e2e.json
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NY, NX = 2160, 2560
+#: the rotation axis of both simulated feeds (make_sim_beamline's default offset of 3.5 px)
+CENTER = (NX - 1) / 2.0 + 3.5
 
 
 # -- plumbing ----------------------------------------------------------------------------------
@@ -190,7 +200,8 @@ def subscriber_main(address: str, record: str, timeout: float) -> int:
 
 # -- the two feeds -------------------------------------------------------------------------------
 def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, feed: list[str],
-                 env: dict[str, str], timeout: float) -> tuple[Proc, Proc, Proc, Path]:
+                 env: dict[str, str], timeout: float,
+                 streaming: bool = True, center: str = "auto") -> tuple[Proc, Proc, Proc, Path]:
     """Tiled server, subscriber and worker processes; returns them and the subscriber's record."""
     tiled = Proc("tiled", [sys.executable, "-c", (
         "import json, sys, time\n"
@@ -207,7 +218,9 @@ def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, fe
     sub.wait_line("READY", 60)
     rss.watch("preview subscriber", sub.proc.pid)
     wenv = {**env, "BLUESKY_TOMO_HPC__DATA_DIR": str(work / "data"), "TILED_API_KEY": info["api_key"],
-            "BLUESKY_TOMO_HPC__RECON__BINNING": str(volume_binning)}
+            "BLUESKY_TOMO_HPC__RECON__BINNING": str(volume_binning),
+            "BLUESKY_TOMO_HPC__FULL_VOLUME_STREAMING": "true" if streaming else "false",
+            **({"BLUESKY_TOMO_HPC__RECON__CENTER": str(CENTER)} if center == "given" else {})}
     tiled_uri = info["uri"].split("?")[0]  # the key travels in TILED_API_KEY
     worker = Proc("worker", [sys.executable, "-m", "bluesky_tomo_hpc.cli.main", "worker", *feed,
                              "--preview-zmq", preview, "--binning", str(binning), "--tiled-uri", tiled_uri,
@@ -215,7 +228,39 @@ def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, fe
     worker.wait_line("READY", 120)
     rss.watch("worker", worker.proc.pid)
     time.sleep(1.0)  # 0MQ slow joiner: subscriptions reach the publishers
+    PartialPoll(info["uri"].split("?")[0], info["api_key"], work / "partials.jsonl")
     return tiled, sub, worker, record
+
+
+class PartialPoll:
+    """Polls the Tiled server every second for partial volumes (kind ``partial``) and appends
+    ``{"t", "n_projections_used"}`` to ``record`` whenever the count changes (a daemon thread)."""
+
+    def __init__(self, uri: str, api_key: str, record: Path):
+        self.uri, self.api_key, self.record = uri, api_key, record
+        record.write_text("")
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        from tiled.client import from_uri
+        from tiled.queries import Key
+
+        seen: set[int] = set()
+        client = None
+        while True:
+            time.sleep(1.0)
+            try:
+                client = client or from_uri(self.uri, api_key=self.api_key)
+                if "processed" not in client:
+                    continue
+                for _, node in client["processed"].search(Key("kind") == "partial").items():
+                    m = int(node.metadata.get("n_projections_used") or 0)
+                    if m not in seen:
+                        seen.add(m)
+                        with open(self.record, "a") as f:
+                            f.write(json.dumps({"t": time.time(), "n_projections_used": m}) + "\n")
+            except Exception:  # the server is starting or stopping: try again next second
+                client = None
 
 
 def run_zmq(work: Path, a: argparse.Namespace) -> dict:
@@ -235,7 +280,8 @@ def run_zmq(work: Path, a: argparse.Namespace) -> dict:
     procs = [proxy]
     try:
         tiled, sub, worker, record = start_common(
-            work, a.binning, a.volume_binning, rss, ["--zmq", f"tcp://127.0.0.1:{pout}"], {}, a.timeout)
+            work, a.binning, a.volume_binning, rss, ["--zmq", f"tcp://127.0.0.1:{pout}"], {}, a.timeout,
+            streaming=a.streaming, center=a.volume_center)
         procs += [tiled, sub, worker]
         RE = RunEngine({})
         # connect the publisher first: 0MQ drops what a PUB socket sends before its connection
@@ -304,14 +350,15 @@ def run_pva(work: Path, a: argparse.Namespace) -> dict:
                                  "--channel", channel, "--nx", str(NX), "--ny", str(NY),
                                  "--angles", str(a.frames), "--darks", str(a.darks),
                                  "--flats", str(a.flats), "--fps", str(a.fps), "--distinct", str(a.distinct),
-                                 "--times", str(times_file)],
+                                 "--times", str(times_file), "--center", str(CENTER)],
                   env=env, stdin=True, log_dir=work)
     procs = [server]
     try:
         server.wait_line("READY", 600)
         rss.watch("pva server", server.proc.pid)
         tiled, sub, worker, record = start_common(work, a.binning, a.volume_binning, rss,
-                                                  ["--pva", channel], env, a.timeout)
+                                                  ["--pva", channel], env, a.timeout, streaming=a.streaming,
+                                                  center=a.volume_center)
         procs += [tiled, sub, worker]
         server.send("GO")
         server.wait_line("DONE", a.timeout)
@@ -368,6 +415,15 @@ def finish(worker: Proc, sub: Proc, record: Path, proj_times: list[float], t_sto
         "stop_to_full_volume_s": round(vol[0] - t_stop, 2) if vol[0] else None,
         "full_volume": vol[1]["full_volume"] if vol[1] else None,
     }
+    for prov in sorted(record.parent.glob("data/volumes/*/*/result/provenance.json")):
+        doc = json.loads(prov.read_text())  # how the volume was made, and where its stop time went
+        out["full_volume_how"] = (doc.get("extra") or {}).get("streamed", "at stop (batch program)")
+        out["full_volume_timings_s"] = doc.get("timings_s")
+    partials = record.with_name("partials.jsonl")
+    if partials.exists() and proj_times:
+        out["partial_volumes"] = [
+            [round(p["t"] - proj_times[0], 1), p["n_projections_used"]]
+            for p in map(json.loads, partials.read_text().splitlines()) if p]
     return out
 
 
@@ -381,6 +437,12 @@ def main() -> int:
     ap.add_argument("--distinct", type=int, default=8, help="distinct projections computed and cycled")
     ap.add_argument("--binning", type=int, default=2, help="preview binning")
     ap.add_argument("--volume-binning", type=int, default=4, help="full-volume binning (worker's recon)")
+    ap.add_argument("--volume-mode", nargs="+", default=["streaming"], choices=["streaming", "at-stop"],
+                    help="full volume grown during the scan, or made after the stop (both: compared)")
+    ap.add_argument("--volume-center", default="given", choices=["given", "auto"],
+                    help="given: the simulated axis (both feeds), as a beamline that knows it; auto: "
+                         "found from the data, which --distinct < --frames makes meaningless (cycled "
+                         "frames do not match their angles), so a streamed sum is then rarely confirmed")
     ap.add_argument("--timeout", type=float, default=900.0)
     ap.add_argument("--work", help="working folder (default: a temporary one, removed)")
     ap.add_argument("--json", help="write the results here")
@@ -396,13 +458,22 @@ def main() -> int:
                "volume_binning": a.volume_binning, "runs": {}}
     try:
         for mode in a.mode:
-            work = base / mode
-            work.mkdir(parents=True, exist_ok=True)
-            print(f"== {mode}: {a.frames} projections of {NY} x {NX} at {a.fps} fps, load {os.getloadavg()}",
-                  flush=True)
-            results["runs"][mode] = (run_zmq if mode == "zmq" else run_pva)(work, a)
-            results["runs"][mode]["load_after"] = os.getloadavg()
-            print(json.dumps(results["runs"][mode], indent=1), flush=True)
+            for volume_mode in a.volume_mode:
+                a.streaming = volume_mode == "streaming"
+                name = f"{mode} {volume_mode}"
+                work = base / mode / volume_mode
+                work.mkdir(parents=True, exist_ok=True)
+                print(f"== {name}: {a.frames} projections of {NY} x {NX} at {a.fps} fps, "
+                      f"load {os.getloadavg()}", flush=True)
+                results["runs"][name] = {"load_start": os.getloadavg(),
+                                         **(run_zmq if mode == "zmq" else run_pva)(work, a)}
+                results["runs"][name]["load_after"] = os.getloadavg()
+                print(json.dumps(results["runs"][name], indent=1), flush=True)
+            streamed, at_stop = (results["runs"].get(f"{mode} {m}", {}) for m in ("streaming", "at-stop"))
+            if streamed.get("stop_to_full_volume_s") and at_stop.get("stop_to_full_volume_s"):
+                ratio = at_stop["stop_to_full_volume_s"] / streamed["stop_to_full_volume_s"]
+                print(f"== {mode}: stop -> full volume {streamed['stop_to_full_volume_s']} s streamed, "
+                      f"{at_stop['stop_to_full_volume_s']} s at stop ({ratio:.1f}x)", flush=True)
     finally:
         if not a.work:
             shutil.rmtree(base, ignore_errors=True)

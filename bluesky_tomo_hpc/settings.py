@@ -148,6 +148,9 @@ class Settings(_Section):
     jobs: JobSettings = JobSettings()
     scicat: ScicatSettings = ScicatSettings()
     full_volume: bool = Field(True, description="reconstruct the whole volume in-process at stop")
+    full_volume_streaming: bool = Field(
+        True, description="with recon binning > 1: bin frames as they arrive and sum the volume during the "
+        "scan, so that at stop only the rest is left (false: the raw scan is read again after the stop)")
     memory_budget_mb: float | None = Field(
         None, gt=0, description="memory every path may use for frames and slices (MiB); slab sizes derive "
         "from it. None: a quarter of this machine's memory, 256 MiB to 16 GiB",

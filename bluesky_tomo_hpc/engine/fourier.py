@@ -7,26 +7,33 @@ and both are quantitative (attenuation per pixel).
 
 The sum evaluated is the discrete FBP integral, exactly as in :mod:`.fbp`::
 
-    f(x, y) = pi / M * sum_m 1 / N * sum_k Q_m(nu_k) exp(2 pi i nu_k (x cos t_m + y sin t_m))
+    f(x, y) = pi / M * sum_m 1 / L * sum_k Q_m(nu_k) exp(2 pi i nu_k (x cos t_m + y sin t_m))
 
 The real-space back-projector interpolates linearly, which multiplies the spectrum by
 ``sinc(nu)**2``; the same factor is applied here so that one filter name means one result in
 both methods (it also lowers the error against a pixel-averaged truth: Gibbs ringing of the
 exact trigonometric interpolation is damped as in any FBP).
 
-Two real sinograms travel as the real and imaginary parts of one complex input (the result is
-real for each, since their spectra are Hermitian), halving the work per slice.
+Where the time goes, and what is done about it (``benchmarks/bench_engine.py``):
 
-Speed on a CPU (measured in ``benchmarks/bench_engine.py``): the plan's 2D FFT is planned with
-``FFTW_MEASURE`` (FINUFFT's default ``FFTW_ESTIMATE`` picks a plan 5-8x slower at 1280^2), which
-costs seconds once per geometry, so plans live in a small cache keyed by the geometry; threads
-work on whole slice pairs, each with its own single-threaded plan (no synchronisation inside a
-transform: near-linear scaling).
+* The filter needs the sinogram edge-padded to ``2 n`` (no wrap-around), but the image only
+  reads the filtered projection where it lies: ``|x cos t + y sin t| <= n / 2`` for the
+  inscribed disc (every pipeline output is masked to it). So each row is filtered at ``2 n``
+  (FFT, filter, inverse FFT), then a window of ``L ~ n`` samples around the axis is transformed
+  again: half the non-uniform points of the padded spectrum, the same slices inside the disc
+  (``whole_square=True`` widens the window to the diagonal for callers without a mask).
+* Two real sinograms travel as the real and imaginary parts of one complex input (the result is
+  real for each, since their spectra are Hermitian), halving the work per slice.
+* On the CPU the NUFFT is FINUFFT's spreader plus SciPy's FFT (:mod:`.nufft_spread`): 3x faster
+  than the wheel's FFTW transform, and no FFTW planning (20+ s at 2048). Threads work on whole
+  slice pairs, each with its own spreader and scratch (no synchronisation inside a transform).
+  The filtering runs in blocks of rows that stay in the core's cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -42,24 +49,30 @@ try:  # the GPU path; import errors on machines without CUDA are normal
 except Exception:  # pragma: no cover - depends on the machine
     _cufinufft = None
 
-#: FFTW planner flags as FINUFFT takes them (``fftw`` option)
-FFTW_MEASURE, FFTW_ESTIMATE = 0, 64
-#: FFTW_MEASURE (seconds of planning, once per geometry and process) only pays from about this
-#: image size and this many slices in one call; one-slice calls (the preview's centre check,
-#: centre searches) keep FFTW_ESTIMATE plans, which are made in milliseconds
-MEASURE_FROM = 256
-MEASURE_FROM_SLICES = 8
+#: rows of a slice pair filtered at once on the CPU: 32 x 4096 complex64 = 1 MiB, the L2 of a core
+FILTER_BLOCK = 32
+
+
+def window_width(n: int, n_pad: int, whole_square: bool = False) -> int:
+    """Samples of each filtered projection the image reads: even, FFT-friendly, >= ``n`` (the
+    inscribed disc) or >= ``n * sqrt(2)`` (the whole square), at most the padded width."""
+    import scipy.fft
+
+    need = math.ceil(n * math.sqrt(2)) + 2 if whole_square else n
+    size = scipy.fft.next_fast_len(need)
+    return min(n_pad, size + size % 2)
 
 
 class FourierPlan:
-    """NUFFT plans for one geometry (image size, angles, padded width), reused by every call.
+    """Everything that depends on the geometry (image size, angles, padded and window widths),
+    made once and reused by every call.
 
-    Why a class: setting the non-uniform points (sorting them), planning the FFT and the
-    half-pixel phase factors cost seconds at 2048^2, so a volume makes them once and runs every
-    chunk through the same plan (:func:`fourier_plan` keeps the last few). ``upsampfac=1.25`` is
-    about 3x faster than 2.0 at the same ``eps``. On the CPU each of ``threads`` workers owns a
-    single-threaded FINUFFT plan and takes whole slice pairs; on the GPU one cuFINUFFT plan runs
-    ``batch_pairs`` pairs per call on the current CUDA stream.
+    Why a class: sorting the non-uniform points, the half-pixel phase factors and the
+    deconvolution weights cost up to seconds at 2048^2, so a volume makes them once and runs
+    every chunk through the same plan (:func:`fourier_plan` keeps the last few). On the CPU each
+    of ``threads`` workers owns a :class:`.nufft_spread.SpreadNUFFT` and takes whole slice
+    pairs; on the GPU one cuFINUFFT plan runs ``batch_pairs`` pairs per call on the current
+    CUDA stream.
     """
 
     def __init__(
@@ -72,26 +85,28 @@ class FourierPlan:
         threads: int | None = None,
         batch_pairs: int = 4,
         gpu: bool = False,
-        upsampfac: float = 1.25,
-        fft_measure: bool = True,
+        whole_square: bool = False,
     ) -> None:
         self.n, self.n_pad, self.gpu = n, n_pad, gpu
+        self.window = window_width(n, n_pad, whole_square)
         self.theta = np.asarray(theta, dtype=np.float64)
         self.batch_pairs = batch_pairs
         self.threads = 1 if gpu else cpu_threads(threads)
         self._kernels: OrderedDict[tuple, Any] = OrderedDict()
-        omega = 2 * np.pi * np.fft.fftfreq(n_pad)
+        L = self.window
+        omega = 2 * np.pi * np.fft.fftfreq(L)
         wy = (np.sin(self.theta)[:, None] * omega[None, :]).ravel()
         wx = (np.cos(self.theta)[:, None] * omega[None, :]).ravel()
         # pixel positions are mode index + offset (0.5 on even grids: the axis is between pixels)
         offset = (n // 2) - (n - 1) / 2.0
-        shift = np.exp(1j * offset * (wx + wy)).reshape(len(self.theta), n_pad)
-        if n_pad % 2 == 0:
-            shift[:, n_pad // 2] = 0.0  # Nyquist has no Hermitian partner: give it no weight
+        shift = np.exp(1j * offset * (wx + wy)).reshape(len(self.theta), L)
+        if L % 2 == 0:
+            shift[:, L // 2] = 0.0  # Nyquist has no Hermitian partner: give it no weight
         self.shift = shift.astype(np.complex64)
-        self._eps, self._upsampfac = eps, upsampfac
+        self._eps = eps
         self._lock = threading.Lock()  # one caller at a time: worker plans hold scratch state
         self._pool: ThreadPoolExecutor | None = None
+        self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if gpu:
             import cupy as cp  # type: ignore[import-not-found]
 
@@ -103,25 +118,24 @@ class FourierPlan:
             self._points = (cp.asarray(wy, dtype=cp.float32), cp.asarray(wx, dtype=cp.float32))
             self._gpu_plans: dict[tuple[int, int], Any] = {}
         else:
-            import finufft
+            from .nufft_spread import SpreadNUFFT
 
             points = (wy.astype(np.float32), wx.astype(np.float32))
-            fftw = FFTW_MEASURE if fft_measure and n >= MEASURE_FROM else FFTW_ESTIMATE
-            self._cpu_plans = []
-            for _ in range(self.threads):  # made one after the other: FFTW's planner is not thread-safe
-                plan = finufft.Plan(1, (n, n), n_trans=1, eps=eps, isign=1, dtype="complex64",
-                                    nthreads=1, upsampfac=upsampfac, fftw=fftw)
-                plan.setpts(*points)
-                self._cpu_plans.append(plan)
+            self._cpu_plans = [SpreadNUFFT(n, points, eps=eps) for _ in range(self.threads)]
 
-    def matches(self, n: int, theta: Any, n_pad: int) -> bool:
+    def matches(self, n: int, theta: Any, n_pad: int, whole_square: bool = False) -> bool:
         """True when this plan was made for that geometry."""
-        return (self.n, self.n_pad) == (n, n_pad) and np.array_equal(self.theta, theta)
+        return ((self.n, self.n_pad, self.window) == (n, n_pad, window_width(n, n_pad, whole_square))
+                and np.array_equal(self.theta, theta))
 
-    def kernel(self, center_pad: float, filter_name: str, cutoff: float, order: int) -> Any:
-        """Per-(angle, frequency) factor: filter x sinc^2 x axis phase ramp x half-pixel shift.
+    def kernel(self, center_pad: float, filter_name: str, cutoff: float, order: int) -> tuple[Any, int, Any]:
+        """``(filter, window start, window factor)`` for an axis at padded column ``center_pad``.
 
-        The last few are cached (keyed by centre and filter), so the chunks of one volume and
+        The filter (length ``n_pad``) acts on the padded rows; the window of ``L`` samples
+        starts at the integer column nearest ``center_pad - L / 2`` (modulo ``n_pad``: the
+        filtered rows are periodic); its spectrum is multiplied by the factor: the rest of the
+        axis shift, sinc^2 (= fbp's linear interpolation), the half-pixel shift and the scale.
+        The last two are cached (keyed by centre and filter): the chunks of one volume and
         repeated calls pay for it once.
         """
         key = (float(center_pad), filter_name, float(cutoff), int(order))
@@ -129,22 +143,23 @@ class FourierPlan:
             self._kernels.move_to_end(key)
             return self._kernels[key]
         xp = get_array_module(self.shift)
-        n_angles, n_pad = self.shift.shape
-        response = filter_response(n_pad, filter_name, cutoff, order) * (np.pi / n_angles / n_pad)
-        response = response * np.sinc(np.fft.fftfreq(n_pad)) ** 2  # = fbp's linear interpolation
-        ramp = xp.asarray((center_phase(n_pad, center_pad) * response).astype(np.complex64))
-        k = self.shift * ramp[None, :]
-        if len(self._kernels) >= 2:  # 50 MB each at 1500 x 4096
+        n_angles, L = self.shift.shape
+        response = xp.asarray(filter_response(self.n_pad, filter_name, cutoff, order).astype(np.complex64))
+        start = math.floor(center_pad + 0.5) - L // 2
+        weight = np.sinc(np.fft.fftfreq(L)) ** 2 * (np.pi / n_angles / L)
+        ramp = xp.asarray((center_phase(L, center_pad - start) * weight).astype(np.complex64))
+        entry = (response, start, self.shift * ramp[None, :])
+        if len(self._kernels) >= 2:  # 25 MB each at 1500 x 2048
             self._kernels.popitem(last=False)
-        self._kernels[key] = k
-        return k
+        self._kernels[key] = entry
+        return entry
 
     # -- CPU ------------------------------------------------------------------------------
-    def run_cpu(self, sino: np.ndarray, kernel: np.ndarray, out: np.ndarray, left: int) -> None:
+    def run_cpu(self, sino: np.ndarray, kernel: tuple, out: np.ndarray, left: int) -> None:
         """Reconstruct ``sino`` (nz, M, n_det) (any strides) into ``out`` (nz, n, n) float32.
 
-        Each task is one slice pair, start to end (pad, FFT, filter, NUFFT, split), so threads
-        never wait on each other and the working set stays in cache.
+        Each task is one slice pair, start to end (pad, filter, window, NUFFT, split), so
+        threads never wait on each other.
         """
         nz = sino.shape[0]
         pairs = (nz + 1) // 2
@@ -168,37 +183,25 @@ class FourierPlan:
             for f in [self._pool.submit(task, p) for p in range(pairs)]:
                 f.result()
 
-    def _pair(self, slot: int, sino: Any, kernel: np.ndarray, out: np.ndarray, left: int, p: int) -> None:
-        import scipy.fft
-
+    def _pair(self, slot: int, sino: Any, kernel: tuple, out: np.ndarray, left: int, p: int) -> None:
         n_angles, n_det = sino.shape[1], sino.shape[2]
-        buf, img = self._scratch(slot, n_angles)
-        mid = slice(left, left + n_det)
+        buf, spec = self._scratch(slot, n_angles)
         z = 2 * p
-        buf.real[:, mid] = sino[z]
-        if z + 1 < sino.shape[0]:
-            buf.imag[:, mid] = sino[z + 1]
-        else:
-            buf.imag[:, mid] = 0.0
-        buf[:, :left] = buf[:, left : left + 1]
-        buf[:, left + n_det :] = buf[:, left + n_det - 1 : left + n_det]
-        spec = scipy.fft.fft(buf, axis=-1, workers=1, overwrite_x=True)  # in place
-        spec *= kernel
-        self._cpu_plans[slot].execute(spec.reshape(-1), out=img)
-        # the transform's first axis runs up in y; slices are stored with y running down the rows
-        # (TomoPy's orientation, as fbp.grid_coords), hence the row flip
-        out[z] = img.real[::-1]
-        if z + 1 < out.shape[0]:
-            out[z + 1] = img.imag[::-1]
+        second = z + 1 < sino.shape[0]
+        for a in range(0, n_angles, FILTER_BLOCK):
+            b = min(n_angles, a + FILTER_BLOCK)
+            rows = buf[: b - a]
+            rows.real[:, left : left + n_det] = sino[z, a:b]
+            rows.imag[:, left : left + n_det] = sino[z + 1, a:b] if second else 0.0
+            windowed_spectrum(rows, kernel, left, n_det, self.window, spec[a:b], (a, b))
+        self._cpu_plans[slot].execute(spec.reshape(-1), out[z], out[z + 1] if second else None)
 
     def _scratch(self, slot: int, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-thread padded-spectrum and image buffers, kept between pairs and calls: fresh
-        50 + 33 MB arrays per pair at 2048 cost as much in page faults as the FFT itself."""
-        if not hasattr(self, "_buffers"):
-            self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        """Per-thread row-block and spectrum buffers, kept between pairs and calls: fresh
+        arrays per pair at 2048 cost as much in page faults as the FFT itself."""
         if slot not in self._buffers:
-            self._buffers[slot] = (np.empty((n_angles, self.n_pad), dtype=np.complex64),
-                                   np.empty((self.n, self.n), dtype=np.complex64))
+            self._buffers[slot] = (np.empty((FILTER_BLOCK, self.n_pad), dtype=np.complex64),
+                                   np.empty((n_angles, self.window), dtype=np.complex64))
         return self._buffers[slot]
 
     # -- GPU ------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ class FourierPlan:
         return self._gpu_plans[key]
 
     def run_gpu(self, spec: Any) -> Any:  # pragma: no cover - needs a CUDA device
-        """``spec`` (pairs, M, n_pad) complex64 CuPy, weighted -> (pairs, n, n) complex64."""
+        """``spec`` (pairs, M, L) complex64 CuPy, weighted -> (pairs, n, n) complex64."""
         import cupy as cp  # type: ignore[import-not-found]
 
         pairs = spec.shape[0]
@@ -230,6 +233,42 @@ class FourierPlan:
         return out
 
 
+def windowed_spectrum(rows: Any, kernel: tuple, left: int, n_det: int, L: int, out: Any,
+                      angles: tuple[int, int] | None = None) -> Any:
+    """Padded rows ``(..., n_pad)`` complex (the detector at ``[left, left + n_det)``) ->
+    ``out`` ``(..., L)``: edge-pad, FFT, filter, inverse FFT, the window around the axis, FFT,
+    window factor. ``angles``: the rows' ``[a, b)`` among the plan's angles (the factor's rows);
+    all of them when None. NumPy (in place, one thread) and CuPy alike.
+    """
+    xp = get_array_module(rows)
+    response, start, factor = kernel
+    n_pad = rows.shape[-1]
+    rows[..., :left] = rows[..., left : left + 1]
+    rows[..., left + n_det :] = rows[..., left + n_det - 1 : left + n_det]
+    if xp is np:
+        import scipy.fft
+
+        spec = scipy.fft.fft(rows, axis=-1, workers=1, overwrite_x=True)
+        spec *= response
+        filtered = scipy.fft.ifft(spec, axis=-1, workers=1, overwrite_x=True)
+    else:
+        filtered = xp.fft.ifft(xp.fft.fft(rows, axis=-1) * response, axis=-1)
+    i0 = start % n_pad  # the filtered rows are n_pad-periodic
+    first = min(L, n_pad - i0)
+    out[..., :first] = filtered[..., i0 : i0 + first]
+    if first < L:
+        out[..., first:] = filtered[..., : L - first]
+    if xp is np:
+        import scipy.fft
+
+        win = scipy.fft.fft(out, axis=-1, workers=1, overwrite_x=True)
+    else:
+        win = xp.fft.fft(out, axis=-1)
+    f = factor if angles is None else factor[angles[0] : angles[1]]
+    xp.multiply(win, f, out=out)
+    return out
+
+
 _PLAN_CACHE: OrderedDict[tuple, FourierPlan] = OrderedDict()
 _PLAN_CACHE_SIZE = 2
 _PLAN_CACHE_LOCK = threading.Lock()
@@ -237,14 +276,15 @@ _PLAN_CACHE_LOCK = threading.Lock()
 
 def fourier_plan(
     n: int, theta: Any, n_pad: int, *, eps: float = 1e-3, threads: int | None = None, gpu: bool = False,
-    fft_measure: bool = True,
+    whole_square: bool = False,
 ) -> FourierPlan:
     """The cached :class:`FourierPlan` for this geometry (made on first use).
 
-    Why a cache: a plan costs 0.1-6 s to make (point sorting, FFTW_MEASURE), a chunk of a few
-    slices costs less than that, and the same geometry comes back for every slab, scan and
-    preview check. Keyed by size, padding, angles, accuracy, threads and device; the last two
-    geometries are kept (a 2048^2 plan holds ~150 MB).
+    Why a cache: a plan costs up to a second or two to make (point sorting per thread, the
+    deconvolution weights), a chunk of a few slices costs less than that, and the same geometry
+    comes back for every slab, scan and preview check. Keyed by size, padding, window, angles,
+    accuracy, threads and device; the last two geometries are kept (a 2048^2 plan holds ~250 MB
+    with two threads).
     """
     theta = np.asarray(theta, dtype=np.float64)
     device = -1
@@ -253,11 +293,11 @@ def fourier_plan(
 
         device = cp.cuda.Device().id
     key = (n, n_pad, hashlib.sha1(theta.tobytes()).hexdigest(), float(eps), cpu_threads(threads), gpu, device,
-           bool(fft_measure))
+           bool(whole_square))
     with _PLAN_CACHE_LOCK:
         plan = _PLAN_CACHE.get(key)
         if plan is None:
-            plan = FourierPlan(n, theta, n_pad, eps=eps, threads=threads, gpu=gpu, fft_measure=fft_measure)
+            plan = FourierPlan(n, theta, n_pad, eps=eps, threads=threads, gpu=gpu, whole_square=whole_square)
             _PLAN_CACHE[key] = plan
             while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
                 _PLAN_CACHE.popitem(last=False)
@@ -280,7 +320,7 @@ def reconstruct_fourier(
     threads: int | None = None,
     plan: FourierPlan | None = None,
     out: Any = None,
-    fft_measure: bool | None = None,
+    whole_square: bool = False,
 ) -> Any:
     """Reconstruct sinograms ``(nz, n_angles, n_det)`` -> ``(nz, n, n)`` float32.
 
@@ -288,9 +328,10 @@ def reconstruct_fourier(
     it is read once, pair by pair, never copied whole. ``center``: the axis as a 0-based
     detector column. ``eps``: NUFFT relative accuracy (1e-3 is well below the discretisation
     error of any FBP). ``plan``: a given plan, else the cached one for this geometry
-    (:func:`fourier_plan`). ``out``: an ``(nz, n, n)`` float32 array to fill. ``fft_measure``:
-    plan the FFT with FFTW_MEASURE (default: for calls of ``MEASURE_FROM_SLICES`` slices or more;
-    a volume's chunk reconstructor says yes for every chunk).
+    (:func:`fourier_plan`). ``out``: an ``(nz, n, n)`` float32 array to fill.
+    ``whole_square``: slices right up to the corners; by default they are right inside the
+    inscribed disc (what every angle saw, and all that a circular mask keeps), and the corners
+    outside it carry the filtered projections' periodic wrap.
     """
     xp = get_array_module(sino)
     if sino.ndim == 2:
@@ -302,10 +343,10 @@ def reconstruct_fourier(
     n = n_det if n is None else n
     n_pad = padded_width(n_det, pad)
     if plan is None:
-        measure = nz >= MEASURE_FROM_SLICES if fft_measure is None else fft_measure
-        plan = fourier_plan(n, theta, n_pad, eps=eps, threads=threads, gpu=xp is not np, fft_measure=measure)
-    elif not plan.matches(n, theta, n_pad):
-        raise ValueError("FourierPlan was made for another geometry (size, padding or angles)")
+        plan = fourier_plan(n, theta, n_pad, eps=eps, threads=threads, gpu=xp is not np,
+                            whole_square=whole_square)
+    elif not plan.matches(n, theta, n_pad, whole_square):
+        raise ValueError("FourierPlan was made for another geometry (size, padding, window or angles)")
     left = (n_pad - n_det) // 2
     kernel = plan.kernel(center + left, filter_name, cutoff, order)
     if out is None:
@@ -317,7 +358,7 @@ def reconstruct_fourier(
 
 
 def _reconstruct_gpu(
-    sino: Any, plan: FourierPlan, kernel: Any, out: Any, left: int
+    sino: Any, plan: FourierPlan, kernel: tuple, out: Any, left: int
 ) -> Any:  # pragma: no cover - needs a CUDA device
     """The CuPy path: all pairs at once (device memory is the slab's), same steps as the CPU."""
     import cupy as cp  # type: ignore[import-not-found]
@@ -328,10 +369,8 @@ def _reconstruct_gpu(
     mid = slice(left, left + n_det)
     buf.real[..., mid] = sino[0::2]
     buf.imag[: nz // 2, :, mid] = sino[1::2]
-    buf[..., :left] = buf[..., left : left + 1]
-    buf[..., left + n_det :] = buf[..., left + n_det - 1 : left + n_det]
-    spec = cp.fft.fft(buf, axis=-1)
-    spec *= kernel
+    spec = cp.empty((pairs, n_angles, plan.window), dtype=cp.complex64)
+    windowed_spectrum(buf, kernel, left, n_det, plan.window, spec)
     img = plan.run_gpu(spec)
     out[0::2] = img.real[:, ::-1, :]
     out[1::2] = img.imag[: nz // 2, ::-1, :]

@@ -317,7 +317,7 @@ def _reconstruct_scan_slabs(
     compare with :func:`reconstruct_scan`. Dead pixels are repaired within each slab. Not yet
     run on a GPU (see docs).
     """
-    from .fourier import MEASURE_FROM_SLICES, reconstruct_fourier
+    from .fourier import reconstruct_fourier
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -347,7 +347,7 @@ def _reconstruct_scan_slabs(
         flats = block[nd : nd + nf].astype(xp.float32)
         proj_log = line_integrals(block[nd + nf :], flats, darks, data, params, warnings)
         sino = proj_log.transpose(1, 0, 2)
-        slices = reconstruct_fourier(sino, theta, c_b, fft_measure=nz >= MEASURE_FROM_SLICES, **filt)
+        slices = reconstruct_fourier(sino, theta, c_b, whole_square=params.circular_mask is None, **filt)
         if params.circular_mask is not None:
             preprocess.circular_mask(slices, params.circular_mask, in_place=True)
         if _out is not None:  # the CPU loop hands a host view to fill

@@ -45,7 +45,7 @@ def reconstruct_sinograms(
         out = np.empty((nz, nx, nx), dtype=np.float32)
     engine = resolve_engine(params)
     if recon is None:
-        recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine, slices=nz)
+        recon = make_chunk_reconstructor(theta, center, nx, params, engine=engine)
     devices = None
     if engine == "native" and choose_device(params.device) is not np and get_array_module(proj_log) is np:
         devices = gpu_devices()  # pragma: no cover - needs a CUDA device
@@ -56,14 +56,12 @@ def reconstruct_sinograms(
 
 def make_chunk_reconstructor(
     theta: np.ndarray, center: float, nx: int, params: ReconParams, *, engine: str = "native",
-    slices: int = 1 << 30,
 ) -> ReconChunk:
     """``recon(block (n_angles, k, nx), out) -> (k, nx, nx)`` for :func:`.volume.reconstruct_volume`.
 
     The NUFFT plan comes from the geometry cache (:func:`.fourier.fourier_plan`), so every
-    chunk, slab and call with the same geometry reuses it; ``slices`` (the volume's total)
-    decides whether its FFT is worth measuring. The block is read through a transposed view: no
-    sinogram copy.
+    chunk, slab and call with the same geometry reuses it. The block is read through a
+    transposed view: no sinogram copy.
     """
     filt: dict[str, Any] = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
                             "order": params.butterworth_order, "pad": params.pad}
@@ -83,9 +81,9 @@ def make_chunk_reconstructor(
 
         return lambda block, out=None: filled(
             out, reconstruct_fbp(xp.asarray(block).transpose(1, 0, 2), theta, center, **filt))
-    from .fourier import MEASURE_FROM_SLICES, reconstruct_fourier
+    from .fourier import reconstruct_fourier
 
-    filt["fft_measure"] = slices >= MEASURE_FROM_SLICES
+    filt["whole_square"] = params.circular_mask is None  # a mask keeps the disc only
 
     def fourier(block: Any, out: Any = None) -> Any:
         sino = xp.asarray(block).transpose(1, 0, 2)
@@ -109,9 +107,9 @@ def reconstruct_at_centers(sino: Any, theta: Any, centers: list[float], params: 
     from .fourier import fourier_plan, reconstruct_fourier
 
     xp = choose_device(params.device)
-    # a one-slice plan: FFTW_ESTIMATE (planned in milliseconds), cached for the next search
-    plan = fourier_plan(nx, theta, padded_width(nx, params.pad), gpu=xp is not np, fft_measure=False)
+    whole = params.circular_mask is None
+    plan = fourier_plan(nx, theta, padded_width(nx, params.pad), gpu=xp is not np, whole_square=whole)
     row = xp.ascontiguousarray(xp.asarray(sino, dtype=xp.float32)[None])
     filt = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
-            "order": params.butterworth_order, "pad": params.pad}
+            "order": params.butterworth_order, "pad": params.pad, "whole_square": whole}
     return [reconstruct_fourier(row, theta, float(c), plan=plan, **filt)[0] for c in centers]

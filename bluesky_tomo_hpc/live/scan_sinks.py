@@ -150,11 +150,32 @@ class SinkFactory:
         pinned = self.pinned.pinned(spec.metadata)
         return pinned if pinned is not None else self.centers.previous(spec)
 
-    def volume(self) -> FullVolumeSink:
-        """The full volume at stop, within the memory budget."""
+    def volume(self) -> Sink:
+        """The full volume within the memory budget: grown during the scan (binning > 1,
+        ``full_volume_streaming``), else made at stop from the raw scan."""
+        recon = self.settings.recon
+        if self.settings.full_volume_streaming and recon.binning > 1 and recon.rows is None:
+            from ..sinks.streaming_volume import StreamingVolumeSink
+
+            return StreamingVolumeSink(
+                recon, self.service, self.result_writer, progress=self.progress, data_dir=self.data_dir,
+                budget=self.budget, center_for=self.pinned.center_for, fallback_center=self.previous_center,
+                partial=self.partial_volume if self.result_writer is not None else None)
         return FullVolumeSink(self.settings.recon, self.service, VolumeAtStop(self.budget),
                               self.result_writer, progress=self.progress, data_dir=self.data_dir,
                               center_for=self.pinned.center_for, fallback_center=self.previous_center)
+
+    def partial_volume(self, spec: Any, volume: Any, n_angles: int) -> None:
+        """A volume from the angles so far, during the scan: a ``partial`` node in Tiled (replaced
+        by each newer one), marked partial with how many projections it holds."""
+        from ..results.tiled_results import write_reconstruction
+
+        assert self.result_writer is not None
+        write_reconstruction(
+            self.result_writer.container(), raw_uid=spec.run_uid, params=self.settings.recon, volume=volume,
+            kind="partial", metadata={"partial": True, "n_projections_used": int(n_angles),
+                                      "n_projections_planned": spec.n_projections,
+                                      "note": "limited-angle volume during the scan, sub-sampled"})
 
     def __call__(self) -> Sink:
         sinks: list[Sink] = []

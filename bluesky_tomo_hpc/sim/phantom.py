@@ -98,20 +98,26 @@ class Phantom:
         """Line integrals for many angles (radians): (n_angles, ny, nx)."""
         return np.stack([self.line_integrals(float(t), shape, axis_offset_px) for t in thetas])
 
-    def voxelise(self, shape: tuple[int, int, int], supersample: int = 1) -> np.ndarray:
+    def voxelise(self, shape: tuple[int, int, int], supersample: int = 1,
+                 slices: tuple[int, int] | None = None) -> np.ndarray:
         """Attenuation on a (nz, n, n) grid, indexed ``[z, y, x]`` as in the module docstring.
 
         ``supersample`` > 1 averages sub-voxels, so edges are partial-volume like a reconstruction.
         Each ellipsoid is only evaluated inside its bounding box, so small features cost little.
+        ``slices``: only slices ``[z0, z1)`` of that grid (a slab: memory bounded by the slab,
+        not the volume).
         """
         nz, n_y, n_x = shape
         if supersample < 1:
             raise ValueError(f"supersample must be >= 1, got {supersample}")
+        z0, z1 = (0, nz) if slices is None else (int(slices[0]), int(slices[1]))
+        if not 0 <= z0 < z1 <= nz:
+            raise ValueError(f"slices [{z0}, {z1}) outside the grid's {nz} slices")
         sub = (np.arange(supersample) + 0.5) / supersample - 0.5
-        z = np.arange(nz, dtype=float) - (nz - 1) / 2.0
+        z = np.arange(z0, z1, dtype=float) - (nz - 1) / 2.0
         y = (n_y - 1) / 2.0 - np.arange(n_y, dtype=float)
         x = np.arange(n_x, dtype=float) - (n_x - 1) / 2.0
-        vol = np.zeros(shape, dtype=float)
+        vol = np.zeros((z1 - z0, n_y, n_x), dtype=float)
         for ell in self.ellipsoids:
             a, b, c = ell.semi_axes
             cx, cy, cz = ell.center

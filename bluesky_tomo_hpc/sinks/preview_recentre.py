@@ -102,7 +102,7 @@ class PreviewRecentring:
         if self._rows:
             sino = to_numpy(self.xp.stack(self._rows))[None]
             xy = reconstruct_fourier(sino, np.asarray(self._row_angles), float(center_binned), n=self.geo.nw,
-                                     filter_name=self.filter_name, threads=1)[0]
+                                     filter_name=self.filter_name, threads=1, whole_square=True)[0]
             self.acc_xy[...] = self.xp.asarray(xy * np.float32(max(1, self.n_used) / math.pi))
         return {"recomputed": ["xy", "xz", "yz"], "xz_yz_projections": len(store.items),
                 "seconds": round(time.perf_counter() - t0, 3)}

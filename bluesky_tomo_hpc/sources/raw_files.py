@@ -401,10 +401,21 @@ def load_scan(path: str | os.PathLike[str], rows: tuple[int, int] | None = None,
         projections = read(desc.data, desc.projection_index)
         flats = read(desc.flats, desc.flat_index)
         darks = read(desc.darks, desc.dark_index)
+        times = _exchange_times(res.open(path), desc) if desc.format == "dxchange" else (None, None)
     meta = desc.as_dict()
     meta.update(source_file=path, rows=[r0, r1], binning=binning)
     return ScanData(projections=projections, theta=desc.theta, darks=darks, flats=flats,
-                    run_uid=file_run_uid(path), metadata=meta)
+                    projection_times=times[0], flat_times=times[1], run_uid=file_run_uid(path), metadata=meta)
+
+
+def _exchange_times(f: h5py.File, desc: ScanDescription) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``/exchange/time_data`` and ``time_white`` (epoch seconds, as staging writes them), both or
+    neither: flats taken before and after the projections are then interpolated in time."""
+    found = [f.get(f"exchange/{name}") for name in ("time_data", "time_white")]
+    if not all(isinstance(d, h5py.Dataset) and d.shape == (n,) for d, n in
+               zip(found, (desc.n_projections, desc.n_flats), strict=True)):
+        return None, None
+    return tuple(np.asarray(d[()], dtype=np.float64) for d in found)  # type: ignore[return-value]
 
 
 def iter_file_stream(path: str | os.PathLike[str], chunk: int = 64, *,

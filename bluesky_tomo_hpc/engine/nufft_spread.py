@@ -1,0 +1,101 @@
+"""A CPU type-1 NUFFT made of FINUFFT's spreader and SciPy's FFT, for two real slices at a time.
+
+Why not ``finufft.Plan`` whole: its FFT (FFTW as the PyPI wheel builds it) costs about 3x what
+SciPy's pocketfft takes for the same 2D transform on this machine (0.17 against 0.06 CPU seconds
+at 2560^2), and planning it with FFTW_MEASURE costs 20+ seconds per geometry and process. FINUFFT
+spreads the non-uniform points onto the oversampled grid (``spreadinterponly``: its vectorised,
+sorted spreader, no FFT), SciPy transforms the grid, and the kernel's Fourier series is divided
+out. The division factors are calibrated once per plan by spreading a unit point at the origin
+through the same spreader and transform, so the result is FINUFFT's own type-1 sum to its
+accuracy (checked against ``finufft.nufft2d1`` in the tests), whatever kernel FINUFFT picks.
+
+The output modes are image pixels; they are written straight into two float32 slices (the real
+and the imaginary part: two real slices travel in one complex transform), rows flipped (slices
+are stored with y running down the rows), the deconvolution applied in the same pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.fft
+
+#: FINUFFT's smallest upsampling factor: the smallest grid (the FFT) at a kernel of width 5 for
+#: eps 1e-3; larger factors make the grid's FFT and the memory traffic grow faster than the
+#: spreading shrinks (measured in ``benchmarks/bench_engine.py``'s set-up notes)
+UPSAMPFAC = 1.25
+
+
+def grid_size(n: int, upsampfac: float = UPSAMPFAC) -> int:
+    """The oversampled grid's side: an even, FFT-friendly size >= ``upsampfac * n``."""
+    nf = scipy.fft.next_fast_len(int(np.ceil(upsampfac * n)))
+    return nf + nf % 2
+
+
+def kernel_series(n: int, nf: int, opts: dict[str, Any], offsets: int = 8) -> np.ndarray:
+    """The spreading kernel's Fourier series at modes ``-(n//2) .. n - n//2 - 1`` (times the
+    grid's own phase), measured through FINUFFT's 1D spreader with the same options: one unit
+    point at each of ``offsets`` positions spread over one grid cell, transformed, its shift
+    removed, averaged. The average over the cell cancels the aliased terms (up to the
+    ``offsets``-th), so this is the kernel's continuous transform, as FINUFFT divides by; one
+    point on a grid node would leave them in. The 2D kernel is the product of two of these.
+    """
+    import finufft
+
+    h = n // 2
+    k = np.arange(-h, n - h)
+    idx = k % nf
+    series = np.zeros(n, dtype=np.complex128)
+    grid = np.empty(nf, dtype=np.complex64)
+    plan = finufft.Plan(1, (nf,), n_trans=1, **opts)
+    for j in range(offsets):
+        x = (j + 0.5) / offsets * 2 * np.pi / nf
+        plan.setpts(np.array([x], dtype=np.float32))
+        plan.execute(np.ones(1, dtype=np.complex64), out=grid)
+        b = np.fft.ifft(grid.astype(np.complex128), norm="forward")[idx]
+        series += b * np.exp(-1j * k * float(np.float32(x)))
+    return series / offsets
+
+
+class SpreadNUFFT:
+    """``sum_j c_j exp(+i (k_y y_j + k_x x_j))`` on ``n x n`` modes, one thread's worth.
+
+    Not thread-safe (it owns its grid); make one per worker thread. ``points`` are
+    ``(y, x)`` float32 in [-pi, pi), set once (FINUFFT sorts them into bins).
+    """
+
+    def __init__(self, n: int, points: tuple[np.ndarray, np.ndarray], *, eps: float = 1e-3,
+                 upsampfac: float = UPSAMPFAC) -> None:
+        import finufft
+
+        self.n, self.nf = n, grid_size(n, upsampfac)
+        opts: dict[str, Any] = {"eps": eps, "isign": 1, "dtype": "complex64", "nthreads": 1,
+                                "upsampfac": upsampfac, "spreadinterponly": 1}
+        self._spread = finufft.Plan(1, (self.nf, self.nf), n_trans=1, **opts)
+        self._spread.setpts(*points)
+        self._grid = np.empty((self.nf, self.nf), dtype=np.complex64)
+        series = kernel_series(n, self.nf, opts)
+        # FINUFFT's kernel is even: its series is real (to rounding) and the two slices stay
+        # apart; a complex one (a kernel off centre) would mix them
+        if np.abs(series.imag).max() > 1e-4 * np.abs(series.real).max():
+            raise RuntimeError("FINUFFT's spreading kernel is not centred: its deconvolution is complex")
+        w = 1.0 / series.real
+        self.weights = np.ascontiguousarray(np.outer(w[::-1], w), dtype=np.float32)  # rows as stored
+
+    def execute(self, c: np.ndarray, out_re: np.ndarray, out_im: np.ndarray | None) -> None:
+        """Transform ``c`` (complex64, one value per point) into ``out_re`` / ``out_im`` (n x n
+        float32, rows flipped: y down): the real and imaginary parts of the modes, deconvolved."""
+        n, nf, h = self.n, self.nf, self.n // 2
+        self._spread.execute(c, out=self._grid)
+        g = scipy.fft.ifft2(self._grid, norm="forward", workers=1, overwrite_x=True)
+        w = self.weights
+        # out row i holds mode k_y = n - h - 1 - i: the first n - h rows are the grid's rows
+        # n - h - 1 .. 0, the rest its rows nf - 1 .. nf - h; columns k_x = -h .. n - h - 1
+        for rows, src in ((slice(0, n - h), g[n - h - 1 :: -1] if n - h > 0 else g[:0]),
+                          (slice(n - h, n), g[nf - 1 : nf - h - 1 : -1])):
+            for cols, cs in ((slice(0, h), slice(nf - h, nf)), (slice(h, n), slice(0, n - h))):
+                block = src[:, cs]
+                np.multiply(block.real, w[rows, cols], out=out_re[rows, cols])
+                if out_im is not None:
+                    np.multiply(block.imag, w[rows, cols], out=out_im[rows, cols])

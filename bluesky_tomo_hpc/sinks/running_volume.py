@@ -1,0 +1,159 @@
+"""The full volume as a running sum over blocks of angles, grown while the scan runs.
+
+Why: filtered back-projection is linear in the -log sinogram, and the Fourier method weighs every
+angle alike (``pi / n_angles``, :mod:`..engine.fourier`), so the volume of a scan is the sum of
+the volumes of its blocks of angles, each weighted by its share of them: ``V = sum_b (M_b / M) V_b``.
+Reconstructing each block as it arrives costs, in total, little more than one reconstruction at
+the stop (the NUFFT's cost grows with the number of angles; only its FFT is paid per block), so
+at the stop only the last block, the scaling and the writing are left. The tomostream update
+``obj += R(new)`` is the same linearity, for three slices.
+
+It holds only when each frame's -log values are final when it arrives, which is when: the centre
+is known (given, pinned, or a provisional one the stop confirms), no step looks across frames or
+rows of a slab (ring removal, dezinger, phase retrieval), the darks and flats do not change after
+the first block (flats taken at the end are interpolated in time: every frame changes) and the
+engine is the native one. :meth:`RunningVolume.usable` says why not otherwise; the full volume is
+then made from the binned store at the stop, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ..engine.params import ReconParams
+from ..engine.reconstruct import line_integrals
+from ..engine.tomopy_engine import resolve_engine
+from ..model import FrameRole, ScanData
+from .binned_store import BinnedScanStore
+
+log = logging.getLogger(__name__)
+
+#: binned centre difference (px) between the provisional centre and the one the stop finds, below
+#: which the running sum is kept: a quarter pixel shifts no edge visibly (artefacts start near 1 px)
+CENTER_TOLERANCE_PX = 0.25
+#: slices reconstructed per call (bounds the block's temporary slices)
+SLICES_PER_CALL = 16
+
+
+def not_accumulable(params: ReconParams) -> str | None:
+    """Why ``params`` cannot be summed over blocks of angles (None: they can)."""
+    if resolve_engine(params) != "native":
+        return "the TomoPy engine is not summed block by block"
+    for name, why in (("ring_removal", "ring removal filters across all angles"),
+                      ("dezinger_threshold", "dezinger statistics span a slab of rows"),
+                      ("phase_retrieval", "phase retrieval filters across a slab of rows")):
+        if getattr(params, name) is not None:
+            return why
+    if params.half_acquisition == "on":
+        return "a half acquisition is stitched from both half-turns"
+    return None
+
+
+class RunningVolume:
+    """``sum_b M_b V_b`` over the blocks added so far, as float32 ``(nz, n, n)`` in memory.
+
+    ``center`` is the binned column the blocks are reconstructed at; the darks and flats are
+    those of the store when the first block is added (:attr:`calibration` records which).
+    """
+
+    def __init__(self, store: BinnedScanStore, params: ReconParams, center: float, *,
+                 threads: int | None = 1):
+        nz, nx = store.shape
+        self.store, self.params, self.center, self.threads = store, params, float(center), threads
+        self.sum = np.zeros((nz, nx, nx), dtype=np.float32)
+        self.done: set[int] = set()
+        self.calibration: tuple[tuple[int, ...], tuple[int, ...]] | None = None
+        self.invalid: str | None = None
+        self.warnings: list[str] = []
+        self.seconds = 0.0
+        self._darks: np.ndarray | None = None
+        self._flats: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def nbytes(store: BinnedScanStore) -> int:
+        nz, nx = store.shape
+        return 4 * nz * nx * nx
+
+    def _calibration_now(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        return (tuple(sorted(self.store.calibration[FrameRole.DARK])),
+                tuple(sorted(self.store.calibration[FrameRole.FLAT])))
+
+    def add_block(self, indices: list[int]) -> None:
+        """Reconstruct projections ``indices`` (binned, in the store, with angles) and add them."""
+        if self.invalid or not indices:
+            return
+        t0 = time.perf_counter()
+        if self.calibration is None:
+            self.calibration = self._calibration_now()
+            self._darks = self.store.calibration_frames(FrameRole.DARK)
+            self._flats = self.store.calibration_frames(FrameRole.FLAT)
+        proj = self.store.frames(indices)
+        theta = np.array([self.store.angles[i] for i in indices], dtype=np.float64)
+        data = ScanData(projections=proj, theta=theta, darks=self._darks, flats=self._flats)
+        warnings: list[str] = []
+        proj_log = line_integrals(proj, self._flats, self._darks, data, self.params, warnings)
+        del proj
+        if any("NaN/inf" in w for w in warnings):  # repaired from neighbouring angles of this block only
+            self.invalid = "; ".join(warnings)
+            return
+        self.warnings.extend(w for w in warnings if w not in self.warnings)
+        block = np.empty((min(SLICES_PER_CALL, proj_log.shape[1]), *self.sum.shape[1:]), dtype=np.float32)
+        for z0 in range(0, proj_log.shape[1], SLICES_PER_CALL):
+            z1 = min(z0 + SLICES_PER_CALL, proj_log.shape[1])
+            out = block[: z1 - z0]
+            reconstruct_block(proj_log[:, z0:z1], theta, self.center, self.params, out, self.threads)
+            out *= np.float32(len(indices))
+            with self._lock:
+                self.sum[z0:z1] += out
+        self.done.update(indices)
+        self.seconds += time.perf_counter() - t0
+
+    def usable(self, center: float) -> str | None:
+        """Why the sum cannot be the result at the stop (None: it can), for the final ``center``
+        (binned) and the store as it is now."""
+        if self.invalid:
+            return self.invalid
+        if abs(center - self.center) > CENTER_TOLERANCE_PX:
+            return (f"the centre found at the stop ({center:.2f} binned px) differs from the provisional "
+                    f"one ({self.center:.2f}) by more than {CENTER_TOLERANCE_PX} px")
+        if self.calibration is not None and self.calibration != self._calibration_now():
+            return "darks or flats arrived after the first block (taken at the end: applied to every frame)"
+        return None
+
+    def partial(self, step: int = 1) -> tuple[np.ndarray, int]:
+        """The volume from the angles so far (``sum / M_so_far``), every ``step``-th voxel, and ``M``."""
+        with self._lock:
+            m = len(self.done)
+            return self.sum[::step, ::step, ::step] / np.float32(max(1, m)), m
+
+
+def reconstruct_block(proj_log: Any, theta: np.ndarray, center: float, params: ReconParams, out: np.ndarray,
+                      threads: int | None) -> None:
+    """Slices of a block of angles ``proj_log (k, nz, nx)`` into ``out (nz, nx, nx)``, unmasked, on
+    ``threads`` CPU threads (one while the scan runs: the live preview keeps its share)."""
+    sino = proj_log.transpose(1, 0, 2)
+    filt = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
+            "order": params.butterworth_order, "pad": params.pad}
+    if params.algorithm == "fbp":
+        from ..engine.fbp import reconstruct_fbp
+
+        out[...] = reconstruct_fbp(sino, theta, center, **filt)
+        return
+    from ..engine.fourier import reconstruct_fourier
+
+    reconstruct_fourier(sino, theta, center, out=out, threads=threads, fft_measure=True, **filt)
+
+
+def lower_priority(niceness: int) -> None:
+    """Let the calling thread yield to the source and the live preview (Linux: per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError, PermissionError):  # pragma: no cover - other systems
+        pass

@@ -1,0 +1,176 @@
+"""The full volume grown during the scan equals the one reconstructed from the files after it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_frame_store import batch, run_sink
+from test_preview import corr, phantom_scan, spec_for  # tests/ is on sys.path
+
+from bluesky_tomo_hpc.engine.params import ReconParams
+from bluesky_tomo_hpc.model import FrameRole, ScanEnd
+from bluesky_tomo_hpc.sinks import streaming_volume
+from bluesky_tomo_hpc.sinks.full_volume import ReconService
+from bluesky_tomo_hpc.sinks.streaming_volume import StreamingVolumeSink
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return phantom_scan(n=64, nz=16, n_angles=96, center=33.0)
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks of a few angles, so that a 96-angle scan is summed in many blocks."""
+    monkeypatch.setattr(streaming_volume, "BLOCK", 12)
+    monkeypatch.setattr(streaming_volume, "END_BLOCK", 6)
+
+
+def events(scan, *, flats_after=False, order=None, repeat=None):
+    """The scan as event batches with times: darks, flats, projections in ``order`` (chunk
+    starts), the chunk ``repeat`` again (a resumed scan), and with ``flats_after`` a second set
+    of flats, 30 % brighter (the beam drifted), at the end."""
+    n = len(scan["theta"])
+    t_proj = 10.0 + np.arange(n)
+
+    def feed(sink):
+        sink.add(batch(FrameRole.DARK, range(4), scan["darks"], times=np.zeros(4)))
+        sink.add(batch(FrameRole.FLAT, range(4), scan["flats"], times=np.ones(4)))
+        for i in [*(order or range(0, n, 8)), *([repeat] if repeat is not None else [])]:
+            j = min(i + 8, n)
+            sink.add(batch(FrameRole.PROJECTION, range(i, j), scan["proj"][i:j], scan["theta"][i:j],
+                           times=t_proj[i:j]))
+        if flats_after:
+            brighter = (scan["flats"] * 1.3).astype(np.uint16)
+            sink.add(batch(FrameRole.FLAT, range(4, 8), brighter, times=np.full(4, 200.0)))
+    return feed
+
+
+def streamed(tmp_path, scan, params, feed, **md):
+    service = ReconService()
+    sink = StreamingVolumeSink(params, service, data_dir=tmp_path / "streamed", budget=2**28)
+    sink.open(spec_for(scan, **md))
+    feed(sink)
+    sink.close(ScanEnd("run-1"))
+    assert service.wait(120)
+    service.shutdown()
+    outcome = service.outcomes["run-1"]
+    assert outcome.ok, outcome.message
+    assert not list((tmp_path / "streamed" / "scratch").iterdir())  # the binned store is gone
+    provenance = json.loads((Path(outcome.location).parent.parent / "provenance.json").read_text())
+    return outcome, provenance["extra"]["streamed"]
+
+
+def from_files(tmp_path, scan, params, feed):
+    """The volume the scan's files give after the stop (staged, batch program on one rank)."""
+    outcome = run_sink(tmp_path, scan, 2**28, params, feed)
+    assert outcome.ok, outcome.message
+    return outcome
+
+
+@pytest.mark.parametrize("binning", [1, 2])
+def test_summed_during_the_scan_out_of_order_and_resumed_equals_the_files(tmp_path, scan, binning):
+    params = ReconParams(center=33.0, binning=binning)
+    feed = events(scan, order=[*range(48, 96, 8), *range(0, 48, 8)], repeat=16)
+    outcome, how = streamed(tmp_path, scan, params, feed)
+    assert how["summed"] is True and how["blocks_seconds"] > 0
+    expected = from_files(tmp_path, scan, params, events(scan)).result.volume[:]
+    got = outcome.result.volume[:]
+    assert got.shape == expected.shape == (16 // binning, 64 // binning, 64 // binning)
+    # sums of NUFFTs of blocks (eps 1e-3) against one NUFFT of the whole scan
+    assert np.abs(got - expected).max() <= 2e-3 * np.abs(expected).max()
+    assert outcome.center == 33.0
+
+
+def test_flats_taken_at_the_end_are_interpolated_as_the_files_are(tmp_path, scan):
+    params = ReconParams(center=33.0, binning=2)
+    outcome, how = streamed(tmp_path, scan, params, events(scan, flats_after=True))
+    assert how["summed"] is False and "flats arrived after the first block" in how["why"]
+    expected = from_files(tmp_path, scan, params, events(scan, flats_after=True)).result.volume[:]
+    np.testing.assert_allclose(outcome.result.volume[:], expected, rtol=0, atol=1e-5)
+    flats_before_only = from_files(tmp_path / "before", scan, params, events(scan)).result.volume[:]
+    assert np.abs(expected - flats_before_only).max() > 1e-2 * np.abs(expected).max()  # the drift matters
+
+
+def test_automatic_centre_is_found_as_the_files_find_it(tmp_path, scan):
+    params = ReconParams(binning=2)
+    outcome, how = streamed(tmp_path, scan, params, events(scan))
+    assert how["summed"] is False and "no centre is known" in how["why"]
+    reference = from_files(tmp_path, scan, params, events(scan))
+    assert outcome.center == reference.center
+    np.testing.assert_allclose(outcome.result.volume[:], reference.result.volume[:], rtol=0, atol=1e-5)
+
+
+def test_a_hinted_centre_is_summed_and_confirmed_at_the_stop(tmp_path, scan):
+    params = ReconParams(binning=2)
+    outcome, how = streamed(tmp_path, scan, params, events(scan), rotation_center_hint=33.0)
+    reference = from_files(tmp_path, scan, params, events(scan))
+    assert how["summed"] is True, how
+    assert abs(reference.center - 33.0) <= 0.5  # the sum's centre is within the tolerance of the found one
+    details = outcome.result.center_details
+    assert outcome.center == 33.0 and details.get("found", reference.center) == reference.center
+
+
+def test_a_scan_without_flats_fails_with_its_reason_and_leaves_no_scratch(tmp_path, scan):
+    service = ReconService()
+    sink = StreamingVolumeSink(ReconParams(center=33.0, binning=2), service, data_dir=tmp_path, budget=2**28)
+    sink.open(spec_for(scan))
+    sink.add(batch(FrameRole.DARK, range(4), scan["darks"]))
+    sink.add(batch(FrameRole.PROJECTION, range(8), scan["proj"][:8], scan["theta"][:8]))
+    sink.close(ScanEnd("run-1"))
+    assert service.wait(60)
+    service.shutdown()
+    outcome = service.outcomes["run-1"]
+    assert not outcome.ok and "no flat-field frames" in outcome.message
+    assert not list((tmp_path / "scratch").iterdir())
+    assert not (tmp_path / "volumes").exists()
+
+
+def test_frames_of_another_shape_are_refused_by_name(tmp_path, scan):
+    service = ReconService()
+    sink = StreamingVolumeSink(ReconParams(center=33.0, binning=2), service, data_dir=tmp_path, budget=2**28)
+    sink.open(spec_for(scan))
+    sink.add(batch(FrameRole.PROJECTION, range(2), np.zeros((2, 8, 8), np.uint16), scan["theta"][:2]))
+    sink.close(ScanEnd("run-1"))
+    assert service.wait(60)
+    service.shutdown()
+    message = service.outcomes["run-1"].message
+    assert "frames of shape (8, 8), the scan declared (16, 64)" in message
+
+
+def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, tmp_path, monkeypatch):
+    """RunEngine -> session -> streamed volume: partial volumes in Tiled during the scan, then the
+    whole volume, summed at the scan's pinned centre."""
+    from bluesky_tomo_hpc.live.session import TomoPipeline
+    from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
+    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+    from bluesky_tomo_hpc.settings import Settings
+    from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
+    from bluesky_tomo_hpc.sim.plans import tomo_scan
+
+    monkeypatch.setattr(streaming_volume, "PARTIAL_EVERY_S", 0.0)
+    params = ReconParams(binning=2)
+    with EmbeddedTiledServer(tmp_path / "tiled", readable_storage=[tmp_path]) as server:
+        pipe = TomoPipeline(Settings(data_dir=tmp_path / "data", recon=params, jobs={"executor": "none"}),
+                            server.client())
+        try:
+            bl = make_sim_beamline(tmp_path / "raw", flavour="ophyd_async", shape=(16, 64),
+                                   rotation_offset_px=2.5)
+            pipe.subscribe(RE)
+            (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=60, num_darks=4, num_flats=4,
+                                  md={"tomo": {"rotation_center": bl.rotation_center_px}}))
+            assert pipe.wait(180)
+            outcome = pipe.service.outcomes[uid]
+            assert outcome.ok and outcome.message == "reconstructed (streamed)", outcome.message
+            (node,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="full")
+            vol = node["volume"][:]
+            assert vol.shape == (8, 32, 32)
+            truth = bl.phantom.voxelise((16, 64, 64)).reshape(8, 2, 32, 2, 32, 2).mean(axis=(1, 3, 5))
+            assert corr(vol[:, 4:-4, 4:-4], truth[:, 4:-4, 4:-4]) > 0.85
+            (partial,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="partial")
+            assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] < 60
+        finally:
+            pipe.close()
