@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from ..model import TomoDataError
+from .scan_file_checks import check_links, check_virtual_sources
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,14 @@ class SwmrReader:
                 if not os.path.exists(path):
                     raise FileNotFoundError(path)
                 f = self._file(path)
+                check_links(f, dataset)  # a document's file may link anywhere: only inside its folder
                 ds = f.get(dataset)
                 if ds is None:
                     # a reopened handle sees datasets created after the first open
                     self._drop(path)
                     ds = self._file(path).get(dataset)
                 if isinstance(ds, h5py.Dataset):
+                    check_virtual_sources(ds, dataset)
                     if f.swmr_mode:
                         ds.refresh()
                     if ds.shape[0] >= stop:
