@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
@@ -49,7 +50,10 @@ _OPEN_VARIANTS: tuple[dict[str, object], ...] = (
 
 
 def open_swmr(path: str) -> h5py.File:
-    """Open for reading while a writer (in this or another process) may still be writing."""
+    """Open for reading while a writer (in this or another process) may still be writing. The path
+    (from a document or a command line) must be a regular file: HDF5 would wait forever on a FIFO."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # FileNotFoundError as before when missing
+        raise TomoDataError(f"{path} is not a regular file (a FIFO, a device or a folder); give an HDF5 file")
     errors: list[str] = []
     for kwargs in _OPEN_VARIANTS:
         try:

@@ -5,6 +5,7 @@ that are neither projection, flat nor dark. Each refused or warned in one line n
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -166,3 +167,33 @@ def test_document_frames_through_a_link_out_of_the_folder(world):
         f["/entry/data/data"] = h5py.ExternalLink(str(world.root / "elsewhere.h5"), "/data")
     with SwmrReader(timeout=0.5) as reader, pytest.raises(TomoDataError, match="outside the scan's folder"):
         reader.read(str(det), "/entry/data/data", 0, 4)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_scan_path_that_is_not_a_regular_file(world, kind):
+    """A scan path (command line or document) that is a FIFO or /dev/zero: refused at once, never a hang."""
+    import threading
+
+    from bluesky_tomo_hpc.sources.hdf5 import SwmrReader
+    from bluesky_tomo_hpc.sources.raw_files import describe_scan
+
+    path = world.data / "scan.h5"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.symlink("/dev/zero", path)
+    errors: list[str] = []
+
+    def attempt() -> None:
+        reader = SwmrReader(timeout=0.2)
+        for read in (lambda: describe_scan(path), lambda: reader.read(str(path), "/d", 0, 1)):
+            try:
+                read()
+            except TomoDataError as exc:
+                errors.append(str(exc))
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "reading the scan path hung"
+    assert len(errors) == 2 and all("not a regular file" in e for e in errors), errors
