@@ -191,8 +191,13 @@ def run(
     metadata, provenance) and renames it into place. ``call`` is recorded in the provenance (the
     command line by default); ``progress(slices_done, slices_total)`` is called on rank 0.
     """
+    from ..engine.backend import choose_device
+    from ..engine.tomopy_engine import resolve_engine
     from ..results.provenance import command_line, file_sha256
 
+    # what the parameters ask for (device: gpu, engine: tomopy) is there, or one line: before any work
+    choose_device(job.params.device)
+    resolve_engine(job.params)
     rank, size = comm.Get_rank(), comm.Get_size()
     t0 = time.perf_counter()
     plan: dict[str, Any] | None = None

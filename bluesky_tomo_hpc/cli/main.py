@@ -33,8 +33,9 @@ variables BLUESKY_TOMO_HPC__SECTION__KEY=value; secrets (TILED_API_KEY, NERSC/Gl
 credentials) only from the environment. Run 'bluesky-tomo-hpc SUBCOMMAND --help' for details.
 
 errors: one line on stderr naming the problem and the fix; exit status 1 some work failed, 2 bad
-command line/parameter/settings, 3 bad input data, 4 output not writable, 5 service unreachable,
-70 internal error, 130 interrupted. --debug prints the traceback too.
+command line/parameter/settings or a feature's package not installed, 3 bad input data, 4 output
+not writable, 5 service unreachable, 70 internal error, 130 interrupted. --debug prints the
+traceback too.
 """
 
 #: subcommand modules in the order --help lists them

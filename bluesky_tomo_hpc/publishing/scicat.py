@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
 from ..metadata.sample import sample_name
 from ..model import name_or_hash
 from .scicat_outbox import OutboxItem, ScicatOutbox
@@ -147,6 +148,10 @@ def derived_dataset(spec: Any, outcome: Any, settings: Any, *, kind: str = "full
     return sanitised({k: v for k, v in payload.items() if v is not None})
 
 
+#: what asks for pyscicat, in the words of the setting
+SCICAT_FEATURE = "SciCat publishing (scicat.uri in the settings)"
+
+
 class ScicatPublisher:
     """Queues datasets in the outbox and publishes them on its own thread (never the caller's).
 
@@ -156,6 +161,8 @@ class ScicatPublisher:
 
     def __init__(self, settings: Any, outbox: ScicatOutbox, client_factory: Callable[[], Any] | None = None,
                  *, start_thread: bool = True):
+        # pyscicat is the scicat extra: absent, one line naming it here, not a failing thread later
+        require("pyscicat.client", SCICAT_FEATURE)
         self.settings = settings
         self.outbox = outbox
         self._client_factory = client_factory or self._default_client
@@ -169,7 +176,7 @@ class ScicatPublisher:
             self._thread.start()
 
     def _default_client(self) -> Any:
-        from pyscicat.client import ScicatClient
+        ScicatClient = require("pyscicat.client", SCICAT_FEATURE).ScicatClient
 
         if not self.settings.token:
             raise ScicatRefused(f"no SciCat token: set ${self.settings.token_env}")
@@ -246,9 +253,9 @@ class ScicatPublisher:
             raise
 
     def _create_if_missing(self, client: Any, item: OutboxItem) -> None:
-        from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDataset
-
-        models = {"raw": RawDataset, "derived": DerivedDataset, "datablock": CreateDatasetOrigDatablockDto}
+        model_of = require("pyscicat.model", SCICAT_FEATURE)
+        models = {"raw": model_of.RawDataset, "derived": model_of.DerivedDataset,
+                  "datablock": model_of.CreateDatasetOrigDatablockDto}
         try:
             model = models[item.kind](**item.payload)
         except Exception as exc:  # our payload does not fit pyscicat's model: a bug or bad settings

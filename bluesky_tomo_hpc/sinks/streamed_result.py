@@ -88,7 +88,7 @@ def slabs_from_store(store: BinnedScanStore, params: ReconParams, center_b: floa
         warnings.extend(x for x in w if x not in warnings)
         if recon is None:
             recon = make_chunk_reconstructor(np.asarray(theta, dtype=np.float64), center_b, proj_log.shape[2],
-                                             local, engine=resolve_engine(params), slices=store.shape[0])
+                                             local, engine=resolve_engine(params))
         yield z0, reconstruct_prepared(proj_log, theta, center_b, local, recon=recon)
 
 
