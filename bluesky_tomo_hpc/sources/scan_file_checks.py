@@ -3,10 +3,11 @@ numbers where numbers belong, image keys NXtomo knows.
 
 A scan file comes from outside (a detector, a colleague, another facility), and HDF5 can name
 other files: an external link (``/exchange/data`` -> ``frames.h5:/data``) or the sources of a
-virtual dataset. Both are followed only when the target, resolved relative to the file that
-names it, lies inside that file's folder (the one rule of
+virtual dataset. An external link is followed only when its target, resolved relative to the
+file that names it, lies inside that file's folder (the one rule of
 :mod:`bluesky_tomo_hpc.untrusted.outside_files`), so a scan cannot make us read
-``/etc/shadow`` or another user's data; a missing target is named, not a ``KeyError``. Angles,
+``/etc/shadow`` or another user's data; a virtual dataset's sources must all exist (they may lie
+elsewhere: staged job inputs are such views); a missing target is named, not a ``KeyError``. Angles,
 frames and keys must be real numbers (strings, booleans, complex or compound values are refused
 naming the dataset), and NXtomo frames with an ``image_key`` other than 0 (projection), 1 (flat),
 2 (dark) are never dropped silently: 3 (invalid, by the standard) and unknown keys are counted in
@@ -59,18 +60,15 @@ def check_links(f: h5py.File, path: str) -> None:
 
 
 def check_virtual_sources(ds: h5py.Dataset, what: str) -> None:
-    """A virtual dataset reads only files inside its own file's folder, and all of them exist
-    (HDF5 would fill a missing source with zeros: frames lost without a word)."""
+    """Every source file of a virtual dataset exists (HDF5 would fill a missing one with zeros:
+    frames lost without a word). Sources may lie outside the file's folder: a staged job input
+    is a virtual view onto the raw files wherever the detector wrote them."""
     if not ds.is_virtual:
         return
     for src in ds.virtual_sources():
         if src.file_name in (".", ""):
             continue
-        try:
-            target = resolve_inside(_folder_of(ds), src.file_name, what)
-        except UnsafeNameError:
-            raise TomoDataError(f"{ds.file.filename}: {what} is a virtual dataset reading a file outside the "
-                                "scan's folder; refused") from None
+        target = Path(os.path.realpath(os.path.join(_folder_of(ds), src.file_name)))
         if not target.is_file():
             raise TomoDataError(f"{ds.file.filename}: {what} is a virtual dataset whose source file "
                                 f"{target.name} is missing")
