@@ -287,6 +287,7 @@ def run(
         warnings=result["warnings"],
         extra={"job_id": job.job_id, "ranks": size, "slabs": result["slabs"], "slab_rows": plan["slab"],
                "sample": job.metadata.get("sample"), "series": job.metadata.get("series"),
+               "scan_health": job.metadata.get("scan_health"),
                "timing_note": "per stage: seconds in that stage on the busiest rank; stages overlap "
                               "(reader and writer threads), so they add up to more than total"},
     )
