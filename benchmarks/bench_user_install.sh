@@ -4,7 +4,7 @@
 # (pip, from the pip cache the test venv's install filled: run once first to warm it); the demo;
 # recon of the APS tooth. Prints each step's median and range in seconds, and `uptime` (the
 # machine may be shared). Usage: bash benchmarks/bench_user_install.sh [REPEATS] (from the root,
-# with .venv installed from ".[test]").
+# with .venv installed from ".[test]"); PIP_COMPILE=--compile times pip's byte-compiling too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repeats=${1:-1}
@@ -27,7 +27,7 @@ for i in $(seq "$repeats"); do
   timed check .venv/bin/python tools/check_dist.py "$work/dist"
   timed venv python3 -m venv "$work/plain"
   timed pip_upgrade "$work/plain/bin/python" -m pip install -q --upgrade pip
-  timed install "$work/plain/bin/python" -m pip install -q "$work"/dist/*.whl
+  timed install "$work/plain/bin/python" -m pip install -q ${PIP_COMPILE:---no-compile} "$work"/dist/*.whl
   timed demo bash -c "cd '$work' && plain/bin/bluesky-tomo-hpc demo --data-dir demo_$i"
   timed recon bash -c "cd '$work' && plain/bin/bluesky-tomo-hpc recon '$tooth' --center 296 --out rec_$i"
 done

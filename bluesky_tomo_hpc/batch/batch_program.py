@@ -164,7 +164,8 @@ def _plan(job: ReconJob, size: int) -> dict[str, Any]:
     pixel = (job.outputs.pixel_size_um or job.metadata.get("pixel_size_um")
              or desc.metadata.get("pixel_size_um"))
     return {"rows": (r0, r0 + nz * b), "shape": (nz, nx // b, nx // b), "chunk": chunk, "slab": slab,
-            "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None}
+            "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None,
+            "warnings": list(desc.metadata.get("warnings", []))}  # frames the file's keys left out
 
 
 def _writer(job: ReconJob, plan: dict[str, Any], create: bool) -> VolumeWriter:
@@ -276,7 +277,7 @@ def run(
         "ranks": size,
         "slabs": [{"rank": i["rank"], "rows": list(i["rows"]), "seconds": i["seconds"]} for i in infos],
         "timings": {"center_s": plan["center_s"], "reconstruct_s": max(i["seconds"] for i in infos)},
-        "warnings": sorted({w for i in infos for w in i["warnings"]} | (
+        "warnings": sorted({w for i in infos for w in i["warnings"]} | set(plan.get("warnings", [])) | (
             {center.details["warning"]} if "warning" in center.details else set())),
         "center_confidence": center.confidence,
         "center_details": dict(center.details),
@@ -295,6 +296,7 @@ def run(
         warnings=result["warnings"],
         extra={"job_id": job.job_id, "ranks": size, "slabs": result["slabs"], "slab_rows": plan["slab"],
                "sample": job.metadata.get("sample"), "series": job.metadata.get("series"),
+               "scan_health": job.metadata.get("scan_health"),
                "timing_note": "per stage: seconds in that stage on the busiest rank; stages overlap "
                               "(reader and writer threads), so they add up to more than total"},
     )

@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..untrusted.secrets_mask import mask_text
+
 #: the command ran, and reports that some of its work failed (failed jobs, runs, a timeout)
 EXIT_FAILED = 1
 #: bad command line, parameter value or settings, or a package the chosen feature needs is not
@@ -98,7 +100,12 @@ def _url_of(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> tuple[int, str]:
-    """``(exit code, one line)`` for an exception that ended a command."""
+    """``(exit code, one line)`` for an exception that ended a command, secrets masked."""
+    code, line = _describe(exc)
+    return code, mask_text(line)  # an exception's text may quote a URI with its password
+
+
+def _describe(exc: BaseException) -> tuple[int, str]:
     import httpx
     import yaml
     from pydantic import ValidationError

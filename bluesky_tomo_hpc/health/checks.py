@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..extras import MissingPackage, installed
+from ..untrusted.secrets_mask import mask_text
 
 Status = Literal["ok", "warn", "fail"]
 EXIT_CODES = {"ok": 0, "warn": 1, "fail": 2}
@@ -39,10 +40,11 @@ class Check:
     message: str
 
     def line(self) -> str:
-        return f"{self.status.upper():<5} {self.name:<22} {self.message}"
+        return f"{self.status.upper():<5} {self.name:<22} {mask_text(self.message)}"
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """The check as JSON-able data (secrets a message quotes, such as a URI's password, masked)."""
+        return {**asdict(self), "message": mask_text(self.message)}
 
 
 def exit_code(checks: Iterable[Check]) -> int:

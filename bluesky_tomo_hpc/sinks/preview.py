@@ -279,8 +279,7 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
                 self._keep_for_centre(sino, batch.angles)
             filtered = self._filter_rows(sino)
             if xp is np:
-                for q, theta in zip(filtered, batch.angles, strict=True):
-                    self._backproject(q, float(theta))
+                self._backproject_cpu(filtered, batch.angles)
             else:
                 angles = np.asarray(batch.angles, dtype=np.float64)
                 for k in range(0, len(angles), self.gpu_batch):
