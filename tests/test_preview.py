@@ -260,7 +260,7 @@ def test_a_wrong_guess_moves_to_the_centre_of_mass_before_stop():
     scan = phantom_scan(center=43.7, n_det=88)  # sample inside the field; 0.2 px right of the middle
     scan = _cropped(scan, 8)  # 80 columns, axis 35.7: 3.2 px right of the middle, sample still inside
     updates = []
-    sink = PreviewSink([updates.append], publish_interval_s=0.0)
+    sink = PreviewSink([updates.append], publish_interval_s=0.0, final_budget_s=60)  # every frame summed
     sink.open(spec_for(scan))
     feed(sink, scan)
     sink.close(ScanEnd("run-1"))
