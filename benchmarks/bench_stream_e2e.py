@@ -209,7 +209,7 @@ def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, fe
         "s = SimpleTiledServer(sys.argv[1], readable_storage=[sys.argv[2]])\n"
         "print('TILED ' + json.dumps({'uri': s.uri, 'api_key': s.api_key}), flush=True)\n"
         "time.sleep(1e6)\n"), str(work / "tiled"), str(work)], log_dir=work)
-    info = json.loads(tiled.wait_line("TILED ", 60)[1].split(" ", 1)[1])
+    info = json.loads(tiled.wait_line("TILED ", 300)[1].split(" ", 1)[1])  # minutes on a busy host
     rss.watch("tiled server", tiled.proc.pid)
     preview = f"tcp://127.0.0.1:{free_port()}"
     record = work / "previews.jsonl"

@@ -10,12 +10,15 @@ frames with their origin in a raw HDF5 file written as they come (as a detector 
   at-stop:   :class:`bluesky_tomo_hpc.sinks.full_volume.FullVolumeSink` + ``VolumeAtStop`` (the raw
              file staged and reconstructed after the stop), the path before issue 24.
 
-Reported per sink and repeat: stop -> volume written (no Tiled: the sink's own result folder),
+Reported per sink and repeat: stop -> volume written (no Tiled: the sink's own result folder), the
+CPU seconds of this process during the scan (feed included) and after the stop (what a shared host
+does not distort: on an idle 2-core host the stop takes at least half of it),
 how it was made, its stage timings, the peak RSS growth of this process during the run, and the
 load average. Median and range over --repeats; the ratio at-stop / streaming.
 
     python benchmarks/bench_stream_volume.py --frames 300 --repeats 3
     python benchmarks/bench_stream_volume.py --frames 1969 --repeats 1 --binning 4
+    python benchmarks/bench_stream_volume.py --stop-phase --frames 1969 --repeats 3
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def run_once(kind: str, work: Path, a: argparse.Namespace, cached: tuple) -> dic
     from bluesky_tomo_hpc.sinks.streaming_volume import StreamingVolumeSink
 
     proj, dark, flat, center = cached
-    params = ReconParams(binning=a.binning)
+    params = ReconParams(binning=a.binning, center=center if a.center == "given" else "auto")
     budget = budget_bytes(a.budget_mb)
     service = ReconService()
     if kind == "streaming":
@@ -83,6 +86,7 @@ def run_once(kind: str, work: Path, a: argparse.Namespace, cached: tuple) -> dic
     theta = np.linspace(0, np.pi, a.frames, endpoint=False)
     reset_hwm()
     hwm0 = vm_hwm()
+    cpu0 = time.process_time()
     sink.open(spec)
     with h5py.File(raw, "w") as f:
         for role, frame, n in ((FrameRole.DARK, dark, a.darks), (FrameRole.FLAT, flat, a.flats)):
@@ -102,17 +106,69 @@ def run_once(kind: str, work: Path, a: argparse.Namespace, cached: tuple) -> dic
                                 origin=(str(raw), "projection", i, i + 1)))
     written_fps = (a.frames - 1) / (time.perf_counter() - t0)
     load = os.getloadavg()[0]
-    t_stop = time.perf_counter()
+    t_stop, cpu_stop = time.perf_counter(), time.process_time()
     sink.close(ScanEnd(spec.run_uid))
     service.wait()
     stop_to_volume = time.perf_counter() - t_stop
+    cpu_after = time.process_time() - cpu_stop
     service.shutdown()
     outcome = service.outcomes[spec.run_uid]
     raw.unlink()
     out = {"kind": kind, "ok": outcome.ok, "message": outcome.message[:200],
            "stop_to_volume_s": round(stop_to_volume, 2), "written_fps": round(written_fps, 2),
+           "cpu_s_during_scan": round(cpu_stop - cpu0, 1), "cpu_s_after_stop": round(cpu_after, 1),
            "timings_s": {k: round(v, 2) for k, v in outcome.timings.items()},
            "peak_rss_growth_gib": round((vm_hwm() - hwm0) / 2**30, 2), "load_at_stop": round(load, 2)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def stop_phase(a: argparse.Namespace) -> dict:
+    """What is left at the stop of a summed scan, alone (no feed, no other thread of this process):
+    the last block of END_BLOCK angles on every core, then scaling, masking and writing the
+    ALS-sized binned volume into its result folder (Zarr levels + TIFF + provenance). Wall and CPU
+    seconds of each, so a quiet 2-core figure can be bounded on a shared host."""
+    from bluesky_tomo_hpc.engine.params import ReconParams
+    from bluesky_tomo_hpc.model import ScanSpec
+    from bluesky_tomo_hpc.results.provenance import CenterChoice
+    from bluesky_tomo_hpc.sinks.running_volume import reconstruct_block
+    from bluesky_tomo_hpc.sinks.streamed_result import slabs_from_sum, write_volume
+    from bluesky_tomo_hpc.sinks.streaming_volume import END_BLOCK
+
+    class Store:  # what write_volume reads of a BinnedScanStore
+        binning, shape, slots = a.binning, (NY // a.binning, NX // a.binning), dict.fromkeys(range(a.frames))
+        angles = dict(enumerate(np.linspace(0, np.pi, a.frames, endpoint=False)))
+
+        @staticmethod
+        def order() -> list[int]:
+            return list(range(a.frames))
+
+    nz, nx = Store.shape
+    params = ReconParams(binning=a.binning, center=(NX - 1) / 2)
+    rng = np.random.default_rng(0)
+    proj_log = rng.random((END_BLOCK, nz, nx), dtype=np.float32)
+    theta = np.linspace(0, np.pi, a.frames, endpoint=False)[-END_BLOCK:]
+    out: dict = {"load_before": round(os.getloadavg()[0], 2)}
+    total = rng.random((nz, nx, nx), dtype=np.float32)
+    slab = np.empty((16, nx, nx), np.float32)
+    t, c = time.perf_counter(), time.process_time()
+    for z0 in range(0, nz, 16):  # the last block, every core
+        k = min(16, nz - z0)
+        reconstruct_block(proj_log[:, z0:z0 + k], theta, (nx - 1) / 2, params, slab[:k], None)
+        total[z0:z0 + k] += slab[:k]
+    out["last_block"] = {"wall_s": round(time.perf_counter() - t, 2),
+                         "cpu_s": round(time.process_time() - c, 2)}
+    base = Path(tempfile.mkdtemp(prefix="stop-phase-", dir=os.environ.get("TMPDIR")))
+    spec = ScanSpec(run_uid="stop-phase", frame_shape=(NY, NX))
+    try:
+        t, c = time.perf_counter(), time.process_time()
+        write_volume(spec, Store, params, base / "result", CenterChoice(params.center, 1.0, "given"),  # type: ignore[arg-type]
+                     slabs_from_sum(total, a.frames, params), how={}, warnings=[], timings={})
+        out["scale_mask_write"] = {"wall_s": round(time.perf_counter() - t, 2),
+                                   "cpu_s": round(time.process_time() - c, 2)}
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    out["load_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out), flush=True)
     return out
 
@@ -127,9 +183,23 @@ def main() -> int:
     ap.add_argument("--binning", type=int, default=4)
     ap.add_argument("--budget-mb", type=float, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--center", default="given", choices=["given", "auto"],
+                    help="given: the simulated axis; auto: found from the data (cycled frames do not match "
+                         "their angles: the found centre is meaningless, a streamed sum rarely confirmed)")
     ap.add_argument("--kinds", nargs="+", default=["streaming", "at-stop"], choices=["streaming", "at-stop"])
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--stop-phase", action="store_true", help="only what is left at a summed scan's stop")
     a = ap.parse_args()
+    if a.stop_phase:
+        runs = [stop_phase(a) for _ in range(a.repeats)]
+        for stage in ("last_block", "scale_mask_write"):
+            w = [r[stage]["wall_s"] for r in runs]
+            c = [r[stage]["cpu_s"] for r in runs]
+            print(f"{stage}: wall median {statistics.median(w)} s [{min(w)}-{max(w)}], "
+                  f"cpu median {statistics.median(c)} s [{min(c)}-{max(c)}]")
+        if a.json:
+            Path(a.json).write_text(json.dumps({"args": vars(a), "stop_phase": runs}, indent=1))
+        return 0
     cached = frames_for(a.distinct)
     base = Path(tempfile.mkdtemp(prefix="stream-volume-", dir=os.environ.get("TMPDIR")))
     runs: dict[str, list[dict]] = {k: [] for k in a.kinds}

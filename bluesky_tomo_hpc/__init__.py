@@ -11,6 +11,9 @@ __version__ = "0.1.0"
 
 from .engine.params import PhaseRetrieval, ReconParams, RingRemoval  # noqa: E402
 from .model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec  # noqa: E402
+from .untrusted.secrets_mask import mask_package_logs  # noqa: E402
+
+mask_package_logs()  # every log record of this package has its secrets masked (untrusted/secrets_mask)
 
 
 def configure(RE, settings=None, **kwargs):  # type: ignore[no-untyped-def]

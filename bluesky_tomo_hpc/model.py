@@ -179,6 +179,15 @@ def safe_component(value: object, what: str = "name") -> str:
     return f"{stem[: MAX_COMPONENT_CHARS - len(digest) - 1]}-{digest}"
 
 
+def name_or_hash(value: object, what: str = "name", prefix: str = "run-") -> str:
+    """:func:`safe_component` of ``value``, or (a value that cannot be a name: NUL, 10 kB, not
+    text) ``prefix`` and a hash of it, so what it names is still kept, under a safe name."""
+    try:
+        return safe_component(value, what)
+    except UnsafeNameError:
+        return prefix + hashlib.sha256(repr(value).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def path_inside(folder: str | Path, *parts: object, what: str = "name") -> Path:
     """``folder / part / ...`` with every part made safe, checked to resolve inside ``folder``.
 

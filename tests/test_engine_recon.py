@@ -228,9 +228,11 @@ def test_engine_auto_selects_native_without_tomopy():
         pytest.skip("TomoPy is installed here; this checks the fallback without it")
     assert resolve_engine(ReconParams()) == "native"
     assert resolve_engine(ReconParams(engine="native")) == "native"
-    with pytest.raises(RuntimeError, match="engine='tomopy' was requested but TomoPy is not installed"):
+    missing = (r"the TomoPy engine \(engine: tomopy.*\) needs tomopy, "
+               r"which is not installed: conda install")
+    with pytest.raises(ModuleNotFoundError, match=missing):
         resolve_engine(ReconParams(engine="tomopy"))
-    with pytest.raises(RuntimeError, match="TomoPy is not installed"):
+    with pytest.raises(ModuleNotFoundError, match=missing):
         reconstruct_tomopy(np.zeros((1, 4, 8), np.float32), np.zeros(4), 3.5, ReconParams())
 
 

@@ -15,6 +15,8 @@ from test_preview import feed, phantom_scan, spec_for  # tests/ is on sys.path
 from bluesky_tomo_hpc.model import ScanEnd
 from bluesky_tomo_hpc.sinks.preview import PreviewSink
 from bluesky_tomo_hpc.sinks.preview_stream import PreviewPublisher
+from bluesky_tomo_hpc.sinks.scan_health_sink import ScanHealthSink
+from bluesky_tomo_hpc.sinks.sink import SinkFanout
 
 WATCH = [sys.executable, "-m", "bluesky_tomo_hpc.cli.main", "watch"]
 
@@ -38,10 +40,12 @@ def test_watch_writes_tiff_and_png_files_of_the_final_preview(tmp_path):
         while not lines and time.monotonic() < deadline:  # 0MQ slow joiner: until the watcher hears
             pub(probe.snapshot(final=False))
             time.sleep(0.1)
-        sink = PreviewSink([pub], publish_interval_s=0.05)
-        sink.open(spec_for(scan, uid="0123456789abcdef"))
-        feed(sink, scan, uid="0123456789abcdef")
-        sink.close(ScanEnd("0123456789abcdef"))
+        health = ScanHealthSink()  # its findings ride in the preview's metadata; watch prints them
+        sink = PreviewSink([pub], publish_interval_s=0.05, extra_metadata=health.metadata)
+        both = SinkFanout([health, sink])
+        both.open(spec_for(scan, uid="0123456789abcdef"))
+        feed(both, scan, uid="0123456789abcdef")
+        both.close(ScanEnd("0123456789abcdef"))
         final = sink.wait_final(30)
         assert proc.wait(60) == 0, proc.stderr.read()[-2000:]
         reader.join(10)
@@ -49,7 +53,8 @@ def test_watch_writes_tiff_and_png_files_of_the_final_preview(tmp_path):
         pub.close()
         if proc.poll() is None:
             proc.kill()
-    assert any(line.startswith("run 0123456789abcdef") and line.strip().endswith("final") for line in lines)
+    assert any(line.startswith("run 0123456789abcdef") and line.strip().endswith("health ok final")
+               for line in lines), lines[-3:]
     for plane in ("xy", "xz", "yz"):
         np.testing.assert_array_equal(tifffile.imread(out / f"01234567_{plane}.tif"), final.slices[plane])
     assert (out / "01234567_preview.png").stat().st_size > 1000

@@ -24,7 +24,7 @@ SHAPE = (64, 128)
 ALARMS = ("warning", "error")
 
 
-def _run(RE, tmp_path, plan_of, *, faults=None, seed=0, **beamline) -> dict:
+def _run(RE, tmp_path, plan_of, *, faults=None, seed=0, flavour="ophyd_v1", shape=SHAPE, **beamline) -> dict:
     """One scan through RE -> TomoCallback -> ScanHealthSink; the final health summary."""
     sinks: list[ScanHealthSink] = []
 
@@ -32,7 +32,7 @@ def _run(RE, tmp_path, plan_of, *, faults=None, seed=0, **beamline) -> dict:
         sinks.append(ScanHealthSink())
         return SinkFanout([sinks[-1]])
 
-    bl = make_sim_beamline(tmp_path / "raw", flavour="ophyd_v1", shape=SHAPE, seed=seed, faults=faults,
+    bl = make_sim_beamline(tmp_path / "raw", flavour=flavour, shape=shape, seed=seed, faults=faults,
                            **beamline)
     cb = TomoCallback(factory)
     token = RE.subscribe(cb)
@@ -110,8 +110,12 @@ def test_missing_and_out_of_order_angles(RE, tmp_path):
 
 def test_no_false_alarm_over_20_clean_simulated_scans(RE, tmp_path):
     for seed in range(20):
-        kw = {"n": 240, "stop": 360.0} if seed % 4 == 0 else {"n": 60 + 4 * seed}
-        summary = _run(RE, tmp_path / str(seed), _scan(**kw), seed=seed,
+        flats = ("before", "after", "both")[seed % 3]
+        plan = _scan(200, 360.0) if seed % 4 == 0 else _scan(60 + 2 * seed, flat_position=flats)
+        flavour = "ophyd_v1"
+        if seed % 4 == 1:  # the ophyd-async detector writing HDF5: frames come by StreamDatum
+            flavour = "ophyd_async"
+        summary = _run(RE, tmp_path / str(seed), plan, seed=seed, flavour=flavour, shape=(48, 96),
                        rotation_offset_px=(seed % 5) - 2.0, photons=[2e4, 5e3, 4e4][seed % 3])
         assert _alarms(summary) == [], (seed, summary["findings"])
         assert summary["status"] in ("ok", "info")
@@ -159,3 +163,21 @@ def test_bad_input_is_refused_with_one_line_and_memory_is_bounded():
     assert len(h.record.index) == 50 and len(h._pairs) <= 10
     assert len(h.findings) == 5 and h.n_dropped_findings > 100
     assert len(h.summary(max_points=64)["timeline"]["index"]) <= 64
+
+
+def test_dead_pixels_in_the_flats_and_zero_pixels_in_projections():
+    rng = np.random.default_rng(1)
+    flat = rng.poisson(5000, (1, 48, 96)).astype(np.uint16)
+    flat[0, :, 10] = 0  # one dead column: 1 % of the pixels
+    sink = ScanHealthSink()
+    sink.open(ScanSpec("dead", (48, 96), n_projections=20))
+    sink.add(FrameBatch(FrameRole.DARK, np.arange(1), np.zeros((1, 48, 96), np.uint16)))
+    sink.add(FrameBatch(FrameRole.FLAT, np.arange(1), flat))
+    for i in range(20):
+        frame = rng.poisson(4000, (1, 48, 96)).astype(np.uint16)
+        if i >= 15:
+            frame[0, :, 30:40] = 0  # a detector tile that stopped reading
+        sink.add(FrameBatch(FrameRole.PROJECTION, np.array([i]), frame, np.array([math.radians(9 * i)])))
+    sink.close(ScanEnd("dead"))
+    found = [(f["kind"], f["role"], f["first"], f["last"]) for f in _alarms(sink.final.summary)]
+    assert found == [("dead_pixels", "flat", 0, 0), ("zero_pixels", "projection", 15, 19)]

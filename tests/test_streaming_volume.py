@@ -174,3 +174,23 @@ def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, tmp_path,
             assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] < 60
         finally:
             pipe.close()
+
+
+def test_a_half_acquisition_is_stitched_as_the_files_stitch_it(tmp_path):
+    """A 360-degree offset-axis scan: not summable block by block; made from the binned store,
+    stitched to the full field of view, equal to the raw-file path."""
+    from bluesky_tomo_hpc.sim.scan_arrays import offset_axis_geometry, simulate_scan
+
+    offset, fill = offset_axis_geometry(64)
+    data = simulate_scan((8, 64), n_angles=120, span_deg=360.0, rotation_offset_px=offset, fill=fill)
+    scan = {"theta": data.theta, "proj": data.projections, "darks": data.darks, "flats": data.flats}
+    center = data.metadata["true_center"]
+    params = ReconParams(binning=2)  # the centre found (the files' path widens only then)
+    outcome, how = streamed(tmp_path, scan, params, events(scan), rotation_center_hint=center)
+    assert how["summed"] is False and "half acquisition" in how["why"]
+    reference = from_files(tmp_path, scan, params, events(scan))
+    assert outcome.center == reference.center
+    expected = reference.result.volume[:]
+    assert expected.shape[1] > 32  # the stitched field of view is wider than the binned detector
+    np.testing.assert_allclose(outcome.result.volume[:], expected, rtol=0, atol=1e-5)
+    assert outcome.result.center_details["field_of_view_px"] == expected.shape[1]

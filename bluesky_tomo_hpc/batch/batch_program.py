@@ -164,7 +164,8 @@ def _plan(job: ReconJob, size: int) -> dict[str, Any]:
     pixel = (job.outputs.pixel_size_um or job.metadata.get("pixel_size_um")
              or desc.metadata.get("pixel_size_um"))
     return {"rows": (r0, r0 + nz * b), "shape": (nz, nx // b, nx // b), "chunk": chunk, "slab": slab,
-            "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None}
+            "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None,
+            "warnings": list(desc.metadata.get("warnings", []))}  # frames the file's keys left out
 
 
 def _writer(job: ReconJob, plan: dict[str, Any], create: bool) -> VolumeWriter:
@@ -190,8 +191,13 @@ def run(
     metadata, provenance) and renames it into place. ``call`` is recorded in the provenance (the
     command line by default); ``progress(slices_done, slices_total)`` is called on rank 0.
     """
+    from ..engine.backend import choose_device
+    from ..engine.tomopy_engine import resolve_engine
     from ..results.provenance import command_line, file_sha256
 
+    # what the parameters ask for (device: gpu, engine: tomopy) is there, or one line: before any work
+    choose_device(job.params.device)
+    resolve_engine(job.params)
     rank, size = comm.Get_rank(), comm.Get_size()
     t0 = time.perf_counter()
     plan: dict[str, Any] | None = None
@@ -262,7 +268,7 @@ def run(
         "ranks": size,
         "slabs": [{"rank": i["rank"], "rows": list(i["rows"]), "seconds": i["seconds"]} for i in infos],
         "timings": {"center_s": plan["center_s"], "reconstruct_s": max(i["seconds"] for i in infos)},
-        "warnings": sorted({w for i in infos for w in i["warnings"]} | (
+        "warnings": sorted({w for i in infos for w in i["warnings"]} | set(plan.get("warnings", [])) | (
             {center.details["warning"]} if "warning" in center.details else set())),
         "center_confidence": center.confidence,
         "center_details": dict(center.details),
@@ -281,6 +287,7 @@ def run(
         warnings=result["warnings"],
         extra={"job_id": job.job_id, "ranks": size, "slabs": result["slabs"], "slab_rows": plan["slab"],
                "sample": job.metadata.get("sample"), "series": job.metadata.get("series"),
+               "scan_health": job.metadata.get("scan_health"),
                "timing_note": "per stage: seconds in that stage on the busiest rank; stages overlap "
                               "(reader and writer threads), so they add up to more than total"},
     )

@@ -22,10 +22,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..engine.memory import describe_budget
     from ..settings import load_settings
+    from ..untrusted.secrets_mask import mask_secrets
 
     settings = load_settings()  # an invalid one is reported by cli/main.py in one line
     budget, source = describe_budget(settings.memory_budget_mb)
-    yaml.safe_dump(settings.model_dump(mode="json"), sys.stdout, sort_keys=False)
+    # secrets are read from the environment only, but a URI may still carry user:password@
+    yaml.safe_dump(mask_secrets(settings.model_dump(mode="json")), sys.stdout, sort_keys=False)
     # what every path that streams a scan in slabs may use (full volume, recon, batch ranks...)
     yaml.safe_dump({"effective": {"memory_budget": {"bytes": budget, "mib": round(budget / 2**20, 1),
                                                     "from": source}}}, sys.stdout, sort_keys=False)

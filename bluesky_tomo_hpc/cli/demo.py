@@ -6,6 +6,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import positive_int, writable_folder
 
@@ -32,8 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flavour", choices=["ophyd_async", "ophyd_v1"], default="ophyd_async",
                    help="simulated detector: ophyd-async (HDF5 + StreamResource) or ophyd v1 "
                         "(images in events)")
-    p.add_argument("--executor", choices=["none", "local"], default="local",
-                   help="batch job after the scan: local mpiexec (default) or none")
+    p.add_argument("--executor", choices=["auto", "local", "none"], default="auto",
+                   help="batch job after the scan: local mpiexec, none, or auto (default): local "
+                        "where mpiexec is found (the core install has it), else none, saying so")
     p.add_argument("--ranks", type=positive_int, default=2, help="MPI ranks of the batch job (default 2)")
     p.add_argument("--serve", action="store_true",
                    help="keep the Tiled server running afterwards until Ctrl-C")
@@ -50,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
     console.rule("[bold]bluesky_tomo_hpc demo")
+    executor = _executor(args.executor, console)
     progress = Progress(TextColumn("[cyan]{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=False)
     task = progress.add_task("frames", total=None)
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with progress:
         report, pipeline = run_demo(
             args.data_dir, num_projections=args.projections, shape=(args.rows, args.columns),
-            flavour=args.flavour, executor=args.executor, ranks=args.ranks,
+            flavour=args.flavour, executor=executor, ranks=args.ranks,
             say=lambda m: console.print(m, highlight=False), on_progress=on_progress,
             keep_server=args.serve,
         )
@@ -75,6 +78,20 @@ def run(args: argparse.Namespace) -> int:
         finally:
             pipeline.close()
     return 1 if report.errors else 0
+
+
+def _executor(choice: str, console: Any) -> str:
+    """``auto``: the local executor where ``mpiexec`` is found, else no batch job, with the line
+    that says how to get it (a demo without MPI still shows the scan, preview and full volume)."""
+    if choice != "auto":
+        return choice
+    from ..extras import how_to_install
+    from ..jobs.executors.mpiexec import find_mpiexec
+
+    if find_mpiexec():
+        return "local"
+    console.print(f"Batch job        skipped: no mpiexec here ({how_to_install('mpiexec')})", highlight=False)
+    return "none"
 
 
 def _print_report(console, report) -> None:  # type: ignore[no-untyped-def]

@@ -10,12 +10,16 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..untrusted.secrets_mask import mask_text
+
 #: the command ran, and reports that some of its work failed (failed jobs, runs, a timeout)
 EXIT_FAILED = 1
-#: bad command line, parameter value or settings (argparse uses 2 as well)
+#: bad command line, parameter value or settings, or a package the chosen feature needs is not
+#: installed (argparse uses 2 as well)
 EXIT_USAGE = 2
 #: input data missing, unreadable or unusable (not HDF5, wrong angles, damaged journal)
 EXIT_INPUT = 3
@@ -31,7 +35,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES = {
     0: "success",
     EXIT_FAILED: "the command ran, and some of its work failed (the output says which)",
-    EXIT_USAGE: "bad command line, parameter value or settings",
+    EXIT_USAGE: "bad command line, parameter value or settings, or a chosen feature's package not installed",
     EXIT_INPUT: "input data missing, unreadable or unusable",
     EXIT_OUTPUT: "output cannot be written (permission, read-only or full file system)",
     EXIT_SERVICE: "a service or network address cannot be reached or used",
@@ -96,21 +100,27 @@ def _url_of(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> tuple[int, str]:
-    """``(exit code, one line)`` for an exception that ended a command."""
+    """``(exit code, one line)`` for an exception that ended a command, secrets masked."""
+    code, line = _describe(exc)
+    return code, mask_text(line)  # an exception's text may quote a URI with its password
+
+
+def _describe(exc: BaseException) -> tuple[int, str]:
     import httpx
     import yaml
     from pydantic import ValidationError
 
+    from ..extras import missing_package
     from ..model import TomoDataError
 
-    try:
-        import zmq
-
-        zmq_error: type[BaseException] = zmq.ZMQError
-    except ImportError:  # pragma: no cover - pyzmq is a dependency
-        zmq_error = OSError
     if isinstance(exc, CliError):
         return exc.code, one_line(exc.message)
+    # a package missing, even behind a wrapper (a failed volume write, an executor's error), is
+    # the installation to change: never a service to reach or a file to check
+    missing = missing_package(exc)
+    if missing is not None:
+        return EXIT_USAGE, one_line(missing)
+    zmq = sys.modules.get("zmq")  # not imported: the error cannot be 0MQ's
     if isinstance(exc, ValidationError):
         return EXIT_USAGE, one_line(f"invalid {exc.title}: {_validation_line(exc)}")
     if isinstance(exc, yaml.YAMLError):
@@ -120,7 +130,7 @@ def describe(exc: BaseException) -> tuple[int, str]:
             f"{where} is not valid YAML ({getattr(exc, 'problem', None) or exc}); fix it")
     if isinstance(exc, TomoDataError):
         return EXIT_INPUT, one_line(str(exc))
-    if isinstance(exc, zmq_error):
+    if zmq is not None and isinstance(exc, zmq.ZMQError):
         return EXIT_SERVICE, one_line(
             f"0MQ: {exc}; give an address such as tcp://127.0.0.1:5578 that a proxy or worker serves")
     if isinstance(exc, ConnectionError | TimeoutError | httpx.TransportError):

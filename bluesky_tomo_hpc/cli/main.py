@@ -11,6 +11,7 @@ import sys
 import traceback
 from typing import NoReturn
 
+from ..untrusted.secrets_mask import MaskFilter, mask_text
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, describe
 
 DESCRIPTION = """\
@@ -32,8 +33,9 @@ variables BLUESKY_TOMO_HPC__SECTION__KEY=value; secrets (TILED_API_KEY, NERSC/Gl
 credentials) only from the environment. Run 'bluesky-tomo-hpc SUBCOMMAND --help' for details.
 
 errors: one line on stderr naming the problem and the fix; exit status 1 some work failed, 2 bad
-command line/parameter/settings, 3 bad input data, 4 output not writable, 5 service unreachable,
-70 internal error, 130 interrupted. --debug prints the traceback too.
+command line/parameter/settings or a feature's package not installed, 3 bad input data, 4 output
+not writable, 5 service unreachable, 70 internal error, 130 interrupted. --debug prints the
+traceback too.
 """
 
 #: subcommand modules in the order --help lists them
@@ -76,9 +78,10 @@ def setup_logging(verbosity: int) -> None:
     from rich.logging import RichHandler
 
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = RichHandler(console=Console(stderr=True), rich_tracebacks=True, show_path=False)
+    handler.addFilter(MaskFilter())  # every library's records (httpx, tiled, uvicorn), secrets masked
     logging.basicConfig(level=level, format="%(message)s", datefmt="[%X]",
-                        handlers=[RichHandler(console=Console(stderr=True), rich_tracebacks=True,
-                                              show_path=False)])  # stdout stays for results
+                        handlers=[handler])  # stdout stays for results
     logging.getLogger("bluesky_tomo_hpc").setLevel(min(level, logging.INFO if verbosity else logging.WARNING))
 
 
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the one place a command's error becomes a line and a code
         code, line = describe(exc)
         if args.debug:
-            traceback.print_exc()
+            print(mask_text(traceback.format_exc()), file=sys.stderr, end="")
         print(f"bluesky-tomo-hpc {args.command}: {line}", file=sys.stderr)
         return code
     finally:

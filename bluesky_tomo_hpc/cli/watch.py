@@ -65,10 +65,31 @@ class _Window:
             ax.set_title(f"{plane} @ {update.indices.get(plane)}")
         md = update.metadata
         flags = ("  FINAL" if update.final else "") + ("  (degraded)" if md.get("degraded") else "")
+        health = md.get("scan_health")
+        status = health.get("status") if isinstance(health, dict) else None
+        flags += f"  health: {status}" if status not in (None, "ok") else ""
         self.fig.suptitle(f"run {update.run_uid[:8]}  {md.get('n_projections_used')}/"
                           f"{md.get('n_projections_expected')} projections{flags}")
         self.fig.canvas.draw_idle()
         self.plt.pause(0.001)
+
+
+class _Findings:
+    """Each scan-health finding printed once, and again when it grows or gets worse."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, object], tuple[object, object]] = {}
+
+    def new_lines(self, run_uid: str, health: dict[str, Any]) -> list[str]:
+        lines = []
+        for f in health.get("findings", ()):
+            if not isinstance(f, dict):
+                continue
+            key, state = (run_uid, str(f.get("kind")), f.get("first")), (f.get("last"), f.get("severity"))
+            if self._seen.get(key) != state:
+                self._seen[key] = state
+                lines.append(f"  {str(f.get('severity', '?')).upper()} {f.get('kind')}: {f.get('message')}")
+        return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -88,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"watch: {exc}", file=sys.stderr)
             return 2
     sub = PreviewSubscriber(args.address)
+    said = _Findings()
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     n = 0
     try:
@@ -101,8 +123,12 @@ def run(args: argparse.Namespace) -> int:
                 continue
             n += 1
             md = update.metadata
+            health = md.get("scan_health") if isinstance(md.get("scan_health"), dict) else {}
             print(f"run {update.run_uid} seq {update.seq} projections {md.get('n_projections_used')} "
-                  f"skipped {md.get('n_projections_skipped')}{' final' if update.final else ''}", flush=True)
+                  f"skipped {md.get('n_projections_skipped')} health {health.get('status', '-')}"
+                  f"{' final' if update.final else ''}", flush=True)
+            for line in said.new_lines(update.run_uid, health):
+                print(line, flush=True)
             show(update)
             done = update.final and not md.get("refinement_pending")
             if (args.until_final and done) or (args.count and n >= args.count):

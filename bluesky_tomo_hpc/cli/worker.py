@@ -90,8 +90,12 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import time
 
+    from ..extras import require
     from ..live.stream_worker import StreamWorker
+    from ..sources.pva import PVA_FEATURE
 
+    if args.pva:  # pvapy is the pva extra: say so before the worker opens anything
+        require("pvaccess", PVA_FEATURE)
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
 
     def remaining(default: float | None = None) -> float | None:

@@ -15,15 +15,16 @@ from typing import Any
 
 import numpy as np
 
-try:  # CuPy is optional (the ``gpu`` extra); import errors on machines without CUDA are normal
-    import cupy as _cp  # type: ignore[import-not-found]
+from ..extras import optional, require
 
-    try:
-        _CUPY_USABLE = _cp.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no driver / no device
-        _CUPY_USABLE = False
-except Exception:  # pragma: no cover - depends on the machine
-    _cp = None
+#: what asks for CuPy, in the words of the setting (for the line naming the ``gpu`` extra)
+GPU_FEATURE = "GPU reconstruction (device: gpu)"
+
+# CuPy is optional (the ``gpu`` extra): used where it imports and sees a device
+_cp: Any = optional("cupy")
+try:
+    _CUPY_USABLE = _cp is not None and _cp.cuda.runtime.getDeviceCount() > 0
+except Exception:  # pragma: no cover - CuPy without a driver or a device
     _CUPY_USABLE = False
 
 
@@ -74,12 +75,16 @@ def to_numpy(a: Any) -> np.ndarray:
 
 
 def choose_device(requested: str = "auto") -> ModuleType:
-    """Array module for a ``ReconParams.device`` value; ``gpu`` without CuPy is an error."""
+    """Array module for a ``ReconParams.device`` value; ``gpu`` without CuPy names the extra, and
+    without a CUDA device says so (a setting to change: ``auto`` or ``cpu``)."""
     if requested == "cpu":
         return np
     if requested == "gpu":
+        if _cp is None:
+            require("cupy", GPU_FEATURE)  # not installed: the line naming the extra
         if not _CUPY_USABLE:
-            raise RuntimeError("device='gpu' requested but CuPy with a CUDA device is not available")
+            raise ValueError("device: gpu was requested but CuPy sees no usable CUDA device here; "
+                             "use device: auto or cpu")
         return _cp
     return _cp if _CUPY_USABLE else np
 

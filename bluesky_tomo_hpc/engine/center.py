@@ -241,11 +241,15 @@ def _half_turn_consensus(arr: Any, th: np.ndarray, est: CenterEstimate, u_legacy
         others.append((vo.center, 0.5))
     if pr is not None and pr.details["angle_mismatch_deg"] < 0.5 and min(pr.details["peaks"]) > 0.3:
         others.append((pr.center, 0.5))
-    if abs(polish.center - est.center) <= 1.0:
+    # both halves together should land between the halves' own optima; where they do not (few
+    # angles per half, streaks dominating the metric) the metric is not to be trusted alone
+    consistent = abs(polish.center - float(np.mean(polish.halves))) <= max(0.5, polish.half_spread)
+    if consistent and abs(polish.center - est.center) <= 1.0:
         u = spread_uncertainty(polish.center, others[:1], polish.half_spread)
         return polish.center, u, "negative-mass"
-    center = float(np.median([polish.center] + [c for c, _ in others]))
-    u = spread_uncertainty(center, [(polish.center, 1.0)] + [(c, 1.0) for c, _ in others], polish.half_spread)
+    answers = [polish.center, *(polish.halves if not consistent else ()), *(c for c, _ in others)]
+    center = float(np.median(answers))
+    u = spread_uncertainty(center, [(a, 1.0) for a in answers], polish.half_spread)
     return center, u, "median"
 
 

@@ -41,13 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from .backend import cpu_threads, get_array_module
+from ..extras import optional, require
+from .backend import GPU_FEATURE, cpu_threads, get_array_module
 from .filters import center_phase, filter_response, padded_width
 
-try:  # the GPU path; import errors on machines without CUDA are normal
-    import cufinufft as _cufinufft  # type: ignore[import-not-found]
-except Exception:  # pragma: no cover - depends on the machine
-    _cufinufft = None
+# the GPU path (the ``gpu`` extra): used where it imports
+_cufinufft: Any = optional("cufinufft")
 
 #: rows of a slice pair filtered at once on the CPU: 32 x 4096 complex64 = 1 MiB, the L2 of a core
 FILTER_BLOCK = 32
@@ -108,12 +107,9 @@ class FourierPlan:
         self._pool: ThreadPoolExecutor | None = None
         self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if gpu:
-            import cupy as cp  # type: ignore[import-not-found]
-
+            cp = require("cupy", GPU_FEATURE)
             if _cufinufft is None:
-                raise RuntimeError(
-                    "Fourier reconstruction on the GPU needs cufinufft, which is not installed"
-                )
+                require("cufinufft", "Fourier reconstruction on the GPU")
             self.shift = cp.asarray(self.shift)
             self._points = (cp.asarray(wy, dtype=cp.float32), cp.asarray(wx, dtype=cp.float32))
             self._gpu_plans: dict[tuple[int, int], Any] = {}
@@ -207,8 +203,7 @@ class FourierPlan:
     # -- GPU ------------------------------------------------------------------------------
     def _gpu_plan(self, n_trans: int) -> Any:  # pragma: no cover - needs a CUDA device
         """The cuFINUFFT plan for ``n_trans`` pairs on the current device and stream."""
-        import cupy as cp  # type: ignore[import-not-found]
-
+        cp = require("cupy", GPU_FEATURE)
         stream = cp.cuda.get_current_stream()
         key = (n_trans, stream.ptr)
         if key not in self._gpu_plans:
@@ -221,8 +216,7 @@ class FourierPlan:
 
     def run_gpu(self, spec: Any) -> Any:  # pragma: no cover - needs a CUDA device
         """``spec`` (pairs, M, L) complex64 CuPy, weighted -> (pairs, n, n) complex64."""
-        import cupy as cp  # type: ignore[import-not-found]
-
+        cp = require("cupy", GPU_FEATURE)
         pairs = spec.shape[0]
         c = spec.reshape(pairs, -1)
         out = cp.empty((pairs, self.n, self.n), dtype=cp.complex64)
@@ -289,9 +283,7 @@ def fourier_plan(
     theta = np.asarray(theta, dtype=np.float64)
     device = -1
     if gpu:  # pragma: no cover - needs a CUDA device
-        import cupy as cp  # type: ignore[import-not-found]
-
-        device = cp.cuda.Device().id
+        device = require("cupy", GPU_FEATURE).cuda.Device().id
     key = (n, n_pad, hashlib.sha1(theta.tobytes()).hexdigest(), float(eps), cpu_threads(threads), gpu, device,
            bool(whole_square))
     with _PLAN_CACHE_LOCK:
@@ -361,8 +353,7 @@ def _reconstruct_gpu(
     sino: Any, plan: FourierPlan, kernel: tuple, out: Any, left: int
 ) -> Any:  # pragma: no cover - needs a CUDA device
     """The CuPy path: all pairs at once (device memory is the slab's), same steps as the CPU."""
-    import cupy as cp  # type: ignore[import-not-found]
-
+    cp = require("cupy", GPU_FEATURE)
     nz, n_angles, n_det = sino.shape
     pairs = (nz + 1) // 2
     buf = cp.zeros((pairs, n_angles, plan.n_pad), dtype=cp.complex64)

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from bluesky_tomo_hpc.engine.backend import get_array_module, run_blocks, to_numpy
+from bluesky_tomo_hpc.engine.backend import GPU_FEATURE, get_array_module, run_blocks, to_numpy
+from bluesky_tomo_hpc.extras import require
 from bluesky_tomo_hpc.model import MissingCalibrationError, ScanData, TomoDataError
 
 __all__ = [
@@ -42,9 +43,7 @@ def ndimage_for(xp: Any) -> Any:
         import scipy.ndimage as nd
 
         return nd
-    import cupyx.scipy.ndimage as nd  # type: ignore[import-not-found]
-
-    return nd
+    return require("cupyx.scipy.ndimage", GPU_FEATURE)
 
 
 # -- normalisation --------------------------------------------------------------------------------

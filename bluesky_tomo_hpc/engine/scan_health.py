@@ -4,27 +4,24 @@
 size) and keeps, in bounded memory, one record per projection (intensity, saturated and zero
 fractions, horizontal and vertical motion) and the findings made from them:
 
-=====================  ========  ==============================================================
-kind                   severity  when
-=====================  ========  ==============================================================
-``shutter_closed``     error     a projection at under 5 % of the intensity before it (a dark)
-``beam_loss``          error /   intensity under 50 % (error) or 80 % (warning) of the running
-                       warning   reference (median of the last good projections)
-``low_intensity``      warning   the scan's projections under 50 % of the flats' open beam
-``saturated``          error /   over 1 % (error) or 0.01 % (warning) of a frame's pixels at the
-                       warning   detector's saturation level (flats count too)
-``zero_pixels``        warning   over 0.1 % of a projection's pixels at zero counts
-``dead_pixels``        warning   over 0.1 % of the flat's pixels under 10 % of its median
-``sample_jump``        error     horizontal shift between consecutive projections over
-                                 ``jump_px`` (a step of at most ``max_step_deg``)
-``sample_motion``      warning / vertical shift against the first projections, or horizontal
-                       error     drift from the 0/180 pairs of a 360-degree scan, over
-                                 ``motion_px`` (error over 4x)
-``flat_field_drift``   warning   last flats vs first: level off by > 5 % or pattern by > 3 %
-``angles_out_of_order``info      an angle behind the one before it (reconstruction sorts them)
-``angle_repeated``     info      an angle taken again (a re-take)
-``angles_missing``     warning   an angular gap over 1.5 steps, or fewer projections than planned
-=====================  ========  ==============================================================
+* ``shutter_closed`` (error): a projection under 5 % of the intensity of the good ones before it;
+* ``beam_loss`` (error under 40 %, warning under 70 %): intensity against the median of the last
+  good projections (frozen while the loss lasts, so a dump never becomes the reference);
+* ``low_intensity`` (warning): the projections' open beam under 50 % of the flats';
+* ``saturated`` (error over 1 %, warning over 0.01 % of pixels; flats count too);
+* ``zero_pixels`` (warning over 0.1 % of a projection); ``dead_pixels`` (warning: over 0.1 % of
+  the first flat under 10 % of its median);
+* ``sample_jump`` (error): a sideways step between consecutive projections over ``jump_px`` (or
+  8 robust standard deviations of the recent steps on noisy data), confirmed by the projection
+  after it;
+* ``sample_motion_vertical`` (warning, error over 4x): the row profile against the first
+  projections moved over ``motion_px``; ``sample_motion_horizontal``: in a 360-degree scan, the
+  centre of each projection and its mirrored partner 180 degrees earlier moved over
+  ``motion_px / 2`` from the first pairs' (the 0/180 check, for every projection);
+* ``flat_field_drift`` (warning): last flats against the first, level off by > 5 % or pattern
+  by > 3 %;
+* ``angles_out_of_order`` and ``angle_repeated`` (info: the reconstruction sorts; a re-take),
+  ``angles_missing`` (warning: a gap over 1.5 steps, or fewer projections than planned).
 
 Frames are named by their projection index (``FrameBatch.indices``) and angle (degrees).
 """

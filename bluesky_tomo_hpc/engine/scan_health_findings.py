@@ -65,7 +65,10 @@ class HealthRecord:
 def message(kind: str, o: OpenFinding) -> str:
     """One line for a person: what happened, at which projections and angles."""
     frames = f"projections {o.first}-{o.last}" if o.last != o.first else f"projection {o.first}"
-    at = f" ({o.angle_first:.1f}-{o.angle_last:.1f} deg)" if not math.isnan(o.angle_first) else ""
+    at = ""
+    if not math.isnan(o.angle_first):
+        span = f"{o.angle_first:.1f}" if o.last == o.first else f"{o.angle_first:.1f}-{o.angle_last:.1f}"
+        at = f" ({span} deg)"
     what = {
         "shutter_closed": f"no beam (intensity {o.worst:.0%} of the projections before)",
         "beam_loss": f"beam down to {o.worst:.0%} of the projections before",
@@ -84,25 +87,26 @@ def message(kind: str, o: OpenFinding) -> str:
 
 def timeline(r: HealthRecord, max_points: int) -> dict[str, list]:
     """The per-projection numbers in at most ``max_points`` bins: the worst of each bin (lowest
-    intensity, largest saturation and shifts), so a short event is never averaged away."""
+    intensity, largest saturation and shifts, with their sign), so a short event is never averaged
+    away. Vectorised (``reduceat``): the preview asks for it at every update."""
     n = len(r.index)
     if n == 0:
         return {"index": [], "angle_deg": [], "intensity": [], "saturated": [], "shift_x": [], "shift_z": []}
-    edges = np.linspace(0, n, min(n, max_points) + 1).astype(int)
+    starts = np.unique(np.linspace(0, n, min(n, max_points) + 1).astype(int)[:-1])
 
-    def worst(values: list[float], pick: Any) -> list[float | None]:
+    def clean(a: np.ndarray) -> list[float | None]:
+        return [None if math.isnan(v) else round(float(v), 5) for v in a]
+
+    def signed_worst(values: list[float]) -> list[float | None]:
         a = np.asarray(values, np.float64)
-        out = []
-        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-            part = a[lo:hi]
-            part = part[~np.isnan(part)]
-            out.append(round(float(pick(part)), 5) if part.size else None)
-        return out
+        with np.errstate(invalid="ignore"):
+            hi, lo = np.fmax.reduceat(a, starts), np.fmin.reduceat(a, starts)
+        return clean(np.where(np.abs(lo) > np.abs(hi), lo, hi))
 
-    def absmax(p: np.ndarray) -> float:
-        return p[np.argmax(np.abs(p))]
-
-    return {"index": [int(r.index[lo]) for lo in edges[:-1]],
-            "angle_deg": [round(r.angle_deg[lo], 3) for lo in edges[:-1]],
-            "intensity": worst(r.intensity, np.min), "saturated": worst(r.saturated, np.max),
-            "shift_x": worst(r.shift_x, absmax), "shift_z": worst(r.shift_z, absmax)}
+    with np.errstate(invalid="ignore"):
+        intensity = np.fmin.reduceat(np.asarray(r.intensity, np.float64), starts)
+        saturated = np.fmax.reduceat(np.asarray(r.saturated, np.float64), starts)
+    return {"index": [int(r.index[k]) for k in starts],
+            "angle_deg": [round(r.angle_deg[k], 3) for k in starts],
+            "intensity": clean(intensity), "saturated": clean(saturated),
+            "shift_x": signed_worst(r.shift_x), "shift_z": signed_worst(r.shift_z)}

@@ -52,8 +52,8 @@ class FrameProfiles:
 def frame_profiles(frame: np.ndarray, steps: tuple[int, int], saturation: float | None) -> FrameProfiles:
     """Profiles and pixel fractions of one (ny, nx) frame. The fractions are counted on the
     sampled rows (an unbiased estimate; 1 in 9 rows of a 2160-row frame), and only when their
-    max reaches ``saturation`` (or their min 0). Integer frames sum in uint32: exact, and twice
-    as fast as float64 on a frame that is read from memory once."""
+    max reaches ``saturation`` (or, for integer counts, their min 0). Integer frames sum in
+    uint32: exact, and twice as fast as float64 on a frame that is read from memory once."""
     rs, cs = steps
     acc = np.uint32 if frame.dtype.kind in "ui" and frame.dtype.itemsize <= 2 else np.float64
     sub = frame[::rs]
@@ -63,8 +63,8 @@ def frame_profiles(frame: np.ndarray, steps: tuple[int, int], saturation: float 
     sat = 0.0
     if saturation is not None and sub.max() >= saturation:
         sat = np.count_nonzero(sub >= saturation) / sub.size
-    zero = 0.0
-    if sub.min() <= 0:
+    zero = 0.0  # on counts only: a float frame may be normalised already (0 is a value there)
+    if frame.dtype.kind in "ui" and sub.min() <= 0:
         zero = np.count_nonzero(sub <= 0) / sub.size
     return FrameProfiles(columns, rows, float(sat), float(zero))
 

@@ -8,13 +8,16 @@ sees them (TomoPy's own padding does not pad power-of-two widths, so its slices 
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import numpy as np
 
+from ..extras import MissingPackage, installed, require
 from .filters import padded_width
 from .params import ReconParams
+
+#: what asks for TomoPy, in the words of the setting
+TOMOPY_FEATURE = "the TomoPy engine (engine: tomopy; or use engine: native or auto)"
 
 #: our filter names -> TomoPy gridrec filter names
 _TOMOPY_FILTERS = {
@@ -25,7 +28,7 @@ _TOMOPY_FILTERS = {
 
 def tomopy_available() -> bool:
     """True when ``import tomopy`` would find the package (not imported here: it is slow)."""
-    return importlib.util.find_spec("tomopy") is not None
+    return installed("tomopy")
 
 
 def resolve_engine(params: ReconParams) -> str:
@@ -34,10 +37,7 @@ def resolve_engine(params: ReconParams) -> str:
         return "native"
     if params.engine == "tomopy":
         if not tomopy_available():
-            raise RuntimeError(
-                "engine='tomopy' was requested but TomoPy is not installed in this environment "
-                "(conda install -c conda-forge tomopy), or use engine='native' / 'auto'"
-            )
+            raise MissingPackage(TOMOPY_FEATURE, "tomopy")
         return "tomopy"
     return "tomopy" if tomopy_available() else "native"
 
@@ -49,9 +49,7 @@ def reconstruct_tomopy(sino: Any, theta: Any, center: float, params: ReconParams
     ``algorithm="fourier"`` runs gridrec, ``"fbp"`` TomoPy's fbp. ``center`` is the 0-based
     pixel-index axis; TomoPy's own convention can differ by up to half a pixel for some routines.
     """
-    if not tomopy_available():
-        raise RuntimeError("TomoPy is not installed: reconstruct_tomopy cannot run")
-    import tomopy  # type: ignore[import-not-found]
+    tomopy = require("tomopy", TOMOPY_FEATURE)
 
     sino = np.asarray(sino, dtype=np.float32)
     nz, _, nx = sino.shape

@@ -20,6 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import require
+from .backend import GPU_FEATURE
+
 ReadRows = Callable[[int, int], Any]
 """``read(start, stop) -> (n_angles, stop - start, nx)`` array of -log projections."""
 ReconChunk = Callable[[Any, Any], Any]
@@ -143,8 +146,8 @@ def _gpu_conveyor(
     and the host writes chunk ``i - 1`` out meanwhile. Events order the streams; the host only
     ever waits for the chunk it is about to touch.
     """
-    import cupy as cp  # type: ignore[import-not-found]
-    import cupyx  # type: ignore[import-not-found]
+    cp = require("cupy", GPU_FEATURE)
+    cupyx = require("cupyx", GPU_FEATURE)
 
     if not ranges:
         return

@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..extras import MissingPackage, installed
+from ..untrusted.secrets_mask import mask_text
+
 Status = Literal["ok", "warn", "fail"]
 EXIT_CODES = {"ok": 0, "warn": 1, "fail": 2}
 
@@ -37,10 +40,11 @@ class Check:
     message: str
 
     def line(self) -> str:
-        return f"{self.status.upper():<5} {self.name:<22} {self.message}"
+        return f"{self.status.upper():<5} {self.name:<22} {mask_text(self.message)}"
 
     def as_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """The check as JSON-able data (secrets a message quotes, such as a URI's password, masked)."""
+        return {**asdict(self), "message": mask_text(self.message)}
 
 
 def exit_code(checks: Iterable[Check]) -> int:
@@ -154,19 +158,25 @@ def _key_file_check(name: str, variable: str) -> Check:
                  + (" (SFAPI clients expire after 30 days: renew soon)" if status == "warn" else ""))
 
 
+def _sdk_check(name: str, module: str, feature: str) -> Check | None:
+    """A failed check naming the extra when ``module`` is not installed; else ``None``."""
+    if installed(module):
+        return None
+    return Check(f"executor {name}", "fail", str(MissingPackage(feature, module)))
+
+
 def check_executor(name: str, options: dict[str, Any] | None = None) -> Check:
     """Can jobs be sent to ``name``? The launcher or scheduler answers, or the credentials exist."""
     options = dict(options or {})
     if name == "none":
         return Check("executor", "ok", "no batch jobs configured")
     if name == "local":
-        from ..jobs.executors.executor import ExecutorError
-        from ..jobs.executors.mpiexec import _find_mpiexec
+        from ..jobs.executors.mpiexec import LOCAL_MPI_FEATURE, find_mpiexec
 
-        try:
-            return Check("executor local", "ok", f"mpiexec at {_find_mpiexec()}")
-        except ExecutorError as exc:
-            return Check("executor local", "fail", str(exc))
+        found = find_mpiexec()
+        if found:
+            return Check("executor local", "ok", f"mpiexec at {found}")
+        return Check("executor local", "fail", str(MissingPackage(LOCAL_MPI_FEATURE, "mpiexec")))
     if name == "slurm":
         if shutil.which("sinfo") is None:
             return Check("executor slurm", "fail", "sinfo not on PATH (Slurm client tools missing)")
@@ -175,8 +185,15 @@ def check_executor(name: str, options: dict[str, Any] | None = None) -> Check:
             return Check("executor slurm", "fail", f"sinfo failed: {out}")
         return Check("executor slurm", "ok", f"controller answers: {out or 'no partitions'}")
     if name == "nersc":
-        return _key_file_check("nersc", "NERSC_SFAPI_KEY")
+        from ..jobs.executors.nersc import NERSC_FEATURE
+
+        missing = _sdk_check("nersc", "sfapi_client", NERSC_FEATURE)
+        return missing or _key_file_check("nersc", "NERSC_SFAPI_KEY")
     if name == "alcf":
+        from ..jobs.executors.alcf import ALCF_FEATURE
+
+        if missing := _sdk_check("alcf", "globus_compute_sdk", ALCF_FEATURE):
+            return missing
         if not (options.get("endpoint_id") or os.environ.get("GLOBUS_COMPUTE_ENDPOINT")):
             return Check("executor alcf", "fail", "no endpoint: set $GLOBUS_COMPUTE_ENDPOINT")
         user_dir = os.environ.get("GLOBUS_COMPUTE_USER_DIR", Path.home() / ".globus_compute")

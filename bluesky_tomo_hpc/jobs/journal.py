@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..batch.job import ReconJob
+from ..untrusted.secrets_mask import mask_secrets, mask_text
 from .journal_store import SQLiteStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class Journal(SQLiteStore):
         self.parked_dir.mkdir(parents=True, exist_ok=True)
         path = self.parked_dir / f"{job.job_id}.json"
         tmp = path.with_suffix(".tmp")
+        reason = mask_text(reason)
         record = {"executor": executor, "state": state, "reason": reason, "job": job.model_dump(mode="json")}
         tmp.write_text(json.dumps(record))
         tmp.replace(path)
@@ -218,7 +220,10 @@ class Journal(SQLiteStore):
         if bad:
             raise JournalError(f"cannot set {sorted(bad)} on a job")
         if "result" in fields and fields["result"] is not None:
-            fields["result"] = json.dumps(fields["result"], default=str)
+            fields["result"] = json.dumps(mask_secrets(fields["result"]), default=str)
+        if fields.get("error"):  # an exception's text may quote a URL with its password
+            fields["error"] = mask_text(str(fields["error"]))
+        detail = mask_text(detail) if detail else detail
         now = time.time()
         cols = ", ".join(f"{k} = ?" for k in fields)
         with self._db() as db:
@@ -325,7 +330,7 @@ class Journal(SQLiteStore):
         with self._db() as db:
             db.execute(
                 "UPDATE transfers SET state = ?, finished = ?, bytes = ?, error = ? WHERE id = ?",
-                (state, time.time(), nbytes, error, row_id),
+                (state, time.time(), nbytes, mask_text(error) if error else error, row_id),
             )
 
     def transfers(self, job_id: str, direction: Direction | None = None) -> list[dict[str, Any]]:

@@ -113,6 +113,7 @@ class HPCSubmitSink:
                 "tomo": spec.metadata.get("tomo", {}),
                 "sample": spec.metadata.get("sample"),
                 "series": spec.metadata.get("series"),
+                "scan_health": spec.metadata.get("scan_health"),
             },
         )
         try:  # the usual case, at once; a busy journal is waited for on the staging thread instead

@@ -25,12 +25,13 @@ from ..untrusted.outside_files import UntrustedFileError, load_yaml_file, resolv
 from .units import (
     AnyQuantity,
     Current,
-    Dimensionless,
     Duration,
     FlowRate,
     Force,
+    Fraction,
     MagneticField,
     Pressure,
+    Strain,
     Temperature,
     Voltage,
 )
@@ -101,8 +102,8 @@ class Conditions(_Strict):
     pressure: Pressure | None = None
     atmosphere: str | None = Field(None, max_length=100, description="e.g. air, vacuum, Ar, 5% H2 in N2")
     load: Force | None = None
-    strain: Dimensionless | None = None
-    humidity: Dimensionless | None = None
+    strain: Strain | None = None
+    humidity: Fraction | None = Field(None, description="relative humidity, 0-100 %")
     voltage: Voltage | None = None
     current: Current | None = None
     magnetic_field: MagneticField | None = None

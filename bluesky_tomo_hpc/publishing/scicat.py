@@ -31,8 +31,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..extras import require
 from ..metadata.sample import sample_name
+from ..model import name_or_hash
 from .scicat_outbox import OutboxItem, ScicatOutbox
+from .scicat_payload import bounded_name, sanitised
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +74,35 @@ def raw_dataset(spec: Any, end: Any, settings: Any, *, tiled_uri: str | None = N
     series = md.get("series")
     sample_id = (sample.get("id") if isinstance(sample, dict) else None) or name
     material = (sample.get("material") or {}).get("category") if isinstance(sample, dict) else None
-    keywords = ["tomography", *(k for k in (material, series and series.get("id")) if k)]
+    keywords = ["tomography", *(bounded_name(k, 64) for k in (material, series and series.get("id")) if k)]
+    name = bounded_name(name, 128)
     payload = {
-        "pid": f"{settings.pid_prefix}{spec.run_uid}",
+        "pid": raw_pid(settings, spec.run_uid),
         "type": "raw",
-        "datasetName": f"{spec.plan_name or 'scan'} {spec.scan_id if spec.scan_id is not None else ''} "
-                       f"{name or ''}".strip(),
-        "description": f"tomography scan {spec.run_uid}" + (f" of sample {name}" if name else ""),
+        "datasetName": bounded_name(f"{spec.plan_name or 'scan'} "
+                                    f"{spec.scan_id if spec.scan_id is not None else ''} {name or ''}"),
+        "description": bounded_name(f"tomography scan {spec.run_uid}"
+                                    + (f" of sample {name}" if name else ""), 1024),
         "owner": settings.owner, "ownerGroup": settings.owner_group, "accessGroups": settings.access_groups,
         "contactEmail": settings.contact_email, "principalInvestigator": settings.principal_investigator,
         "creationLocation": settings.creation_location, "instrumentId": settings.instrument_id,
         "creationTime": _iso(start.get("time")), "endTime": _iso(getattr(end, "time", None)),
         "sourceFolder": _common_folder(list(spec.raw_files)) or f"bluesky:{spec.run_uid}",
         "sourceFolderHost": settings.source_host, "dataFormat": "Bluesky run (HDF5 frames)",
-        "sampleId": sample_id, "keywords": keywords,
+        "sampleId": bounded_name(sample_id, 128), "keywords": keywords,
         "scientificMetadata": {
             "run_uid": spec.run_uid, "scan_id": spec.scan_id, "plan_name": spec.plan_name,
             "exit_status": getattr(end, "exit_status", None), "tomo": md.get("tomo"), "sample": sample,
             "series": series, "frame_shape": list(spec.frame_shape), "tiled": {"raw": tiled_uri},
         },
     }
-    return {k: v for k, v in payload.items() if v is not None}
+    return sanitised({k: v for k, v in payload.items() if v is not None})
+
+
+def raw_pid(settings: Any, run_uid: object) -> str:
+    """The raw dataset's pid: the prefix and the run uid made a safe name (a hostile uid never
+    walks the SciCat API's path: ``../``, ``?``, 10 kB)."""
+    return f"{settings.pid_prefix}{name_or_hash(run_uid, 'run uid')}"
 
 
 def raw_datablock(spec: Any) -> dict[str, Any] | None:
@@ -113,28 +124,32 @@ def derived_dataset(spec: Any, outcome: Any, settings: Any, *, kind: str = "full
     result = outcome.result
     params = result.params
     md = spec.metadata if isinstance(spec.metadata, dict) else {}
-    raw_pid = f"{settings.pid_prefix}{spec.run_uid}"
+    raw = raw_pid(settings, spec.run_uid)
     payload = {
-        "pid": f"{raw_pid}-{params.params_hash}-{kind}",
+        "pid": f"{raw}-{params.params_hash}-{kind}",
         "type": "derived",
-        "datasetName": f"reconstruction ({kind}) of {spec.run_uid[:8]}",
-        "description": f"{kind} tomographic reconstruction of run {spec.run_uid}",
+        "datasetName": bounded_name(f"reconstruction ({kind}) of {str(spec.run_uid)[:8]}"),
+        "description": bounded_name(f"{kind} tomographic reconstruction of run {spec.run_uid}", 1024),
         "owner": settings.owner, "ownerGroup": settings.owner_group, "accessGroups": settings.access_groups,
         "contactEmail": settings.contact_email, "investigator": settings.principal_investigator,
         "creationTime": _iso(time.time()),
-        "inputDatasets": [raw_pid],
+        "inputDatasets": [raw],
         "usedSoftware": [f"{k} {v}" for k, v in software_versions().items()],
         "jobParameters": {"params": params.model_dump(mode="json"), "params_hash": params.params_hash,
                           "center": float(result.center),
                           "center_confidence": float(result.center_confidence)},
-        "sourceFolder": location or f"tiled:processed/{raw_pid}-{params.params_hash}-{kind}",
+        "sourceFolder": location or f"tiled:processed/{raw}-{params.params_hash}-{kind}",
         "sourceFolderHost": settings.source_host,
         "keywords": ["tomography", "reconstruction"],
         "scientificMetadata": {"run_uid": spec.run_uid, "kind": kind, "shape": list(result.volume.shape),
                                "sample": md.get("sample"), "series": md.get("series"),
                                "location": location},
     }
-    return {k: v for k, v in payload.items() if v is not None}
+    return sanitised({k: v for k, v in payload.items() if v is not None})
+
+
+#: what asks for pyscicat, in the words of the setting
+SCICAT_FEATURE = "SciCat publishing (scicat.uri in the settings)"
 
 
 class ScicatPublisher:
@@ -146,6 +161,8 @@ class ScicatPublisher:
 
     def __init__(self, settings: Any, outbox: ScicatOutbox, client_factory: Callable[[], Any] | None = None,
                  *, start_thread: bool = True):
+        # pyscicat is the scicat extra: absent, one line naming it here, not a failing thread later
+        require("pyscicat.client", SCICAT_FEATURE)
         self.settings = settings
         self.outbox = outbox
         self._client_factory = client_factory or self._default_client
@@ -159,7 +176,7 @@ class ScicatPublisher:
             self._thread.start()
 
     def _default_client(self) -> Any:
-        from pyscicat.client import ScicatClient
+        ScicatClient = require("pyscicat.client", SCICAT_FEATURE).ScicatClient
 
         if not self.settings.token:
             raise ScicatRefused(f"no SciCat token: set ${self.settings.token_env}")
@@ -236,9 +253,9 @@ class ScicatPublisher:
             raise
 
     def _create_if_missing(self, client: Any, item: OutboxItem) -> None:
-        from pyscicat.model import CreateDatasetOrigDatablockDto, DerivedDataset, RawDataset
-
-        models = {"raw": RawDataset, "derived": DerivedDataset, "datablock": CreateDatasetOrigDatablockDto}
+        model_of = require("pyscicat.model", SCICAT_FEATURE)
+        models = {"raw": model_of.RawDataset, "derived": model_of.DerivedDataset,
+                  "datablock": model_of.CreateDatasetOrigDatablockDto}
         try:
             model = models[item.kind](**item.payload)
         except Exception as exc:  # our payload does not fit pyscicat's model: a bug or bad settings

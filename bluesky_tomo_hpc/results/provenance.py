@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..untrusted.secrets_mask import mask_secrets
+
 #: the version of the record below; bump on any renamed or re-meant field
 PROVENANCE_SCHEMA = "bluesky_tomo_hpc/provenance/1"
 #: distributions whose versions determine a result (absent ones are left out)
@@ -112,7 +114,7 @@ def provenance_record(
     }
     if extra:
         record["extra"] = jsonable(extra)
-    return record
+    return mask_secrets(record)  # the command line or a source may carry a URI's password
 
 
 def jsonable(obj: Any) -> Any:

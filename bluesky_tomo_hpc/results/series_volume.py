@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import require
 from ..metadata.sample import NAME_PATTERN
 from ..metadata.series_point import series_point
 from .provenance import jsonable
 from .tiled_results import recon_key, register_zarr_in_place
+from .volume_files import OME_ZARR_FEATURE
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,7 @@ def write_series_zarr(path: Path, index: int, volume: Any) -> Any:
     """Put ``volume`` (nz, ny, nx) at time ``index`` of the OME-Zarr at ``path`` (created or
     grown as needed), slab by slab; the NGFF metadata is (re)written; returns the array."""
     import zarr
-    from ome_zarr.writer import write_multiscales_metadata
-
+    write_multiscales_metadata = require("ome_zarr.writer", OME_ZARR_FEATURE).write_multiscales_metadata
     nz, ny, nx = (int(n) for n in volume.shape)
     group = zarr.open_group(str(path), mode="a")
     if "0" in group:

@@ -33,7 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import require
 from .provenance import jsonable
+
+#: what needs ome-zarr (a core dependency: missing, the installation is damaged)
+OME_ZARR_FEATURE = "writing OME-Zarr volumes"
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +132,8 @@ class VolumeWriter:
         levels: int = 3,
         create: bool = True,
     ):
+        # before any work: its absence would otherwise surface only at finish(), after every slice
+        require("ome_zarr.writer", OME_ZARR_FEATURE)
         self.layout = ResultLayout(Path(directory))
         self.shape = tuple(int(n) for n in shape)
         if len(self.shape) != 3 or min(self.shape) < 1:
@@ -235,8 +241,7 @@ class VolumeWriter:
 
     def _ngff_metadata(self) -> None:
         import zarr
-        from ome_zarr.writer import write_multiscales_metadata
-
+        write_multiscales_metadata = require("ome_zarr.writer", OME_ZARR_FEATURE).write_multiscales_metadata
         v = self.voxel_size_um or 1.0
         datasets = [{"path": str(i), "coordinateTransformations": [
             {"type": "scale", "scale": [v * 2**i] * 3}]} for i in range(len(self._arrays))]

@@ -32,6 +32,7 @@ def result_metadata(spec: ScanSpec, result: Any) -> dict[str, Any]:
         "plan_name": spec.plan_name,
         "sample": spec.metadata.get("sample") or tomo.get("sample"),
         "series": spec.metadata.get("series"),
+        "scan_health": spec.metadata.get("scan_health"),  # the live findings (sinks.scan_health_sink)
         "source": spec.source,
         "raw_files": list(spec.raw_files),
     }

@@ -16,7 +16,6 @@ twice (a replay after a worker restart) still stage in acquisition order; the la
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,8 +29,7 @@ from ..model import (
     MissingCalibrationError,
     ScanSpec,
     TomoDataError,
-    UnsafeNameError,
-    safe_component,
+    name_or_hash,
 )
 
 log = logging.getLogger(__name__)
@@ -39,10 +37,7 @@ log = logging.getLogger(__name__)
 def run_file_stem(run_uid: object) -> str:
     """A file name for a run's scratch and volume: the uid made safe, or (a uid that cannot be a
     name: NUL, 10 kB...) its hash, so such a run is still reconstructed."""
-    try:
-        return safe_component(run_uid, "run uid")
-    except UnsafeNameError:
-        return "run-" + hashlib.sha256(repr(run_uid).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return name_or_hash(run_uid, "run uid")
 
 
 @dataclass

@@ -46,7 +46,7 @@ from ..engine.filters import padded_width
 from ..engine.preprocess import bin_frames, to_binned, to_unbinned
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
 from .preview_backprojection import OrthoSliceBackprojection, SliceGeometry
-from .preview_recentre import PreviewRecentring, ProjectionStore
+from .preview_recentre import MASS_MIN_SPAN, PreviewRecentring, ProjectionStore, centre_of_mass_axis
 from .preview_stream import PreviewUpdate
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
         refine_center: bool = True,
         center_tolerance_px: float = 0.5,
         max_cached_rows: int = 8192,
-        max_recentre_bytes: int = 128 * 2**20,
+        max_recentre_bytes: int = 32 * 2**20,
         device: str = "auto",
         gpu_batch: int = 32,
         extra_metadata: Callable[[], dict[str, Any]] | None = None,
@@ -225,6 +225,7 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
         self._store = ProjectionStore(self.max_recentre_bytes if self.refine_center else 0)
         self._checked_mid_scan = False
         self._pair_in = False
+        self._mass_checked = False
         self._pending_refinement = False
         self.center_check: dict[str, Any] = {}
         self.peak_queued_bytes = 0
@@ -302,17 +303,14 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
                 self._keep_for_centre(sino, batch.angles)
             filtered = self._filter_rows(sino)
             if xp is np:
-                for q, theta in zip(filtered, batch.angles, strict=True):
-                    self._backproject(q, float(theta))
+                self._backproject_cpu(filtered, batch.angles)
             else:
                 angles = np.asarray(batch.angles, dtype=np.float64)
                 for k in range(0, len(angles), self.gpu_batch):
                     self._backproject_batch(filtered[k : k + self.gpu_batch], angles[k : k + self.gpu_batch])
             self.n_used += len(frames)
-            if (self._pair_in and not self._checked_mid_scan and self.refine_center
-                    and self.center_source != "argument"):
-                self._checked_mid_scan = True  # the data can give the centre now: move to it
-                self._refine_center(during_scan=True)
+            if not self._checked_mid_scan and self.refine_center and self.center_source != "argument":
+                self._centre_during_scan()
 
     def _keep_for_centre(self, sino: np.ndarray, angles: np.ndarray) -> None:
         """Bounded memory for the centre check at stop: the first projection, the one nearest
@@ -404,6 +402,21 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
         if check.get("done"):
             return float(check["peak"]) < PAIR_PEAK_CONFIDENT
         return self.center_source in ("detector middle", "previous scan")
+
+    def _centre_during_scan(self) -> None:
+        """Move to the centre as soon as the data can give one: the 0/180 pair once the first
+        projection's partner is in; before that, once, the centre of mass after two thirds of a
+        half-turn (:data:`.preview_recentre.MASS_MIN_SPAN`)."""
+        if self._pair_in:
+            self._checked_mid_scan = True
+            self._refine_center(during_scan=True)
+        elif not self._mass_checked and np.ptp(self._row_angles) >= MASS_MIN_SPAN:
+            self._mass_checked = True
+            c = centre_of_mass_axis(to_numpy(self.xp.stack(self._rows)), np.asarray(self._row_angles))
+            if c is not None and abs(c - self.geo.center) > self.center_tolerance_px:
+                done = self._recentre(c, "centre of mass (during the scan)")
+                self.center_check = {"done": False, "during_scan": True, "centre_of_mass": round(c, 3),
+                                     **done}
 
     def _refine_center(self, during_scan: bool = False) -> bool:
         """The centre from the 0/180-degree pair (once the first projection's partner is in, and at

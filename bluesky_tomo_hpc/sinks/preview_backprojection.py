@@ -4,7 +4,9 @@ onto three orthogonal slices, once.
 A filtered back-projection is a sum over projections, so the slices can grow one projection at a
 time: the xy slice at row z0 (one filtered row onto an n x n grid), and the xz line (y = y0) and
 yz line (x = x0) of every row (one gather per row). Geometry of :mod:`bluesky_tomo_hpc.engine.fbp`.
-NumPy per frame; on a GPU a batch of projections per gather (:meth:`_backproject_batch`).
+NumPy: a batch of frames on every core (:meth:`_backproject_cpu`: rows of the xy slice and of
+the lines split between threads, each thread adding the frames in order); on a GPU a batch of
+projections per gather (:meth:`_backproject_batch`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from ..engine.backend import get_array_module
+from ..engine.backend import cpu_threads, get_array_module, run_blocks
 
 __all__ = ["OrthoSliceBackprojection", "SliceGeometry"]
 
@@ -71,7 +73,7 @@ class OrthoSliceBackprojection:
         padded[..., :left] = sino[..., :1]
         padded[..., left + nw:] = sino[..., -1:]
         fft = scipy.fft if xp is np else xp.fft
-        kw = {"workers": 1} if xp is np else {}
+        kw = {"workers": cpu_threads()} if xp is np else {}
         spec = fft.rfft(padded, axis=-1, **kw)
         spec *= self._kernel
         q = xp.zeros((n, nz, n_pad + 3), xp.float32)
@@ -107,6 +109,35 @@ class OrthoSliceBackprojection:
             i, w = self._positions(s_line)
             v0 = q[:, i]
             acc += v0 + w * (q[:, i + 1] - v0)
+
+    def _backproject_cpu(self, q: np.ndarray, thetas: Any, threads: int | None = None) -> None:
+        """:meth:`_backproject` for a batch of frames (B, nz, n_pad + 3), on every core: the
+        rows of the xy slice, then the rows of the xz/yz lines, split between ``threads``
+        (default: the CPUs this process may use); each thread adds all frames to its rows in
+        order, so the sums are exactly the per-frame ones (NumPy's gathers release the GIL)."""
+        trig = [(np.float32(math.cos(t)), np.float32(math.sin(t))) for t in np.asarray(thetas, float)]
+        axis = np.float32(self._n_pad // 2)
+        rows_xy = q[:, self.geo.z0]
+        t = cpu_threads(threads)
+
+        def xy(rows: slice) -> None:
+            gy, acc = self._gy[rows], self.acc_xy[rows]
+            for row, (c, s_) in zip(rows_xy, trig, strict=True):
+                i, w = self._positions(self._gx * c + (gy * s_ + axis))
+                v0 = row[i]
+                acc += v0 + w * (row[i + 1] - v0)
+
+        def lines(zs: slice) -> None:
+            for qq, (c, s_) in zip(q[:, zs], trig, strict=True):
+                for acc, s_line in ((self.acc_xz, self._gx[0] * c + (self._line_y0 * s_ + axis)),
+                                    (self.acc_yz, self._line_x0 * c + self._gy[:, 0] * s_ + axis)):
+                    i, w = self._positions(s_line)
+                    v0 = qq[:, i]
+                    acc[zs] += v0 + w * (qq[:, i + 1] - v0)
+
+        ny, nz = self.acc_xy.shape[0], q.shape[1]
+        run_blocks(xy, ny, -(-ny // t), t)
+        run_blocks(lines, nz, -(-nz // t), t)
 
     def _backproject_batch(self, q: Any, thetas: np.ndarray) -> None:
         """Add ``B`` filtered projections (B, nz, n_pad + 3) at once: one gather per slice for

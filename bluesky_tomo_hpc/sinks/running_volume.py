@@ -148,7 +148,8 @@ def reconstruct_block(proj_log: Any, theta: np.ndarray, center: float, params: R
         return
     from ..engine.fourier import reconstruct_fourier
 
-    reconstruct_fourier(sino, theta, center, out=out, threads=threads, fft_measure=True, **filt)
+    reconstruct_fourier(sino, theta, center, out=out, threads=threads,
+                        whole_square=params.circular_mask is None, **filt)
 
 
 def lower_priority(niceness: int) -> None:

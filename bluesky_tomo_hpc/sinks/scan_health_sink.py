@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 #: where a scan may state its detector's saturation (counts), when under the dtype's maximum
 SATURATION_KEY = "saturation_counts"
+#: ``ScanSpec.metadata`` key (and preview metadata key) of the scan's health summary
+HEALTH_METADATA_KEY = "scan_health"
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,10 @@ class ScanHealthSink:
         with self._lock:
             self.health.finish()
         self.final = self._publish(final=True)
+        # the run's other sinks close after this one (it comes first in the fan-out): the full
+        # volume and the batch job find the findings here and put them in their provenance
+        if isinstance(self.spec.metadata, dict):
+            self.spec.metadata[HEALTH_METADATA_KEY] = self.summary(with_timeline=False)
 
     # -- output ---------------------------------------------------------------------------
     def summary(self, with_timeline: bool = True) -> dict[str, Any]:
@@ -122,7 +128,7 @@ class ScanHealthSink:
 
     def metadata(self) -> dict[str, Any]:
         """What the preview adds to each update's metadata: ``{"scan_health": summary}``."""
-        return {"scan_health": self.summary()}
+        return {HEALTH_METADATA_KEY: self.summary()}
 
     def _publish(self, final: bool) -> HealthUpdate:
         update = HealthUpdate(self.run_uid, self.summary(with_timeline=final), final=final)

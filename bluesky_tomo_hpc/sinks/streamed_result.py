@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.center import resolve_uncertain_center
+from ..engine.halfturn import is_half_acquisition, output_width, stitch_half_acquisition
 from ..engine.params import ReconParams
 from ..engine.preprocess import circular_mask, to_binned, to_unbinned
 from ..engine.reconstruct import (
@@ -77,19 +78,30 @@ def slabs_from_sum(total: np.ndarray, n_angles: int, params: ReconParams) -> Sla
         yield z0, slab
 
 
+def half_acquisition(store: BinnedScanStore, params: ReconParams, center_b: float) -> bool:
+    """Whether the slices are stitched from both half-turns (the batch program's rule)."""
+    theta = np.array([store.angles[i] for i in store.order()])
+    return is_half_acquisition(center_b, store.shape[1], theta, params.half_acquisition)
+
+
 def slabs_from_store(store: BinnedScanStore, params: ReconParams, center_b: float,
                      warnings: list[str]) -> Slabs:
-    """Slices made from the binned store, slab by slab, with one NUFFT plan for all slabs."""
+    """Slices made from the binned store, slab by slab, with one NUFFT plan for all slabs (a half
+    acquisition stitched to the full field of view first, as the batch program does)."""
     local = params.with_updates(rows=None)
+    stitch = half_acquisition(store, params, center_b)
     recon = None
     for z0 in range(0, store.shape[0], STORE_SLAB_SLICES):
         z1 = min(z0 + STORE_SLAB_SLICES, store.shape[0])
         proj_log, theta, w = preprocess_projections(store.scan_data(z0, z1), local)
         warnings.extend(x for x in w if x not in warnings)
+        c = center_b
+        if stitch:
+            proj_log, theta, c = stitch_half_acquisition(proj_log, theta, center_b)
         if recon is None:
-            recon = make_chunk_reconstructor(np.asarray(theta, dtype=np.float64), center_b, proj_log.shape[2],
-                                             local, engine=resolve_engine(params), slices=store.shape[0])
-        yield z0, reconstruct_prepared(proj_log, theta, center_b, local, recon=recon)
+            recon = make_chunk_reconstructor(np.asarray(theta, dtype=np.float64), c, proj_log.shape[2],
+                                             local, engine=resolve_engine(params))
+        yield z0, reconstruct_prepared(proj_log, theta, c, local, recon=recon)
 
 
 def write_behind(slabs: Slabs, write: Callable[[int, np.ndarray], None], tick: Callable[[], None]) -> None:
@@ -130,6 +142,10 @@ def write_volume(spec: ScanSpec, store: BinnedScanStore, params: ReconParams, re
     import zarr
 
     b, (nz, nx) = store.binning, store.shape
+    if half_acquisition(store, params, to_binned(center.value, b)):  # the stitched field of view
+        theta = np.array([store.angles[i] for i in store.order()])
+        nx = output_width(nx, to_binned(center.value, b), theta, params.half_acquisition)
+        center.details.update(half_acquisition=True, field_of_view_px=nx)
     pixel = spec.metadata.get("pixel_size_um") if isinstance(spec.metadata, dict) else None
     voxel = float(pixel) * b if isinstance(pixel, int | float) and pixel > 0 else None
     writer = VolumeWriter(result_dir, (nz, nx, nx), first_row=0, row_step=b, voxel_size_um=voxel,

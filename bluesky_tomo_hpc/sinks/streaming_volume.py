@@ -34,7 +34,7 @@ from .binned_store import BinnedScanStore
 from .frame_store import run_file_stem
 from .full_volume import ReconOutcome, ReconService, ResultWriter
 from .running_volume import RunningVolume, lower_priority, not_accumulable
-from .streamed_result import slabs_from_store, slabs_from_sum, stop_center, write_volume
+from .streamed_result import half_acquisition, slabs_from_store, slabs_from_sum, stop_center, write_volume
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 BLOCK = 128
 END_BLOCK = 32
 #: raw bytes of frames waiting to be binned before ``add`` waits (back-pressure, never a drop)
-QUEUE_BYTES = 512 * 2**20
+QUEUE_BYTES = 256 * 2**20
 #: the partial volume is sub-sampled to about this many voxels a side (a look, not a result), and
 #: published at most every PARTIAL_EVERY_S seconds
 PARTIAL_SIZE = 160
@@ -251,7 +251,7 @@ class _StreamedRun:
 
     def finish(self) -> ReconOutcome:
         """The service thread: drain, confirm the centre, finish the sum (or use the store), write."""
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         spec, params, sink, store = self.spec, self.params, self.sink, self.store
         timings: dict[str, float] = {}
         try:
@@ -268,6 +268,8 @@ class _StreamedRun:
             center_b = to_binned(center.value, store.binning)
             running, warnings = self.running, []
             why = self.not_summed if running is None else running.usable(center_b)
+            if why is None and half_acquisition(store, params, center_b):
+                why = "a half acquisition is stitched from both half-turns"
             t = time.perf_counter()
             if running is not None and why is None:
                 running.threads = None  # the stop has every core
@@ -301,6 +303,8 @@ class _StreamedRun:
         store.discard()
         self.running = None
         result.timings["total"] = time.perf_counter() - t0
+        # the process's CPU seconds since the stop (every thread): on a shared host, what the stop costs
+        result.timings["cpu_total"] = time.process_time() - cpu0
         note = "" if how["summed"] else f"; not summed: {how['why']}"
         return ReconOutcome(
             run_uid=spec.run_uid, ok=True, message="reconstructed (streamed)" + note,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
@@ -19,6 +20,7 @@ import h5py
 import numpy as np
 
 from ..model import TomoDataError
+from .scan_file_checks import check_links, check_virtual_sources
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,10 @@ _OPEN_VARIANTS: tuple[dict[str, object], ...] = (
 
 
 def open_swmr(path: str) -> h5py.File:
-    """Open for reading while a writer (in this or another process) may still be writing."""
+    """Open for reading while a writer (in this or another process) may still be writing. The path
+    (from a document or a command line) must be a regular file: HDF5 would wait forever on a FIFO."""
+    if not stat.S_ISREG(os.stat(path).st_mode):  # FileNotFoundError as before when missing
+        raise TomoDataError(f"{path} is not a regular file (a FIFO, a device or a folder); give an HDF5 file")
     errors: list[str] = []
     for kwargs in _OPEN_VARIANTS:
         try:
@@ -105,12 +110,14 @@ class SwmrReader:
                 if not os.path.exists(path):
                     raise FileNotFoundError(path)
                 f = self._file(path)
+                check_links(f, dataset)  # a document's file may link anywhere: only inside its folder
                 ds = f.get(dataset)
                 if ds is None:
                     # a reopened handle sees datasets created after the first open
                     self._drop(path)
                     ds = self._file(path).get(dataset)
                 if isinstance(ds, h5py.Dataset):
+                    check_virtual_sources(ds, dataset)
                     if f.swmr_mode:
                         ds.refresh()
                     if ds.shape[0] >= stop:

@@ -25,8 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import require
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, TomoDataError
 from ..sinks.sink import Sink
+
+#: what asks for pvapy, in the words of the command line
+PVA_FEATURE = "PV Access frames (worker --pva)"
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +107,7 @@ class CompanionPV:
     """Latest value of a scalar PV (angle readback, frame kind), updated by a pvapy monitor."""
 
     def __init__(self, name: str):
-        import pvaccess as pva
+        pva = require("pvaccess", PVA_FEATURE)
 
         self.name = name
         self.value: Any = None
@@ -183,7 +187,7 @@ class PvaSource:
         """Connect the monitors (pvapy threads call :meth:`on_frame`) and the idle watchdog;
         wait up to ``wait_connected_s`` for the channel (a warning, not an error, if it is not up:
         the monitor connects whenever the IOC comes)."""
-        import pvaccess as pva
+        pva = require("pvaccess", PVA_FEATURE)
 
         if self.angle_pv_name:
             self._angle_pv = CompanionPV(self.angle_pv_name)
@@ -335,7 +339,7 @@ class NtndArrayPublisher:
     uniqueId, timestamps and attributes): the detector side of simulations, tests and benchmarks."""
 
     def __init__(self, channel: str):
-        import pvaccess as pva
+        pva = require("pvaccess", PVA_FEATURE)
 
         self._pva = pva
         self.channel = channel

@@ -23,6 +23,15 @@ import numpy as np
 from ..engine.preprocess import bin_frames
 from ..model import FrameBatch, FrameRole, ScanData, ScanEnd, ScanSpec, TomoDataError
 from .hdf5 import open_swmr
+from .scan_file_checks import (
+    KEY_DARK,
+    KEY_FLAT,
+    KEY_PROJECTION,
+    check_virtual_sources,
+    image_keys,
+    link_target,
+    real_numbers,
+)
 
 __all__ = [
     "DatasetRef",
@@ -32,9 +41,6 @@ __all__ = [
     "iter_file_stream",
     "load_scan",
 ]
-
-#: NXtomo image_key values
-_KEY_PROJECTION, _KEY_FLAT, _KEY_DARK = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -112,7 +118,7 @@ class _Resolver:
             if link is None:
                 return None
             if isinstance(link, h5py.ExternalLink):
-                target = os.path.join(os.path.dirname(node.file.filename), link.filename)
+                target = link_target(node, link, f"{node.name.rstrip('/')}/{name}")
                 try:
                     ext = self.open(target)
                 except OSError:  # FileNotFoundError included: a dangling link
@@ -130,7 +136,10 @@ class _Resolver:
 
     def dataset(self, f: h5py.File, path: str) -> h5py.Dataset | None:
         obj = self.get(f, path)
-        return obj if isinstance(obj, h5py.Dataset) else None
+        if not isinstance(obj, h5py.Dataset):
+            return None
+        check_virtual_sources(obj, path)
+        return obj
 
 
 def _attr_str(obj: h5py.HLObject, name: str) -> str:
@@ -190,7 +199,8 @@ def _pixel_size_um(res: _Resolver, f: h5py.File, candidates: list[tuple[str, str
     (its ``units`` attribute wins); None when absent or not a positive length."""
     for path, default_unit in candidates:
         ds = res.dataset(f, path)
-        if ds is None or ds.size < 1 or not np.issubdtype(ds.dtype, np.number):
+        if ds is None or ds.size < 1 or not (np.issubdtype(ds.dtype, np.integer)
+                                             or np.issubdtype(ds.dtype, np.floating)):
             continue
         factor = _LENGTH_UM.get((_attr_str(ds, "units") or default_unit).strip().lower())
         value = float(np.asarray(ds[()]).flat[0])
@@ -200,15 +210,20 @@ def _pixel_size_um(res: _Resolver, f: h5py.File, candidates: list[tuple[str, str
 
 
 def _describe_dxchange(path: str, f: h5py.File, res: _Resolver) -> ScanDescription:
-    data = f["/exchange/data"]
+    data = res.dataset(f, "/exchange/data")
+    if data is None:
+        raise TomoDataError(f"{path}: /exchange/data is missing, not a dataset, or an external link to a "
+                            "file or dataset that does not exist")
+    real_numbers(data, "/exchange/data", path)
     if data.ndim != 3:
         raise TomoDataError(f"{path}: /exchange/data must be 3-D (theta, y, x), got shape {data.shape}")
     n, ny, nx = data.shape
     refs: dict[str, DatasetRef | None] = {}
     counts: dict[str, int] = {}
     for key, name in (("flats", "data_white"), ("darks", "data_dark")):
-        ds = f["exchange"].get(name)
+        ds = res.dataset(f, f"/exchange/{name}")
         if isinstance(ds, h5py.Dataset) and ds.ndim == 3 and ds.shape[0] > 0:
+            real_numbers(ds, f"/exchange/{name}", path)
             if ds.shape[1:] != (ny, nx):
                 raise TomoDataError(
                     f"{path}: /exchange/{name} frames are {ds.shape[1:]}, projections are {(ny, nx)}"
@@ -217,7 +232,9 @@ def _describe_dxchange(path: str, f: h5py.File, res: _Resolver) -> ScanDescripti
             counts[key] = ds.shape[0]
         else:
             refs[key], counts[key] = None, 0
-    theta_ds = f["exchange"].get("theta")
+    theta_ds = res.dataset(f, "/exchange/theta")
+    if theta_ds is not None:
+        real_numbers(theta_ds, "/exchange/theta (angles, degrees unless its units say rad)", path)
     if isinstance(theta_ds, h5py.Dataset) and theta_ds.shape != (n,):
         raise TomoDataError(
             f"{path}: /exchange/theta has shape {theta_ds.shape} for {n} projections; it needs one "
@@ -289,7 +306,8 @@ def _nexus_angles(res: _Resolver, f: h5py.File, entry: str, det_group: str, n: i
     candidates += [path for *_, path in sorted(ranked)]
     for cand in candidates:
         ds = res.dataset(f, cand)
-        if ds is not None and ds.shape == (n,) and np.issubdtype(ds.dtype, np.number):
+        if ds is not None and ds.shape == (n,):
+            real_numbers(ds, f"{cand} (rotation angles)", data_ref.file)
             return np.asarray(ds[()], dtype=np.float64), _angle_units(ds), cand
     return None
 
@@ -299,18 +317,18 @@ def _describe_nexus(path: str, f: h5py.File, res: _Resolver) -> ScanDescription:
     for key_path in _find_image_keys(f):
         group = key_path.rsplit("/", 1)[0]
         data = res.dataset(f, f"{group}/data")
-        keys = f[key_path][()]
+        keys, key_warnings = image_keys(f[key_path], path)
         if data is None:
             problems.append(f"{group}/data missing or its external file is absent")
             continue
         if data.ndim != 3 or data.shape[0] != len(keys):
             problems.append(f"{group}/data shape {data.shape} does not match {len(keys)} image keys")
             continue
+        real_numbers(data, f"{group}/data", path)
         entry = "/" + key_path.strip("/").split("/", 1)[0]
-        keys = np.asarray(keys).astype(np.int64)
-        proj = np.nonzero(keys == _KEY_PROJECTION)[0]
-        flats = np.nonzero(keys == _KEY_FLAT)[0]
-        darks = np.nonzero(keys == _KEY_DARK)[0]
+        proj = np.nonzero(keys == KEY_PROJECTION)[0]
+        flats = np.nonzero(keys == KEY_FLAT)[0]
+        darks = np.nonzero(keys == KEY_DARK)[0]
         if len(proj) == 0:
             problems.append(f"{key_path} has no projection frames (image_key 0)")
             continue
@@ -330,7 +348,7 @@ def _describe_nexus(path: str, f: h5py.File, res: _Resolver) -> ScanDescription:
             projection_index=proj, flat_index=flats, dark_index=darks,
             theta=_to_radians(angles[proj], units), angle_source=source,
             metadata={"image_key": key_path, "detector_group": group, "entry": entry,
-                      "angle_units": units, **_pixel_metadata(_pixel_size_um(
+                      "warnings": key_warnings, "angle_units": units, **_pixel_metadata(_pixel_size_um(
                           res, f, [(f"{group}/x_pixel_size", "m")]))},
         )
     why = "; ".join(problems) if problems else "no image_key dataset found"

@@ -32,7 +32,7 @@ _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^
 #: ``name=value`` in a query, a form or a command line, the name like a secret
 _PARAM = re.compile(
     r"(?P<name>\b[A-Za-z0-9_-]*(?:api[_-]?key|apikey|token|secret|passw(?:or)?d|passwd|credential|signature)"
-    r"[A-Za-z0-9_-]*|\bsig)(?P<sep>=)(?P<value>[^\s&'\",;)}\]]+)", re.IGNORECASE)
+    r"[A-Za-z0-9_-]*|\bsig)(?P<sep>=)(?P<value>[^\s&'\",;:)}\]]+)", re.IGNORECASE)
 #: the credentials of an Authorization header quoted in a message
 _SCHEME_WORD = re.compile(r"\b(?P<scheme>Apikey|Bearer)(?P<sep>\s+)(?P<value>[A-Za-z0-9._~+/=-]{4,})",
                           re.IGNORECASE)

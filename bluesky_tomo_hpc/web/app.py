@@ -39,7 +39,7 @@ from .catalog import Catalog, CatalogError
 from .images import to_png
 from .jobs_view import JobNotFound, act, job_detail, list_jobs, statistics
 from .live_feed import LiveFeed
-from .query import Query
+from .query import Query, path_text
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
 
     async def live_final(request: Request) -> Response:
         Query(request)
-        uid = request.path_params["uid"][:1024]
+        uid = path_text(request, "uid")
         msg = ctx.live.finals.get(uid)
         if msg is None:
             raise CatalogError(f"no final preview of run {uid!r} in this server's memory; see "
@@ -256,15 +256,16 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
 
     def job(request: Request) -> Response:
         Query(request)
+        job_id = path_text(request, "job_id")
         journal = ctx.journal()
         if journal is None:
-            raise JobNotFound(f"no job {request.path_params['job_id']!r}: the journal is empty")
-        return JSONResponse(job_detail(journal, request.path_params["job_id"], _monitor_or_none()))
+            raise JobNotFound(f"no job {job_id!r}: the journal is empty")
+        return JSONResponse(job_detail(journal, job_id, _monitor_or_none()))
 
     def job_action(request: Request) -> Response:
         Query(request)
         journal = ctx.journal()
-        job_id, action = request.path_params["job_id"], request.path_params["action"]
+        job_id, action = path_text(request, "job_id"), request.path_params["action"]
         if journal is None:
             raise JobNotFound(f"no job {job_id!r}: the journal is empty")
         if action not in ("retry", "cancel"):

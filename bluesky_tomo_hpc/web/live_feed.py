@@ -62,6 +62,8 @@ def message_from_update(update: Any, *, max_side: int = 512) -> dict[str, Any]:
         "stop_to_final_s": md.get("stop_to_final_s"),
         "refinement_pending": bool(md.get("refinement_pending")),
         "warnings": warnings_of(md), "limits": list(limits),
+        # findings and timeline of the scan's health (static/health_timeline.js draws them)
+        "scan_health": md.get("scan_health") if isinstance(md.get("scan_health"), dict) else None,
         "slices": {p: {"png": png_data_url(to_png(small[p], limits=limits)),
                        "index": update.indices.get(p), "shape": list(update.slices[p].shape)}
                    for p in planes},

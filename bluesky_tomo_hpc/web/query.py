@@ -36,6 +36,14 @@ def _shown(raw: str) -> str:
     return repr(text + ("..." if len(raw) > 40 else ""))
 
 
+def path_text(request: Request, name: str, max_chars: int = 200) -> str:
+    """Path parameter ``name``: printable and at most ``max_chars`` characters (a job id, a uid)."""
+    raw = request.path_params[name]
+    if len(raw) > max_chars or not raw.isprintable():
+        raise QueryError(f"{name} {_shown(raw)} is not a valid {name.replace('_', ' ')}")
+    return raw
+
+
 class Query:
     """The query parameters of ``request``, limited to ``allowed`` (and ``api_key``)."""
 

@@ -167,6 +167,8 @@ def test_oversized_login_form_is_refused(world, web):
     ("api/recon/{key}/slice/xy.png?lo=60&hi=50", "0 <= lo < hi <= 100"),
     ("api/recon/{key}/preview/xy.png?hi=1e309", "hi must be a number"),
     ("api/health?verbose=1", "unknown query parameter"),
+    ("api/jobs/" + "j" * 300, "not a valid job id"),
+    ("api/live/final/" + "u" * 300, "not a valid uid"),
 ])
 def test_every_query_parameter_is_validated_and_bounded(world, web, path, words):
     """A query parameter out of range, not finite, repeated, unknown or too long: 400, one line."""

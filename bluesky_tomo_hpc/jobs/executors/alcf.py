@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ...batch.job import ReconJob
+from ...extras import require
 from .executor import PermanentError, RemoteState, RemoteStatus, TransientError, status_from_exit_code
 
 _PENDING = {"waiting-for-ep", "waiting-for-nodes", "waiting-for-launch", "received", "unknown"}
@@ -38,8 +39,12 @@ def run_batch_remote(
     return {"exit_code": p.returncode, "log_tail": (p.stdout + p.stderr)[-20000:]}
 
 
+#: what asks for the Globus SDKs, in the words of the setting
+ALCF_FEATURE = "the ALCF executor (jobs.executor: alcf)"
+
+
 def _translate(exc: Exception, what: str) -> Exception:
-    import globus_sdk
+    globus_sdk = require("globus_sdk", ALCF_FEATURE)
 
     if isinstance(exc, globus_sdk.GlobusAPIError):
         if exc.http_status == 401:
@@ -69,6 +74,7 @@ class AlcfExecutor:
         mpiexec: str = "mpiexec",
         python: str = "python",
     ):
+        require("globus_compute_sdk", ALCF_FEATURE)  # absent: the line naming the hpc extra, up front
         self._client_factory = client_factory
         self._client: Any = None
         self.endpoint_id, self.function_id = endpoint_id, function_id
@@ -77,6 +83,7 @@ class AlcfExecutor:
 
     @classmethod
     def from_environment(cls, *, endpoint_id: str | None = None, **options: Any) -> AlcfExecutor:
+        require("globus_compute_sdk", ALCF_FEATURE)  # the package first: an endpoint is no use without it
         endpoint_id = endpoint_id or os.environ.get("GLOBUS_COMPUTE_ENDPOINT")
         if not endpoint_id:
             raise PermanentError(
@@ -84,9 +91,7 @@ class AlcfExecutor:
             )
 
         def factory() -> Any:
-            from globus_compute_sdk import Client
-
-            return Client()
+            return require("globus_compute_sdk", ALCF_FEATURE).Client()
 
         return cls(factory, endpoint_id, **options)
 
@@ -117,8 +122,7 @@ class AlcfExecutor:
         )
 
     def status(self, handle: str) -> RemoteStatus:
-        from globus_compute_sdk.errors import TaskExecutionFailed
-
+        TaskExecutionFailed = require("globus_compute_sdk.errors", ALCF_FEATURE).TaskExecutionFailed
         try:
             task = self._call("get_task", lambda: self._c().get_task(handle))
         except TaskExecutionFailed as exc:  # the function itself raised on the endpoint

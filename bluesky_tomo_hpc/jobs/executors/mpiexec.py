@@ -18,14 +18,23 @@ import time
 from pathlib import Path
 
 from ...batch.job import ReconJob
-from .executor import PermanentError, RemoteState, RemoteStatus, status_from_exit_code
+from ...extras import MissingPackage
+from .executor import RemoteState, RemoteStatus, status_from_exit_code
+
+#: what asks for mpiexec, in the words of the setting
+LOCAL_MPI_FEATURE = "the local executor (jobs.executor: local)"
+
+
+def find_mpiexec() -> str | None:
+    """``mpiexec`` next to this Python (the ``mpich`` wheel of the core install), else on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
 
 
 def _find_mpiexec() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
+    found = find_mpiexec()
     if not found:
-        raise PermanentError("mpiexec not found next to this Python nor on PATH (pip install mpich)")
+        raise MissingPackage(LOCAL_MPI_FEATURE, "mpiexec")
     return found
 
 

@@ -19,13 +19,22 @@ from collections.abc import Callable
 from typing import Any
 
 from ...batch.job import ReconJob
+from ...extras import require
 from .executor import PermanentError, RemoteState, RemoteStatus, TransientError
 from .slurm import interpret_state, render_script
+
+#: what asks for sfapi-client, in the words of the setting
+NERSC_FEATURE = "the NERSC executor (jobs.executor: nersc)"
+
+
+def _sfapi() -> Any:
+    return require("sfapi_client", NERSC_FEATURE)
 
 
 def _translate(exc: Exception, what: str) -> Exception:
     import httpx
-    from sfapi_client import SfApiError
+
+    SfApiError = _sfapi().SfApiError
 
     if isinstance(exc, httpx.HTTPStatusError):
         code = exc.response.status_code
@@ -69,6 +78,7 @@ class NerscExecutor:
         constraint: str = "cpu",
         template: str | None = None,
     ):
+        _sfapi()  # absent: one line naming the hpc extra, before any job is written
         self._client_factory = client_factory
         self._client: Any = None
         self.account, self.image, self.machine = account, image, machine
@@ -77,6 +87,7 @@ class NerscExecutor:
     @classmethod
     def from_environment(cls, **options: Any) -> NerscExecutor:
         """Client credentials from the key file named by ``$NERSC_SFAPI_KEY`` (read now, not at import)."""
+        _sfapi()  # the package first: a key is no use without it
         key = os.environ.get("NERSC_SFAPI_KEY")
         if not key:
             raise PermanentError(
@@ -84,9 +95,7 @@ class NerscExecutor:
             )
 
         def factory() -> Any:
-            from sfapi_client import Client
-
-            return Client(key=key)
+            return _sfapi().Client(key=key)
 
         return cls(factory, **options)
 
@@ -138,8 +147,7 @@ class NerscExecutor:
         return handle.split("|", 1)[0]
 
     def status(self, handle: str) -> RemoteStatus:
-        from sfapi_client import SfApiError
-
+        SfApiError = _sfapi().SfApiError
         try:
             job = self._call("status", lambda: self._compute().job(self._jobid(handle)))
         except TransientError as exc:
