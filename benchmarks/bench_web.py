@@ -10,7 +10,16 @@ float32: 6.5 MB per xy slice on the wire, shrunk to 512 px by the page's server)
 Page load: ``performance`` navigation timing (start to load event end) of ``/web/``, and the time
 until the first live image is on screen after a fresh load.
 
-    python benchmarks/bench_web.py                 # 5 repeats x 15 updates per size, ~2 minutes
+The slice viewer (``--part viewer``): reconstructions written to the same real Tiled as the
+pipeline writes them. ``slider -> image``: from the slider's input event to the new slice drawn
+on the canvas (``window.viewerLog``), slider moves 0.4 s apart on a 256^3 float32 volume, each
+plane in turn; ``open a reconstruction``: from following a ``#recon/KEY`` link to the three
+views drawn with the volume's histogram window (``window.reconOpened``), a fresh node each time
+(nothing cached) and the same node again; ``3D view``: from the click to niivue showing a 128^3
+volume (``window.view3dOpened``), the viewer script included the first time.
+
+    python benchmarks/bench_web.py                 # both parts: 5 repeats x 15 updates per size
+    python benchmarks/bench_web.py --part viewer --repeats 5
     python benchmarks/bench_web.py --repeats 2 --updates 5
 """
 
@@ -49,7 +58,87 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=15, help="updates per size per repeat")
     ap.add_argument("--interval", type=float, default=0.5,
                     help="seconds between updates (the sink's default)")
+    ap.add_argument("--part", choices=["live", "viewer", "all"], default="all")
     args = ap.parse_args()
+    if args.part in ("viewer", "all"):
+        viewer(args)
+    if args.part in ("live", "all"):
+        live(args)
+
+
+def print_rows(rows: list[tuple[str, dict[str, float]]]) -> None:
+    print("\n| what | N | median | range |\n|---|---|---|---|")
+    for what, s in rows:
+        ms = {k: round(v * 1000) for k, v in s.items() if k != "n"}
+        print(f"| {what} | {s['n']} | {ms['median']} ms | {ms['min']}-{ms['max']} ms |")
+    print(f"\nload average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def viewer(args: argparse.Namespace) -> None:
+    from web_browser import browser
+    from web_fixtures import KEY, Beamline, phantom, write_recon, write_run
+
+    slider: list[float] = []
+    open_fresh: list[float] = []
+    open_again: list[float] = []
+    view3d: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        bl = Beamline(Path(tmp))
+        try:
+            raw, processed = bl.containers()
+            uid = write_run(raw, "bench")
+            big = write_recon(processed, uid, phantom((256, 256, 256)))
+            small = [write_recon(processed, uid, phantom((128, 128, 128)), filter_name=f)
+                     for f in ("shepp", "hann", "hamming", "cosine", "ramp", "parzen")][: args.repeats + 1]
+            with browser() as bctx:
+                page = bctx.new_page()
+                page.goto(f"{bl.web}?api_key={KEY}#scans")
+                page.wait_for_selector("#runs tbody tr")
+                for key in small:
+                    for again in (False, True):
+                        page.evaluate("window.reconOpened = null; V.key = null")
+                        page.evaluate(f"location.hash = '#recon/{key}'")
+                        page.wait_for_function(f"window.reconOpened && window.reconOpened.key === '{key}'",
+                                               timeout=60_000)
+                        took = page.evaluate("window.reconOpened.ms") / 1000
+                        (open_again if again else open_fresh).append(took)
+                    page.evaluate("location.hash = '#scans'")
+                key = small[-1]
+                page.evaluate(f"location.hash = '#recon/{key}'")
+                page.wait_for_function(f"window.reconOpened && window.reconOpened.key === '{key}'")
+                for _ in range(args.repeats):
+                    page.evaluate("window.view3dOpened = null")
+                    page.click("#open-3d")
+                    page.wait_for_function("window.view3dOpened", timeout=60_000)
+                    view3d.append(page.evaluate("window.view3dOpened.ms") / 1000)
+                page.evaluate(f"location.hash = '#recon/{big}'")
+                page.wait_for_function(f"window.reconOpened && window.reconOpened.key === '{big}'")
+                rng = np.random.default_rng(1)
+                for i in range(args.repeats * args.updates):
+                    plane = ("xy", "xz", "yz")[i % 3]
+                    index = int(rng.integers(0, 256))
+                    n0 = page.evaluate("window.viewerLog.length")
+                    page.evaluate(f"""(() => {{ const s = document.querySelector('#index-{plane}');
+                        s.value = {index}; s.dispatchEvent(new Event('input')); }})()""")
+                    page.wait_for_function(f"window.viewerLog.slice({n0}).some(e => e.plane === '{plane}' "
+                                           f"&& e.index === {index})", timeout=60_000)
+                    e = page.evaluate(f"window.viewerLog.slice({n0}).find(e => e.plane === '{plane}' "
+                                      f"&& e.index === {index})")
+                    slider.append((e["shown"] - e["asked"]) / 1000)
+                    time.sleep(0.4)
+        finally:
+            bl.close()
+    result = {"load": os.getloadavg(), "slider_to_image_s": summary(slider),
+              "open_fresh_s": summary(open_fresh), "open_again_s": summary(open_again),
+              "view3d_s": summary(view3d)}
+    print(json.dumps(result, indent=2))
+    print_rows([("slider -> image, 256^3 float32 (target <= 150 ms)", result["slider_to_image_s"]),
+                ("open a reconstruction, 128^3, first time (target <= 0.5 s)", result["open_fresh_s"]),
+                ("open the same reconstruction again", result["open_again_s"]),
+                ("3D view, 128^3 (target <= 2 s; the first includes loading niivue)", result["view3d_s"])])
+
+
+def live(args: argparse.Namespace) -> None:
 
     from web_browser import browser
 
@@ -118,14 +207,10 @@ def main() -> None:
               "first_image_after_load_s": summary(first_image_s),
               "update_to_shown_s": {k: summary(v) for k, v in latency.items()}}
     print(json.dumps(result, indent=2))
-    print("\n| what | N | median | range |\n|---|---|---|---|")
     rows = [("page load (navigation start to load end)", result["page_load_s"]),
             ("first live image after a fresh load", result["first_image_after_load_s"])]
     rows += [(f"preview update to page ({k})", v) for k, v in result["update_to_shown_s"].items()]
-    for what, s in rows:
-        ms = {k: round(v * 1000) for k, v in s.items() if k != "n"}
-        print(f"| {what} | {s['n']} | {ms['median']} ms | {ms['min']}-{ms['max']} ms |")
-    print(f"\nload average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print_rows(rows)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Put the 3D viewer's built file into the package: niivue (BSD-2-Clause, maintained, npm
-# @niivue/niivue) ships a self-contained UMD build, dist/niivue.umd.js, that a plain <script>
-# loads. It is copied to bluesky_tomo_hpc/web/static/vendor/ (git-ignored; package data), so the
-# web page fetches nothing from the internet at run time. Pinned version and npm integrity hash.
-# Needs node + npm (Debian: apt-get install nodejs npm). Run by .ci/run; run it once after cloning.
+# For maintainers upgrading the 3D viewer; users and CI never run it. niivue (BSD-2-Clause,
+# maintained, npm @niivue/niivue) ships a self-contained UMD build, dist/niivue.umd.js, that a
+# plain <script> loads; it is committed in bluesky_tomo_hpc/web/static/vendor/ (package data) with
+# its licence (vendor/LICENSE: niivue's and those of the npm packages its build bundles), so a
+# pip install has it and the page fetches nothing at run time. Pinned version and npm integrity
+# hash. Needs node + npm. After an upgrade, check vendor/LICENSE against the new bundle's
+# dependencies (package.json "dependencies") and commit the three files.
 set -euo pipefail
 VERSION=0.69.0
 INTEGRITY="sha512-YMjQvJgD1W2b7DuoxkwlC4VxbrgIePRJ5qyQzXKxi2v2MBVg285P/CIQyg46oDDGDIcaNlbd+MhtO/edMbXJkA=="
@@ -22,5 +24,4 @@ tar -xzf "$tmp/niivue-niivue-$VERSION.tgz" -C "$tmp" package/dist/niivue.umd.js
 mkdir -p "$dest"
 cp "$tmp/package/dist/niivue.umd.js" "$dest/niivue.umd.js"
 echo "$VERSION" > "$dest/VERSION"
-printf 'niivue %s (npm @niivue/niivue, BSD-2-Clause, https://github.com/niivue/niivue)\n' "$VERSION" > "$dest/NOTICE"
 echo "niivue $VERSION -> $dest/niivue.umd.js"

@@ -208,6 +208,8 @@ def run(
         hasher = threading.Thread(target=lambda: checksum.update(sha256=file_sha256(job.input_path)),
                                   name="input-checksum", daemon=True)
         plan = _plan(job, size)
+        log.info("job %s: %d ranks, volume %s (z, y, x) from detector rows %s, slabs of %d rows; "
+                 "finding the centre", job.job_id, size, plan["shape"], plan["rows"], plan["slab"])
         writer = _writer(job, plan, create=True)  # refuses an existing result before any work
         hasher.start()  # after the input was found; overlaps the centre search and reconstruction
         t = time.perf_counter()
@@ -217,6 +219,8 @@ def run(
             writer.fail(exc)
             raise
         plan["center_s"] = time.perf_counter() - t
+        log.info("centre %.2f px (confidence %.2f) in %.1f s", plan["center"].value,
+                 plan["center"].confidence, plan["center_s"])
         width = plan["center"].details.get("field_of_view_px")
         if width and width != plan["shape"][1]:  # half acquisition: a wider volume than planned
             shutil.rmtree(writer.layout.partial)
@@ -233,12 +237,15 @@ def run(
     t = time.perf_counter()
     try:
         if z1 > z0:
-            done = [0]
+            done, logged = [0], [time.monotonic()]
 
             def tick(k: int) -> None:
                 done[0] += k
                 if progress is not None and rank == 0:
                     progress(done[0], z1 - z0)
+                if rank == 0 and (time.monotonic() - logged[0] > 2.0 or done[0] >= z1 - z0):
+                    logged[0] = time.monotonic()  # the job's log tells how far it is while it runs
+                    log.info("slices %d / %d of this rank reconstructed", done[0], z1 - z0)
 
             report = reconstruct_rows(job.input_path, job.params, (r0 + z0 * b, r0 + z1 * b), center.value,
                                       writer.write, slab=plan["slab"], z_offset=z0, progress=tick)
@@ -256,6 +263,8 @@ def run(
     hasher.join()
     busiest = {k: max(i["timings"].get(k, 0.0) for i in infos) for k in report.timings}
     timings = {**busiest, "center": plan["center_s"]}
+    log.info("reconstructed in %.1f s; writing levels, metadata and provenance",
+             max(i["seconds"] for i in infos))
     t = time.perf_counter()
     layout = ResultLayout(job.outputs.result_dir)
     result = {

@@ -21,7 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Poisson noise, dark current, non-uniform flat field, off-centre rotation axis) through a\n"
             "real Bluesky RunEngine with this library's callbacks. Raw data and reconstructions go to\n"
             "an embedded Tiled server over the data folder; a PNG of three orthogonal slices is saved.\n"
-            "Everything stays on this machine (127.0.0.1)."
+            "The web page runs beside Tiled and shows the scan live: its address, with the key, is\n"
+            "printed first. With --serve it keeps running afterwards. Settings come from the same\n"
+            "loader as every command (file, BLUESKY_TOMO_HPC__* environment); the live preview goes to\n"
+            "preview.zmq_address, or a free loopback port. Everything stays on this machine (127.0.0.1)."
         ),
     )
     p.add_argument("--data-dir", type=Path, default=Path("tomo_hpc_data"),
@@ -38,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "where mpiexec is found (the core install has it), else none, saying so")
     p.add_argument("--ranks", type=positive_int, default=2, help="MPI ranks of the batch job (default 2)")
     p.add_argument("--serve", action="store_true",
-                   help="keep the Tiled server running afterwards until Ctrl-C")
+                   help="keep Tiled and the web page running afterwards until Ctrl-C")
+    p.add_argument("--port", type=int, default=0,
+                   help="TCP port on 127.0.0.1 for Tiled and the web page (default: any free port)")
     p.set_defaults(func=run)
 
 
@@ -47,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..live.demo_run import run_demo
+    from ..settings import load_settings
+    from ..web.server import web_mounts
 
     writable_folder(args.data_dir, "--data-dir")
+    settings = load_settings()
 
     console = Console(soft_wrap=True)  # long paths stay on one line, for copy and paste
     console.rule("[bold]bluesky_tomo_hpc demo")
@@ -65,11 +73,12 @@ def run(args: argparse.Namespace) -> int:
             args.data_dir, num_projections=args.projections, shape=(args.rows, args.columns),
             flavour=args.flavour, executor=executor, ranks=args.ranks,
             say=lambda m: console.print(m, highlight=False), on_progress=on_progress,
-            keep_server=args.serve,
+            keep_server=args.serve, settings=settings, mounts=web_mounts, port=args.port,
         )
     _print_report(console, report)
     if pipeline is not None:
-        console.print(f"Serving {report.tiled_uri} until Ctrl-C ...")
+        console.print(f"Serving until Ctrl-C: web page {report.web_url}?api_key={report.api_key}  "
+                      f"Tiled {report.tiled_uri}", highlight=False)
         try:
             while True:
                 time.sleep(1)
@@ -104,6 +113,8 @@ def _print_report(console, report) -> None:  # type: ignore[no-untyped-def]
     if report.phantom_correlation is not None:
         console.print(f"Quality          correlation with the phantom: {report.phantom_correlation:.3f}")
     console.print(f"Tiled URI        {report.tiled_uri}")
+    if report.web_url:
+        console.print(f"Web page         {report.web_url}?api_key={report.api_key}", highlight=False)
     console.print(f"Raw run          {report.raw_node}  (scan_id {report.scan_id})")
     for kind, node in sorted(report.nodes.items()):
         console.print(f"Result ({kind:<5})   {node}")

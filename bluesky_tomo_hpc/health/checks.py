@@ -82,8 +82,8 @@ def check_journal(path: Path) -> Check:
     """The journal opens and lists its jobs."""
     from ..jobs.journal import Journal
 
-    if not Path(path).exists():
-        return Check("journal", "warn", f"{path} does not exist yet (no job submitted)")
+    if not Path(path).exists():  # a fresh install: the first job creates it
+        return Check("journal", "ok", f"{path} not there yet: no job submitted (the first job creates it)")
     try:
         journal = Journal(path)
         jobs = journal.jobs()

@@ -43,6 +43,8 @@ class DemoReport:
     batch: dict[str, Any] = field(default_factory=dict)
     preview: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
+    web_url: str = ""
+    preview_address: str = ""
 
 
 def phantom_correlation(volume: Any, phantom: Any, mask_ratio: float = 0.9,
@@ -78,13 +80,32 @@ def phantom_correlation(volume: Any, phantom: Any, mask_ratio: float = 0.9,
     return float(cab / np.sqrt(m2a * m2b))
 
 
-def demo_settings(data_dir: Path, *, executor: str = "local", ranks: int = 2) -> Settings:
-    """Embedded defaults: a Tiled server over ``data_dir``, shepp filter, automatic centre."""
-    return Settings(
-        data_dir=data_dir,
-        recon=ReconParams(filter_name="shepp", center="auto"),
-        jobs={"executor": executor, "ranks": ranks},
-    )
+def demo_settings(data_dir: Path, *, executor: str = "local", ranks: int = 2,
+                  base: Settings | None = None) -> Settings:
+    """``base`` (the settings every command loads: defaults < file < environment; plain defaults
+    when None) with the demo's own: the embedded Tiled server over ``data_dir`` (never a site's
+    catalog), shepp filter, automatic centre, the given executor and ranks."""
+    base = base or Settings()
+    return base.model_copy(update={
+        "data_dir": data_dir,
+        "recon": ReconParams(filter_name="shepp", center="auto"),
+        "jobs": base.jobs.model_copy(update={"executor": executor, "ranks": ranks}),
+        "tiled": base.tiled.model_copy(update={"uri": None}),
+    })
+
+
+def loopback_address() -> str:
+    """A free ``tcp://127.0.0.1:PORT`` for the live preview when the settings give none."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+#: builds the apps served beside the demo's Tiled (the web page) from the settings, the API key
+#: and Tiled's address (a callable: known once the server listens)
+Mounts = Callable[[Settings, str, Callable[[], str]], dict[str, Any]]
 
 
 def run_demo(
@@ -98,28 +119,44 @@ def run_demo(
     say: Say = print,
     on_progress: Callable[[int, int, str], None] | None = None,
     keep_server: bool = False,
+    settings: Settings | None = None,
+    mounts: Mounts | None = None,
+    port: int = 0,
 ) -> tuple[DemoReport, Any]:
     """Run the whole demo; returns the report and, with ``keep_server``, the live pipeline
-    (else None: the embedded server is stopped, the data stay in ``data_dir``)."""
+    (else None: the embedded server is stopped, the data stay in ``data_dir``).
+
+    ``settings``: what the command loaded (see :func:`demo_settings`). The live preview is
+    published on ``preview.zmq_address``, or a free loopback port when that is unset, and
+    ``mounts`` (the web page) are served beside Tiled on ``port`` (0: any free port), so the
+    page shows the scan while it runs."""
     from bluesky import RunEngine
 
     from ..results.tiled_results import find_reconstructions
     from ..sim.beamline import make_sim_beamline
     from ..sim.plans import tomo_scan
     from ..sources.progress import ScanProgress
-    from .session import TomoPipeline
 
     data_dir = Path(data_dir).resolve()
     report = DemoReport(data_dir=data_dir)
     t_all = time.perf_counter()
 
     t0 = time.perf_counter()
-    settings = demo_settings(data_dir, executor=executor, ranks=ranks)
-    pipeline = TomoPipeline.from_settings(settings)
-    report.tiled_uri = pipeline.server.uri if pipeline.server else str(settings.tiled.uri)
-    report.api_key = pipeline.server.api_key if pipeline.server else ""
+    settings = demo_settings(data_dir, executor=executor, ranks=ranks, base=settings)
+    if settings.preview.enabled and not settings.preview.zmq_address:
+        settings = settings.model_copy(update={"preview": settings.preview.model_copy(
+            update={"zmq_address": loopback_address()})})
+    pipeline = _start(settings, data_dir, mounts, port)
+    report.tiled_uri = pipeline.server.uri
+    report.api_key = pipeline.server.api_key
+    report.preview_address = settings.preview.zmq_address or ""
+    if mounts is not None:
+        report.web_url = report.tiled_uri.removesuffix("/api/v1") + "/web/"
     report.timings["tiled_start"] = time.perf_counter() - t0
     say(f"Tiled server     {report.tiled_uri}  (embedded; data in {data_dir / 'tiled'})")
+    if report.web_url:
+        say(f"Web page         {report.web_url}?api_key={report.api_key}  (live preview from "
+            f"{report.preview_address})")
 
     try:
         RE = RunEngine({})
@@ -194,3 +231,23 @@ def run_demo(
         return report, pipeline
     pipeline.close()
     return report, None
+
+
+def _start(settings: Settings, data_dir: Path, mounts: Mounts | None, port: int) -> Any:
+    """The embedded Tiled server (with ``mounts`` beside it) and the pipeline writing to it."""
+    import secrets
+
+    from ..results.tiled_server import EmbeddedTiledServer
+    from .session import TomoPipeline
+
+    key = settings.tiled.api_key or secrets.token_hex(16)
+    holder: dict[str, str] = {}
+    apps = mounts(settings, key, lambda: holder["uri"]) if mounts is not None else None
+    server = EmbeddedTiledServer(data_dir / "tiled", api_key=key, port=port, readable_storage=[data_dir],
+                                 mounts=apps)
+    holder["uri"] = server.uri
+    try:
+        return TomoPipeline(settings, server.client(), server=server)
+    except BaseException:
+        server.close()
+        raise

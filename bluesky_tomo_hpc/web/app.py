@@ -7,7 +7,6 @@ Tiled's ``/api/v1``); all links inside it are relative, so any mount point works
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import time
@@ -36,15 +35,16 @@ from starlette.staticfiles import StaticFiles
 from ..untrusted.secrets_mask import mask_secrets, mask_text
 from .auth import Gate, RequireKey, is_authorised, too_many
 from .catalog import Catalog, CatalogError
-from .images import to_png
 from .jobs_view import JobNotFound, act, job_detail, list_jobs, statistics
 from .live_feed import LiveFeed
 from .query import Query, path_text
+from .recon_routes import MAX_ROWS, recon_routes
+from .volume_reader import VolumeReader
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(str(files("bluesky_tomo_hpc.web") / "static"))
-#: the 3D viewer's built file, put there at build time (see tools/vendor_viewer.sh)
+#: the 3D viewer's built file (niivue), committed in the package with its licence beside it
 VIEWER_JS = STATIC / "vendor" / "niivue.umd.js"
 KEEPALIVE_S = 15.0
 
@@ -61,8 +61,16 @@ class WebContext:
     monitor_factory: Callable[[], Any] | None = None
     #: returns the health checks (list of :class:`~bluesky_tomo_hpc.health.Check`)
     health: Callable[[], list[Any]] | None = None
-    tiled_uri: str = ""
+    #: Tiled's address as a person would use it in Python (a callable: known once Tiled listens)
+    tiled_uri: str | Callable[[], str] = ""
     _monitor: Any = field(default=None, repr=False)
+    reader: VolumeReader = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.reader = VolumeReader(self.catalog, api_key=self.api_key, tiled_uri=self.tiled_address)
+
+    def tiled_address(self) -> str:
+        return self.tiled_uri() if callable(self.tiled_uri) else self.tiled_uri
 
     def journal(self) -> Any:
         from ..jobs.journal import Journal
@@ -80,14 +88,9 @@ class WebContext:
 
     def close(self) -> None:
         self.live.close()
+        self.reader.close()
 
 
-#: the query parameters of the slice and preview pictures (contrast percentiles)
-CONTRAST = ("lo", "hi")
-#: the largest side of the 3D view's volume (256**3 bytes: 16 MiB), and the smallest
-MAX_VOLUME_SIDE, MIN_VOLUME_SIDE = 256, 16
-#: the most rows a list answers
-MAX_ROWS = 500
 #: the largest login form body
 MAX_FORM_BYTES = 4096
 #: the largest scan id a search takes (Tiled stores 64-bit integers)
@@ -96,17 +99,6 @@ MAX_SCAN_ID = 2**53
 
 def _error(message: str, status: int) -> JSONResponse:
     return JSONResponse({"error": mask_text(message)}, status_code=status)
-
-
-def _png(data: Any, q: Query) -> Response:
-    lo, hi = q.number("lo", 0, 100), q.number("hi", 0, 100)
-    if lo is not None and hi is not None:
-        if not lo < hi:
-            raise CatalogError("contrast percentiles must satisfy 0 <= lo < hi <= 100", 400)
-        png = to_png(data, percentiles=(lo, hi))
-    else:
-        png = to_png(data)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
 
 
 def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
@@ -193,56 +185,26 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
     # -- scans and results ------------------------------------------------------------------
     def runs(request: Request) -> Response:
         q = Query(request, ("scan_id", "sample", "plan", "since", "until", "limit"))
-        found = ctx.catalog.runs(scan_id=q.integer("scan_id", 0, MAX_SCAN_ID), sample=q.text("sample"),
-                                 plan=q.text("plan"), since=q.number("since", 0, 1e11),
-                                 until=q.number("until", 0, 1e11), limit=q.integer("limit", 1, MAX_ROWS, 50))
-        return JSONResponse({"runs": found})
+        filters = {"scan_id": q.integer("scan_id", 0, MAX_SCAN_ID), "sample": q.text("sample"),
+                   "plan": q.text("plan"), "since": q.number("since", 0, 1e11),
+                   "until": q.number("until", 0, 1e11)}
+        found = ctx.catalog.runs(**filters, limit=q.integer("limit", 1, MAX_ROWS, 50))
+        body: dict[str, Any] = {"runs": found}
+        if not found:  # an empty catalog is a normal state: say what fills it
+            body["note"] = ("No run matches." if any(v is not None for v in filters.values()) else
+                            "No scan in the catalog yet: a scan run with this pipeline (or "
+                            "bluesky-tomo-hpc demo) appears here by itself.")
+        return JSONResponse(body)
 
     def run(request: Request) -> Response:
         Query(request)
         return JSONResponse(ctx.catalog.run(request.path_params["uid"]))
 
-    def recons(request: Request) -> Response:
-        q = Query(request, ("kind", "limit"))
-        return JSONResponse({"reconstructions": ctx.catalog.reconstructions(
-            kind=q.text("kind", 64), limit=q.integer("limit", 1, MAX_ROWS, 50))})
-
-    def recon(request: Request) -> Response:
-        Query(request)
-        return JSONResponse(ctx.catalog.info(request.path_params["key"]))
-
-    def recon_slice(request: Request) -> Response:
-        q = Query(request, ("index", "level", *CONTRAST))
-        data, where = ctx.catalog.slice(request.path_params["key"], request.path_params["plane"],
-                                        q.integer("index", 0, 2**31), q.integer("level", 0, 16, 0))
-        response = _png(data, q)
-        response.headers["X-Slice"] = json.dumps(where)
-        return response
-
-    def recon_preview(request: Request) -> Response:
-        q = Query(request, CONTRAST)
-        return _png(ctx.catalog.preview(request.path_params["key"], request.path_params["plane"]), q)
-
-    def recon_volume(request: Request) -> Response:
-        import nibabel as nib
-        import numpy as np
-
-        from ..results.pictures import grey_limits
-
-        q = Query(request, ("max_side",))
-        max_side = q.integer("max_side", MIN_VOLUME_SIDE, MAX_VOLUME_SIDE, 128)
-        vol = ctx.catalog.small_volume(request.path_params["key"], max_side=max_side)
-        lo, hi = grey_limits([vol[len(vol) // 2]])
-        grey = np.clip((vol - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-        img = nib.Nifti1Image(np.ascontiguousarray(grey.transpose(2, 1, 0)), np.eye(4))
-        buf = io.BytesIO(img.to_bytes())
-        return Response(buf.getvalue(), media_type="application/octet-stream")
-
     async def viewer_js(request: Request) -> Response:
         Query(request)
         if not VIEWER_JS.is_file():
-            return _error("the 3D viewer is not installed in this package (run tools/vendor_viewer.sh "
-                          "when building it)", 404)
+            return _error(f"the 3D viewer's file {VIEWER_JS.name} is missing from this installation "
+                          "of the package (reinstall it)", 404)
         return FileResponse(VIEWER_JS, media_type="text/javascript")
 
     # -- jobs -------------------------------------------------------------------------------
@@ -296,7 +258,8 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
     async def whoami(request: Request) -> Response:
         Query(request)
         return JSONResponse({"authorised": is_authorised(request, gate),
-                             "tiled_uri": mask_text(ctx.tiled_uri), "live": mask_secrets(ctx.live.status())})
+                             "tiled_uri": mask_text(ctx.tiled_address()),
+                             "live": mask_secrets(ctx.live.status())})
 
     # -- errors -----------------------------------------------------------------------------
     async def catalog_error(request: Request, exc: Exception) -> Response:
@@ -323,10 +286,7 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
         Route("/api/live", live_state), Route("/api/live/stream", live_stream),
         Route("/api/live/final/{uid}", live_final),
         Route("/api/runs", runs), Route("/api/runs/{uid}", run),
-        Route("/api/recon", recons), Route("/api/recon/{key}", recon),
-        Route("/api/recon/{key}/slice/{plane}.png", recon_slice),
-        Route("/api/recon/{key}/preview/{plane}.png", recon_preview),
-        Route("/api/recon/{key}/volume.nii", recon_volume),
+        *recon_routes(ctx.catalog, ctx.reader),
         Route("/api/jobs", jobs), Route("/api/jobs/stats", job_stats), Route("/api/jobs/{job_id}", job),
         Route("/api/jobs/{job_id}/{action}", job_action, methods=["POST"]),
         Route("/api/health", health), Route("/viewer.js", viewer_js),

@@ -3,8 +3,8 @@
 Everything is read through a Tiled client (never from files), so the page works beside a site's
 own Tiled as well as beside the embedded one. Keys from the browser are checked against
 :data:`SAFE_KEY` before they reach Tiled, so a key cannot walk into another container.
-Multiscale levels are strided reads of the full-resolution volume (level ``L`` = every
-``2**L``-th voxel), read slice by slice so memory stays bounded whatever the volume's size.
+A reconstruction's description, slices, histogram and 3D regions are read by
+:class:`~bluesky_tomo_hpc.web.volume_reader.VolumeReader` (Tiled's HTTP API, one request a slice).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class CatalogError(LookupError):
     def __init__(self, message: str, status: int = 404):
         super().__init__(message)
         self.status = status
+
+
+class NoContainer(CatalogError):
+    """Tiled has no such container yet: nothing written there, a normal state of a fresh catalog."""
 
 
 class TiledUnavailable(CatalogError):
@@ -84,7 +88,7 @@ class Catalog:
         try:
             client = self.client()
             if name not in client:
-                raise CatalogError(f"Tiled has no '{name}' container yet (no scan written)")
+                raise NoContainer(f"Tiled has no '{name}' container yet (no scan written)")
             return client[name]
         except CatalogError:
             raise
@@ -96,10 +100,14 @@ class Catalog:
     # -- raw runs ---------------------------------------------------------------------------
     def runs(self, *, scan_id: int | None = None, sample: str | None = None, plan: str | None = None,
              since: float | None = None, until: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Raw runs matching every given filter, newest first, each with its reconstructions."""
+        """Raw runs matching every given filter, newest first, each with its reconstructions
+        (none, not an error, while the catalog has no raw container: no scan written yet)."""
         from tiled.queries import Key, Like
 
-        results = self._container(self.raw_name)
+        try:
+            results = self._container(self.raw_name)
+        except NoContainer:
+            return []
         if scan_id is not None:
             results = results.search(Key("start.scan_id") == int(scan_id))
         if sample:
@@ -155,9 +163,13 @@ class Catalog:
             v.sort(key=lambda s: s["written_at"] or 0, reverse=True)
         return by_run
 
-    def reconstructions(self, *, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """Reconstructions (optionally of one kind), newest first."""
-        allr = [s for v in self._recons_by_run().values() for s in v if kind is None or s["kind"] == kind]
+    def reconstructions(self, *, kind: str | None = None, raw_uid: str | None = None,
+                        limit: int = 50) -> list[dict[str, Any]]:
+        """Reconstructions (optionally of one kind, of one run), newest first."""
+        if raw_uid is not None:
+            check_key(raw_uid, "run")
+        allr = [s for v in self._recons_by_run(raw_uid).values() for s in v
+                if kind is None or s["kind"] == kind]
         allr.sort(key=lambda s: s["written_at"] or 0, reverse=True)
         return allr[:limit]
 
@@ -170,56 +182,6 @@ class Catalog:
             raise CatalogError(
                 f"no reconstruction {key!r} in Tiled's '{self.processed_name}' container") from None
 
-    def info(self, key: str) -> dict[str, Any]:
-        node = self.node(key)
-        out = recon_summary(key, node.metadata)
-        children = list(node)
-        out["previews"] = [c.removeprefix("preview_") for c in children if c.startswith("preview_")]
-        if "volume" in children:
-            shape = [int(n) for n in node["volume"].shape]
-            out["volume"] = {"shape": shape, "levels": levels_for(shape)}
-        return out
-
-    def volume(self, key: str) -> tuple[Any, dict[str, Any]]:
-        """The volume array client of ``key``; a clear error when it has none or is being written."""
-        node = self.node(key)
-        md = node.metadata
-        if "volume" not in node:
-            if md.get("state") == "writing":
-                raise CatalogError(
-                    f"reconstruction {key} is still being written; its volume is not there yet", 409)
-            raise CatalogError(f"reconstruction {key} has no volume (kind {md.get('kind')!r}: slices only)")
-        return node["volume"], md
-
-    def slice(
-        self, key: str, plane: str, index: int | None, level: int = 0
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        """One slice of the volume at a multiscale level (a strided read through Tiled)."""
-        if plane not in PLANES:
-            raise CatalogError(f"plane {plane!r} unknown: xy, xz or yz", 400)
-        arr, md = self.volume(key)
-        shape = [int(n) for n in arr.shape]
-        levels = levels_for(shape)
-        if not 0 <= level < levels:
-            raise CatalogError(f"level {level} out of range: this volume has levels 0-{levels - 1}", 400)
-        axis = PLANES[plane]
-        n = shape[axis]
-        index = n // 2 if index is None else int(index)
-        if not 0 <= index < n:
-            raise CatalogError(f"{plane} index {index} out of range 0-{n - 1}", 400)
-        s = 2 ** level
-        sel: list[Any] = [slice(None, None, s)] * 3
-        sel[axis] = index
-        try:
-            data = np.asarray(arr[tuple(sel)])
-        except Exception as exc:
-            if md.get("state") == "writing":
-                raise CatalogError(f"reconstruction {key} is still being written; slice {index} is not "
-                                   "there yet", 409) from exc
-            raise CatalogError(
-                f"could not read {plane} slice {index} of {key}: {type(exc).__name__}", 502) from exc
-        return data, {"shape": shape, "index": index, "level": level, "levels": levels}
-
     def preview(self, key: str, plane: str) -> np.ndarray:
         if plane not in PLANES:
             raise CatalogError(f"plane {plane!r} unknown: xy, xz or yz", 400)
@@ -228,16 +190,6 @@ class Catalog:
             raise CatalogError(f"reconstruction {key} has no {plane} preview")
         return np.asarray(node[f"preview_{plane}"].read())
 
-    def small_volume(self, key: str, max_side: int = 128) -> np.ndarray:
-        """The volume shrunk by striding to at most ``max_side`` per axis, read one slice at a time."""
-        arr, md = self.volume(key)
-        if md.get("state") == "writing":
-            raise CatalogError(
-                f"reconstruction {key} is still being written; try the 3D view when it is complete", 409)
-        shape = [int(n) for n in arr.shape]
-        s = max(1, math.ceil(max(shape) / max_side))
-        return np.stack([np.asarray(arr[z, ::s, ::s]) for z in range(0, shape[0], s)])
-
 
 def levels_for(shape: list[int], smallest: int = 32) -> int:
     """Multiscale levels down to about ``smallest`` voxels on the longest axis (at most 6)."""
@@ -245,10 +197,52 @@ def levels_for(shape: list[int], smallest: int = 32) -> int:
     return max(1, min(6, int(math.log2(max(1, n // smallest))) + 1))
 
 
+#: the values of a reconstruction (line integrals in pixels, filtered back-projected)
+UNIT = "1/voxel"
+#: what the page shows of how a reconstruction was made, in this order (those present)
+PROVENANCE_FIELDS = (
+    "kind", "raw_uid", "scan_id", "sample", "plan_name", "params_hash", "params", "center", "center_method",
+    "center_confidence", "center_uncertain", "center_source", "rows", "shape", "voxel_size_um", "warnings",
+    "timings", "job_id", "executor", "ranks", "source", "raw_files", "ome_zarr", "tiff_dir", "provenance",
+    "versions", "written_at",
+)
+
+
+def provenance(md: dict[str, Any]) -> dict[str, Any]:
+    out = {k: md[k] for k in PROVENANCE_FIELDS if md.get(k) not in (None, "", [], {})}
+    if "sample" in out:
+        out["sample"] = sample_name(out["sample"])
+    return out
+
+
+def voxel_size_um(md: dict[str, Any]) -> float | None:
+    """The voxel edge in micrometres when the node records it (or the detector pixel and the
+    binning), else None: the page then gives positions in voxels only."""
+    v = md.get("voxel_size_um")
+    if isinstance(v, int | float) and v > 0:
+        return float(v)
+    pixel, binning = md.get("pixel_size_um"), (md.get("params") or {}).get("binning", 1)
+    if isinstance(pixel, int | float) and pixel > 0 and isinstance(binning, int):
+        return float(pixel) * binning
+    return None
+
+
 def recon_summary(key: str, md: Any) -> dict[str, Any]:
-    """What a table row shows of one reconstruction node."""
+    """What a table row shows of one reconstruction node (a preview: also its progress, slice
+    positions and warnings, so the page shows a stored preview whole)."""
     md = md or {}
-    return {"key": key, "raw_uid": md.get("raw_uid", ""), "kind": md.get("kind"),
-            "params_hash": md.get("params_hash"), "center": md.get("center"),
-            "center_confidence": md.get("center_confidence"), "state": md.get("state", "complete"),
-            "written_at": _when(md.get("written_at")), "spec": RECON_SPEC}
+    out = {"key": key, "raw_uid": md.get("raw_uid", ""), "kind": md.get("kind"),
+           "params_hash": md.get("params_hash"), "center": md.get("center"),
+           "center_confidence": md.get("center_confidence"), "state": md.get("state", "complete"),
+           "written_at": _when(md.get("written_at")), "spec": RECON_SPEC}
+    if md.get("kind") == "preview":
+        from .live_feed import warnings_of
+
+        check = md.get("center_check") or {}
+        out["preview"] = {"used": md.get("n_projections_used"),
+                          "expected": md.get("n_projections_expected"),
+                          "skipped": md.get("n_projections_skipped"),
+                          "indices": md.get("slice_indices") or {},
+                          "center_source": md.get("center_source"), "confidence": check.get("peak"),
+                          "warnings": warnings_of(dict(md))}
+    return out

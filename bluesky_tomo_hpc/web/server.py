@@ -64,8 +64,14 @@ def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], s
         journal_path=Path(settings.journal_path).resolve(), monitor_factory=monitor_factory,
         health=lambda: run_checks(settings, tiled_uri=uri(), api_key=api_key,  # type: ignore[operator]
                                   locations=extra_locations or []),
-        tiled_uri=uri() if not callable(tiled_uri) else "",
+        tiled_uri=uri,
     )
+
+
+def web_mounts(settings: Any, api_key: str, tiled_uri: Callable[[], str]) -> dict[str, Any]:
+    """The web page at :data:`MOUNT`, to serve beside an embedded Tiled (``demo``, ``serve``)."""
+    ctx = make_context(settings, api_key=api_key, tiled_uri=tiled_uri)
+    return {MOUNT: build_web_app(ctx)}
 
 
 class WebServer:

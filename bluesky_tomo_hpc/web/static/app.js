@@ -1,6 +1,8 @@
 // bluesky-tomo-hpc web page: plain JavaScript, no build step. Every request is relative to the
 // page, so the app works at any mount point. Faults from the server arrive as {"error": "..."}
-// and are shown in #message; nothing here throws into a blank page.
+// and are shown in #message; nothing here throws into a blank page. This file: the tabs and
+// routes, the live scan, the scans table, jobs and health; the slice viewer is slices.js and
+// recon.js, the 3D view volume3d.js.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
@@ -19,6 +21,7 @@ async function api(path, options = {}) {
   try {
     response = await fetch(path, { credentials: "same-origin", ...options });
   } catch (err) {
+    if (err.name === "AbortError") throw err;
     throw new Error(`the server did not answer (${err.message})`);
   }
   if (response.status === 401) { location.href = "login"; throw new Error("please log in"); }
@@ -35,48 +38,89 @@ function cell(row, text, cls) {
   return td;
 }
 
+function link(href, text, title) {
+  const a = document.createElement("a");
+  a.href = href;
+  a.textContent = text;
+  if (title) a.title = title;
+  return a;
+}
+
 // ---------------------------------------------------------------------------- tabs and routes
+// a route is "#name/arg?query": the query holds a view's state (slices, zoom, window, ...)
+function parseHash() {
+  const raw = location.hash.slice(1) || "live";
+  const [path, query = ""] = raw.split("?", 2);
+  const [name, arg] = path.split("/", 2).map(decodeURIComponent);
+  return { name, arg, query: new URLSearchParams(query) };
+}
+
+let timers = [];
+function every(ms, fn) { timers.push(setInterval(fn, ms)); }
+
 function route() {
   clearError();
-  const [name, arg] = (location.hash.slice(1) || "live").split("/", 2).map(decodeURIComponent);
+  const { name, arg, query } = parseHash();
   const tab = { live: "live", scans: "scans", run: "scans", recon: "scans", jobs: "jobs", job: "jobs", health: "health" }[name] || "live";
   document.querySelectorAll(".tab").forEach((el) => el.classList.toggle("hidden", el.id !== `tab-${tab}`));
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.dataset.tab === tab));
+  timers.forEach(clearInterval);
+  timers = [];
   if (tab === "live") loadFinals();
-  if (tab === "scans") { if (name === "scans" || name === "run") searchRuns(name === "run" ? arg : null); if (name === "recon") openRecon(arg); }
-  clearInterval(jobsTimer);
-  if (tab === "jobs") { jobsTimer = setInterval(() => { loadJobs(); if (name === "job") openJob(arg); }, 2000); }
-  if (tab === "jobs") { loadJobs(); loadStats(); if (name === "job") openJob(arg); else $("#job").classList.add("hidden"); }
+  if (tab === "scans") {
+    // the table is filled for every scans route (a reloaded or pasted #recon link included) and
+    // refreshes itself, so a scan that finishes changes its row without a click
+    const uid = name === "run" ? arg : null;
+    searchRuns(uid);
+    every(5000, () => searchRuns(uid, { quiet: true }));
+    if (name === "recon") openRecon(arg, query); else closeRecon();
+  }
+  if (tab === "jobs") {
+    const refresh = () => { loadJobs(); loadStats(); if (name === "job") openJob(arg); };
+    refresh();
+    if (name !== "job") $("#job").classList.add("hidden");
+    every(2000, refresh);
+  }
   if (tab === "health") loadHealth();
 }
-let jobsTimer = null; // the Jobs tab refreshes itself while shown
 window.addEventListener("hashchange", route);
 
 // ---------------------------------------------------------------------------------------- live
 window.liveLog = []; // {run_uid, seq, final, sent, received, shown}: what the tests and the benchmark read
 
+function setLiveFields({ run, state, used, expected, skipped, center, confidence, warnings, indices }) {
+  $("#live-run").textContent = run;
+  $("#live-state").textContent = state;
+  const prog = $("#live-progress");
+  prog.max = expected || 1;
+  prog.value = used || 0;
+  $("#live-count").textContent = used === undefined || used === null ? "" : `${used} / ${expected ?? "?"} projections` + (skipped ? `, ${skipped} skipped` : "");
+  $("#live-center").textContent = center;
+  $("#live-confidence").textContent = confidence;
+  $("#live-warnings").replaceChildren(...(warnings || []).map((w) => { const li = document.createElement("li"); li.textContent = w; return li; }));
+  for (const p of ["xy", "xz", "yz"]) $(`#live-${p}-index`).textContent = indices[p] ?? "";
+}
+
 async function showLive(msg) {
   const imgs = ["xy", "xz", "yz"].filter((p) => msg.slices[p]).map((p) => {
     const img = $(`#live-${p}`);
     img.src = msg.slices[p].png;
-    $(`#live-${p}-index`).textContent = `at ${msg.slices[p].index}`;
     return img.decode().catch(() => null);
   });
-  $("#live-run").textContent = msg.run_uid;
+  const p = msg.progress || {};
+  setLiveFields({
+    run: msg.run_uid,
+    state: msg.final ? (msg.refinement_pending ? "final (checking the centre)" : "final") : `running (update ${msg.seq})`,
+    used: p.used, expected: p.expected, skipped: p.skipped,
+    center: msg.center === null ? "-" : `${fmtNum(msg.center)} px (${msg.center_source || "?"})`,
+    confidence: msg.center_confidence === null || msg.center_confidence === undefined ? (msg.final ? "not checked" : "at stop") : fmtNum(msg.center_confidence),
+    warnings: msg.warnings,
+    indices: Object.fromEntries(["xy", "xz", "yz"].map((q) => [q, msg.slices[q] ? `at ${msg.slices[q].index}` : ""])),
+  });
   const state = $("#live-state");
-  state.textContent = msg.final ? (msg.refinement_pending ? "final (checking the centre)" : "final") : `running (update ${msg.seq})`;
   state.dataset.seq = msg.seq;
   state.dataset.final = msg.final ? "1" : "0";
   state.dataset.run = msg.run_uid;
-  const p = msg.progress || {};
-  const prog = $("#live-progress");
-  prog.max = p.expected || 1;
-  prog.value = p.used || 0;
-  $("#live-count").textContent = `${p.used ?? "?"} / ${p.expected ?? "?"} projections` + (p.skipped ? `, ${p.skipped} skipped` : "");
-  $("#live-center").textContent = msg.center === null ? "-" : `${fmtNum(msg.center)} px (${msg.center_source || "?"})`;
-  $("#live-confidence").textContent = msg.center_confidence === null || msg.center_confidence === undefined ? (msg.final ? "not checked" : "at stop") : fmtNum(msg.center_confidence);
-  const ul = $("#live-warnings");
-  ul.replaceChildren(...(msg.warnings || []).map((w) => { const li = document.createElement("li"); li.textContent = w; return li; }));
   await Promise.all(imgs);
   window.liveLog.push({ run_uid: msg.run_uid, seq: msg.seq, final: msg.final, xy: msg.slices.xy ? `${msg.slices.xy.png.length}:${msg.slices.xy.png.slice(-48)}` : "", sent: msg.time, received: msg.received, shown: Date.now() / 1000 });
   if (msg.final) loadFinals();
@@ -102,169 +146,91 @@ async function loadFinals() {
     const buttons = [];
     for (const f of live.finals) {
       seen.add(f.run_uid);
-      buttons.push(finalButton(`${f.run_uid.slice(0, 8)} (${fmtTime(f.time)})`, async () => showLive(await api(`api/live/final/${encodeURIComponent(f.run_uid)}`))));
+      buttons.push(finalButton(`${f.run_uid.slice(0, 8)} (${fmtTime(f.time)})`, async () => showLive(await api(`api/live/final/${encodeURIComponent(f.run_uid)}`)), f.run_uid, "live"));
     }
     for (const r of stored.reconstructions) {
       if (seen.has(r.raw_uid)) continue;
       seen.add(r.raw_uid);
-      buttons.push(finalButton(`${r.raw_uid.slice(0, 8)} (${fmtTime(r.written_at)})`, () => showStoredPreview(r)));
+      buttons.push(finalButton(`${r.raw_uid.slice(0, 8)} (${fmtTime(r.written_at)})`, () => showStoredPreview(r), r.raw_uid, "stored"));
     }
     box.replaceChildren(...buttons);
     if (!buttons.length) box.textContent = "No finished scan yet.";
   } catch (err) { showError(err.message); }
 }
 
-function finalButton(label, onclick) {
+function finalButton(label, onclick, run, source) {
   const b = document.createElement("button");
   b.type = "button";
+  b.dataset.run = run;
+  b.dataset.source = source;
   b.textContent = label;
   b.addEventListener("click", () => onclick().catch((err) => showError(err.message)));
   return b;
 }
 
+// a preview stored in Tiled: every field is set from it (nothing of the last live run stays)
 async function showStoredPreview(r) {
   for (const p of ["xy", "xz", "yz"]) $(`#live-${p}`).src = `api/recon/${encodeURIComponent(r.key)}/preview/${p}.png`;
-  $("#live-run").textContent = r.raw_uid;
-  $("#live-state").textContent = "final (stored in Tiled)";
-  $("#live-center").textContent = r.center === null ? "-" : `${fmtNum(r.center)} px`;
+  const pv = r.preview || {};
+  setLiveFields({
+    run: r.raw_uid, state: "final (stored in Tiled)", used: pv.used, expected: pv.expected, skipped: pv.skipped,
+    center: r.center === null || r.center === undefined ? "-" : `${fmtNum(r.center)} px` + (pv.center_source ? ` (${pv.center_source})` : ""),
+    confidence: pv.confidence === null || pv.confidence === undefined ? "not checked" : fmtNum(pv.confidence),
+    warnings: pv.warnings || [],
+    indices: Object.fromEntries(["xy", "xz", "yz"].map((q) => [q, pv.indices && pv.indices[q] !== undefined ? `at ${pv.indices[q]}` : ""])),
+  });
+  const state = $("#live-state");
+  state.dataset.final = "1"; state.dataset.run = r.raw_uid; state.dataset.seq = "-1";
 }
 
 // -------------------------------------------------------------------------- scans and results
 function epoch(value) { return value ? String(new Date(value).getTime() / 1000) : ""; }
 
-async function searchRuns(uid) {
+let runsShown = []; // the runs in the table (recon.js offers the others of the same run to compare)
+
+async function searchRuns(uid, { quiet = false } = {}) {
   const form = new FormData($("#search"));
   const q = new URLSearchParams();
   for (const k of ["scan_id", "sample", "plan"]) if (form.get(k)) q.set(k, form.get(k).trim());
   for (const k of ["since", "until"]) if (form.get(k)) q.set(k, epoch(form.get(k)));
   const tbody = $("#runs tbody");
   try {
-    const runs = uid ? [await api(`api/runs/${encodeURIComponent(uid)}`)] : (await api(`api/runs?${q}`)).runs;
+    let runs, note = "";
+    if (uid) runs = [await api(`api/runs/${encodeURIComponent(uid)}`)];
+    else ({ runs, note = "" } = await api(`api/runs?${q}`));
+    runsShown = runs;
     tbody.replaceChildren();
     for (const r of runs) {
       const row = tbody.insertRow();
       row.dataset.uid = r.uid;
-      cell(row, r.scan_id); cell(row, r.sample); cell(row, r.plan); cell(row, fmtTime(r.time)); cell(row, r.state);
+      row.dataset.state = r.state;
+      cell(row, r.scan_id);
+      row.insertCell().append(link(`#run/${encodeURIComponent(r.uid)}`, r.uid.slice(0, 8), r.uid));
+      cell(row, r.sample); cell(row, r.plan); cell(row, fmtTime(r.time)); cell(row, r.state, `state run-${r.state}`);
       const td = row.insertCell();
-      if (!r.reconstructions.length) td.textContent = "none yet";
+      if (!r.reconstructions.length) td.textContent = r.state === "running" ? "(scan running)" : "none yet";
       for (const rec of r.reconstructions) {
-        const a = document.createElement("a");
-        a.href = `#recon/${encodeURIComponent(rec.key)}`;
+        const a = link(`#recon/${encodeURIComponent(rec.key)}`, `${rec.kind} ${rec.params_hash ?? ""} c=${fmtNum(rec.center)} ${rec.state}`, rec.key);
         a.className = `recon kind-${rec.kind}`;
         a.dataset.kind = rec.kind;
-        a.textContent = `${rec.kind} ${rec.params_hash ?? ""} c=${fmtNum(rec.center)} ${rec.state}`;
         td.append(a, " ");
       }
     }
-    if (!runs.length) { const row = tbody.insertRow(); cell(row, "No run matches.").colSpan = 6; }
-  } catch (err) { showError(err.message); }
+    if (!runs.length) { const row = tbody.insertRow(); row.className = "empty"; cell(row, note || "No run matches.").colSpan = 7; }
+    $("#runs-updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) { if (!quiet) showError(err.message); else $("#runs-updated").textContent = `not updated: ${err.message}`; }
 }
 $("#search").addEventListener("submit", (e) => { e.preventDefault(); location.hash = "#scans"; searchRuns(null); });
 
-const view = { key: null, shape: null, levels: 1, level: 0, zoom: 1, base: 1, index: { xy: 0, xz: 0, yz: 0 } };
-const AXIS = { xy: 0, xz: 1, yz: 2 };
-
-async function openRecon(key) {
-  const box = $("#browser");
-  box.classList.remove("hidden");
-  $("#view-3d").classList.add("hidden");
-  $("#browser-key").textContent = key;
-  try {
-    const info = await api(`api/recon/${encodeURIComponent(key)}`);
-    view.key = key;
-    $("#browser-info").textContent = `run ${info.raw_uid}, kind ${info.kind}, parameters ${info.params_hash}, centre ${fmtNum(info.center)} (confidence ${fmtNum(info.center_confidence)}), state ${info.state}`;
-    if (!info.volume) {
-      view.shape = null;
-      for (const p of ["xy", "xz", "yz"]) $(`#view-${p}`).src = info.previews.includes(p) ? `api/recon/${encodeURIComponent(key)}/preview/${p}.png` : "";
-      if (info.state === "writing") showError(`reconstruction ${key} is still being written; its volume is not there yet`);
-      return;
-    }
-    view.shape = info.volume.shape;
-    view.levels = info.volume.levels;
-    view.level = 0; view.zoom = 1;
-    view.base = Math.max(1, 256 / Math.max(...view.shape)); // small volumes are shown at least 256 px wide
-    for (const p of ["xy", "xz", "yz"]) {
-      const slider = $(`#index-${p}`);
-      slider.max = view.shape[AXIS[p]] - 1;
-      view.index[p] = Math.floor(view.shape[AXIS[p]] / 2);
-      slider.value = view.index[p];
-    }
-    drawAll();
-  } catch (err) { showError(err.message); view.key = null; }
-}
-
-function sliceUrl(p) {
-  const q = new URLSearchParams({ index: view.index[p], level: view.level, lo: $("#lo").value, hi: $("#hi").value });
-  return `api/recon/${encodeURIComponent(view.key)}/slice/${p}.png?${q}`;
-}
-
-async function drawSlice(p) {
-  if (!view.key || !view.shape) return;
-  const url = sliceUrl(p);
-  const response = await fetch(url, { credentials: "same-origin" });
-  if (!response.ok) {
-    let msg = `HTTP ${response.status}`;
-    try { msg = (await response.json()).error || msg; } catch (err) { /* not JSON */ }
-    showError(msg);
-    return;
-  }
-  const img = $(`#view-${p}`);
-  const old = img.src;
-  img.src = URL.createObjectURL(await response.blob());
-  if (old.startsWith("blob:")) URL.revokeObjectURL(old);
-  await img.decode().catch(() => null);
-  img.style.width = `${img.naturalWidth * view.base * view.zoom * 2 ** view.level}px`;
-  $(`#index-${p}-value`).textContent = view.index[p];
-}
-
-function drawAll() {
-  $("#level").textContent = view.level;
-  $("#level-note").textContent = view.level ? `1 voxel in ${2 ** view.level} per axis` : "full resolution";
-  return Promise.all(["xy", "xz", "yz"].map(drawSlice));
-}
-
-let drawTimer = null;
-function drawSoon(p) { clearTimeout(drawTimer); drawTimer = setTimeout(() => (p ? drawSlice(p) : drawAll()), 60); }
-for (const p of ["xy", "xz", "yz"]) $(`#index-${p}`).addEventListener("input", (e) => { view.index[p] = Number(e.target.value); drawSoon(p); });
-for (const id of ["#lo", "#hi"]) $(id).addEventListener("input", () => drawSoon(null));
-function setZoom(z) {
-  view.zoom = Math.min(8, Math.max(1 / 16, z));
-  // coarser levels when zoomed out: about one voxel per screen pixel
-  view.level = Math.max(0, Math.min(view.levels - 1, Math.floor(Math.log2(1 / view.zoom))));
-  drawAll();
-}
-$("#zoom-in").addEventListener("click", () => setZoom(view.zoom * 2));
-$("#zoom-out").addEventListener("click", () => setZoom(view.zoom / 2));
-
-async function open3d() {
-  const box = $("#view-3d");
-  const status = $("#view-3d-status");
-  box.classList.remove("hidden");
-  if (!view.key || !view.shape) { status.textContent = "No volume to show in 3D."; return; }
-  status.textContent = "Loading the 3D viewer ...";
-  try {
-    if (!window.niivue) {
-      await new Promise((resolve, reject) => {
-        const s = document.createElement("script");
-        s.src = "viewer.js";
-        s.onload = resolve;
-        s.onerror = () => reject(new Error("the 3D viewer (niivue) is not installed in this package"));
-        document.head.append(s);
-      });
-    }
-    const canvas = $("#canvas-3d");
-    if (!canvas.getContext("webgl2")) { status.textContent = "The 3D view needs WebGL2, which this browser does not offer."; return; }
-    const nv = new window.niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false });
-    await nv.attachToCanvas(canvas);
-    await nv.loadVolumes([{ url: `api/recon/${encodeURIComponent(view.key)}/volume.nii`, name: "volume.nii", colormap: "gray" }]);
-    nv.setSliceType(nv.sliceTypeRender);
-    status.textContent = "3D view (niivue): drag to rotate; every voxel of a shrunk copy (at most 128 per axis).";
-    box.dataset.loaded = "1";
-  } catch (err) { status.textContent = `3D view unavailable: ${err.message}`; }
-}
-$("#open-3d").addEventListener("click", open3d);
-
 // ----------------------------------------------------------------------------------------- jobs
+const JOB_STEPS = ["NEW", "SUBMITTED", "RUNNING", "DONE", "REGISTERED"];
+
+function nodeLink(node) {
+  // "processed/KEY" (or a full URI ending so): a link to the reconstruction in the slice viewer
+  const key = String(node).split("/").filter(Boolean).pop();
+  return link(`#recon/${encodeURIComponent(key)}`, node, "open in the slice viewer");
+}
+
 async function loadJobs() {
   try {
     const data = await api("api/jobs");
@@ -274,14 +240,15 @@ async function loadJobs() {
       const row = tbody.insertRow();
       row.dataset.job = j.job_id;
       row.dataset.state = j.state;
-      const a = document.createElement("a");
-      a.href = `#job/${encodeURIComponent(j.job_id)}`;
-      a.textContent = j.job_id;
-      row.insertCell().append(a);
+      row.insertCell().append(link(`#job/${encodeURIComponent(j.job_id)}`, j.job_id));
       cell(row, j.state, `state state-${j.state}`); cell(row, j.executor); cell(row, j.attempts);
-      cell(row, fmtTime(j.updated)); cell(row, j.run_uid.slice(0, 8)); cell(row, j.error || j.tiled_node || "");
+      cell(row, fmtTime(j.updated)); cell(row, j.run_uid.slice(0, 8));
+      const detail = row.insertCell();
+      if (j.error) detail.textContent = j.error;
+      else if (j.tiled_node) detail.append(nodeLink(j.tiled_node));
     }
     if (!data.jobs.length) { const row = tbody.insertRow(); cell(row, data.note || "No jobs.").colSpan = 7; }
+    $("#jobs-updated").textContent = `updated ${new Date().toLocaleTimeString()} (every 2 s)`;
   } catch (err) { showError(err.message); }
 }
 
@@ -293,6 +260,11 @@ async function openJob(id) {
     $("#job-id").textContent = j.job_id;
     $("#job-state").textContent = j.state;
     $("#job-state").dataset.state = j.state;
+    const step = JOB_STEPS.indexOf(j.state);
+    const prog = $("#job-progress");
+    prog.classList.toggle("hidden", step < 0);
+    prog.max = JOB_STEPS.length - 1; prog.value = Math.max(0, step);
+    $("#job-progress-text").textContent = step < 0 ? "" : `${JOB_STEPS.slice(0, step + 1).join(" > ")}${j.terminal ? "" : " ..."}`;
     const t0 = j.events.length ? j.events[0].time : 0;
     const ev = $("#job-events tbody");
     ev.replaceChildren();
@@ -300,7 +272,11 @@ async function openJob(id) {
     const st = $("#job-stages tbody");
     st.replaceChildren();
     for (const [k, v] of Object.entries(j.stages)) { const row = st.insertRow(); cell(row, k); cell(row, fmtNum(v, 2)); }
-    $("#job-log").textContent = j.log_tail;
+    const log = $("#job-log");
+    const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.textContent = j.log_tail;
+    if (atEnd) log.scrollTop = log.scrollHeight; // follow the log while it grows
+    if (j.tiled_node) { $("#job-log").dataset.node = j.tiled_node; }
     $("#job-retry").disabled = !["FAILED", "CANCELLED"].includes(j.state);
     $("#job-cancel").disabled = j.terminal;
   } catch (err) { box.classList.add("hidden"); showError(err.message); }
@@ -325,6 +301,7 @@ async function loadStats() {
     tbody.replaceChildren();
     for (const s of stages) {
       const row = tbody.insertRow();
+      row.dataset.stage = s.stage; row.dataset.n = s.n;
       cell(row, s.stage); cell(row, s.n); cell(row, `${fmtNum(s.mean)} ± ${fmtNum(s.sd)}`); cell(row, fmtNum(s.median)); cell(row, `${fmtNum(s.min)} - ${fmtNum(s.max)}`);
     }
     if (!stages.length) { const row = tbody.insertRow(); cell(row, "No job has finished a stage yet.").colSpan = 5; }
@@ -363,9 +340,9 @@ async function loadHealth() {
     tbody.replaceChildren();
     for (const c of h.checks) { const row = tbody.insertRow(); row.dataset.check = c.name; cell(row, c.status.toUpperCase(), `status-${c.status}`); cell(row, c.name); cell(row, c.message); }
     $("#health-when").textContent = `checked ${fmtTime(h.checked_at)}; exit code ${h.exit_code}`;
+    $("#health-when").dataset.exit = h.exit_code;
   } catch (err) { $("#health-when").textContent = ""; showError(err.message); }
 }
 $("#health-refresh").addEventListener("click", loadHealth);
 
 connectLive();
-route();

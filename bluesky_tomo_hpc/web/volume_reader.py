@@ -1,0 +1,254 @@
+"""Reconstruction volumes read through Tiled's HTTP array API for the slice viewer.
+
+The page asks for one slice per slider move, so a slice must cost one request to Tiled: the
+node's array link, shape and type are kept per key (complete nodes only; a node still being
+written is looked up again each time) and a slice is one ``GET .../array/full/...?slice=`` read
+as raw bytes, without the Tiled client's per-access metadata round trips. Memory stays bounded:
+a slice, a strided sample for the histogram, or a 3D region of at most ``max_side`` per axis.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .catalog import (
+    PLANES,
+    UNIT,
+    Catalog,
+    CatalogError,
+    TiledUnavailable,
+    check_key,
+    levels_for,
+    provenance,
+    recon_summary,
+    voxel_size_um,
+)
+
+#: at most this many voxels in one 3D read (256^3 float32 = 64 MiB)
+MAX_REGION_VOXELS = 256 ** 3
+
+
+@dataclass(frozen=True)
+class VolumeHandle:
+    key: str
+    url: str
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    metadata: dict[str, Any]
+
+
+def _dtype(data_type: dict[str, Any]) -> np.dtype:
+    order = {"little": "<", "big": ">"}.get(data_type.get("endianness", ""), "|")
+    return np.dtype(f"{order}{data_type['kind']}{data_type['itemsize']}")
+
+
+class VolumeReader:
+    """Descriptions, slices, a histogram and 3D regions of the reconstructions in Tiled's
+    ``processed`` container at ``tiled_uri()`` (``.../api/v1``), over Tiled's HTTP API.
+
+    A complete node's description and histogram are kept ``ttl_s`` seconds (a retried job may
+    replace a node under the same key); one being written is asked for again each time.
+    """
+
+    def __init__(self, catalog: Catalog, *, api_key: str, tiled_uri: Callable[[], str],
+                 ttl_s: float = 30.0, keep: int = 64):
+        self.catalog = catalog
+        self.api_key = api_key
+        self.tiled_uri = tiled_uri
+        self.ttl_s = ttl_s
+        self.keep = keep
+        self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._http: Any = None
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def _client(self) -> Any:
+        import httpx
+
+        if self._http is None:
+            headers = {"Accept-Encoding": "identity", "Authorization": f"Apikey {self.api_key}"}
+            self._http = httpx.Client(trust_env=False, timeout=60.0, headers=headers)
+        return self._http
+
+    def _get(self, url: str, params: dict[str, Any] | None = None, *, what: str) -> Any:
+        import httpx
+
+        try:
+            r = self._client().get(url, params=params)
+        except httpx.HTTPError as exc:
+            raise TiledUnavailable(f"Tiled is not reachable: {type(exc).__name__}: {exc}") from exc
+        if r.status_code == 404:
+            raise CatalogError(f"no {what} in Tiled's '{self.catalog.processed_name}' container")
+        if r.status_code != 200:
+            raise CatalogError(f"Tiled answered HTTP {r.status_code} for {what}", 502)
+        return r
+
+    def _cached(self, kind: str, key: str, make: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get((kind, key))
+            if hit is not None and now - hit[0] < self.ttl_s:
+                return hit[1]
+        value = make()
+        if keep(value):
+            with self._lock:
+                self._cache[(kind, key)] = (now, value)
+                while len(self._cache) > self.keep:
+                    self._cache.popitem(last=False)
+        return value
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def describe(self, key: str) -> dict[str, Any]:
+        """The node's metadata and its arrays (name -> shape, type, link): two requests."""
+        check_key(key, "reconstruction")
+
+        def make() -> dict[str, Any]:
+            base = f"{self.tiled_uri().rstrip('/')}"
+            path = f"{self.catalog.processed_name}/{key}"
+            what = f"reconstruction {key!r}"
+            md = self._get(f"{base}/metadata/{path}", what=what).json()["data"]["attributes"]["metadata"]
+            items = self._get(f"{base}/search/{path}", {"fields": "structure", "page[limit]": 100},
+                              what=what).json()["data"]
+            arrays = {it["id"]: {"shape": [int(n) for n in it["attributes"]["structure"]["shape"]],
+                                 "dtype": _dtype(it["attributes"]["structure"]["data_type"]),
+                                 "url": it["links"]["full"]}
+                      for it in items if (it.get("attributes") or {}).get("structure", {}).get("shape")}
+            return {"metadata": dict(md or {}), "arrays": arrays}
+
+        return self._cached("describe", key, make,
+                            lambda d: d["metadata"].get("state", "complete") == "complete")
+
+    def info(self, key: str) -> dict[str, Any]:
+        """What the page shows of a reconstruction: summary, volume shape and levels, units,
+        provenance."""
+        d = self.describe(key)
+        md = d["metadata"]
+        out = recon_summary(key, md)
+        out["previews"] = [n.removeprefix("preview_") for n in d["arrays"] if n.startswith("preview_")]
+        if "volume" in d["arrays"]:
+            shape = d["arrays"]["volume"]["shape"]
+            out["volume"] = {"shape": shape, "levels": levels_for(shape)}
+        out.update(container=self.catalog.processed_name, unit=UNIT, voxel_size_um=voxel_size_um(md),
+                   provenance=provenance(md))
+        return out
+
+    def handle(self, key: str) -> VolumeHandle:
+        d = self.describe(key)
+        md = d["metadata"]
+        vol = d["arrays"].get("volume")
+        if vol is None:
+            if md.get("state") == "writing":
+                raise CatalogError(
+                    f"reconstruction {key} is still being written; its volume is not there yet", 409)
+            raise CatalogError(f"reconstruction {key} has no volume (kind {md.get('kind')!r}: slices only)")
+        if len(vol["shape"]) != 3:
+            raise CatalogError(f"reconstruction {key}: its volume has {len(vol['shape'])} axes, not 3", 422)
+        return VolumeHandle(key, vol["url"], tuple(vol["shape"]), vol["dtype"], md)  # type: ignore[arg-type]
+
+    def _read(self, h: VolumeHandle, sel: tuple[slice | int, ...]) -> np.ndarray:
+        """``volume[sel]`` as one request; ``sel`` holds ints and positive-step slices."""
+        shape = []
+        parts = []
+        for s, n in zip(sel, h.shape, strict=True):
+            if isinstance(s, int):
+                parts.append(str(s))
+                continue
+            start, stop, step = s.indices(n)
+            shape.append(len(range(start, stop, step)))
+            parts.append(f"{start}:{stop}:{step}")
+        try:
+            r = self._get(h.url, {"slice": ",".join(parts)}, what=f"volume of {h.key!r}")
+        except CatalogError as exc:
+            if h.metadata.get("state") == "writing" and not isinstance(exc, TiledUnavailable):
+                raise CatalogError(f"reconstruction {h.key} is still being written; that part is not "
+                                   "there yet", 409) from exc
+            raise
+        data = np.frombuffer(r.content, dtype=h.dtype)
+        if data.size != math.prod(shape):
+            raise CatalogError(f"Tiled sent {data.size} values for {h.key} [{','.join(parts)}], "
+                               f"expected {math.prod(shape)}", 502)
+        return data.reshape(shape).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.close()
+
+    # -- what the page reads --------------------------------------------------------------------
+    def slice(self, key: str, plane: str, index: int | None,
+              level: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+        """One slice at a multiscale level: level ``L`` keeps every ``2**L``-th voxel."""
+        if plane not in PLANES:
+            raise CatalogError(f"plane {plane!r} unknown: xy, xz or yz", 400)
+        h = self.handle(key)
+        levels = levels_for(list(h.shape))
+        if not 0 <= level < levels:
+            raise CatalogError(f"level {level} out of range: this volume has levels 0-{levels - 1}", 400)
+        axis = PLANES[plane]
+        n = h.shape[axis]
+        index = n // 2 if index is None else int(index)
+        if not 0 <= index < n:
+            raise CatalogError(f"{plane} index {index} out of range 0-{n - 1}", 400)
+        step = 2 ** level
+        sel: list[slice | int] = [slice(None, None, step)] * 3
+        sel[axis] = index
+        data = self._read(h, tuple(sel))
+        return data, {"shape": list(h.shape), "index": index, "level": level, "levels": levels,
+                      "rows": int(data.shape[0]), "cols": int(data.shape[1])}
+
+    def stats(self, key: str, *, bins: int = 128, side: int = 256) -> dict[str, Any]:
+        """A histogram of the volume and its 0.5-99.5 % window, from five xy slices (10-90 % of
+        the height, one strided request) of about ``side`` pixels: the window the views share."""
+        return self._cached("stats", key, lambda: self._stats(key, bins, side),
+                            lambda st: st.get("state", "complete") == "complete")
+
+    def _stats(self, key: str, bins: int, side: int) -> dict[str, Any]:
+        h = self.handle(key)
+        nz, ny, nx = h.shape
+        step = max(1, math.ceil(max(ny, nx) / side))
+        z0, z1 = int(round(0.1 * (nz - 1))), int(round(0.9 * (nz - 1)))
+        dz = max(1, (z1 - z0) // 4)
+        sample = self._read(h, (slice(z0, z1 + 1, dz), slice(None, None, step), slice(None, None, step)))
+        values = sample[np.isfinite(sample)]
+        state = h.metadata.get("state", "complete")
+        if values.size == 0:
+            return {"counts": [0] * bins, "range": [0.0, 1.0], "window": [0.0, 1.0], "sampled": 0,
+                    "state": state}
+        lo, hi, a, b = (float(v) for v in np.percentile(values, [0.5, 99.5, 0.05, 99.95]))
+        if not b > a:
+            a, b = float(values.min()), float(values.max()) + 1.0
+        pad = 0.05 * (b - a)
+        a, b = a - pad, b + pad
+        counts, _ = np.histogram(values, bins=bins, range=(a, b))
+        return {"counts": counts.tolist(), "range": [a, b], "window": [lo, hi if hi > lo else lo + 1.0],
+                "sampled": int(values.size), "step": step, "state": state}
+
+    def region(self, key: str, box: tuple[int, int, int, int, int, int] | None = None,
+               max_side: int = 128) -> tuple[np.ndarray, dict[str, Any]]:
+        """The volume (or ``box`` = z0, z1, y0, y1, x0, x1 of it) strided to at most ``max_side``
+        per axis, read slab by slab; ``step`` 1 means full resolution."""
+        h = self.handle(key)
+        if h.metadata.get("state") == "writing":
+            raise CatalogError(
+                f"reconstruction {key} is still being written; try the 3D view when it is complete", 409)
+        bounds = [(0, n) for n in h.shape] if box is None else list(zip(box[0::2], box[1::2], strict=True))
+        for (a, b), n, name in zip(bounds, h.shape, "zyx", strict=True):
+            if not 0 <= a < b <= n:
+                raise CatalogError(f"region {name} {a}-{b} is not inside 0-{n}", 400)
+        step = max(1, math.ceil(max(b - a for a, b in bounds) / max_side))
+        voxels = math.prod(len(range(a, b, step)) for a, b in bounds)
+        if voxels > MAX_REGION_VOXELS:
+            raise CatalogError(f"region of {voxels} voxels is over the {MAX_REGION_VOXELS} limit", 400)
+        (z0, z1), (y0, y1), (x0, x1) = bounds
+        slab = max(1, 64 // step) * step
+        parts = [self._read(h, (slice(z, min(z1, z + slab), step), slice(y0, y1, step), slice(x0, x1, step)))
+                 for z in range(z0, z1, slab)]
+        vol = np.concatenate(parts)
+        return vol, {"step": step, "box": [z0, z1, y0, y1, x0, x1], "shape": list(vol.shape)}
