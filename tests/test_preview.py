@@ -232,13 +232,14 @@ def _cropped(scan: dict, left: int) -> dict:
 def test_centre_is_checked_at_stop_and_a_wrong_guess_gives_a_second_corrected_final():
     scan = _cropped(phantom_scan(center=37.2), 6)  # axis 31.2 on 58 columns: 2.7 px off the middle
     updates = []
-    sink = PreviewSink([updates.append], publish_interval_s=10)
+    # final_budget_s: every frame is summed even on a loaded machine (the comparison is exact)
+    sink = PreviewSink([updates.append], publish_interval_s=10, final_budget_s=60)
     sink.open(spec_for(scan))
     feed(sink, scan)
     sink.close(ScanEnd("run-1"))
     final = sink.wait_final(30)
     first, second = [u for u in updates if u.final]
-    assert first.metadata["refinement_pending"] is True and first.metadata["stop_to_final_s"] < 1.0
+    assert first.metadata["refinement_pending"] is True  # (latency: the tests above, default budget)
     assert first.metadata["center_source"] == "detector middle"  # truncated: no centre of mass
     assert second is final and final.metadata["refinement_pending"] is False
     check = final.metadata["center_check"]
@@ -259,7 +260,7 @@ def test_a_wrong_guess_moves_to_the_centre_of_mass_before_stop():
     scan = phantom_scan(center=43.7, n_det=88)  # sample inside the field; 0.2 px right of the middle
     scan = _cropped(scan, 8)  # 80 columns, axis 35.7: 3.2 px right of the middle, sample still inside
     updates = []
-    sink = PreviewSink([updates.append], publish_interval_s=0.0)
+    sink = PreviewSink([updates.append], publish_interval_s=0.0, final_budget_s=60)  # every frame summed
     sink.open(spec_for(scan))
     feed(sink, scan)
     sink.close(ScanEnd("run-1"))
@@ -291,7 +292,7 @@ def _engine_fbp(scan: dict, center: float) -> np.ndarray:
 def test_a_360_scan_moves_to_the_pair_centre_mid_scan_in_all_three_slices():
     scan = phantom_scan(center=35.2, n_angles=120, span=2 * np.pi)  # no hint: the middle is 3.7 px off
     updates = []
-    sink = PreviewSink([updates.append], publish_interval_s=0.0)
+    sink = PreviewSink([updates.append], publish_interval_s=0.0, final_budget_s=60)  # every frame summed
     sink.open(spec_for(scan))
     feed(sink, scan)
     sink.close(ScanEnd("run-1"))

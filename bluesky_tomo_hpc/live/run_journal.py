@@ -98,6 +98,14 @@ class RunJournal:
         if delete and f is not None:  # only a file this journal opened, so only a safe name
             self.path(run_uid).unlink(missing_ok=True)
 
+    def discard(self, run_uid: str) -> None:
+        """Delete the kept journal of ``run_uid`` (its results are made or their loss recorded)."""
+        self.close(run_uid, delete=False)
+        try:
+            self.path(run_uid).unlink(missing_ok=True)
+        except UnsafeNameError:
+            pass  # never journaled
+
     def pending(self) -> list[Path]:
         """Journals left by a previous worker, oldest first (old ``*.pickle`` ones are named in
         the log and left alone: loading them could run code)."""

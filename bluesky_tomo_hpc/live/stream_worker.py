@@ -80,6 +80,10 @@ class StreamWorker:
         journal_dir = journal_dir or self.settings.preview.journal_dir
         self.journal = RunJournal(journal_dir) if journal_dir else None
         self.ended: list[str] = []
+        #: runs whose sinks saw their stop; runs whose journal waits for their full volume
+        self._closed_runs: set[str] = set()
+        self._volume_pending: set[str] = set()
+        self.service.listeners.append(self._volume_outcome)
         self.rebuilt: list[str] = []
         self.gaps_filled = 0
         #: stream_resource uid -> (indices stop, seq_nums stop, descriptor) of its last StreamDatum
@@ -150,7 +154,26 @@ class StreamWorker:
                 if record:
                     journal.record(name, doc)
             elif name == "stop":
-                journal.close(doc.get("run_start", ""))
+                self._close_journal(doc)
+
+    def _close_journal(self, stop: Mapping[str, Any]) -> None:
+        """At a run's stop: its journal is kept until its full volume is made or has failed
+        (:meth:`_volume_outcome`), so a worker killed while computing it rebuilds the run and
+        makes the volume again; without a volume to wait for it is deleted now."""
+        uid = str(stop.get("run_start", ""))
+        waits = (self.sinks.full_volume and uid in self._closed_runs
+                 and stop.get("exit_status", "success") == "success")
+        self._closed_runs.discard(uid)
+        if waits:
+            self._volume_pending.add(uid)
+        self.journal.close(uid, delete=not waits)
+
+    def _volume_outcome(self, outcome: Any) -> None:
+        """The volume of a run is made or failed (with its reason and retry): its journal goes."""
+        if outcome.run_uid in self._volume_pending:
+            self._volume_pending.discard(outcome.run_uid)
+            if self.journal is not None:
+                self.journal.discard(outcome.run_uid)
 
     def _gaps(self, doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         """StreamDatum ranges that never reached this worker (it was down, or 0MQ dropped them):
@@ -398,6 +421,7 @@ class _RunWatch:
 
     def close(self, end: ScanEnd) -> None:
         self.worker.last_activity.pop(end.run_uid, None)
+        self.worker._closed_runs.add(end.run_uid)
         self.worker._run_ended(end)
 
 

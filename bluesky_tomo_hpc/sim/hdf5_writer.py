@@ -45,6 +45,15 @@ class FrameFile:
         self.frames_written = n + 1
         return self.frames_written
 
+    def rewind_to(self, n: int) -> None:
+        """Forget the frames from ``n`` on (a paused scan's frames that no event references);
+        the next :meth:`append` writes frame ``n``."""
+        n = max(0, min(int(n), self.frames_written))
+        for dset in (self._data, self._angle):
+            dset.resize(n, axis=0)
+            dset.flush()
+        self.frames_written = n
+
     def close(self) -> None:
         if self._file.id.valid:
             self._file.close()

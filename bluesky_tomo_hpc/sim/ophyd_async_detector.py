@@ -6,6 +6,13 @@ events: the detector emits StreamResource/StreamDatum, and consumers read the fi
 
 Each ``stage()`` closes the previous file and the next ``prepare``/``trigger`` opens a new one, so
 re-staging the detector per stream gives every stream its own StreamResource.
+
+Why it is ``Pausable``: a pause or a suspender (beam dump) rewinds the plan to its last checkpoint
+and replays the point, so a frame taken after that checkpoint but never saved in an Event would
+make the replayed point's StreamDatum span two frames, which bluesky refuses ("multiple indices in
+a stream_datum document for one event") and the scan fails. On ``resume`` the detector waits for
+its acquisition to end and forgets the frames no StreamDatum was made for: the file holds only the
+frames the run's documents reference, in order.
 """
 
 from __future__ import annotations
@@ -13,17 +20,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from bluesky.protocols import StreamAsset
 from ophyd_async.core import (
     DetectorAcquireLogic,
     DetectorDataLogic,
     DetectorTriggerLogic,
     PathProvider,
+    SignalR,
     StandardDetector,
     StaticPathProvider,
     StreamableDataProvider,
@@ -31,6 +41,7 @@ from ophyd_async.core import (
     StreamResourceInfo,
     TriggerInfo,
     UUIDFilenameProvider,
+    WatchableAsyncStatus,
     soft_signal_r_and_setter,
 )
 
@@ -61,6 +72,16 @@ class _Acquisition:
         self.close_file()
         self.file = FrameFile(path, self.simulator.physics.shape)
         self._set_images_written(0)
+
+    def drop_uncollected(self, collected: int) -> int:
+        """Forget the frames after the first ``collected`` (written, never collected into an
+        event); returns how many were dropped."""
+        if self.file is None or self.file.frames_written <= collected:
+            return 0
+        dropped = self.file.frames_written - collected
+        self.file.rewind_to(collected)
+        self._set_images_written(collected)
+        return dropped
 
     def close_file(self) -> None:
         if self.file is not None:
@@ -130,14 +151,45 @@ class _AcquireLogic(DetectorAcquireLogic):
             self.task = None
 
 
+class _RewindableProvider(StreamResourceDataProvider):
+    """The stock provider, counting the collects that made documents and able to start over on
+    a new file (see :meth:`SimTomoDetector.resume`)."""
+
+    def __init__(self, uri: str, resources: Sequence[StreamResourceInfo], written: SignalR[int]) -> None:
+        super().__init__(uri=uri, resources=resources, mimetype="application/x-hdf5",
+                         collections_written_signal=written)
+        self.collects_with_docs = 0
+
+    async def make_stream_docs(self, collections_written: int,
+                               collections_per_event: int) -> AsyncIterator[StreamAsset]:
+        made = False
+        async for doc in super().make_stream_docs(collections_written, collections_per_event):
+            made = True
+            yield doc
+        self.collects_with_docs += made
+
+    def restart(self, uri: str) -> None:
+        """Describe a new, empty file: a new StreamResource, indices from 0."""
+        self.__init__(uri, self.resources, self.collections_written_signal)
+
+
 class _DataLogic(DetectorDataLogic):
     def __init__(self, acq: _Acquisition, path_provider: PathProvider) -> None:
         self.acq = acq
         self.path_provider = path_provider
+        self.datakey_name = ""
+        #: the provider of the open file: how many frames it made StreamDatum for
+        self.provider: _RewindableProvider | None = None
+
+    def _open(self) -> str:
+        """Open a new file; its URI."""
+        info = self.path_provider(self.datakey_name)
+        self.acq.open_file(Path(info.directory_path) / f"{info.filename}.h5")
+        return f"{info.directory_uri}{info.filename}.h5"
 
     async def prepare_unbounded(self, datakey_name: str) -> StreamableDataProvider:
-        info = self.path_provider(datakey_name)
-        self.acq.open_file(Path(info.directory_path) / f"{info.filename}.h5")
+        self.datakey_name = datakey_name
+        uri = self._open()
         ny, nx = self.acq.simulator.physics.shape
         image = StreamResourceInfo(
             data_key=datakey_name,
@@ -153,18 +205,29 @@ class _DataLogic(DetectorDataLogic):
             dtype_numpy=np.dtype(np.float64).str,
             parameters={"dataset": ANGLE_PATH},
         )
-        return StreamResourceDataProvider(
-            uri=f"{info.directory_uri}{info.filename}.h5",
-            resources=[image, angle],
-            mimetype="application/x-hdf5",
-            collections_written_signal=self.acq.images_written,
-        )
+        self.provider = _RewindableProvider(uri, [image, angle], self.acq.images_written)
+        return self.provider
+
+    def new_file(self) -> None:
+        """Continue in a new file under a new StreamResource."""
+        if self.provider is not None:
+            self.provider.restart(self._open())
 
     async def stop(self) -> None:
         self.acq.close_file()
+        self.provider = None
 
     def get_hinted_fields(self, datakey_name: str) -> Sequence[str]:
         return [datakey_name]
+
+
+async def _awaited(pending: Any) -> None:
+    await pending
+
+
+def _finished(pending: Any) -> bool:
+    done = pending.done  # a property of ophyd-async statuses, a method of asyncio tasks
+    return bool(done() if callable(done) else done)
 
 
 class SimTomoDetector(StandardDetector):
@@ -186,14 +249,52 @@ class SimTomoDetector(StandardDetector):
         if not callable(path_provider):
             path_provider = StaticPathProvider(UUIDFilenameProvider(), Path(path_provider).resolve())
         self._acq = _Acquisition(simulator, stage)
+        self._sim_acquire = _AcquireLogic(self._acq)
+        self._sim_data = _DataLogic(self._acq, path_provider)
         self.simulator = simulator
         self.tomo_stage = stage
         self.acquire_time = self._acq.acquire_time
-        self.add_detector_logics(
-            _TriggerLogic(self._acq), _AcquireLogic(self._acq), _DataLogic(self._acq, path_provider)
-        )
+        #: frames dropped on resume (taken after the last checkpoint, never in an event)
+        self.dropped_on_resume = 0
+        self._last_trigger: WatchableAsyncStatus | None = None
+        self.add_detector_logics(_TriggerLogic(self._acq), self._sim_acquire, self._sim_data)
         self.add_config_signals(self.acquire_time)
         super().__init__(name=name)
+
+    def trigger(self) -> WatchableAsyncStatus:
+        """As the standard detector's, remembered so that :meth:`resume` can let it end."""
+        self._last_trigger = super().trigger()
+        return self._last_trigger
+
+    async def pause(self) -> None:
+        """Called by the RunEngine when it pauses or suspends: nothing to stop (a frame being
+        exposed finishes; :meth:`resume` drops it if no event took it)."""
+
+    async def resume(self) -> None:
+        """Called by the RunEngine before it replays from the last checkpoint: forget the frames
+        written since the last one collected, so the replayed point gets one frame."""
+        # the interrupted trigger (it may not have started its exposure yet) ends first
+        for pending in (self._last_trigger, self._sim_acquire.task):
+            if pending is not None and not _finished(pending):
+                with suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(_awaited(pending))),
+                                           timeout=max(10.0, 10 * self._acq.period))
+        provider = self._sim_data.provider
+        if provider is None:
+            return
+        if provider.collects_with_docs == 1:
+            # Only one collect made documents, the first, with the StreamResource: if the pause
+            # came before its Event was saved, bluesky dropped them, and later StreamDatum would
+            # name a resource nobody saw. Which it was cannot be known here, so carry on in a new
+            # file with a new StreamResource (the old file keeps what an Event may reference).
+            self._sim_data.new_file()
+            logger.info("%s: paused at the stream's first frame; continuing in a new file", self.name)
+            return
+        dropped = self._acq.drop_uncollected(provider.last_emitted)
+        if dropped:
+            self.dropped_on_resume += dropped
+            logger.info("%s: %d frame(s) taken after the last checkpoint dropped on resume",
+                        self.name, dropped)
 
     @property
     def current_file(self) -> Path | None:

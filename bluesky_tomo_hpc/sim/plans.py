@@ -6,6 +6,10 @@ streams in one run); ``tomo_dark_flat`` + ``layout="separate"`` is NSLS-II HEX (
 own run, referenced by uid). The detector is re-staged for every stream so that each stream gets
 its own StreamResource (TiledWriter attaches a shared one only to the first stream).
 
+Every step is a checkpoint (as in ``bluesky.plans.scan``): a pause or a suspender (beam dump)
+rewinds to the point it interrupted and takes it again, never the whole stream; the retaken
+point's Event repeats the seq_num of the one it replaces, and consumers keep the last.
+
 The plans work with both flavours: an ophyd-async detector is armed with ``prepare`` (exposure as
 ``TriggerInfo.livetime``); an ophyd v1 detector gets its ``acquire_time`` set.
 """
@@ -53,6 +57,7 @@ def _step_stream(detector: Any, stream: str, num: int, exposure: float) -> Plan:
     yield from bps.stage(detector, wait=True)
     yield from _arm(detector, exposure)
     for _ in range(num):
+        yield from bps.checkpoint()
         yield from bps.trigger_and_read([detector], name=stream)
     yield from bps.unstage(detector, wait=True)
 
@@ -108,6 +113,7 @@ def _projections(detector: Any, stage: TomoStage, angles: np.ndarray, exposure: 
     yield from bps.stage(detector, wait=True)
     yield from _arm(detector, exposure)
     for angle in angles:
+        yield from bps.checkpoint()
         yield from bps.mv(stage.rot, float(angle))
         yield from bps.trigger_and_read([detector, stage.rot], name="primary")
     yield from bps.unstage(detector, wait=True)

@@ -213,6 +213,8 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
         self._flat_sum = xp.zeros((nz, nw), xp.float64)
         self.n_dark = self.n_flat = 0
         self.n_used = 0
+        self._seen: dict[FrameRole, set[int]] = {}
+        self.n_retaken = 0
         self.n_skipped = 0
         self.n_before_flat = 0
         self._provisional_flat: np.ndarray | None = None
@@ -260,7 +262,29 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
             self.error = exc
             self._final_event.set()
 
+    def _first_copies(self, batch: FrameBatch) -> FrameBatch | None:
+        """The batch without indices already ingested: a point retaken after a pause would count
+        twice in the sums (the full volume keeps the last copy; the preview keeps the first)."""
+        seen = self._seen.setdefault(batch.role, set())
+        idx = [int(i) for i in np.asarray(batch.indices).tolist()]
+        keep = [k for k, i in enumerate(idx) if i not in seen]
+        seen.update(idx)
+        self.n_retaken += len(idx) - len(keep)
+        if len(keep) == len(idx):
+            return batch
+        if not keep:
+            return None
+        pick = np.asarray(keep)
+        return FrameBatch(batch.role, np.asarray(batch.indices)[pick], batch.frames[pick],
+                          None if batch.angles is None else np.asarray(batch.angles)[pick],
+                          None if batch.timestamps is None else np.asarray(batch.timestamps)[pick],
+                          batch.run_uid, None)
+
     def _ingest(self, batch: FrameBatch) -> None:
+        first = self._first_copies(batch)
+        if first is None:
+            return
+        batch = first
         xp = self.xp
         # on a GPU the raw frames travel as they are (uint16: half the bytes) and bin there
         frames = bin_frames(xp.asarray(batch.frames), self.geo.b).astype(xp.float32, copy=False)
@@ -317,6 +341,7 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
             "n_projections_used": self.n_used, "n_projections_skipped": self.n_skipped,
             "n_projections_expected": self._spec.n_projections, "n_darks": self.n_dark,
             "n_flats": self.n_flat, "n_projections_before_flat": self.n_before_flat,
+            "n_frames_retaken": self.n_retaken,
             "degraded": self.n_skipped > 0, "filter": self.filter_name,
             "units": "attenuation per binned pixel", "peak_queued_bytes": self.peak_queued_bytes,
             "ingest_s": round(self._ingest_s, 3),

@@ -157,15 +157,24 @@ class FrameAssembly:
                            origin=chunk.origin)
         if self.layout.layout == "dark_flat":
             self.darkflat_batches.append(batch)
-            self.counts[chunk.role] += len(batch)
+            self._count(batch)
             return
         if self.sink is None and not self._try_open():
             self.pending.append(batch)
             return
         self._send(batch)
 
+    def _count(self, batch: FrameBatch) -> None:
+        """Count the frames of new indices only: a point retaken after a pause or a suspender
+        repeats its Event's seq_num, so its index; sinks keep the last copy of an index."""
+        seen = self.sent_indices.setdefault(batch.role, set())
+        new = {int(i) for i in np.asarray(batch.indices).tolist()} - seen
+        seen |= new
+        self.counts[batch.role] += len(new)
+        self.retaken += len(batch) - len(new)
+
     def _send(self, batch: FrameBatch) -> None:
-        self.counts[batch.role] += len(batch)
+        self._count(batch)
         self._call_sink("add", batch)
 
     def _try_open(self) -> bool:
@@ -272,6 +281,9 @@ class FrameAssembly:
                 if self.counts[role] == 0:
                     self.report(f"no {role.value} frames: stream {lay.streams.get(role.value)!r} "
                                 "absent or empty; normalisation will need them from elsewhere")
+        if self.retaken:
+            log.info("run %s: %d frame(s) retaken (a pause or a suspender); the last copy of each "
+                     "is used", self.run_uid, self.retaken)
         expected = lay.num_projections
         got = self.counts[FrameRole.PROJECTION]
         reason = doc.get("reason", "") or ""

@@ -94,7 +94,9 @@ class TomoRun(FrameAssembly, DocumentRouter):
         self.running: dict[FrameRole, int] = dict.fromkeys(FrameRole, 0)  # next index per role
         self.desc_offset: dict[str, int] = {}
         self.desc_running: dict[tuple[str, str], int] = {}  # (descriptor, key) -> frames seen
-        self.counts: dict[FrameRole, int] = dict.fromkeys(FrameRole, 0)
+        self.counts: dict[FrameRole, int] = dict.fromkeys(FrameRole, 0)  # distinct indices sent
+        self.sent_indices: dict[FrameRole, set[int]] = {}
+        self.retaken = 0  # frames of an index sent before (a point taken again after a pause)
         self.darkflat_batches: list[FrameBatch] = []
         self.monitor_desc: dict[str, str] = {}  # descriptor uid -> angle key of a monitor stream
         self.monitor: list[tuple[float, float]] = []  # (time, radians)

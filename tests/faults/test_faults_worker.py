@@ -169,3 +169,31 @@ def test_stop_timeout_gives_the_run_up_while_serving(RE, world):
     rc, err, _ = w.finish(60)
     assert rc == 0, err[-2000:]
     assert "no stop document after" in err and uid in err
+
+
+def test_killed_while_the_volume_is_computed_rebuilds_it(RE, world):
+    """Killed after the stop, before its volume was made: journal kept; restarted, the volume is made."""
+    import threading
+
+    tmp_path = world.data
+    journal = tmp_path / "journal"
+    first = StreamWorker(_settings(tmp_path), client=None, journal_dir=journal, full_volume=True)
+    held = threading.Event()
+    first.service.submit("earlier scan", lambda: held.wait(120))  # the volume queues behind it
+    RE.subscribe(first)
+    bl = make_sim_beamline(tmp_path / "raw", shape=SHAPE)
+    (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=30, num_darks=2, num_flats=2))
+    assert uid in first.ended and uid not in first.service.outcomes
+    # the kill: nothing more of this process runs (its queued volume is dropped)
+    first.service._pool.shutdown(wait=False, cancel_futures=True)
+    held.set()
+    assert [p.name for p in journal.iterdir()] == [f"{uid}.jsonl"], "the journal outlives the stop"
+    second = StreamWorker(_settings(tmp_path), client=None, journal_dir=journal)
+    try:
+        assert second.replay_journal() == [uid]
+        assert second.wait(180)
+        outcome = second.service.outcomes[uid]
+        assert outcome.ok, outcome.message
+        assert not list(journal.iterdir()), "the journal goes once the volume is made"
+    finally:
+        second.close()
