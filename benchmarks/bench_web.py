@@ -116,7 +116,8 @@ def viewer(args: argparse.Namespace) -> None:
                 rng = np.random.default_rng(1)
                 for i in range(args.repeats * args.updates):
                     plane = ("xy", "xz", "yz")[i % 3]
-                    index = int(rng.integers(0, 256))
+                    current = page.evaluate(f"V.index.{plane}")
+                    index = int((current + rng.integers(1, 256)) % 256)  # a move: never the same slice
                     n0 = page.evaluate("window.viewerLog.length")
                     page.evaluate(f"""(() => {{ const s = document.querySelector('#index-{plane}');
                         s.value = {index}; s.dispatchEvent(new Event('input')); }})()""")
