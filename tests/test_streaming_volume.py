@@ -154,7 +154,8 @@ def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, tmp_path,
     monkeypatch.setattr(streaming_volume, "PARTIAL_EVERY_S", 0.0)
     params = ReconParams(binning=2)
     with EmbeddedTiledServer(tmp_path / "tiled", readable_storage=[tmp_path]) as server:
-        pipe = TomoPipeline(Settings(data_dir=tmp_path / "data", recon=params, jobs={"executor": "none"}),
+        pipe = TomoPipeline(Settings(data_dir=tmp_path / "data", recon=params, jobs={"executor": "none"},
+                                     full_volume_streaming=True),
                             server.client())
         try:
             bl = make_sim_beamline(tmp_path / "raw", flavour="ophyd_async", shape=(16, 64),
