@@ -145,7 +145,7 @@ def test_centre_then_scan_pins_the_centre_found_on_a_quick_scan(RE, pipeline):
     result = {}
 
     def plan():
-        result["done"] = yield from centre_then_scan(bl.detector, bl.stage, steering, quick_projections=24,
+        result["done"] = yield from centre_then_scan(bl.detector, bl.stage, steering, quick_projections=60,
                                                      min_confidence=0.3, **SCAN)
 
     RE(plan())
