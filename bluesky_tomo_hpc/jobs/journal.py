@@ -243,10 +243,12 @@ class Journal(SQLiteStore):
     def get(self, job_id: str, *, wait_s: float | None = None) -> JobRecord:
         with self._db(wait_s) as db:
             row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None and (self.parked_dir / f"{job_id}.json").exists():
-            adopted = {r.job_id: r for r in self.adopt_parked()}  # parked while the journal was locked
-            if job_id in adopted:
-                return adopted[job_id]
+        if row is None:  # parked while the journal was locked: adopt it here, or see it adopted
+            # by the monitor's thread meanwhile (it may have inserted the row after our look)
+            if (self.parked_dir / f"{job_id}.json").exists():
+                self.adopt_parked()
+            with self._db(wait_s) as db:
+                row = db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise JournalError(f"no job {job_id!r} in {self.path}")
         return self._record(row)
