@@ -348,3 +348,27 @@ def test_default_nufft_accuracy_and_pair_ghost_inside_the_disc(phantom128):
     assert np.linalg.norm((wide[0] - exact[0])[disc]) < 2e-3 * np.linalg.norm(exact[0][disc])
     assert abs(_nrmse(wide[0], truth) - _nrmse(exact[0], truth)) < 1e-3
     assert abs(_nrmse(fast[0], truth) - _nrmse(exact[0], truth)) < 2e-3
+
+
+def test_plan_memory_model_counts_what_a_plan_holds(phantom128):
+    """plan_bytes (what slab sizing and job sizing leave the engine) covers every array a run
+    plan holds, its per-thread part grows with the workers, and the slab model counts it."""
+    from bluesky_tomo_hpc.batch.slab_pipeline import slab_bytes_per_row
+    from bluesky_tomo_hpc.engine.backend import cpu_threads
+    from bluesky_tomo_hpc.engine.fourier import plan_bytes
+
+    n, theta, sino, _ = phantom128
+    m = len(theta)
+    plan = FourierPlan(n, theta, fourier_width(n), threads=2)
+    for centre in ((n - 1) / 2, n / 2):  # two cached kernels
+        reconstruct_fourier(np.stack([sino] * 4), theta, centre, plan=plan)
+    ml = plan.shift.size
+    sort_and_points = 2 * 8 * ml + 2 * 4 * ml  # FINUFFT's int64 sort indices per worker, the points
+    held = (plan.shift.nbytes + sum(k[0].nbytes + k[2].nbytes for k in plan._kernels.values())
+            + sum(a.nbytes for bufs in plan._buffers.values() for a in bufs)
+            + sum(p._grid.nbytes + p.weights.nbytes for p in plan._cpu_plans) + sort_and_points)
+    assert len(plan._kernels) == 2 and len(plan._buffers) == 2
+    assert held <= plan_bytes(n, m, 2) <= 2.5 * held
+    one = plan._cpu_plans[0]
+    assert plan_bytes(n, m, 3) - plan_bytes(n, m, 2) >= one._grid.nbytes + one.weights.nbytes + 16 * ml
+    assert slab_bytes_per_row(m, n, 1)[1] >= plan_bytes(n, m, cpu_threads())
