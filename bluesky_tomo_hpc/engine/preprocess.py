@@ -294,13 +294,24 @@ def repair_dead_pixels(norm: Any, saturated: Any = None) -> tuple[Any, int]:
     Returns the repaired stack (the input itself when nothing was bad) and how many pixels were
     repaired, so the caller can report it."""
     xp = get_array_module(norm)
+    # the common case (nothing bad) in two reductions, no temporaries: NaN fails both tests
+    if (bool(xp.min(norm) > 0) and bool(xp.max(norm) < xp.inf)
+            and (saturated is None or not bool(xp.asarray(saturated).any()))):
+        return norm, 0
     bad = ~(norm > 0) | ~xp.isfinite(norm)  # NaN compares False: caught by the first term
     if saturated is not None:
         bad |= xp.asarray(saturated)
     n_bad = int(bad.sum())
     if n_bad == 0:
         return norm, 0
-    out = xp.where(bad, xp.float32(0), norm).astype(xp.float32, copy=False)
+    # only the lines (rows of the last axis) holding a bad pixel change: repair those
+    shape = norm.shape
+    flat_bad = bad.reshape(-1, shape[-1])
+    lines = xp.nonzero(flat_bad.any(axis=-1))[0]
+    whole = norm.astype(xp.float32, copy=True)
+    flat = whole.reshape(-1, shape[-1])
+    sub, bad = flat[lines], flat_bad[lines]
+    out = xp.where(bad, xp.float32(0), sub)
     good = (~bad).astype(xp.float32)
     for reach in (2, 8, 32):  # grow the window until every bad pixel has a good neighbour
         kernel = ndimage_for(xp).uniform_filter1d
@@ -312,8 +323,8 @@ def repair_dead_pixels(norm: Any, saturated: Any = None) -> tuple[Any, int]:
         bad = bad & ~fill
         if not bool(bad.any()):
             break
-    out = xp.where(bad, xp.float32(1), out)  # whole dead rows: no attenuation
-    return out, n_bad
+    flat[lines] = xp.where(bad, xp.float32(1), out)  # whole dead rows: no attenuation
+    return whole, n_bad
 
 
 # -- validation -----------------------------------------------------------------------------------
