@@ -213,7 +213,7 @@ def test_each_member_of_a_time_series_gets_its_own_volume_equal_to_the_files(RE,
     pipe.service.listeners.append(streamed_outcome)
     pipe.series.register_in_place = True  # this server reads its root
     try:
-        bl = make_sim_beamline(tmp_path / "raw", shape=shape, rotation_offset_px=2.5)
+        bl = make_sim_beamline(module_tiled_server.root / "series-raw", shape=shape, rotation_offset_px=2.5)
 
         def heat(condition):  # the sample densifies: each member differs
             peak = 1.5 if condition["temperature"].startswith("25 ") else 3.0
@@ -249,40 +249,39 @@ def test_each_member_of_a_time_series_gets_its_own_volume_equal_to_the_files(RE,
         files.shutdown()
 
 
-def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, tmp_path, monkeypatch):
+def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, module_tiled_server, monkeypatch):
     """RunEngine -> session -> streamed volume: partial volumes in Tiled during the scan, then the
     whole volume, summed at the scan's pinned centre."""
     from bluesky_tomo_hpc.live.session import TomoPipeline
     from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
-    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
     from bluesky_tomo_hpc.settings import Settings
     from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
     from bluesky_tomo_hpc.sim.plans import tomo_scan
 
     monkeypatch.setattr(streaming_volume, "PARTIAL_EVERY_S", 0.0)
     params = ReconParams(binning=2)
-    with EmbeddedTiledServer(tmp_path / "tiled", readable_storage=[tmp_path]) as server:
-        pipe = TomoPipeline(Settings(data_dir=tmp_path / "data", recon=params, jobs={"executor": "none"},
-                                     full_volume_streaming=True),
-                            server.client())
-        try:
-            bl = make_sim_beamline(tmp_path / "raw", flavour="ophyd_async", shape=(16, 64),
-                                   rotation_offset_px=2.5)
-            pipe.subscribe(RE)
-            (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=60, num_darks=4, num_flats=4,
-                                  md={"tomo": {"rotation_center": bl.rotation_center_px}}))
-            assert pipe.wait(180)
-            outcome = pipe.service.outcomes[uid]
-            assert outcome.ok and outcome.message == "reconstructed (streamed)", outcome.message
-            (node,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="full")
-            vol = node["volume"][:]
-            assert vol.shape == (8, 32, 32)
-            truth = bl.phantom.voxelise((16, 64, 64)).reshape(8, 2, 32, 2, 32, 2).mean(axis=(1, 3, 5))
-            assert corr(vol[:, 4:-4, 4:-4], truth[:, 4:-4, 4:-4]) > 0.85
-            (partial,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="partial")
-            assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] < 60
-        finally:
-            pipe.close()
+    root = module_tiled_server.root
+    pipe = TomoPipeline(Settings(data_dir=root / "grow", recon=params, jobs={"executor": "none"},
+                                 full_volume_streaming=True),
+                        module_tiled_server.client())
+    try:
+        bl = make_sim_beamline(root / "grow-raw", flavour="ophyd_async", shape=(16, 64),
+                               rotation_offset_px=2.5)
+        pipe.subscribe(RE)
+        (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=60, num_darks=4, num_flats=4,
+                              md={"tomo": {"rotation_center": bl.rotation_center_px}}))
+        assert pipe.wait(300)
+        outcome = pipe.service.outcomes[uid]
+        assert outcome.ok and outcome.message == "reconstructed (streamed)", outcome.message
+        (node,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="full")
+        vol = node["volume"][:]
+        assert vol.shape == (8, 32, 32)
+        truth = bl.phantom.voxelise((16, 64, 64)).reshape(8, 2, 32, 2, 32, 2).mean(axis=(1, 3, 5))
+        assert corr(vol[:, 4:-4, 4:-4], truth[:, 4:-4, 4:-4]) > 0.85
+        (partial,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="partial")
+        assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] < 60
+    finally:
+        pipe.close()
 
 
 @pytest.mark.parametrize("given", [False, True])
