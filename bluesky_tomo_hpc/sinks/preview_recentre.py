@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.backend import get_array_module, to_numpy
+from ..engine.backend import to_numpy
 from ..engine.filters import center_phase, filter_response
 from ..engine.preprocess import to_unbinned
 
@@ -36,6 +36,10 @@ MASS_MIN_SPAN = 2 * np.pi / 3
 #: At most this many angles rebuild the xy slice at a new centre (the live slice's quality, a
 #: quarter of the cost of 1500).
 XY_MAX_ANGLES = 360
+
+#: Stored projections filtered and back-projected together by a centre move (bounds the
+#: temporary arrays to a few padded projections).
+REBUILD_BATCH = 4
 
 
 def centre_of_mass_axis(rows: np.ndarray, theta: np.ndarray) -> float | None:
@@ -128,8 +132,14 @@ class PreviewRecentring:
         store: ProjectionStore = self._store
         self.acc_xz[...] = 0
         self.acc_yz[...] = 0
-        for theta, p in store.items:
-            self._backproject_lines(self._filter_rows(p[None])[0], theta)
+        for k in range(0, len(store.items), REBUILD_BATCH):  # a few at once: one FFT call, every core
+            chunk = store.items[k : k + REBUILD_BATCH]
+            q = self._filter_rows(self.xp.stack([p for _, p in chunk]))
+            angles = np.array([t for t, _ in chunk], dtype=np.float64)
+            if self.xp is np:
+                self._backproject_cpu(q, angles, xy=False)
+            else:
+                self._backproject_batch(q, angles, xy=False)
         scale = np.float32(self.n_used / max(1, len(store.items)))
         self.acc_xz *= scale
         self.acc_yz *= scale
@@ -137,30 +147,14 @@ class PreviewRecentring:
             k = -(-len(self._rows) // XY_MAX_ANGLES)  # every k-th row: the slice, at a fraction of the cost
             sino = to_numpy(self.xp.stack(self._rows[::k]))[None]
             xy = reconstruct_fourier(sino, np.asarray(self._row_angles[::k]), float(center_binned),
-                                     n=self.geo.nw, filter_name=self.filter_name, threads=1,
+                                     n=self.geo.nw, filter_name=self.filter_name,
                                      whole_square=True)[0]
             self.acc_xy[...] = self.xp.asarray(xy * np.float32(max(1, self.n_used) / math.pi))
         return {"recomputed": ["xy", "xz", "yz"], "xz_yz_projections": len(store.items),
                 "seconds": round(time.perf_counter() - t0, 3)}
 
-    def _backproject_lines(self, q: Any, theta: float) -> None:
-        """The xz line (y = y0) and yz line (x = x0) of every row of one filtered projection:
-        the line half of ``_backproject`` (the xy slice comes from the row sinogram)."""
-        xp = get_array_module(q)
-        c, s_ = np.float32(math.cos(theta)), np.float32(math.sin(theta))
-        axis = np.float32(self._n_pad // 2)
-        for acc, s_line in ((self.acc_xz, self._gx[0] * c + (self._line_y0 * s_ + axis)),
-                            (self.acc_yz, self._line_x0 * c + self._gy[:, 0] * s_ + axis)):
-            s_line = xp.array(s_line, dtype=xp.float32)
-            i, w = self._positions(s_line)
-            v0 = q[:, i]
-            acc += v0 + w * (q[:, i + 1] - v0)
-
     # provided by the back-projection base class (preview_backprojection), listed for readers
-    _gx: Any
-    _gy: Any
-    _line_y0: Any
-    _line_x0: Any
     _store: ProjectionStore
     _filter_rows: Any
-    _positions: Any
+    _backproject_cpu: Any
+    _backproject_batch: Any
