@@ -63,7 +63,8 @@ __all__ = [
 
 def _vo_rows(groups: list[Any], rows: list[int], theta: np.ndarray, params: ReconParams) -> CenterEstimate:
     """Vo's centre of two row groups (see :func:`row_group_sinograms`), sized for speed: the wide
-    window is searched once, on the mean of the groups; each group is then refined near it."""
+    window is searched once, on the mean of the groups; each group is then refined near it (on
+    at most 768 columns: the image polish that follows works on 512)."""
     width = search_width(groups[0].shape[-1], params)
     wide = _vo_wide(sum(groups) / len(groups), theta, width) if len(groups) > 1 else None
     ests = [_vo_two_stage(g, theta, width, wide) for g in groups]
@@ -99,7 +100,7 @@ def _vo_two_stage(sino: Any, theta: np.ndarray, width: float, wide: CenterEstima
         return find_center_vo(sino, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
     near = 2.0 * wide.details["binning"] + 2.0
     local = find_center_vo(sino, theta, near, center_guess=wide.center, fine_radius=1.0,
-                           max_rows=(192, 256), max_cols=512)
+                           max_rows=(192, 256), max_cols=512, max_fine_cols=768)
     details = {**local.details, "wide_search": {k: wide.details[k] for k in ("coarse_center", "binning",
                                                                              "search_range")},
                "minimum_at_search_edge": wide.details["minimum_at_search_edge"]}

@@ -136,14 +136,15 @@ def find_center_vo(
     drop: int = 20,
     max_rows: tuple[int, int] = (512, 1024),
     max_cols: int = 1024,
+    max_fine_cols: int | None = None,
 ) -> CenterEstimate:
     """Vo's centre for one -log sinogram (n_angles, nx), searched within ``center_guess`` (default
     the detector middle) +/- ``search_width`` px at 0.5 px, refined +/- ``fine_radius`` px at
     ``step``. ``theta`` (radians) restricts the data to the first half-turn; ``None`` assumes the
     sinogram covers [0, 180) degrees. ``ratio`` is the object's diameter / detector width.
     ``max_rows`` caps the angles used by the (coarse, fine) searches; the coarse search also
-    bins the detector to at most ``max_cols`` columns; ``fine_radius <= 0`` stops after the
-    coarse search."""
+    bins the detector to at most ``max_cols`` columns, the fine one (when given) to at most
+    ``max_fine_cols``; ``fine_radius <= 0`` stops after the coarse search."""
     xp = get_array_module(sino)
     s = xp.asarray(sino, dtype=xp.float32)
     if s.ndim != 2:
@@ -198,11 +199,18 @@ def find_center_vo(
                          (int(c_src.shape[0]), 0))
     # fine: sub-pixel spline shifts around the coarse minimum
     fine_src = nd.gaussian_filter(s, (2, 2), mode="reflect")[:: -(-nrow // max_rows[1])]
-    rad = float(np.clip(abs(fine_radius), 1.0, ncol / 4.0))
-    stp = float(np.clip(abs(step), 0.05, rad))
-    start = float(np.clip(coarse, rad, ncol - rad - 1))
+    fb = 1
+    while max_fine_cols and ncol // fb > max_fine_cols:
+        fb *= 2
+    if fb > 1:  # wide detectors: the fine metric on binned columns, its centre in binned ones
+        nc = ncol // fb
+        fine_src = fine_src[:, : nc * fb].reshape(fine_src.shape[0], nc, fb).mean(axis=2)
+    f_ncol = fine_src.shape[1]
+    rad = float(np.clip(abs(fine_radius), 1.0, ncol / 4.0)) / fb
+    stp = float(np.clip(abs(step), 0.05, rad * fb)) / fb
+    start = float(np.clip((coarse + 0.5) / fb - 0.5, rad, f_ncol - rad - 1))
     f_cands = start + np.arange(-rad, rad + stp / 2, stp)
-    f_mask = _wedge_mask(2 * fine_src.shape[0], ncol, ratio, drop_for(fine_src.shape[0]), xp)
+    f_mask = _wedge_mask(2 * fine_src.shape[0], f_ncol, ratio, drop_for(fine_src.shape[0]), xp)
     f_metric = _vo_metrics(fine_src, f_cands, f_mask, integer=False)
     j = int(np.argmin(f_metric))
     center = float(f_cands[j])
@@ -211,6 +219,8 @@ def find_center_vo(
         curv = y0 - 2 * y1 + y2
         if curv > 0:
             center += float(np.clip(0.5 * (y0 - y2) / curv, -0.5, 0.5)) * stp
+    center = (center + 0.5) * fb - 0.5
+    f_cands = (f_cands + 0.5) * fb - 0.5
 
     details = {"coarse_center": coarse, "fine_centers": f_cands.tolist(), "fine_metric": f_metric.tolist()}
     return _estimate(center, c_cands, c_metric, k, binf, lo, hi, details,
