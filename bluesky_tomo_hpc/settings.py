@@ -86,6 +86,9 @@ class PreviewSettings(_Section):
     #: slice positions as fractions of the volume (z row, y, x); 0.5 = through the centre
     positions: tuple[float, float, float] = (0.5, 0.5, 0.5)
     zmq_address: str | None = Field(None, description="0MQ PUB address for live previews, e.g. tcp://127.0.0.1:5600")
+    control_address: str | None = Field(
+        None, description="0MQ REP address where the running scan's slice positions are set (the web page "
+        "moves them), e.g. tcp://127.0.0.1:5601; None: the positions stay where the settings put them")
     png_dir: Path | None = Field(None, description="write live TIFFs and a final PNG here")
     max_queue_mb: float = Field(256.0, gt=0, description="frames waiting for the preview; beyond it, skip")
     publish_interval_s: float = Field(0.5, ge=0, description="at most one live update per interval")

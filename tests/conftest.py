@@ -110,3 +110,4 @@ def array_backend(request):
             pytest.skip("CuPy with a CUDA device is not available here")
         return "gpu"
     return "cpu"
+

@@ -11,7 +11,7 @@ import pytest
 from test_preview import phantom_scan, spec_for  # tests/ is on sys.path
 
 from bluesky_tomo_hpc.batch.slab_pipeline import FIXED_OVERHEAD_BYTES, slab_rows
-from bluesky_tomo_hpc.batch.staging import write_exchange_file
+from bluesky_tomo_hpc.batch.staging import spoiled_projections, write_exchange_file
 from bluesky_tomo_hpc.batch.volume_at_stop import VolumeAtStop
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
 from bluesky_tomo_hpc.engine.params import ReconParams
@@ -97,6 +97,32 @@ def test_frames_in_files_are_not_copied(tmp_path, scan):
     with h5py.File(staged) as f:
         assert f["exchange/data"].is_virtual
     np.testing.assert_array_equal(load_scan(staged).projections, scan["proj"])
+
+
+def test_projections_without_beam_are_left_out_of_the_staged_scan(tmp_path, scan):
+    """The scan's health named 12..21 (a beam dump) and 3 (a closed shutter): staging maps every
+    other projection into the raw file, a batch split around the gap; the raw file is untouched."""
+    where = write_raw(tmp_path / "raw.h5", scan)
+    spec = spec_for(scan)
+    spec.metadata["scan_health"] = {"status": "warning", "n_projections": 90, "findings": [
+        {"kind": "beam_loss", "severity": "warning", "first": 12, "last": 21},
+        {"kind": "shutter_closed", "severity": "error", "first": 3, "last": 3},
+        {"kind": "jump", "severity": "warning", "first": 50, "last": 50}]}  # the sample moved: kept
+    store = FrameStore(spec, tmp_path / "scratch")
+    feed_from_file(store, scan, where)
+    staged = stage(store)
+    kept = [i for i in range(90) if i != 3 and not 12 <= i <= 21]
+    with h5py.File(staged) as f:
+        assert f["exchange/data"].is_virtual
+        assert list(f["exchange/data"].attrs["excluded_projections"]) == [3, *range(12, 22)]
+    data = load_scan(staged)
+    np.testing.assert_array_equal(data.projections, scan["proj"][kept])
+    np.testing.assert_allclose(data.theta, scan["theta"][kept])
+    with h5py.File(tmp_path / "raw.h5") as f:
+        assert f["proj"].shape[0] == 90
+    # a scan mostly without beam is reconstructed whole (its health says what is wrong)
+    spec.metadata["scan_health"]["findings"][0]["last"] = 80
+    assert spoiled_projections(spec, 90) == []
 
 
 def test_missing_calibration_and_angles_are_named(tmp_path, scan):

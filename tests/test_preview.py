@@ -381,3 +381,61 @@ def test_unconfirmed_guess_is_marked_centre_uncertain_on_metadata_and_picture(tm
 def test_confirmed_centre_is_not_uncertain(scan):
     _, final, _ = run_preview(scan)
     assert final.metadata["center_uncertain"] is False
+
+
+def test_slices_moved_mid_scan_over_0mq_equal_a_preview_made_there(scan):
+    """The web page's move, as the preview worker gets it (0MQ REQ/REP): the moved slices are
+    rebuilt from the kept projections, so the final equals a preview placed there from the start;
+    out-of-range, unknown-run, malformed and after-stop requests are refused in one line."""
+    import zmq
+
+    from bluesky_tomo_hpc.sinks.preview_control import ControlError, PreviewControlServer, request_move
+
+    nz, n = scan["proj"].shape[1:]
+    half = len(scan["theta"]) // 2
+    moved = PreviewSink(publish_interval_s=0.0, center=scan["center"])
+
+    def move(uid: str, wanted: dict) -> dict:
+        if uid != "run-1":
+            raise ValueError(f"run {uid} unknown")
+        return moved.move_slices(wanted)
+
+    server = PreviewControlServer("tcp://127.0.0.1:*", move)
+    try:
+        moved.open(spec_for(scan))
+        first = {k: (v[:half] if k in ("proj", "theta") else v) for k, v in scan.items()}
+        feed(moved, first)
+        wanted = {"xy": 3, "xz": 10, "yz": 50}
+        assert request_move(server.address, "run-1", wanted) == wanted
+        with pytest.raises(ControlError, match=f"xy index must be from 0 to {nz - 1}"):
+            request_move(server.address, "run-1", {"xy": nz})
+        with pytest.raises(ControlError, match="run other unknown"):
+            request_move(server.address, "other", {"xy": 1})
+        with pytest.raises(ControlError, match="whole number"):
+            request_move(server.address, "run-1", {"xz": -1})
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.connect(server.address)
+        sock.send(b"\xff not json")
+        assert sock.poll(30_000) and "UTF-8 JSON" in sock.recv_json()["error"]
+        sock.close(linger=0)
+        for i in range(half, len(scan["theta"])):
+            moved.add(FrameBatch(FrameRole.PROJECTION, np.arange(i, i + 1), scan["proj"][i:i + 1],
+                                 scan["theta"][i:i + 1], run_uid="run-1"))
+        moved.close(ScanEnd("run-1"))
+        final = moved.wait_final(timeout=60)
+        with pytest.raises(ControlError, match="has stopped"):
+            request_move(server.address, "run-1", {"xy": 1})
+    finally:
+        server.close()
+    assert final.indices == wanted
+    there = PreviewSink(publish_interval_s=0.0, center=scan["center"],
+                        positions=(3 / (nz - 1), 10 / (n - 1), 50 / (n - 1)))
+    there.open(spec_for(scan))
+    feed(there, scan)
+    there.close(ScanEnd("run-1"))
+    ref = there.wait_final(timeout=60)
+    assert ref.indices == wanted
+    for plane in ("xz", "yz"):  # every projection was kept: the same sums
+        np.testing.assert_allclose(final.slices[plane], ref.slices[plane], rtol=1e-3, atol=1e-5)
+    m = disc(n)
+    assert corr(final.slices["xy"][m], ref.slices["xy"][m]) > 0.98  # gridding vs gather: close

@@ -7,9 +7,12 @@ import json
 import socket
 import time
 
+import h5py
+import numpy as np
 import pytest
 from bluesky.run_engine import call_in_bluesky_event_loop
 
+from bluesky_tomo_hpc.batch.staging import write_exchange_file
 from bluesky_tomo_hpc.plans.retake_lost_frames import tomo_scan_retaking_lost_frames
 from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
 from bluesky_tomo_hpc.sim.faults import BeamlineFaults
@@ -50,14 +53,28 @@ def _check_retake(uid, retaken, final):
     assert alarms == [("beam_loss", 40, 54)]  # the re-takes (120..134) had the beam
 
 
+class _Keep:
+    """A sink that keeps the scan's spec and batches (what the batch job's staging receives)."""
+
+    def open(self, spec):
+        self.spec, self.batches = spec, []
+
+    def add(self, batch):
+        self.batches.append(batch)
+
+    def close(self, end):
+        pass
+
+
 def test_plan_retakes_frames_lost_to_a_beam_dump_in_process(RE, tmp_path):
     signals = ScanHealthSignals(name="scan_health")
     futures = ResultFutures(None, health=signals)
     sinks: list[ScanHealthSink] = []
+    keep = _Keep()
 
     def factory():
         sinks.append(ScanHealthSink([futures._on_health_update]))
-        return SinkFanout([sinks[-1]])
+        return SinkFanout([sinks[-1], keep])
 
     cb = TomoCallback(factory)
     RE.subscribe(cb)
@@ -70,6 +87,15 @@ def test_plan_retakes_frames_lost_to_a_beam_dump_in_process(RE, tmp_path):
     assert json.loads(call_in_bluesky_event_loop(signals.bad_frames.get_value())) == list(range(40, 55))
     assert call_in_bluesky_event_loop(signals.projections.get_value()) == N + 15
     cb.close()
+    # the reconstruction's input leaves the spoiled projections out and keeps their re-takes (the
+    # raw data keep everything)
+    staged = write_exchange_file(keep.spec, keep.batches, tmp_path / "staged.h5")
+    with h5py.File(staged) as f:
+        data, theta = f["exchange/data"], f["exchange/theta"][()]
+        assert data.shape[0] == N
+        assert list(data.attrs["excluded_projections"]) == list(range(40, 55))
+        assert np.allclose(np.sort(theta), np.linspace(0, 180, N, endpoint=False))
+        assert data[40:].mean() > 0.5 * data[:40].mean()  # no dark frame of the dump among them
 
 
 def _free_port() -> int:

@@ -50,7 +50,8 @@ def beamline(tmp_path_factory):
     address = f"tcp://127.0.0.1:{free_port()}"
     settings = demo_settings(data_dir, ranks=1)
     settings = settings.model_copy(update={"preview": settings.preview.model_copy(
-        update={"zmq_address": address, "publish_interval_s": 0.2})})
+        update={"zmq_address": address, "publish_interval_s": 0.2,
+                "control_address": f"tcp://127.0.0.1:{free_port()}"})})
     holder: dict = {}
     ctx = make_context(settings, api_key=KEY, tiled_uri=lambda: holder["server"].uri, preview_address=address)
     ctx.monitor_factory = lambda: holder["pipeline"].monitor
@@ -66,8 +67,33 @@ def beamline(tmp_path_factory):
     pipeline.close()
 
 
-def _run_scan(pipeline, data_dir: Path, out: dict) -> threading.Thread:
-    """The simulated scan on its own thread (the test's thread drives the browser)."""
+def _held(plan, detector, after: int, gate: threading.Event):
+    """``plan``, waiting (the run open, the RunEngine sleeping) before the detector's
+    ``after``-th trigger until ``gate`` is set: the scan is surely running while the page acts."""
+    from bluesky import plan_stubs as bps
+    from bluesky.preprocessors import plan_mutator
+
+    count = 0
+
+    def wait_then(msg):
+        while not gate.is_set():
+            yield from bps.sleep(0.05)
+        return (yield msg)
+
+    def hook(msg):
+        nonlocal count
+        if msg.command == "trigger" and msg.obj is detector:
+            count += 1
+            if count == after:
+                return wait_then(msg), None
+        return None, None
+
+    return plan_mutator(plan, hook)
+
+
+def _run_scan(pipeline, data_dir: Path, out: dict, gate: threading.Event) -> threading.Thread:
+    """The simulated scan on its own thread (the test's thread drives the browser), held after
+    40 projections until ``gate`` is set."""
     from bluesky import RunEngine
 
     from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
@@ -78,8 +104,9 @@ def _run_scan(pipeline, data_dir: Path, out: dict) -> threading.Thread:
             RE = RunEngine({}, context_managers=[])
             pipeline.subscribe(RE)
             bl = make_sim_beamline(data_dir / "raw", flavour="ophyd_async", shape=(32, 64))
-            (out["uid"],) = RE(tomo_scan(bl.detector, bl.stage, num_projections=120, num_darks=4,
-                                         num_flats=4, exposure=0.04, md={"sample": "web phantom"}))
+            plan = tomo_scan(bl.detector, bl.stage, num_projections=120, num_darks=4, num_flats=4,
+                             exposure=0.04, md={"sample": "web phantom"})
+            (out["uid"],) = RE(_held(plan, bl.detector, 4 + 4 + 40, gate))
         except BaseException as exc:  # reported by the test
             out["error"] = exc
 
@@ -115,16 +142,23 @@ def test_live_scan_results_and_jobs_in_the_browser(beamline):
                                timeout=WAIT_MS)
 
         out: dict = {}
-        scan = _run_scan(beamline["pipeline"], beamline["data_dir"], out)
-        # slices change while projections arrive, before the stop
-        page.wait_for_function(
-            "new Set(window.liveLog.filter(e => !e.final).map(e => e.xy)).size >= 2", timeout=WAIT_MS)
-        _shot(page, "web-live.png")
+        gate = threading.Event()
+        scan = _run_scan(beamline["pipeline"], beamline["data_dir"], out, gate)
+        try:
+            _move_live_slices(page, beamline["web"])
+            # slices change while projections arrive, before the stop
+            page.wait_for_function(
+                "new Set(window.liveLog.filter(e => !e.final).map(e => e.xy)).size >= 2", timeout=WAIT_MS)
+            _shot(page, "web-live.png")
+        finally:
+            gate.set()
         page.wait_for_function("window.liveLog.some(e => e.final)", timeout=WAIT_MS)
         log = page.evaluate("window.liveLog")
         first_final = next(i for i, e in enumerate(log) if e["final"])
         assert len({e["xy"] for e in log[:first_final]}) >= 2, "no changing slices before the final"
         assert page.text_content("#live-state").startswith("final")
+        assert page.text_content("#live-xy-index") == "at 5"  # the final keeps the page's positions
+        assert page.text_content("#live-xz-index") == "at 20" and page.is_disabled("#live-xy-pos")
         scan.join(timeout=WAIT_MS / 1000)
         assert "error" not in out, out.get("error")
         uid = out["uid"]
@@ -194,6 +228,35 @@ def test_live_scan_results_and_jobs_in_the_browser(beamline):
         page.wait_for_selector("#health tr[data-check='journal'] .status-ok", timeout=WAIT_MS)
         _shot(page, "web-health.png")
         assert not errors, errors
+
+
+def _move_live_slices(page, web: str) -> None:
+    """While the scan is held: the page's sliders move the preview's slices (the next update
+    shows them there), and the API refuses what it must, in one line."""
+    page.wait_for_selector("#live-xy-pos:not([disabled])", timeout=WAIT_MS)
+    uid = page.get_attribute("#live-state", "data-run")
+    assert page.get_attribute("#live-xy-pos", "max") == "31"  # 32 rows, binning 1
+    page.fill("#live-xy-pos", "5")
+    page.wait_for_function("document.querySelector('#live-xy-index').textContent === 'at 5'", timeout=WAIT_MS)
+    page.fill("#live-xz-pos", "20")
+    page.wait_for_function("document.querySelector('#live-xz-index').textContent === 'at 20'",
+                           timeout=WAIT_MS)
+    assert page.get_attribute("#live-state", "data-final") == "0"  # moved while the scan runs
+    assert page.text_content("#live-move") == "" and page.is_hidden("#message")
+    url = web + "api/live/slices"
+    with httpx.Client(trust_env=False, timeout=60) as http:
+        assert http.post(url, params={"run": uid, "xy": 3}).status_code == 401  # no key, no move
+        key = {"Authorization": f"Apikey {KEY}"}
+        for params, status, words in (
+            ({"run": uid, "xy": "three"}, 400, "xy must be a whole number"),
+            ({"run": uid, "xy": 10**6}, 400, "xy must be from 0 to 65535"),
+            ({"run": uid}, 400, "at least one of xy, xz, yz"),
+            ({"run": uid, "xy": 32}, 409, "xy index must be from 0 to 31"),
+            ({"run": "not-this-run", "yz": 3}, 409, "not the scan running now"),
+        ):
+            r = http.post(url, params=params, headers=key)
+            assert r.status_code == status and words in r.json()["error"], (params, r.text)
+        assert http.get(url, params={"run": uid, "xy": 3}, headers=key).status_code == 405  # POST only
 
 
 @pytest.mark.parametrize("hash_, expected", [

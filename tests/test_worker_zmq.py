@@ -202,6 +202,18 @@ def test_worker_killed_mid_scan_is_rebuilt_from_the_hdf5_file(RE, proxy, tmp_pat
     pub = publisher(RE, addr_in)
     second: Worker | None = None
     state = {}
+    killed = threading.Event()
+    n_events = [0]
+
+    def hold_until_killed(name: str, doc: dict) -> None:
+        # the RunEngine dispatches documents synchronously: holding the 40th event here keeps the
+        # scan from running ahead of a slow worker, whatever the machine's load
+        if name == "event":
+            n_events[0] += 1
+            if n_events[0] == 40:
+                killed.wait(120)
+
+    RE.subscribe(hold_until_killed)
 
     def kill_and_restart() -> None:
         # kill -9 once the first worker has previewed some projections, restart on the same journal
@@ -216,6 +228,7 @@ def test_worker_killed_mid_scan_is_rebuilt_from_the_hdf5_file(RE, proxy, tmp_pat
         first.proc.wait(10)
         state["killed_at"] = max((u.metadata["n_projections_used"] for u in collector.updates), default=0)
         state["journal_files"] = [p.name for p in journal.iterdir()]
+        killed.set()
         state["second"] = Worker(addr_out, preview_addr, tmp_path, *args).start()
 
     killer = threading.Thread(target=kill_and_restart)
@@ -234,6 +247,7 @@ def test_worker_killed_mid_scan_is_rebuilt_from_the_hdf5_file(RE, proxy, tmp_pat
         for w in (first, second):
             if w is not None and w.proc.poll() is None:
                 w.proc.kill()
+    assert n_events[0] > 40 and killed.is_set()  # the scan was held at event 40 until the kill
     assert state["journal_files"] == [f"{uid}.jsonl"]
     assert 10 <= state["killed_at"] < 120
     final = collector.updates[-1]

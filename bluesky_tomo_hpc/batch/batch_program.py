@@ -99,7 +99,6 @@ class SingleRank:
 def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
     from ..engine.center import resolve_uncertain_center
-    from ..engine.halfturn import output_width
     from ..engine.reconstruct import (
         center_summary,
         find_center,
@@ -125,12 +124,24 @@ def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     fb = None if fallback is None else to_binned(float(fallback), b)
     est = resolve_uncertain_center(find_center(proj_log, theta, params), proj_log.shape[2], fb, b)
     details = center_summary(est, b)
-    width = output_width(proj_log.shape[2], est.center, theta, params.half_acquisition)
-    if width != proj_log.shape[2]:  # half acquisition: the slices cover the stitched field of view
-        details.update(half_acquisition=True, field_of_view_px=width)
     if est.details.get("uncertain"):
         details["warning"] = est.details["warning"]
     return CenterChoice(to_unbinned(est.center, b), est.confidence, est.method, details)
+
+
+def field_of_view(job: ReconJob, plan: dict[str, Any], center: CenterChoice) -> int:
+    """Width (binned columns) of the slices at this centre, given or found: the detector's, or the
+    stitched field of view of a half acquisition (offset axis), which the slab pipeline makes of
+    every slab. Recorded in the centre's details when it differs."""
+    from ..engine.halfturn import output_width
+    from ..engine.preprocess import to_binned
+
+    nx = plan["shape"][1]
+    width = output_width(nx, to_binned(center.value, job.params.binning), plan["theta"],
+                         job.params.half_acquisition)
+    if width != nx:
+        center.details.update(half_acquisition=True, field_of_view_px=width)
+    return width
 
 
 def rank_budget_bytes(resources: Resources, size: int) -> int:
@@ -164,7 +175,7 @@ def _plan(job: ReconJob, size: int) -> dict[str, Any]:
     pixel = (job.outputs.pixel_size_um or job.metadata.get("pixel_size_um")
              or desc.metadata.get("pixel_size_um"))
     return {"rows": (r0, r0 + nz * b), "shape": (nz, nx // b, nx // b), "chunk": chunk, "slab": slab,
-            "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None,
+            "theta": desc.theta, "format": desc.format, "voxel_size_um": float(pixel) * b if pixel else None,
             "warnings": list(desc.metadata.get("warnings", []))}  # frames the file's keys left out
 
 
@@ -221,8 +232,8 @@ def run(
         plan["center_s"] = time.perf_counter() - t
         log.info("centre %.2f px (confidence %.2f) in %.1f s", plan["center"].value,
                  plan["center"].confidence, plan["center_s"])
-        width = plan["center"].details.get("field_of_view_px")
-        if width and width != plan["shape"][1]:  # half acquisition: a wider volume than planned
+        width = field_of_view(job, plan, plan["center"])
+        if width != plan["shape"][1]:  # half acquisition: a wider volume than planned
             shutil.rmtree(writer.layout.partial)
             plan["shape"] = (plan["shape"][0], width, width)
             writer = _writer(job, plan, create=True)

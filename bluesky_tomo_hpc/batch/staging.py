@@ -8,14 +8,24 @@ writes a few kilobytes. Frames that travelled inside event documents are written
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ..engine.scan_health_report import BEAM_KINDS, ScanHealthReport
 from ..model import FrameBatch, FrameRole, ScanSpec, TomoDataError
 from ..sources.hdf5 import open_swmr
+
+log = logging.getLogger(__name__)
+
+#: leave spoiled projections out only while at least this share of the projections remains; below
+#: it the scan as a whole is bad (its health says so) and a reconstruction of everything is the
+#: more honest picture
+MIN_KEPT_SHARE = 0.5
 
 DATASETS = {
     FrameRole.PROJECTION: "exchange/data",
@@ -52,12 +62,53 @@ def _virtual(batches: list[FrameBatch], frame_shape: tuple[int, int]) -> h5py.Vi
     return layout
 
 
+def spoiled_projections(spec: ScanSpec, n_projections: int) -> list[int]:
+    """Projection indices the scan's health found without beam (beam loss, closed shutter), to be
+    left out of the reconstruction: empty when the health found none, or when leaving them out
+    would keep less than :data:`MIN_KEPT_SHARE` of the scan."""
+    summary = spec.metadata.get("scan_health")
+    if not isinstance(summary, dict):
+        return []
+    named = [i for i in ScanHealthReport.from_summary(spec.run_uid, summary).frames(BEAM_KINDS)
+             if 0 <= i < n_projections]
+    if n_projections - len(named) < MIN_KEPT_SHARE * n_projections:
+        log.warning("run %s: %d of %d projections had no beam; all are reconstructed (too few would "
+                    "remain without them): see the scan's health", spec.run_uid, len(named), n_projections)
+        return []
+    return named
+
+
+def _without(batches: list[FrameBatch], drop: set[int]) -> list[FrameBatch]:
+    """``batches`` without the frames whose index is in ``drop``; a batch with a gap is split in
+    two, each piece keeping its part of the origin range (so raw files are still mapped, not copied)."""
+    out = []
+    for b in batches:
+        keep = ~np.isin(np.asarray(b.indices), list(drop))
+        if keep.all():
+            out.append(b)
+            continue
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.astype(np.int8), [0]])))
+        for start, stop in zip(edges[::2], edges[1::2], strict=True):
+            origin = None
+            if b.origin is not None:
+                fname, dset, first, _ = b.origin
+                origin = (fname, dset, first + int(start), first + int(stop))
+            part = slice(int(start), int(stop))
+            out.append(replace(
+                b, indices=b.indices[part], frames=b.frames[part], origin=origin,
+                angles=None if b.angles is None else b.angles[part],
+                timestamps=None if b.timestamps is None else b.timestamps[part]))
+    return out
+
+
 def write_exchange_file(spec: ScanSpec, batches: Iterable[FrameBatch], path: str | Path) -> Path:
     """Write ``path`` (data-exchange HDF5) from the batches of one scan; returns the path.
 
     Per role: virtual datasets when every batch of that role has an ``origin``, real datasets
     otherwise. Duplicated frames (same role and index) keep the last copy. Missing projection
-    angles are an error: a reconstruction without angles would be silently wrong.
+    angles are an error: a reconstruction without angles would be silently wrong. Projections the
+    scan's health found without beam are left out (:func:`spoiled_projections`; their indices are
+    the ``excluded_projections`` attribute of ``exchange/data``); the raw files keep them.
     """
     path = Path(path)
     by_role: dict[FrameRole, list[FrameBatch]] = {r: [] for r in FrameRole}
@@ -65,6 +116,12 @@ def write_exchange_file(spec: ScanSpec, batches: Iterable[FrameBatch], path: str
         by_role[FrameRole(b.role)].append(b)
     if not by_role[FrameRole.PROJECTION]:
         raise TomoDataError(f"run {spec.run_uid}: no projection frames to stage")
+    n_proj = len({int(i) for b in by_role[FrameRole.PROJECTION] for i in b.indices})
+    spoiled = spoiled_projections(spec, n_proj)
+    if spoiled:
+        by_role[FrameRole.PROJECTION] = _without(by_role[FrameRole.PROJECTION], set(spoiled))
+        log.warning("run %s: %d projection(s) without beam left out of the reconstruction (%s); the raw "
+                    "files keep them", spec.run_uid, len(spoiled), _ranges(spoiled))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with h5py.File(tmp, "w") as f:
@@ -86,6 +143,8 @@ def write_exchange_file(spec: ScanSpec, batches: Iterable[FrameBatch], path: str
                 f.create_dataset(
                     name, data=np.stack([frames[i] for i in order]), chunks=(1, *spec.frame_shape)
                 )
+        if spoiled:
+            f[DATASETS[FrameRole.PROJECTION]].attrs["excluded_projections"] = np.asarray(spoiled, np.int64)
         proj = _ordered(by_role[FrameRole.PROJECTION])
         if any(b.angles is None for b in proj):
             raise TomoDataError(f"run {spec.run_uid}: projection frames without angles cannot be staged")
@@ -100,6 +159,17 @@ def write_exchange_file(spec: ScanSpec, batches: Iterable[FrameBatch], path: str
             f.create_dataset("exchange/time_white", data=np.concatenate([b.timestamps for b in flats]))
     tmp.replace(path)
     return path
+
+
+def _ranges(indices: list[int]) -> str:
+    """``[40, 41, 42, 50]`` -> ``"40-42, 50"`` (for a log line)."""
+    runs: list[list[int]] = []
+    for i in sorted(indices):
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def is_self_contained(path: str | Path) -> bool:

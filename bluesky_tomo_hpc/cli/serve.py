@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "(e.g. https://tiled.example.org/api/v1)")
     p.add_argument("--preview", metavar="ADDRESS",
                    help="0MQ address of the live preview stream (default: settings preview.zmq_address)")
+    p.add_argument("--preview-control", metavar="ADDRESS",
+                   help="0MQ address where the page moves the running scan's slices "
+                        "(default: settings preview.control_address)")
     p.set_defaults(func=run)
 
 
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
         from ..web.app import build_web_app, standalone_app
         from ..web.server import MOUNT, make_context
 
-        ctx = make_context(settings, api_key=key, tiled_uri=args.tiled_uri, preview_address=args.preview)
+        ctx = make_context(settings, api_key=key, tiled_uri=args.tiled_uri, preview_address=args.preview,
+                           control_address=args.preview_control)
         print(f"Web page: {base}{MOUNT}/  (reading Tiled at {mask_text(args.tiled_uri)})", file=sys.stderr)
         uvicorn.run(standalone_app(build_web_app(ctx), MOUNT), host="127.0.0.1", port=args.port,
                     log_config=uvicorn_log_config("info"))
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         from ..web.app import build_web_app
         from ..web.server import MOUNT, make_context
 
-        ctx = make_context(settings, api_key=key, tiled_uri=f"{base}/api/v1", preview_address=args.preview)
+        ctx = make_context(settings, api_key=key, tiled_uri=f"{base}/api/v1", preview_address=args.preview,
+                           control_address=args.preview_control)
         mounts[MOUNT] = build_web_app(ctx)
         print(f"Web page: {base}{MOUNT}/", file=sys.stderr)
     print(f"Tiled: {base}/api/v1  (data in {data_dir / 'tiled'})", file=sys.stderr)

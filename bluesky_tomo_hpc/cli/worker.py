@@ -34,6 +34,8 @@ def register(subparsers: Any) -> None:
     feed.add_argument("--pva", metavar="CHANNEL", help="areaDetector NTNDArray PV Access channel")
     p.add_argument("--prefix", default="", help="0MQ document prefix to accept (default: all)")
     p.add_argument("--preview-zmq", metavar="ADDRESS", help="publish previews on this PUB address")
+    p.add_argument("--preview-control", metavar="ADDRESS",
+                   help="take slice positions for the running scan here (the web page moves them)")
     p.add_argument("--png-dir", metavar="DIR", help="write preview TIFF/PNG files here")
     p.add_argument("--binning", type=int, help="preview binning (default from settings)")
     p.add_argument("--positions", type=float, nargs=3, metavar=("Z", "Y", "X"),
@@ -67,6 +69,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     preview = data["preview"]
     if args.preview_zmq:
         preview["zmq_address"] = args.preview_zmq
+    if args.preview_control:
+        preview["control_address"] = args.preview_control
     if args.png_dir:
         preview["png_dir"] = args.png_dir
     if args.binning:

@@ -95,7 +95,7 @@ def demo_settings(data_dir: Path, *, executor: str = "local", ranks: int = 2,
 
 
 def loopback_address() -> str:
-    """A free ``tcp://127.0.0.1:PORT`` for the live preview when the settings give none."""
+    """A free ``tcp://127.0.0.1:PORT`` for the live preview (or its control) when the settings give none."""
     import socket
 
     with socket.socket() as s:
@@ -143,9 +143,10 @@ def run_demo(
 
     t0 = time.perf_counter()
     settings = demo_settings(data_dir, executor=executor, ranks=ranks, base=settings)
-    if settings.preview.enabled and not settings.preview.zmq_address:
-        settings = settings.model_copy(update={"preview": settings.preview.model_copy(
-            update={"zmq_address": loopback_address()})})
+    if settings.preview.enabled:  # the page shows the scan and moves its slices
+        addresses = {k: loopback_address() for k in ("zmq_address", "control_address")
+                     if not getattr(settings.preview, k)}
+        settings = settings.model_copy(update={"preview": settings.preview.model_copy(update=addresses)})
     pipeline = _start(settings, data_dir, mounts, port)
     report.tiled_uri = pipeline.server.uri
     report.api_key = pipeline.server.api_key

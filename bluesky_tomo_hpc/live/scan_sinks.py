@@ -112,6 +112,12 @@ class SinkFactory:
             in_place = settings.tiled.register_in_place if register_in_place is None else register_in_place
             self.result_writer = TiledResultWriter(processed, png_dir=self.png_dir,
                                                    register_in_place=bool(in_place))
+        #: answers the web page's slice moves for the runs previewed here
+        self.control: Any = None
+        if pv.control_address:
+            from ..sinks.preview_control import PreviewControlServer
+
+            self.control = PreviewControlServer(pv.control_address, self.move_slices)
         outputs.extend(preview_outputs)
         outputs.append(self.centers.from_preview)
         self.preview_outputs = outputs
@@ -143,6 +149,13 @@ class SinkFactory:
         self.previews.append(sink)
         del self.previews[:-16]  # older ones are long final
         return sink
+
+    def move_slices(self, run_uid: str, wanted: dict[str, int]) -> dict[str, int]:
+        """Move the live slices of run ``run_uid`` (while it runs here) to ``wanted``."""
+        for sink in reversed(self.previews):
+            if sink.run_uid == run_uid:
+                return sink.move_slices(wanted)
+        raise ValueError(f"run {run_uid} is not being previewed here (not started, or long finished)")
 
     def previous_center(self, spec: Any) -> float | None:
         """Where a scan's live preview starts when the parameters give no centre: the centre
@@ -193,3 +206,5 @@ class SinkFactory:
         self.service.shutdown()
         if self.publisher is not None:
             self.publisher.close()
+        if self.control is not None:
+            self.control.close()

@@ -7,9 +7,10 @@ angles again in the same run, up to ``max_rounds`` times while findings remain. 
 same whether the pipeline runs in this process or in a remote worker
 (``ResultFutures.from_preview_stream``).
 
-What it does not do: the reconstruction still receives the spoiled projections beside their
-re-takes (both are in the run); the health's findings name them (``first``..``last``) for
-whoever reconstructs the run again.
+Both the spoiled projections and their re-takes are in the run (raw data are never dropped); the
+health's findings name the spoiled ones (``first``..``last``), and staging
+(:func:`bluesky_tomo_hpc.batch.staging.write_exchange_file`) leaves them out of every
+reconstruction of the run.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky.utils import Msg
 
+from ..engine.scan_health_report import BEAM_KINDS
 from ..sim.plans import _arm, _darks, _flats, _merge_md, _scan_md
 from ..sim.stage import SHUTTER_OPEN, TomoStage
 from ..steering.wait import ResultFutures, wait_for_health
 
 Plan = Generator[Msg, Any, Any]
 
-#: findings whose projections are worth taking again (the beam, not the sample, was the problem)
-BEAM_KINDS = ("beam_loss", "shutter_closed")
 
 
 def _take(detector: Any, stage: TomoStage, angles: np.ndarray, exposure: float) -> Plan:

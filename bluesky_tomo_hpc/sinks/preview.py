@@ -119,6 +119,8 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
         self.final: PreviewUpdate | None = None
         self.latest: PreviewUpdate | None = None
         self.error: BaseException | None = None
+        #: slice indices asked for from outside (the web page), applied by the preview thread
+        self._wanted: dict[str, int] | None = None
 
     # -- Sink protocol (caller's thread: must return fast) -------------------------------
     def open(self, spec: ScanSpec) -> None:
@@ -157,6 +159,34 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
             self._stop_time = time.monotonic()
             self._queue.append(end)
             self._cond.notify()
+
+    @property
+    def run_uid(self) -> str | None:
+        """The run this sink previews (None before its start)."""
+        spec = getattr(self, "_spec", None)
+        return spec.run_uid if spec is not None else None
+
+    def move_slices(self, wanted: dict[str, int]) -> dict[str, int]:
+        """Move the slices to ``wanted`` ({"xy": z, "xz": y, "yz": x} in preview voxels, any of
+        them) while the scan runs: the preview thread rebuilds the moved slices from the kept
+        projections (:meth:`_move_to`) and publishes at once. Returns all three indices to come;
+        ``ValueError`` (one line) for an index outside the volume or a scan that has stopped."""
+        with self._cond:
+            if self.run_uid is None or self.stopped or self._thread is None or not self._thread.is_alive():
+                raise ValueError(f"run {self.run_uid or '?'} has stopped: its slices can no longer move")
+            g = self.geo
+            limits = {"xy": g.nz, "xz": g.nw, "yz": g.nw}
+            now = {"xy": g.z0, "xz": g.y0, "yz": g.x0, **(self._wanted or {})}
+            for plane, value in wanted.items():
+                if plane not in limits:
+                    raise ValueError(f"unknown plane {plane!r}: xy, xz or yz")
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limits[plane]:
+                    raise ValueError(f"the {plane} index must be from 0 to {limits[plane] - 1} "
+                                     f"for run {self.run_uid}, got {value!r}")
+                now[plane] = value
+            self._wanted = now
+            self._cond.notify()
+        return dict(now)
 
     @property
     def stopped(self) -> bool:
@@ -222,7 +252,8 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
         self._opposite: tuple[float, float, np.ndarray] | None = None
         self._rows: list[np.ndarray] = []
         self._row_angles: list[float] = []
-        self._store = ProjectionStore(self.max_recentre_bytes if self.refine_center else 0)
+        self._store = ProjectionStore(self.max_recentre_bytes)  # a centre check or a slice move
+        self._rows_z = self.geo.z0  # the row of every projection kept in _rows
         self._checked_mid_scan = False
         self._pair_in = False
         self._mass_checked = False
@@ -239,11 +270,17 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
         try:
             while True:
                 with self._cond:
-                    while not self._queue:
+                    while not self._queue and self._wanted is None:
                         self._cond.wait()
-                    item = self._queue.popleft()
+                    wanted, self._wanted = self._wanted, None
+                    item = None if wanted is not None else self._queue.popleft()
                     if isinstance(item, FrameBatch):
                         self._queued_bytes -= item.frames.nbytes
+                if wanted is not None:  # before the next frames, and before the stop
+                    self._move_to(wanted)
+                    if self.n_used:
+                        self._publish(final=False)
+                    continue
                 if isinstance(item, ScanEnd):
                     self._finish(item)
                     return
@@ -301,6 +338,9 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
             sino = self._normalise(frames)
             if self.refine_center:
                 self._keep_for_centre(sino, batch.angles)
+            else:
+                for p, theta in zip(sino, batch.angles, strict=True):
+                    self._store.add(float(theta), p)
             filtered = self._filter_rows(sino)
             if xp is np:
                 self._backproject_cpu(filtered, batch.angles)
@@ -323,7 +363,7 @@ class PreviewSink(OrthoSliceBackprojection, PreviewRecentring):
             if self._opposite is None or miss < self._opposite[0]:
                 self._opposite = (miss, theta, p.copy())  # on the device with CuPy: no transfer
             if len(self._row_angles) < self.max_cached_rows:
-                self._rows.append(p[self.geo.z0].copy())
+                self._rows.append(p[self._rows_z].copy())
                 self._row_angles.append(theta)
             self._store.add(theta, p)
             if abs(theta - self._first[0]) >= math.pi - 1e-9:

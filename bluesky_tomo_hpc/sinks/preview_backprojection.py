@@ -20,7 +20,7 @@ import scipy.fft
 
 from ..engine.backend import cpu_threads, get_array_module, run_blocks
 
-__all__ = ["OrthoSliceBackprojection", "SliceGeometry"]
+__all__ = ["OrthoSliceBackprojection", "SliceGeometry", "add_interpolated"]
 
 
 @dataclass
@@ -34,7 +34,7 @@ class SliceGeometry:
     x0: int
 
 
-def _add_lerp(acc: np.ndarray, src: np.ndarray, i: np.ndarray, w: np.ndarray,
+def add_interpolated(acc: np.ndarray, src: np.ndarray, i: np.ndarray, w: np.ndarray,
               bufs: tuple[np.ndarray, np.ndarray], axis: int) -> None:
     """``acc += v0 + w * (v1 - v0)`` with ``v0, v1`` = ``src`` taken at ``i, i + 1`` along
     ``axis``, through two reused buffers: the same float32 sums as the fancy-indexed
@@ -143,7 +143,7 @@ class OrthoSliceBackprojection:
             bufs = (np.empty(acc.shape, np.float32), np.empty(acc.shape, np.float32))
             for row, (c, s_) in zip(rows_xy, trig, strict=True):
                 i, w = self._positions(self._gx * c + (gy * s_ + axis))
-                _add_lerp(acc, row, i, w, bufs, axis=0)
+                add_interpolated(acc, row, i, w, bufs, axis=0)
 
         def lines(zs: slice) -> None:
             shape = (zs.stop - zs.start, self.acc_xz.shape[1])
@@ -152,7 +152,7 @@ class OrthoSliceBackprojection:
                 for acc, s_line in ((self.acc_xz, self._gx[0] * c + (self._line_y0 * s_ + axis)),
                                     (self.acc_yz, self._line_x0 * c + self._gy[:, 0] * s_ + axis)):
                     i, w = self._positions(s_line)
-                    _add_lerp(acc[zs], qq, i, w, bufs, axis=1)
+                    add_interpolated(acc[zs], qq, i, w, bufs, axis=1)
 
         ny, nz = self.acc_xy.shape[0], q.shape[1]
         if xy:

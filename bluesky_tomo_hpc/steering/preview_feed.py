@@ -14,8 +14,8 @@ import logging
 import threading
 from typing import Any
 
+from ..engine.scan_health_report import ScanHealthReport
 from ..sinks.preview_stream import PreviewProtocolError, PreviewSubscriber
-from .scan_health_report import ScanHealthReport
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ophyd_async.core import StandardReadable, StandardReadableFormat, soft_signal_r_and_setter
 
-from .scan_health_report import ScanHealthReport
+from ..engine.scan_health_report import ScanHealthReport
 
 
 class ScanHealthSignals(StandardReadable):

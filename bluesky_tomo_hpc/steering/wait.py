@@ -28,8 +28,8 @@ import numpy as np
 from bluesky import plan_stubs as bps
 from bluesky.utils import Msg
 
+from ..engine.scan_health_report import ScanHealthReport
 from .metrics import Roi, measure
-from .scan_health_report import ScanHealthReport
 
 Plan = Generator[Msg, Any, Any]
 KINDS = ("preview", "full")

@@ -37,7 +37,7 @@ from .auth import Gate, RequireKey, is_authorised, too_many
 from .catalog import Catalog, CatalogError
 from .jobs_view import JobNotFound, act, job_detail, list_jobs, statistics
 from .live_feed import LiveFeed
-from .query import Query, path_text
+from .query import Query, QueryError, path_text
 from .recon_routes import MAX_ROWS, recon_routes
 from .volume_reader import VolumeReader
 
@@ -93,6 +93,8 @@ class WebContext:
 
 #: the largest login form body
 MAX_FORM_BYTES = 4096
+#: the largest live slice index the page may ask for (the preview checks its own shape)
+MAX_SLICE_INDEX = 65535
 #: the largest scan id a search takes (Tiled stores 64-bit integers)
 MAX_SCAN_ID = 2**53
 
@@ -160,6 +162,16 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
             raise CatalogError(f"no final preview of run {uid!r} in this server's memory; see "
                                "Scans and results for its stored preview")
         return JSONResponse(msg)
+
+    def live_slices(request: Request) -> Response:
+        """Move the running scan's three slices (POST; each index checked here, on the wire and
+        by the preview itself): ``run`` and any of ``xy`` (z), ``xz`` (y), ``yz`` (x)."""
+        q = Query(request, ("run", "xy", "xz", "yz"))
+        uid = q.text("run", 200)
+        wanted = {p: v for p in ("xy", "xz", "yz") if (v := q.integer(p, 0, MAX_SLICE_INDEX)) is not None}
+        if not uid or not wanted:
+            raise QueryError("give run=UID and at least one of xy, xz, yz (slice indices)")
+        return JSONResponse({"run_uid": uid, "indices": ctx.live.move_slices(uid, wanted)})
 
     async def live_stream(request: Request) -> Response:
         Query(request)
@@ -285,6 +297,7 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
         Route("/logout", logout, methods=["POST"]), Route("/api/whoami", whoami),
         Route("/api/live", live_state), Route("/api/live/stream", live_stream),
         Route("/api/live/final/{uid}", live_final),
+        Route("/api/live/slices", live_slices, methods=["POST"]),
         Route("/api/runs", runs), Route("/api/runs/{uid}", run),
         *recon_routes(ctx.catalog, ctx.reader),
         Route("/api/jobs", jobs), Route("/api/jobs/stats", job_stats), Route("/api/jobs/{job_id}", job),

@@ -73,8 +73,11 @@ def message_from_update(update: Any, *, max_side: int = 512) -> dict[str, Any]:
 class LiveFeed:
     """Subscribes to the preview stream at ``address`` (None: no live preview) on a daemon thread."""
 
-    def __init__(self, address: str | None, *, keep_finals: int = 20, max_side: int = 512):
+    def __init__(self, address: str | None, *, keep_finals: int = 20, max_side: int = 512,
+                 control_address: str | None = None):
         self.address = address
+        #: where the running scan's slices are moved (sinks.preview_control); None: they cannot be
+        self.control_address = control_address or None
         self.max_side = max_side
         self.keep_finals = keep_finals
         #: the newest message of any run, sent first to a browser that connects
@@ -141,7 +144,29 @@ class LiveFeed:
 
     def status(self) -> dict[str, Any]:
         return {"address": self.address, "received": self.received, "last_error": self.last_error,
-                "listeners": len(self._listeners)}
+                "listeners": len(self._listeners), "control": self.control_address}
+
+    def move_slices(self, run_uid: str, wanted: dict[str, int]) -> dict[str, int]:
+        """Ask the preview to move run ``run_uid``'s slices (blocking: call it from a worker
+        thread). ``ValueError`` (one line) when that run is not live here or the move is refused."""
+        from ..sinks.preview_control import request_move
+
+        if not self.control_address:
+            raise ValueError("slice positions cannot be set from this page: no preview control address "
+                             "(set preview.control_address, or serve --preview-control ADDRESS)")
+        latest = self.latest
+        if latest is None or latest["run_uid"] != run_uid or latest["final"]:
+            raise ValueError(f"run {run_uid} is not the scan running now: only its slices can move")
+        shapes = {p: s["shape"] for p, s in latest["slices"].items()}
+        # the live slices' own shape bounds each index: xy moves along z (xz's rows), xz along y
+        # (xy's rows) and yz along x (xy's columns)
+        bounds = {"xy": (shapes.get("xz") or [0])[0], "xz": (shapes.get("xy") or [0, 0])[0],
+                  "yz": (shapes.get("xy") or [0, 0])[1]}
+        for plane, value in wanted.items():
+            if not 0 <= value < bounds[plane]:
+                raise ValueError(f"the {plane} index must be from 0 to {bounds[plane] - 1} for run "
+                                 f"{run_uid}, got {value}")
+        return request_move(self.control_address, run_uid, wanted)
 
     def close(self) -> None:
         self._stop.set()

@@ -22,7 +22,8 @@ MOUNT = "/web"
 
 
 def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], str],
-                 preview_address: str | None = None, monitor: Any = None,
+                 preview_address: str | None = None, control_address: str | None = None,
+                 monitor: Any = None,
                  extra_locations: list[Path] | None = None) -> WebContext:
     """A :class:`WebContext` for ``settings``. ``tiled_uri`` may be a callable (the embedded
     server's address is known only once it listens); ``monitor``: a running pipeline's job
@@ -60,7 +61,9 @@ def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], s
 
     return WebContext(
         api_key=api_key, catalog=catalog,
-        live=LiveFeed(preview_address if preview_address is not None else settings.preview.zmq_address),
+        live=LiveFeed(preview_address if preview_address is not None else settings.preview.zmq_address,
+                      control_address=(control_address if control_address is not None
+                                       else settings.preview.control_address)),
         journal_path=Path(settings.journal_path).resolve(), monitor_factory=monitor_factory,
         health=lambda: run_checks(settings, tiled_uri=uri(), api_key=api_key,  # type: ignore[operator]
                                   locations=extra_locations or []),

@@ -121,6 +121,7 @@ async function showLive(msg) {
   state.dataset.seq = msg.seq;
   state.dataset.final = msg.final ? "1" : "0";
   state.dataset.run = msg.run_uid;
+  setLiveSliders(msg);
   await Promise.all(imgs);
   window.liveLog.push({ run_uid: msg.run_uid, seq: msg.seq, final: msg.final, xy: msg.slices.xy ? `${msg.slices.xy.png.length}:${msg.slices.xy.png.slice(-48)}` : "", sent: msg.time, received: msg.received, shown: Date.now() / 1000 });
   if (msg.final) loadFinals();
@@ -131,6 +132,7 @@ function connectLive() {
   source.onopen = async () => {
     try {
       const who = await api("api/whoami");
+      liveControl = Boolean(who.live.control);
       $("#live-feed").textContent = who.live.address ? `Live preview from ${who.live.address}` : "No live preview stream configured (set preview.zmq_address, or serve --preview ADDRESS).";
     } catch (err) { showError(err.message); }
   };
@@ -168,8 +170,51 @@ function finalButton(label, onclick, run, source) {
   return b;
 }
 
+// ------------------------------------------------ live slice positions, moved from the page
+// While a scan runs, each slider asks the preview to move its slice (POST api/live/slices); the
+// slice comes back at its new place in the next update. A slider waiting for its move keeps the
+// wanted value; a final or stored preview cannot move (the sliders are off).
+let liveControl = false; // the server knows where the preview takes moves (whoami.live.control)
+let liveRun = null; // the run whose slices the sliders move (a running scan), else null
+const liveWanted = {}; // plane -> index asked for and not seen in an update yet
+
+function setLiveSliders(msg) {
+  const shape = (p) => (msg && msg.slices && msg.slices[p] ? msg.slices[p].shape : [0, 0]);
+  // xy moves along z (xz's rows), xz along y (xy's rows), yz along x (xy's columns)
+  const bounds = { xy: shape("xz")[0], xz: shape("xy")[0], yz: shape("xy")[1] };
+  liveRun = msg && !msg.final && liveControl ? msg.run_uid : null;
+  if (!liveRun) for (const p in liveWanted) delete liveWanted[p];
+  for (const p of ["xy", "xz", "yz"]) {
+    const input = $(`#live-${p}-pos`);
+    input.disabled = !liveRun || !(bounds[p] > 0);
+    input.max = String(Math.max(0, bounds[p] - 1));
+    const index = msg && msg.slices && msg.slices[p] ? msg.slices[p].index : null;
+    if (liveWanted[p] !== undefined && index === liveWanted[p]) delete liveWanted[p];
+    if (index !== null && liveWanted[p] === undefined && !input.matches(":active")) input.value = String(index);
+  }
+  $("#live-move").textContent = Object.keys(liveWanted).length
+    ? `moving ${Object.entries(liveWanted).map(([p, i]) => `${p} to ${i}`).join(", ")} ...` : "";
+}
+
+async function moveLiveSlice(input) {
+  const plane = input.dataset.plane, index = Number(input.value);
+  if (!liveRun || !Number.isInteger(index)) return;
+  liveWanted[plane] = index;
+  $("#live-move").textContent = `moving ${plane} to ${index} ...`;
+  try {
+    const q = new URLSearchParams({ run: liveRun, [plane]: String(index) });
+    await api(`api/live/slices?${q}`, { method: "POST" });
+  } catch (err) {
+    delete liveWanted[plane];
+    $("#live-move").textContent = "";
+    showError(`moving the ${plane} slice: ${err.message}`);
+  }
+}
+for (const input of document.querySelectorAll(".live-pos")) input.addEventListener("change", () => moveLiveSlice(input));
+
 // a preview stored in Tiled: every field is set from it (nothing of the last live run stays)
 async function showStoredPreview(r) {
+  setLiveSliders(null);
   for (const p of ["xy", "xz", "yz"]) $(`#live-${p}`).src = `api/recon/${encodeURIComponent(r.key)}/preview/${p}.png`;
   const pv = r.preview || {};
   setLiveFields({

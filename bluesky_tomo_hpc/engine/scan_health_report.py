@@ -10,7 +10,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-SEVERITY_ORDER = ("ok", "info", "warning", "error")
+from .scan_health_findings import SEVERITIES as SEVERITY_ORDER
+
+#: findings whose projections hold no usable signal (the beam, not the sample, was the problem):
+#: what a plan re-takes and what staging leaves out of a reconstruction
+BEAM_KINDS = ("beam_loss", "shutter_closed")
 
 
 @dataclass(frozen=True)
