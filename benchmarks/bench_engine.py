@@ -54,8 +54,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from bluesky_tomo_hpc.engine.filters import padded_width
-from bluesky_tomo_hpc.engine.fourier import fourier_plan, reconstruct_fourier
+from bluesky_tomo_hpc.engine.fourier import fourier_plan, fourier_width, reconstruct_fourier
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.projector import MODIFIED_SHEPP_LOGAN, ellipse_image, ellipse_sinogram
 from bluesky_tomo_hpc.engine.reconstruct import reconstruct_scan
@@ -182,7 +181,7 @@ def best_score(rec: np.ndarray, truths: dict[tuple[float, float], np.ndarray]) -
 
 def setup_ours(s_half, s_mid, theta, threads):
     n = s_half.shape[-1]
-    fourier_plan(n, theta, padded_width(n), threads=threads)
+    fourier_plan(n, theta, fourier_width(n), threads=threads)
     return lambda: reconstruct_fourier(s_half, theta, n / 2, filter_name="ramp", threads=threads)
 
 
@@ -207,7 +206,7 @@ def setup_floor(s_half, s_mid, theta, threads):
     from bluesky_tomo_hpc.engine.nufft_spread import SpreadNUFFT
 
     n, nz = s_half.shape[-1], s_half.shape[0]
-    L = window_width(n, padded_width(n))
+    L = window_width(n, fourier_width(n))
     omega = 2 * np.pi * np.fft.fftfreq(L)
     wy = (np.sin(theta)[:, None] * omega).ravel().astype(np.float32)
     wx = (np.cos(theta)[:, None] * omega).ravel().astype(np.float32)

@@ -29,8 +29,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from bluesky_tomo_hpc.engine.filters import padded_width
-from bluesky_tomo_hpc.engine.fourier import FourierPlan, reconstruct_fourier
+from bluesky_tomo_hpc.engine.fourier import FourierPlan, fourier_width, reconstruct_fourier
 from bluesky_tomo_hpc.engine.projector import ellipse_sinogram
 
 
@@ -62,7 +61,7 @@ def raw_method(path: Path, center: float, chunk: int = 16) -> tuple[float, int, 
     sino = -np.log((proj - 100.0) / 3900.0)  # (angles, rows, n), done before the clock
     sino = np.ascontiguousarray(sino.transpose(1, 0, 2))
     n = sino.shape[2]
-    plan = FourierPlan(n, theta, padded_width(n, True))
+    plan = FourierPlan(n, theta, fourier_width(n))
     t, cpu = time.perf_counter(), time.process_time()
     for a in range(0, sino.shape[0], chunk):
         reconstruct_fourier(sino[a : a + chunk], theta, center, plan=plan)

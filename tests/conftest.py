@@ -111,10 +111,3 @@ def array_backend(request):
         return "gpu"
     return "cpu"
 
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (the README's test command runs two workers), every test that starts,
-    stops or submits to the one local Slurm runs in the same worker, one after another."""
-    for item in items:
-        if item.get_closest_marker("slurm"):
-            item.add_marker(pytest.mark.xdist_group("slurm"))

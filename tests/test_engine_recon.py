@@ -17,7 +17,7 @@ from bluesky_tomo_hpc.engine.filters import (
     filter_sinogram,
     padded_width,
 )
-from bluesky_tomo_hpc.engine.fourier import FourierPlan, reconstruct_fourier
+from bluesky_tomo_hpc.engine.fourier import FourierPlan, fourier_width, reconstruct_fourier
 from bluesky_tomo_hpc.engine.params import ReconParams
 from bluesky_tomo_hpc.engine.projector import ellipse_image, ellipse_sinogram, project
 from bluesky_tomo_hpc.engine.tomopy_engine import reconstruct_tomopy, resolve_engine, tomopy_available
@@ -168,11 +168,11 @@ def test_half_pixel_centre_reconstructs_centred_disc(method, n):
 
 def test_fourier_plan_reuse_and_geometry_check(phantom128):
     n, theta, sino, _ = phantom128
-    plan = FourierPlan(n, theta, padded_width(n), threads=1)
+    plan = FourierPlan(n, theta, fourier_width(n), eps=1e-3, threads=1)
     three = np.stack([sino, 2 * sino, 0.5 * sino])  # odd count: pairing pads a zero slice
     rec = reconstruct_fourier(three, theta, (n - 1) / 2, plan=plan)
-    # the pair partner leaks in at float32 rounding of the points (~3e-5 of a unit slice, far
-    # below the NUFFT's eps 1e-3): 2 x slice 0 carries 5 such leaks
+    # at eps 1e-3 the pair partner leaks in at float32 rounding of the points (~3e-5 of a unit
+    # slice, far below the eps): 2 x slice 0 carries 5 such leaks
     np.testing.assert_allclose(rec[1], 2 * rec[0], rtol=1e-4, atol=3e-4)
     np.testing.assert_allclose(rec[2], 0.5 * rec[0], rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="another geometry"):
@@ -195,7 +195,7 @@ def test_volume_in_chunks_into_zarr_equals_one_shot(tmp_path, phantom128):
     n, theta, sino, _ = phantom128
     nz = 7
     proj = np.stack([sino * (1 + 0.1 * z) for z in range(nz)], axis=1)  # (n_angles, nz, nx)
-    plan = FourierPlan(n, theta, padded_width(n), threads=1)
+    plan = FourierPlan(n, theta, fourier_width(n), eps=1e-3, threads=1)
 
     def recon(block, out=None):
         return reconstruct_fourier(block.transpose(1, 0, 2), theta, (n - 1) / 2, plan=plan, out=out)
@@ -283,7 +283,7 @@ def test_plans_are_cached_by_geometry_and_threads_split_pairs_exactly(phantom128
     from bluesky_tomo_hpc.engine.fourier import fourier_plan
 
     n, theta, sino, _ = phantom128
-    n_pad = padded_width(n)
+    n_pad = fourier_width(n)
     plan = fourier_plan(n, theta, n_pad, threads=1)
     assert fourier_plan(n, theta.copy(), n_pad, threads=1) is plan
     assert fourier_plan(n, theta[:90], n_pad, threads=1) is not plan
@@ -320,3 +320,55 @@ def test_spread_nufft_is_finufft_type1_to_its_accuracy(n):
     alone = np.empty((n, n), np.float32)
     SpreadNUFFT(n, (y, x), eps=1e-3).execute(c, alone, None)  # an odd slice out: no partner
     np.testing.assert_array_equal(alone, re)
+
+
+def test_default_nufft_accuracy_and_pair_ghost_inside_the_disc(phantom128):
+    """The speed/accuracy trade-off of the default eps (a 4-point kernel): inside the disc a
+    pipeline keeps, slices within DEFAULT_EPS of an exact sum, the pair partner's ghost below it,
+    the 1.5 n filter padding no worse than 2 n, and the error against the phantom unchanged."""
+    from bluesky_tomo_hpc.engine.fourier import FILTER_PAD
+    from bluesky_tomo_hpc.engine.nufft_spread import DEFAULT_EPS
+
+    n, theta, sino, truth = phantom128
+    c = (n - 1) / 2
+    pair = np.stack([sino, np.zeros_like(sino)])  # a partner of zeros shows the ghost alone
+    exact = reconstruct_fourier(pair, theta, c, eps=1e-5)
+    fast = reconstruct_fourier(pair, theta, c)
+    assert FILTER_PAD == 1.5 and DEFAULT_EPS == 5e-3
+    yy, xx = np.mgrid[:n, :n]
+    disc = np.hypot(xx - c, yy - c) < 0.95 * n / 2
+    err = np.linalg.norm((fast[0] - exact[0])[disc]) / np.linalg.norm(exact[0][disc])
+    assert 1e-4 < err < DEFAULT_EPS  # 1e-4: the default is not secretly the slow kernel
+    assert np.abs(fast[1][disc]).max() < DEFAULT_EPS * np.abs(exact[0][disc]).max()
+    plan2n = FourierPlan(n, theta, padded_width(n), eps=1e-5, threads=1)
+    left = (padded_width(n) - n) // 2
+    wide = np.empty_like(exact)
+    plan2n.run_cpu(pair, plan2n.kernel(c + left, "shepp", 1.0, 2), wide, left)
+    # 1.5 n against 2 n padding: a smooth 1e-3 (the ramp's truncated tail), same error to truth
+    assert np.linalg.norm((wide[0] - exact[0])[disc]) < 2e-3 * np.linalg.norm(exact[0][disc])
+    assert abs(_nrmse(wide[0], truth) - _nrmse(exact[0], truth)) < 1e-3
+    assert abs(_nrmse(fast[0], truth) - _nrmse(exact[0], truth)) < 2e-3
+
+
+def test_plan_memory_model_counts_what_a_plan_holds(phantom128):
+    """plan_bytes (what slab sizing and job sizing leave the engine) covers every array a run
+    plan holds, its per-thread part grows with the workers, and the slab model counts it."""
+    from bluesky_tomo_hpc.batch.slab_pipeline import slab_bytes_per_row
+    from bluesky_tomo_hpc.engine.backend import cpu_threads
+    from bluesky_tomo_hpc.engine.fourier import plan_bytes
+
+    n, theta, sino, _ = phantom128
+    m = len(theta)
+    plan = FourierPlan(n, theta, fourier_width(n), threads=2)
+    for centre in ((n - 1) / 2, n / 2):  # two cached kernels
+        reconstruct_fourier(np.stack([sino] * 4), theta, centre, plan=plan)
+    ml = plan.shift.size
+    sort_and_points = 2 * 8 * ml + 2 * 4 * ml  # FINUFFT's int64 sort indices per worker, the points
+    held = (plan.shift.nbytes + sum(k[0].nbytes + k[2].nbytes for k in plan._kernels.values())
+            + sum(a.nbytes for bufs in plan._buffers.values() for a in bufs)
+            + sum(p._grid.nbytes + p.weights.nbytes for p in plan._cpu_plans) + sort_and_points)
+    assert len(plan._kernels) == 2 and len(plan._buffers) == 2
+    assert held <= plan_bytes(n, m, 2) <= 2.5 * held
+    one = plan._cpu_plans[0]
+    assert plan_bytes(n, m, 3) - plan_bytes(n, m, 2) >= one._grid.nbytes + one.weights.nbytes + 16 * ml
+    assert slab_bytes_per_row(m, n, 1)[1] >= plan_bytes(n, m, cpu_threads())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -29,23 +32,29 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(streaming_volume, "END_BLOCK", 6)
 
 
-def events(scan, *, flats_after=False, order=None, repeat=None):
+def events(scan, *, flats_after=False, order=None, repeat=None, retaken=False, before_repeat=None):
     """The scan as event batches with times: darks, flats, projections in ``order`` (chunk
-    starts), the chunk ``repeat`` again (a resumed scan), and with ``flats_after`` a second set
-    of flats, 30 % brighter (the beam drifted), at the end."""
+    starts), the chunk ``repeat`` again (a resumed scan; ``retaken``: with other values, the
+    sample moved by 3 px), and with ``flats_after`` a second set of flats, 30 % brighter (the beam
+    drifted), and of darks, 5 counts higher, at the end."""
     n = len(scan["theta"])
     t_proj = 10.0 + np.arange(n)
 
     def feed(sink):
         sink.add(batch(FrameRole.DARK, range(4), scan["darks"], times=np.zeros(4)))
         sink.add(batch(FrameRole.FLAT, range(4), scan["flats"], times=np.ones(4)))
-        for i in [*(order or range(0, n, 8)), *([repeat] if repeat is not None else [])]:
+        for k, i in enumerate([*(order or range(0, n, 8)), *([repeat] if repeat is not None else [])]):
             j = min(i + 8, n)
-            sink.add(batch(FrameRole.PROJECTION, range(i, j), scan["proj"][i:j], scan["theta"][i:j],
-                           times=t_proj[i:j]))
+            frames = scan["proj"][i:j]
+            if k == len(order or range(0, n, 8)) and before_repeat is not None:
+                before_repeat(sink)
+            if retaken and k == len(order or range(0, n, 8)):
+                frames = np.roll(frames, 3, axis=2)
+            sink.add(batch(FrameRole.PROJECTION, range(i, j), frames, scan["theta"][i:j], times=t_proj[i:j]))
         if flats_after:
             brighter = (scan["flats"] * 1.3).astype(np.uint16)
             sink.add(batch(FrameRole.FLAT, range(4, 8), brighter, times=np.full(4, 200.0)))
+            sink.add(batch(FrameRole.DARK, range(4, 8), scan["darks"] + 5, times=np.full(4, 201.0)))
     return feed
 
 
@@ -85,7 +94,29 @@ def test_summed_during_the_scan_out_of_order_and_resumed_equals_the_files(tmp_pa
     assert outcome.center == 33.0
 
 
-def test_flats_taken_at_the_end_are_interpolated_as_the_files_are(tmp_path, scan):
+def test_a_resumed_scan_retaking_frames_with_other_values_keeps_the_last_copy_as_the_files(tmp_path, scan):
+    """The retaken chunk replaces its first copy in the running sum, as the last copy wins in the
+    files: still summed, and unlike the volume of the first copies."""
+    params = ReconParams(center=33.0, binning=2)
+
+    def first_copies_summed(sink):  # the retake comes after its first copy was summed
+        running, deadline = sink._run.running, time.monotonic() + 120
+        while not {16, 23} <= running.done:
+            assert time.monotonic() < deadline, "the first copies were not summed within 120 s"
+            time.sleep(0.02)
+
+    feed = events(scan, repeat=16, retaken=True, before_repeat=first_copies_summed)
+    outcome, how = streamed(tmp_path, scan, params, feed)
+    assert how["summed"] is True and how["replaced_projections"] == 8, how
+    feed = events(scan, repeat=16, retaken=True)
+    expected = from_files(tmp_path, scan, params, feed).result.volume[:]
+    first_copies = from_files(tmp_path / "first", scan, params, events(scan)).result.volume[:]
+    got = outcome.result.volume[:]
+    assert np.abs(got - expected).max() <= 2e-3 * np.abs(expected).max()
+    assert np.abs(got - first_copies).max() > 2e-2 * np.abs(expected).max()
+
+
+def test_darks_and_flats_taken_at_the_end_are_applied_as_the_files_apply_them(tmp_path, scan):
     params = ReconParams(center=33.0, binning=2)
     outcome, how = streamed(tmp_path, scan, params, events(scan, flats_after=True))
     assert how["summed"] is False and "flats arrived after the first block" in how["why"]
@@ -141,43 +172,120 @@ def test_frames_of_another_shape_are_refused_by_name(tmp_path, scan):
     assert "frames of shape (8, 8), the scan declared (16, 64)" in message
 
 
-def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, tmp_path, monkeypatch):
+def test_each_member_of_a_time_series_gets_its_own_volume_equal_to_the_files(RE, module_tiled_server,
+                                                                            tmp_path, monkeypatch):
+    """A real RunEngine series (the sample changes between members): every member's streamed
+    volume in Tiled equals the volume its raw files give after its stop, at the same centre (the
+    first member's is found, the next one is pinned to the series' and summed during its scan)."""
+    from bluesky import plan_stubs as bps
+
+    from bluesky_tomo_hpc.batch.volume_at_stop import VolumeAtStop
+    from bluesky_tomo_hpc.live.session import TomoPipeline
+    from bluesky_tomo_hpc.plans.tomo_series import tomo_series
+    from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
+    from bluesky_tomo_hpc.settings import Settings
+    from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
+    from bluesky_tomo_hpc.sim.phantom import shepp_logan_3d
+    from bluesky_tomo_hpc.sinks.full_volume import FullVolumeSink
+    from bluesky_tomo_hpc.steering import ResultFutures
+
+    params, shape = ReconParams(binning=2), (8, 48)
+    files = ReconService()  # the volume at stop, from the raw files, beside the streamed one
+    streamed_centre: dict[str, float | None] = {}
+    streamed_done: dict[str, threading.Event] = defaultdict(threading.Event)
+
+    def centre_streamed(spec, _params):
+        assert streamed_done[spec.run_uid].wait(300), "no streamed volume within 300 s"
+        return streamed_centre[spec.run_uid]
+
+    def from_the_files():
+        return FullVolumeSink(params, files, VolumeAtStop(2**28), data_dir=tmp_path / "files",
+                              center_for=centre_streamed)
+
+    pipe = TomoPipeline(Settings(data_dir=module_tiled_server.root / "series", recon=params,
+                                 jobs={"executor": "none"}, full_volume_streaming=True),
+                        module_tiled_server.client(), extra_sinks=[from_the_files])
+
+    def streamed_outcome(outcome):
+        streamed_centre[outcome.run_uid] = outcome.center
+        streamed_done[outcome.run_uid].set()
+
+    pipe.service.listeners.append(streamed_outcome)
+    pipe.series.register_in_place = True  # this server reads its root
+    try:
+        bl = make_sim_beamline(module_tiled_server.root / "series-raw", shape=shape, rotation_offset_px=2.5)
+
+        def heat(condition):  # the sample densifies: each member differs
+            peak = 1.5 if condition["temperature"].startswith("25 ") else 3.0
+            bl.simulator.phantom = shepp_logan_3d(shape, peak_line_integral=peak)
+            yield from bps.null()
+
+        pipe.subscribe(RE)
+        uids = RE(tomo_series(bl.detector, bl.stage, sample={"name": "ti64-08"}, series_id="stream-4d",
+                              conditions=[{"temperature": "25 degC"}, {"temperature": "400 degC"}],
+                              set_condition=heat, num_projections=36, num_darks=2, num_flats=2,
+                              # each scan starts once the one before has its volume, as a steered
+                              # series does: the second is then pinned to the first one's centre
+                              steering=ResultFutures(pipe), wait_for="full", wait_timeout=300,
+                              stop_when=lambda metrics: False))
+        assert len(uids) == 2 and pipe.wait(300) and files.wait(300)
+        volumes = []
+        for uid in uids:
+            outcome = pipe.service.outcomes[uid]
+            assert outcome.ok and outcome.message.startswith("reconstructed (streamed)"), outcome.message
+            reference = files.outcomes[uid]
+            assert reference.ok and reference.center == outcome.center, reference.message
+            (node,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="full")
+            got, expected = node["volume"][:], reference.result.volume[:]
+            assert got.shape == expected.shape == (4, 24, 24)
+            assert np.abs(got - expected).max() <= 2e-3 * np.abs(expected).max()
+            volumes.append(got)
+        assert np.abs(volumes[1] - volumes[0]).max() > 0.2 * np.abs(volumes[0]).max()  # each its own
+        assert pipe.service.outcomes[uids[1]].message == "reconstructed (streamed)"  # summed at the pin
+        members = pipe.series.container()["stream-4d"].metadata["members"]
+        assert [m["raw_uid"] for m in members] == list(uids)
+    finally:
+        pipe.close()
+        files.shutdown()
+
+
+def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, module_tiled_server, monkeypatch):
     """RunEngine -> session -> streamed volume: partial volumes in Tiled during the scan, then the
     whole volume, summed at the scan's pinned centre."""
     from bluesky_tomo_hpc.live.session import TomoPipeline
     from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
-    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
     from bluesky_tomo_hpc.settings import Settings
     from bluesky_tomo_hpc.sim.beamline import make_sim_beamline
     from bluesky_tomo_hpc.sim.plans import tomo_scan
 
     monkeypatch.setattr(streaming_volume, "PARTIAL_EVERY_S", 0.0)
     params = ReconParams(binning=2)
-    with EmbeddedTiledServer(tmp_path / "tiled", readable_storage=[tmp_path]) as server:
-        pipe = TomoPipeline(Settings(data_dir=tmp_path / "data", recon=params, jobs={"executor": "none"},
-                                     full_volume_streaming=True),
-                            server.client())
-        try:
-            bl = make_sim_beamline(tmp_path / "raw", flavour="ophyd_async", shape=(16, 64),
-                                   rotation_offset_px=2.5)
-            pipe.subscribe(RE)
-            (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=60, num_darks=4, num_flats=4,
-                                  md={"tomo": {"rotation_center": bl.rotation_center_px}}))
-            assert pipe.wait(180)
-            outcome = pipe.service.outcomes[uid]
-            assert outcome.ok and outcome.message == "reconstructed (streamed)", outcome.message
-            (node,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="full")
-            vol = node["volume"][:]
-            assert vol.shape == (8, 32, 32)
-            truth = bl.phantom.voxelise((16, 64, 64)).reshape(8, 2, 32, 2, 32, 2).mean(axis=(1, 3, 5))
-            assert corr(vol[:, 4:-4, 4:-4], truth[:, 4:-4, 4:-4]) > 0.85
-            (partial,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="partial")
-            assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] < 60
-        finally:
-            pipe.close()
+    root = module_tiled_server.root
+    pipe = TomoPipeline(Settings(data_dir=root / "grow", recon=params, jobs={"executor": "none"},
+                                 full_volume_streaming=True),
+                        module_tiled_server.client())
+    try:
+        bl = make_sim_beamline(root / "grow-raw", flavour="ophyd_async", shape=(16, 64),
+                               rotation_offset_px=2.5)
+        pipe.subscribe(RE)
+        (uid,) = RE(tomo_scan(bl.detector, bl.stage, num_projections=60, num_darks=4, num_flats=4,
+                              md={"tomo": {"rotation_center": bl.rotation_center_px}}))
+        assert pipe.wait(300)
+        outcome = pipe.service.outcomes[uid]
+        assert outcome.ok and outcome.message == "reconstructed (streamed)", outcome.message
+        (node,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="full")
+        vol = node["volume"][:]
+        assert vol.shape == (8, 32, 32)
+        truth = bl.phantom.voxelise((16, 64, 64)).reshape(8, 2, 32, 2, 32, 2).mean(axis=(1, 3, 5))
+        assert corr(vol[:, 4:-4, 4:-4], truth[:, 4:-4, 4:-4]) > 0.85
+        (partial,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="partial")
+        assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] < 60
+    finally:
+        pipe.close()
 
 
-def test_a_half_acquisition_is_stitched_as_the_files_stitch_it(tmp_path):
+@pytest.mark.parametrize("given", [False, True])
+def test_a_half_acquisition_is_stitched_as_the_files_stitch_it(tmp_path, given):
     """A 360-degree offset-axis scan: not summable block by block; made from the binned store,
     stitched to the full field of view, equal to the raw-file path."""
     from bluesky_tomo_hpc.sim.scan_arrays import offset_axis_geometry, simulate_scan
@@ -186,7 +294,7 @@ def test_a_half_acquisition_is_stitched_as_the_files_stitch_it(tmp_path):
     data = simulate_scan((8, 64), n_angles=120, span_deg=360.0, rotation_offset_px=offset, fill=fill)
     scan = {"theta": data.theta, "proj": data.projections, "darks": data.darks, "flats": data.flats}
     center = data.metadata["true_center"]
-    params = ReconParams(binning=2)  # the centre found (the files' path widens only then)
+    params = ReconParams(binning=2, center=center if given else "auto")  # found or given, both widen
     outcome, how = streamed(tmp_path, scan, params, events(scan), rotation_center_hint=center)
     assert how["summed"] is False and "half acquisition" in how["why"]
     reference = from_files(tmp_path, scan, params, events(scan))

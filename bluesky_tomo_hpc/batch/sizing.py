@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..engine.fourier import plan_bytes
 from ..engine.params import ReconParams
 from .job import Resources
 
@@ -109,6 +110,7 @@ def size_job(
     per_rank = (
         nproj * rows_per_rank * nx * cost.bytes_per_input_pixel
         + (rows_per_rank // b) * n * n * cost.bytes_per_output_voxel
+        + plan_bytes(n, nproj, threads=1)  # the engine's NUFFT plan, one worker a rank
     )
     mem_mb = int(math.ceil(ranks_per_node * per_rank / 2**20)) + 256
     if mem_mb > allocation.memory_mb_per_node:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.backend import cpu_threads
+from ..engine.fourier import plan_bytes
 from ..engine.memory import rows_per_slab
 from ..engine.params import ReconParams
 
@@ -45,19 +47,20 @@ def slab_bytes_per_row(n_projections: int, n_columns: int, binning: int) -> tupl
     Per row in flight: the raw uint16 frames (2 B/pixel) and float32 working copies while one slab
     is normalised, one prepared slab queued and one being reconstructed (4 B per binned pixel
     each, 2 copies while preparing), three slabs of output slices (computing, queued, writing),
-    and the engine's scratch per slice (the transposed sinogram, padded complex64 sinograms and
-    their spectrum, the complex image: ``20 B x angles x columns + 8 B x columns^2``; counted for
-    every row, though the engine works on at most ``chunk_slices`` of them at once). Fixed:
-    :data:`FIXED_OVERHEAD_BYTES` and the NUFFT plans' oversampled grids (a 4-pair plan and a
-    1-pair plan for short batches: 5 complex64 grids of ``(1.25 x columns)^2``).
+    and the engine's input and output per slice (the line integrals and the float32 slice:
+    ``4 B x angles x columns + 4 B x columns^2``; counted for every row, though the engine works
+    on at most ``chunk_slices`` of them at once; its padded rows, spectra and complex grids are
+    per worker, in the plan). Fixed:
+    :data:`FIXED_OVERHEAD_BYTES` and the NUFFT plan with one worker per CPU this rank may use
+    (:func:`~bluesky_tomo_hpc.engine.fourier.plan_bytes`: its grids, sort indices and spectra
+    grow with the threads, ~0.25 GB each at 1969 x 2560).
     """
     p, n, b = int(n_projections), int(n_columns), max(1, int(binning))
     nb = n // b
-    per_slice_scratch = 20 * p * nb + 8 * nb * nb
+    per_slice_scratch = 4 * p * nb + 4 * nb * nb
     per_row = (2 * p * n + (4 * p * nb * (_INPUT_SLABS + 1)) // b + (4 * nb * nb * _OUTPUT_SLABS) // b
                + per_slice_scratch // b)
-    grids = 5 * 8 * int(1.25 * nb + 1) ** 2
-    return per_row, FIXED_OVERHEAD_BYTES + grids
+    return per_row, FIXED_OVERHEAD_BYTES + plan_bytes(nb, p, cpu_threads())
 
 
 def slab_rows(

@@ -16,14 +16,17 @@ exact trigonometric interpolation is damped as in any FBP).
 
 Where the time goes, and what is done about it (``benchmarks/bench_engine.py``):
 
-* The filter needs the sinogram edge-padded to ``2 n`` (no wrap-around), but the image only
-  reads the filtered projection where it lies: ``|x cos t + y sin t| <= n / 2`` for the
-  inscribed disc (every pipeline output is masked to it). So each row is filtered at ``2 n``
+* The filter needs the sinogram edge-padded (no wrap-around onto the part the image reads),
+  and the image only reads the filtered projection where it lies: ``|x cos t + y sin t| <= n / 2``
+  for the inscribed disc (every pipeline output is masked to it). So each row is filtered at
+  ``1.5 n`` (:data:`FILTER_PAD`; ``2 n`` for the whole square)
   (FFT, filter, inverse FFT), then a window of ``L ~ n`` samples around the axis is transformed
   again: half the non-uniform points of the padded spectrum, the same slices inside the disc
   (``whole_square=True`` widens the window to the diagonal for callers without a mask).
 * Two real sinograms travel as the real and imaginary parts of one complex input (the result is
   real for each, since their spectra are Hermitian), halving the work per slice.
+* The NUFFT's accuracy is 5e-3 (a kernel 4 points wide, one SIMD vector), not 1e-3 (width 5,
+  padded to 8 by FINUFFT's SIMD code): the slices' error against the phantom does not move.
 * On the CPU the NUFFT is FINUFFT's spreader plus SciPy's FFT (:mod:`.nufft_spread`): 3x faster
   than the wheel's FFTW transform, and no FFTW planning (20+ s at 2048). Threads work on whole
   slice pairs, each with its own spreader and scratch (no synchronisation inside a transform).
@@ -44,12 +47,31 @@ import numpy as np
 from ..extras import optional, require
 from .backend import GPU_FEATURE, cpu_threads, get_array_module
 from .filters import center_phase, filter_response, padded_width
+from .nufft_spread import DEFAULT_EPS
 
 # the GPU path (the ``gpu`` extra): used where it imports
 _cufinufft: Any = optional("cufinufft")
 
 #: rows of a slice pair filtered at once on the CPU: 32 x 4096 complex64 = 1 MiB, the L2 of a core
 FILTER_BLOCK = 32
+
+
+#: padded row length for the filter, in detector widths: the filtered rows are periodic, and the
+#: window the image reads (``n`` samples about the axis) must stay clear of the wrap point, where
+#: the right edge's value meets the left's; at 1.5 n it is n / 4 away, where the ramp's response
+#: to that step has fallen to ~ step / (2.5 n). 2 n for ``whole_square`` (its window is 1.41 n).
+FILTER_PAD = 1.5
+
+
+def fourier_width(n_det: int, pad: bool = True, whole_square: bool = False) -> int:
+    """The padded row length the Fourier method filters at (``n_pad`` of its plan): even,
+    FFT-friendly, >= ``FILTER_PAD * n_det`` (>= 2 n for ``whole_square``; >= n without ``pad``)."""
+    if not pad or whole_square:
+        return padded_width(n_det, pad)
+    import scipy.fft
+
+    size = scipy.fft.next_fast_len(math.ceil(FILTER_PAD * n_det))
+    return size + size % 2
 
 
 def window_width(n: int, n_pad: int, whole_square: bool = False) -> int:
@@ -60,6 +82,30 @@ def window_width(n: int, n_pad: int, whole_square: bool = False) -> int:
     need = math.ceil(n * math.sqrt(2)) + 2 if whole_square else n
     size = scipy.fft.next_fast_len(need)
     return min(n_pad, size + size % 2)
+
+
+def plan_bytes(n: int, n_angles: int, threads: int = 1, *, pad: bool = True,
+               whole_square: bool = False) -> int:
+    """Bytes a CPU :class:`FourierPlan` for ``n_angles`` x ``n`` holds once made and run with
+    ``threads`` workers: what a slab budget must leave it (measured at 1969 x 2560: 0.42 GB with
+    one thread, 0.69 GB with two; the model says 0.49 and 0.75).
+
+    Why a model: the plan lives for the whole volume beside the slabs, and its per-thread part
+    (oversampled grid, FINUFFT's sort and subproblem grids) grows with the cores. Shared by the
+    threads: the points (2 x float32) and float64 temporaries while they are made, the half-pixel
+    shift and two cached kernels (complex64), all ``M x L``. Per thread: the oversampled grid and
+    its transients while spreading and transforming (2 x ``nf^2`` complex64), the deconvolution weights
+    (``n^2`` float32), FINUFFT's sort indices (int64) and the spectrum (complex64), ``M x L``
+    each, and a block of padded rows.
+    """
+    from .nufft_spread import grid_size
+
+    n_pad = fourier_width(n, pad, whole_square)
+    ml = int(n_angles) * window_width(n, n_pad, whole_square)
+    nf = grid_size(n)
+    shared = ml * (2 * 4 + 3 * 8) + ml * 2 * 8  # points, shift + 2 kernels; float64 points while made
+    per_thread = 2 * 8 * nf * nf + 4 * n * n + ml * (8 + 8) + FILTER_BLOCK * n_pad * 8
+    return shared + max(1, int(threads)) * per_thread
 
 
 class FourierPlan:
@@ -80,7 +126,7 @@ class FourierPlan:
         theta: Any,
         n_pad: int,
         *,
-        eps: float = 1e-3,
+        eps: float = DEFAULT_EPS,
         threads: int | None = None,
         batch_pairs: int = 4,
         gpu: bool = False,
@@ -269,8 +315,8 @@ _PLAN_CACHE_LOCK = threading.Lock()
 
 
 def fourier_plan(
-    n: int, theta: Any, n_pad: int, *, eps: float = 1e-3, threads: int | None = None, gpu: bool = False,
-    whole_square: bool = False,
+    n: int, theta: Any, n_pad: int, *, eps: float = DEFAULT_EPS, threads: int | None = None,
+    gpu: bool = False, whole_square: bool = False,
 ) -> FourierPlan:
     """The cached :class:`FourierPlan` for this geometry (made on first use).
 
@@ -308,7 +354,7 @@ def reconstruct_fourier(
     cutoff: float = 1.0,
     order: int = 2,
     pad: bool = True,
-    eps: float = 1e-3,
+    eps: float = DEFAULT_EPS,
     threads: int | None = None,
     plan: FourierPlan | None = None,
     out: Any = None,
@@ -318,9 +364,10 @@ def reconstruct_fourier(
 
     ``sino`` may be a strided view (e.g. projections ``(n_angles, nz, n_det)`` transposed):
     it is read once, pair by pair, never copied whole. ``center``: the axis as a 0-based
-    detector column. ``eps``: NUFFT relative accuracy (1e-3 is well below the discretisation
-    error of any FBP). ``plan``: a given plan, else the cached one for this geometry
-    (:func:`fourier_plan`). ``out``: an ``(nz, n, n)`` float32 array to fill.
+    detector column. ``eps``: NUFFT relative accuracy (the default,
+    :data:`.nufft_spread.DEFAULT_EPS`, is well below the discretisation error of any FBP).
+    ``plan``: a given plan, else the cached one for this geometry (:func:`fourier_plan`).
+    ``out``: an ``(nz, n, n)`` float32 array to fill.
     ``whole_square``: slices right up to the corners; by default they are right inside the
     inscribed disc (what every angle saw, and all that a circular mask keeps), and the corners
     outside it carry the filtered projections' periodic wrap.
@@ -333,7 +380,7 @@ def reconstruct_fourier(
     if len(theta) != n_angles:
         raise ValueError(f"{len(theta)} angles for a sinogram with {n_angles} projections")
     n = n_det if n is None else n
-    n_pad = padded_width(n_det, pad)
+    n_pad = fourier_width(n_det, pad, whole_square)
     if plan is None:
         plan = fourier_plan(n, theta, n_pad, eps=eps, threads=threads, gpu=xp is not np,
                             whole_square=whole_square)

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from .backend import choose_device, get_array_module, gpu_devices, to_numpy
-from .filters import padded_width
 from .params import ReconParams
 from .tomopy_engine import reconstruct_tomopy, resolve_engine
 from .volume import Progress, ReconChunk, reconstruct_volume
@@ -104,11 +103,11 @@ def reconstruct_at_centers(sino: Any, theta: Any, centers: list[float], params: 
     nx = sino.shape[-1]
     if resolve_engine(params) != "native" or params.algorithm != "fourier":
         return [reconstruct_sinograms(block, theta, float(c), params)[0] for c in centers]
-    from .fourier import fourier_plan, reconstruct_fourier
+    from .fourier import fourier_plan, fourier_width, reconstruct_fourier
 
     xp = choose_device(params.device)
     whole = params.circular_mask is None
-    plan = fourier_plan(nx, theta, padded_width(nx, params.pad), gpu=xp is not np, whole_square=whole)
+    plan = fourier_plan(nx, theta, fourier_width(nx, params.pad, whole), gpu=xp is not np, whole_square=whole)
     row = xp.ascontiguousarray(xp.asarray(sino, dtype=xp.float32)[None])
     filt = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
             "order": params.butterworth_order, "pad": params.pad, "whole_square": whole}

@@ -60,6 +60,13 @@ class RunningVolume:
 
     ``center`` is the binned column the blocks are reconstructed at; the darks and flats are
     those of the store when the first block is added (:attr:`calibration` records which).
+
+    A projection that arrives again with other values (a resumed scan retakes its last points)
+    after it was summed is replaced in the sum: the block of differences ``-log new - -log old``
+    is reconstructed and added (:meth:`replace`, queued by the ingest thread, applied by
+    :meth:`apply_replacements`), so the sum keeps the last copy, as the store and the files do.
+    ``claim_lock`` makes "is it summed?" and "overwrite it in the store" one step for the ingest
+    thread, and "claim and read" one step for the summing one.
     """
 
     def __init__(self, store: BinnedScanStore, params: ReconParams, center: float, *,
@@ -68,6 +75,12 @@ class RunningVolume:
         self.store, self.params, self.center, self.threads = store, params, float(center), threads
         self.sum = np.zeros((nz, nx, nx), dtype=np.float32)
         self.done: set[int] = set()
+        #: indices whose frames a block has read (summed, or being summed)
+        self.claimed: set[int] = set()
+        self.claim_lock = threading.Lock()
+        #: (indices, angles, old binned frames, new binned frames) waiting to be applied
+        self.replacements: list[tuple[list[int], np.ndarray, np.ndarray, np.ndarray]] = []
+        self.replaced = 0  # projections whose summed copy was replaced by a later one
         self.calibration: tuple[tuple[int, ...], tuple[int, ...]] | None = None
         self.invalid: str | None = None
         self.warnings: list[str] = []
@@ -86,34 +99,69 @@ class RunningVolume:
                 tuple(sorted(self.store.calibration[FrameRole.FLAT])))
 
     def add_block(self, indices: list[int]) -> None:
-        """Reconstruct projections ``indices`` (binned, in the store, with angles) and add them."""
-        if self.invalid or not indices:
+        """Reconstruct projections ``indices`` (binned, in the store, with angles) and add them;
+        indices already claimed by a block are left out (their later copies are replacements)."""
+        if self.invalid:
             return
+        with self.claim_lock:
+            indices = [i for i in indices if i not in self.claimed]
+            if not indices:
+                return
+            self.claimed.update(indices)
+            proj = self.store.frames(indices)
         t0 = time.perf_counter()
         if self.calibration is None:
             self.calibration = self._calibration_now()
             self._darks = self.store.calibration_frames(FrameRole.DARK)
             self._flats = self.store.calibration_frames(FrameRole.FLAT)
-        proj = self.store.frames(indices)
         theta = np.array([self.store.angles[i] for i in indices], dtype=np.float64)
+        proj_log = self._line_integrals(proj, theta)
+        del proj
+        if proj_log is not None:
+            self._add(proj_log, theta)
+            self.done.update(indices)
+        self.seconds += time.perf_counter() - t0
+
+    def replace(self, indices: list[int], old: np.ndarray, new: np.ndarray) -> None:
+        """Projections ``indices``, summed as ``old``, arrived again as ``new`` (binned frames):
+        queued for :meth:`apply_replacements`. Call holding :attr:`claim_lock`."""
+        theta = np.array([self.store.angles[i] for i in indices], dtype=np.float64)
+        self.replacements.append((list(indices), theta, old, new))
+
+    def apply_replacements(self) -> None:
+        """Add ``R(-log new) - R(-log old)`` of every queued replacement: the sum is linear in each
+        frame's -log values, so it then holds the last copy of each projection."""
+        while self.replacements and not self.invalid:
+            indices, theta, old, new = self.replacements.pop(0)
+            t0 = time.perf_counter()
+            log_old, log_new = self._line_integrals(old, theta), self._line_integrals(new, theta)
+            if log_old is not None and log_new is not None:
+                log_new -= log_old
+                self._add(log_new, theta)
+                self.replaced += len(indices)
+            self.seconds += time.perf_counter() - t0
+
+    def _line_integrals(self, proj: np.ndarray, theta: np.ndarray) -> np.ndarray | None:
+        """-log values of binned frames with the first block's darks and flats (None: invalid)."""
         data = ScanData(projections=proj, theta=theta, darks=self._darks, flats=self._flats)
         warnings: list[str] = []
         proj_log = line_integrals(proj, self._flats, self._darks, data, self.params, warnings)
-        del proj
         if any("NaN/inf" in w for w in warnings):  # repaired from neighbouring angles of this block only
             self.invalid = "; ".join(warnings)
-            return
+            return None
         self.warnings.extend(w for w in warnings if w not in self.warnings)
+        return proj_log
+
+    def _add(self, proj_log: np.ndarray, theta: np.ndarray) -> None:
+        """``k * V`` of a block of ``k`` angles into the sum (the engine weighs each by pi / k)."""
         block = np.empty((min(SLICES_PER_CALL, proj_log.shape[1]), *self.sum.shape[1:]), dtype=np.float32)
         for z0 in range(0, proj_log.shape[1], SLICES_PER_CALL):
             z1 = min(z0 + SLICES_PER_CALL, proj_log.shape[1])
             out = block[: z1 - z0]
             reconstruct_block(proj_log[:, z0:z1], theta, self.center, self.params, out, self.threads)
-            out *= np.float32(len(indices))
+            out *= np.float32(len(theta))
             with self._lock:
                 self.sum[z0:z1] += out
-        self.done.update(indices)
-        self.seconds += time.perf_counter() - t0
 
     def usable(self, center: float) -> str | None:
         """Why the sum cannot be the result at the stop (None: it can), for the final ``center``

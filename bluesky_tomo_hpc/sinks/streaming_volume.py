@@ -7,8 +7,10 @@ the centre is known, blocks of angles are reconstructed and summed as they compl
 (:mod:`.running_volume`) on one low-priority thread, so the live preview keeps its share of the
 CPU. At the stop the service thread confirms the centre (found from the binned store, as the batch
 program finds it), reconstructs the last block, scales and writes: seconds instead of a minute.
-When the sum cannot be used (flats taken at the end, another centre, a replayed frame that
-differs...) the volume is made from the binned store, still without reading the raw scan.
+Frames that arrive out of order or late are summed in the block they arrive in (the sum does not
+depend on the order); a projection sent again with other values (a resumed scan) replaces its
+first copy in the sum. When the sum cannot be used (darks or flats taken at the end, another
+centre...) the volume is made from the binned store, still without reading the raw scan.
 
 While the scan runs, ``partial(spec, volume, n_angles)`` (when given) receives the volume from
 the angles so far every ``partial_every_s`` seconds: a limited-angle volume, marked partial by
@@ -26,13 +28,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..engine.params import ReconParams
 from ..engine.preprocess import to_binned, to_unbinned
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, path_inside
 from ..results.provenance import CenterChoice
+from ..results.result_claim import ResultClaimedError
 from .binned_store import BinnedScanStore
 from .frame_store import run_file_stem
-from .full_volume import ReconOutcome, ReconService, ResultWriter
+from .full_volume import ReconOutcome, ReconService, ResultWriter, made_elsewhere
 from .running_volume import RunningVolume, lower_priority, not_accumulable
 from .streamed_result import half_acquisition, slabs_from_store, slabs_from_sum, stop_center, write_volume
 
@@ -186,16 +191,20 @@ class _StreamedRun:
 
     def _ingest_one(self, batch: FrameBatch) -> None:
         running = self.running
-        if running is not None and FrameRole(batch.role) is FrameRole.PROJECTION:
-            repeats = [int(i) for i in batch.indices if int(i) in running.done]
-            if repeats:  # a resumed scan sends frames again: a different copy spoils the sum
-                before = self.store.frames(repeats)
-                self.store.add(batch)
-                if not (before == self.store.frames(repeats)).all():
-                    running.invalid = f"projections {repeats[:5]} arrived again with other values"
-                return
-        written = self.store.add(batch)
-        with self._work:  # calibration frames may be what the summing thread waits for
+        if running is None or FrameRole(batch.role) is not FrameRole.PROJECTION:
+            written = self.store.add(batch)
+        else:  # a resumed scan sends frames again: the sum takes the last copy, as the files do
+            with running.claim_lock:
+                repeats = sorted({int(i) for i in batch.indices} & running.claimed)
+                before = self.store.frames(repeats) if repeats else None
+                written = self.store.add(batch)
+                if repeats:
+                    after = self.store.frames(repeats)
+                    changed = [k for k in range(len(repeats)) if not np.array_equal(before[k], after[k])]
+                    if changed:
+                        running.replace([repeats[k] for k in changed], before[changed], after[changed])
+            written = [i for i in written if i not in repeats]
+        with self._work:  # calibration frames or replacements may be what the summing thread waits for
             self.pending.extend(i for i in written if i in self.store.angles)
             self._work.notify_all()
 
@@ -211,12 +220,16 @@ class _StreamedRun:
         while True:
             with self._work:
                 self._work.wait_for(lambda: self._stopping or self._ingest_done or running.invalid
+                                    or running.replacements
                                     or (len(self.pending) >= self._block_size() and self._calibrated()))
                 if self._stopping or self._ingest_done or running.invalid:
                     return  # the rest is the stop's (with every core)
-                block, self.pending = self.pending, []
+                block = []
+                if len(self.pending) >= self._block_size() and self._calibrated():
+                    block, self.pending = self.pending, []
             try:
-                running.add_block(sorted(set(block) - running.done))
+                running.apply_replacements()
+                running.add_block(sorted(set(block)))
                 self._maybe_partial(running)
             except Exception as exc:
                 log.exception("summing a block of run %s failed; the volume is made at the stop",
@@ -273,12 +286,14 @@ class _StreamedRun:
             t = time.perf_counter()
             if running is not None and why is None:
                 running.threads = None  # the stop has every core
-                running.add_block([i for i in store.order() if i not in running.done])
+                running.apply_replacements()
+                running.add_block(store.order())
                 why = running.invalid
             timings["last_block"] = time.perf_counter() - t
             if running is not None and why is None:
                 warnings = list(running.warnings)
                 how = {"summed": True, "blocks_seconds": round(running.seconds, 3),
+                       "replaced_projections": running.replaced,
                        "provisional_center": running.center, "center_used_binned": running.center}
                 if center_b != running.center:  # summed at the provisional centre: the result says so
                     center = CenterChoice(to_unbinned(running.center, store.binning), center.confidence,
@@ -295,6 +310,9 @@ class _StreamedRun:
             location = (sink.writer.write(spec, result, zarr_path=zarr_path) if sink.writer is not None
                         else str(zarr_path))
             result.timings["result_writer"] = time.perf_counter() - t
+        except ResultClaimedError as exc:
+            store.discard()
+            return made_elsewhere(spec, exc)
         except Exception as exc:  # reported in the outcome, never raised into a scan
             message = f"{type(exc).__name__}: {exc}"
             log.error("streamed full volume of run %s failed: %s", spec.run_uid, message, exc_info=True)

@@ -52,7 +52,7 @@ class Scan:
             self.sink.add(b)
         t = time.perf_counter()
         self.sink.close(self.end)
-        assert time.perf_counter() - t < 2.0, "close() returns at once (0.2 s at most for the journal)"
+        assert time.perf_counter() - t < 5.0, "close() does not wait for the journal beyond its busy timeout"
 
     def raw_intact(self) -> bool:
         assert_raw_intact([self.raw], frames=len(self.batches) and 60)

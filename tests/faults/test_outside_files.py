@@ -119,7 +119,7 @@ def test_hostile_yaml_is_refused_quickly(world, text, words):
     t0 = time.monotonic()
     with pytest.raises(SampleMetadataError, match=words) as info:
         load_sample_file(path)
-    assert time.monotonic() - t0 < 2 and "\n" not in str(info.value)
+    assert time.monotonic() - t0 < 10 and "\n" not in str(info.value)  # refused, not expanded
 
 
 def test_params_file_of_secret_lines_is_refused_without_them(capsys, world, secret):
