@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from ..untrusted.key_throttle import WrongKeyThrottle
 from ..untrusted.secrets_mask import uvicorn_log_config, with_mask_filter
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,8 @@ HOST = "127.0.0.1"
 def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[str | Path] = (),
                     mounts: Mapping[str, Any] | None = None) -> Any:
     """A Tiled ASGI app over the catalog in ``directory`` (created when missing); ``mounts``
-    (path -> ASGI app, e.g. ``{"/web": ...}``, the web page) are served beside it."""
+    (path -> ASGI app, e.g. ``{"/web": ...}``, the web page) are served beside it. Wrong API keys
+    sent to Tiled are throttled per client (:class:`WrongKeyThrottle`; the mounts have their own)."""
     from bluesky_tiled_plugins.exporters import json_seq_exporter
     from tiled.catalog import from_uri as catalog_from_uri
     from tiled.config import Authentication, StreamingCacheConfig
@@ -59,7 +61,7 @@ def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[st
         app.mount(path, sub)
         # "/web" -> "web/", relative: the router's own slash redirect is built from the Host header
         app.add_route(path, _relative_redirect(path.rstrip("/").rsplit("/", 1)[-1] + "/"))
-    return app
+    return WrongKeyThrottle(app, skip=list(mounts or {}))
 
 
 def _relative_redirect(location: str) -> Any:

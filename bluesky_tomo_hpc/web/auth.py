@@ -6,11 +6,11 @@ nor anything derived from it), HttpOnly and SameSite=Strict, so other sites cann
 to retry or cancel jobs; logging out ends the session on the server, so a copied cookie stops
 working at once; a session also ends after :data:`SESSION_S` and when the server restarts.
 
-Wrong keys are throttled (:class:`LoginThrottle`): after :data:`FREE_FAILURES` wrong keys from
-one client, every further try (right or wrong) is answered 429 with ``Retry-After`` until a
-delay that doubles with each failure (up to :data:`MAX_LOCKOUT_S`) has passed, so guessing a key
-takes years instead of minutes. Redirects are relative (``Location: login``), so a forged
-``Host`` header never sends a browser elsewhere.
+Wrong keys are throttled (:class:`~bluesky_tomo_hpc.untrusted.key_throttle.LoginThrottle`, the same
+rule as Tiled's own API behind it): after a few wrong keys from one client, every further try (right
+or wrong) is answered 429 with ``Retry-After`` until a delay that doubles with each failure has
+passed, so guessing a key takes years instead of minutes. Redirects are relative
+(``Location: login``), so a forged ``Host`` header never sends a browser elsewhere.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ from starlette.requests import HTTPConnection
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..untrusted.key_throttle import LoginThrottle, client_of, presented_key, too_many
+
+__all__ = ["COOKIE", "Gate", "LoginThrottle", "RequireKey", "Sessions", "client_of", "is_authorised",
+           "key_matches", "presented_key", "too_many"]
+
 COOKIE = "btomo_session"
 #: paths (below the app's mount point) that need no key: the login form and its style sheet
 PUBLIC = ("/login", "/static/")
@@ -33,25 +38,10 @@ PUBLIC = ("/login", "/static/")
 SESSION_S = 12 * 3600.0
 #: sessions kept at once; the oldest ends first beyond it (bounded memory)
 MAX_SESSIONS = 256
-#: wrong keys a client may send before it must wait
-FREE_FAILURES = 5
-#: the longest wait after wrong keys
-MAX_LOCKOUT_S = 900.0
-#: clients whose failures are remembered (bounded memory; the oldest forgotten first)
-MAX_CLIENTS = 1024
 
 
 def key_matches(given: str | None, api_key: str) -> bool:
     return bool(given) and hmac.compare_digest(str(given).encode(), api_key.encode())
-
-
-def presented_key(conn: HTTPConnection) -> str | None:
-    """The key this request carries in its header or query (not the cookie)."""
-    auth = conn.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() in ("apikey", "bearer") and value:
-        return value.strip()
-    return conn.query_params.get("api_key")
 
 
 class Sessions:
@@ -86,46 +76,6 @@ class Sessions:
     def end(self, token: str | None) -> None:
         with self._lock:
             self._expiry.pop(token or "", None)
-
-
-class LoginThrottle:
-    """Wrong keys per client: free at first, then a wait that doubles with each failure."""
-
-    def __init__(self, free: int = FREE_FAILURES, first_wait_s: float = 1.0,
-                 max_wait_s: float = MAX_LOCKOUT_S, max_clients: int = MAX_CLIENTS):
-        self.free, self.first_wait_s, self.max_wait_s = free, first_wait_s, max_wait_s
-        self.max_clients = max_clients
-        self._clients: OrderedDict[str, tuple[int, float]] = OrderedDict()  # failures, locked until
-        self._lock = threading.Lock()
-
-    def wait_s(self, client: str) -> float:
-        """Seconds ``client`` must still wait before its key is looked at (0: go ahead)."""
-        with self._lock:
-            _, until = self._clients.get(client, (0, 0.0))
-        return max(0.0, until - time.monotonic())
-
-    def failed(self, client: str) -> None:
-        with self._lock:
-            failures, _ = self._clients.pop(client, (0, 0.0))
-            failures += 1
-            extra = failures - self.free
-            wait = 0.0 if extra <= 0 else min(self.max_wait_s, self.first_wait_s * 2 ** min(extra - 1, 30))
-            self._clients[client] = (failures, time.monotonic() + wait)
-            while len(self._clients) > self.max_clients:
-                self._clients.popitem(last=False)
-
-    def succeeded(self, client: str) -> None:
-        with self._lock:
-            self._clients.pop(client, None)
-
-
-def client_of(conn: HTTPConnection) -> str:
-    return conn.client.host if conn.client else "unknown"
-
-
-def too_many(wait_s: float) -> JSONResponse:
-    return JSONResponse({"error": f"too many wrong keys: try again in {wait_s:.0f} s"}, status_code=429,
-                        headers={"Retry-After": str(max(1, round(wait_s)))})
 
 
 class Gate:

@@ -133,6 +133,25 @@ def test_throttle_wait_ends_and_the_right_key_gets_in(world, web):
     assert http.get(site["web"] + "api/jobs", headers=AUTH).status_code == 200
 
 
+def test_guessing_tiled_own_api_key_is_throttled(world):
+    """Wrong keys sent to Tiled's own API: after 5, 429 with Retry-After, even the right one."""
+    from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
+
+    # a Tiled of its own: the site's Tiled must keep serving the web app's right key from 127.0.0.1
+    with EmbeddedTiledServer(world.data / "tiled", api_key=KEY) as tiled, \
+            httpx.Client(trust_env=False, timeout=60) as http:
+        url = tiled.uri + "/metadata/"
+        assert http.get(url, headers=AUTH).status_code == 200
+        # no key at all is not a guess: never counted
+        assert {http.get(url).status_code for _ in range(10)} == {401}
+        t0 = time.monotonic()
+        codes = [http.get(url, params={"api_key": f"wrong{i}"}).status_code for i in range(40)]
+        assert set(codes) <= {401, 429} and codes[:5] == [401] * 5
+        assert len(codes) - codes.count(429) <= 6 + np.log2(1 + time.monotonic() - t0), codes
+        r = http.get(url, headers=AUTH)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+
+
 def test_oversized_login_form_is_refused(world, web):
     """A 1 MB login form: 413 before it is read whole."""
     site, http = web
