@@ -108,6 +108,18 @@ def test_vo_recovers_known_center_odd_and_even(nx, center):
     assert est.confidence > 0.8
 
 
+def test_vo_binned_fine_search_and_coarse_only_keep_the_centre():
+    """The speed options of the wide search: the fine search on binned columns of a wide
+    detector, and a coarse-only first pass, find the same axis (in unbinned columns)."""
+    theta, proj_log = blob_sinogram(180, 1024, 530.3)
+    sino = proj_log[:, 0, :]
+    full = find_center_vo(sino, theta, 8.0, center_guess=528.0, fine_radius=1.0)
+    binned = find_center_vo(sino, theta, 8.0, center_guess=528.0, fine_radius=1.0, max_fine_cols=512)
+    assert abs(binned.center - full.center) < 0.1 and abs(binned.center - 530.3) < 0.5
+    coarse = find_center_vo(sino, theta, 64.0, fine_radius=0.0, max_cols=256)
+    assert abs(coarse.center - 530.3) <= 2.5 and "fine_centers" not in coarse.details
+
+
 def test_pairs_recover_known_center_on_360_scan():
     theta, proj_log = blob_sinogram(240, 96, 50.4, span=2 * np.pi, ny=3)
     est = find_center_pairs(np.exp(-proj_log), theta)

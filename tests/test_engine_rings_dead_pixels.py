@@ -104,3 +104,14 @@ def test_repair_dead_pixels_handles_wide_gaps_and_clean_input():
     out, n = repair_dead_pixels(x)
     assert n == 70 and np.isfinite(out).all() and (out > 0).all()
     np.testing.assert_allclose(out[0, 0], 0.5)
+    # only lines with a bad pixel are touched (the others come back as they were, the input kept)
+    y = np.random.default_rng(0).uniform(0.2, 1.0, (3, 4, 50)).astype(np.float32)
+    y[1, 2, 7] = -1.0
+    fixed, n = repair_dead_pixels(y)
+    assert n == 1 and fixed is not y and y[1, 2, 7] == -1.0
+    others = np.arange(12) != 6  # line 6 = [1, 2]
+    np.testing.assert_array_equal(fixed.reshape(12, 50)[others], y.reshape(12, 50)[others])
+    assert fixed[1, 2, 7] == pytest.approx(np.mean(y[1, 2, [5, 6, 8, 9]]), rel=1e-5)
+    sat = np.zeros(y.shape, bool)
+    sat[0, 0, 0] = True  # a saturated pixel alone also takes the slow path
+    assert repair_dead_pixels(fixed, sat)[1] == 1

@@ -8,7 +8,7 @@ from ophyd.sim import det
 
 from bluesky_tomo_hpc import ReconParams
 from bluesky_tomo_hpc.cli.main import main as cli_main
-from bluesky_tomo_hpc.live.catalog_replay import ReprocessError, RunQuery, reprocess
+from bluesky_tomo_hpc.live.catalog_replay import ReprocessError, RunQuery, already_reconstructed, reprocess
 from bluesky_tomo_hpc.live.session import TomoPipeline
 from bluesky_tomo_hpc.results.tiled_results import find_reconstructions
 from bluesky_tomo_hpc.results.tiled_server import EmbeddedTiledServer
@@ -148,3 +148,21 @@ def test_batch_submission_through_local_mpi(catalog):
     # once registered, the same request is skipped
     again = reprocess(catalog["raw"], catalog["processed"], params=params, query=query, submit=submit)
     assert again.count("skipped") == 1
+
+
+def test_a_volume_another_process_is_making_is_skipped_not_failed(catalog, tmp_path):
+    """Two re-processings of one catalog: the run whose result the other one claimed is skipped."""
+    from bluesky_tomo_hpc.results.result_claim import ResultClaim
+    from bluesky_tomo_hpc.sinks.frame_store import run_file_stem
+
+    params, uid = ReconParams(filter_name="shepp"), catalog["tomo"][0]
+    settings = Settings(data_dir=tmp_path, jobs={"executor": "none"})
+    claim = ResultClaim.take(tmp_path / "volumes" / run_file_stem(uid) / params.params_hash / "result")
+    try:
+        summary = reprocess(catalog["raw"], catalog["processed"], params=params, settings=settings,
+                            query=RunQuery(uids=(uid,)))
+    finally:
+        claim.release()
+    (outcome,) = summary.outcomes
+    assert (outcome.status, outcome.message) == ("skipped", "made by another process")
+    assert not already_reconstructed(catalog["processed"], uid, params)  # left to the other process

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..model import TomoDataError
 from ..results.provenance import CenterChoice, provenance_record
-from ..results.volume_files import ResultLayout, VolumeWriter
+from ..results.volume_files import ResultClaimedError, ResultLayout, VolumeWriter
 from .job import ReconJob, Resources
 from .slab_pipeline import RankReport, reconstruct_rows, slab_rows
 
@@ -221,7 +221,11 @@ def run(
         plan = _plan(job, size)
         log.info("job %s: %d ranks, volume %s (z, y, x) from detector rows %s, slabs of %d rows; "
                  "finding the centre", job.job_id, size, plan["shape"], plan["rows"], plan["slab"])
-        writer = _writer(job, plan, create=True)  # refuses an existing result before any work
+        try:
+            writer = _writer(job, plan, create=True)  # refuses an existing result before any work
+        except ResultClaimedError as exc:  # every rank skips (below), none is left waiting
+            plan = {"claimed_elsewhere": str(exc)}
+    if writer is not None:
         hasher.start()  # after the input was found; overlaps the centre search and reconstruction
         t = time.perf_counter()
         try:
@@ -234,10 +238,16 @@ def run(
                  plan["center"].confidence, plan["center_s"])
         width = field_of_view(job, plan, plan["center"])
         if width != plan["shape"][1]:  # half acquisition: a wider volume than planned
+            writer.release()
             shutil.rmtree(writer.layout.partial)
             plan["shape"] = (plan["shape"][0], width, width)
-            writer = _writer(job, plan, create=True)
+            try:
+                writer = _writer(job, plan, create=True)
+            except ResultClaimedError as exc:
+                plan = {"claimed_elsewhere": str(exc)}
     plan = comm.bcast(plan, root=0)
+    if "claimed_elsewhere" in plan:
+        raise ResultClaimedError(plan["claimed_elsewhere"])
     comm.Barrier()  # the .partial folder exists
     if writer is None:
         writer = _writer(job, plan, create=False)
@@ -356,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         result = run(job, comm)
         if rank == 0:
             write_result_record(job, result)
+    except ResultClaimedError as exc:  # made by another process: not this job's failure
+        if rank == 0:
+            log.info("job %s: %s (made by another process)", job.job_id, exc)
+        return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
         code = exit_code_for(exc)
         print(

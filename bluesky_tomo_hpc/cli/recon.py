@@ -61,10 +61,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 on success; errors are raised, for ``cli/main.py`` to put in one line with
     an exit code by class (``cli/errors.py``)."""
-    from ..results.volume_files import ResultExistsError, ResultLayout, VolumeWriteError
+    from ..results.volume_files import ResultClaimedError, ResultExistsError, ResultLayout, VolumeWriteError
 
     try:
         return _run(args)
+    except ResultClaimedError as exc:  # another process is making it: nothing to do here
+        print(f"{exc} (made by another process)")
+        return 0
     except ResultExistsError as exc:
         raise CliError(str(exc)) from exc
     except OSError as exc:  # a full disk, a failed write: the result's name was never created

@@ -61,12 +61,13 @@ __all__ = [
 ]
 
 
-def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEstimate:
-    """Vo's centre of two row groups (see :func:`row_group_sinograms`), sized for speed: at most 192 / 384
-    angles and 512 columns in the coarse search, +/- 2 px at 0.25 px in the fine one."""
-    rows, groups = row_group_sinograms(proj_norm, params, params.minus_log_clip)
-    width = search_width(proj_norm.shape[2], params)
-    ests = [_vo_two_stage(g, theta, width) for g in groups]
+def _vo_rows(groups: list[Any], rows: list[int], theta: np.ndarray, params: ReconParams) -> CenterEstimate:
+    """Vo's centre of two row groups (see :func:`row_group_sinograms`), sized for speed: the wide
+    window is searched once, on the mean of the groups; each group is then refined near it (on
+    at most 768 columns: the image polish that follows works on 512)."""
+    width = search_width(groups[0].shape[-1], params)
+    wide = _vo_wide(sum(groups) / len(groups), theta, width) if len(groups) > 1 else None
+    ests = [_vo_two_stage(g, theta, width, wide) for g in groups]
     centers = np.array([e.center for e in ests])
     center = float(np.median(centers))
     spread = float(np.abs(centers - center).max()) if len(centers) > 1 else 0.0
@@ -77,19 +78,29 @@ def _vo_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> CenterEs
     return CenterEstimate(center, float(np.clip(conf, 0.0, 1.0)), "vo", details)
 
 
-def _vo_two_stage(sino: Any, theta: np.ndarray, width: float) -> CenterEstimate:
-    """Vo's centre within +/- ``width`` px at a bounded cost: a wide window is searched first on
-    a detector binned so that at most ~128 candidates are compared (its minimum's depth and
-    rivals make the confidence), then the usual search (512 columns, +/- 2 px fine) runs within
-    a few binned pixels of it."""
+def _vo_wide(sino: Any, theta: np.ndarray, width: float) -> CenterEstimate | None:
+    """The wide first search (None where the usual search covers the window): coarse only, on a
+    detector binned so that at most ~128 candidates are compared; its minimum's depth and rivals
+    make the confidence."""
     nx = sino.shape[-1]
     if width <= 64 or nx <= 256:
-        return find_center_vo(sino, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
-    wide = find_center_vo(sino, theta, width, fine_radius=1.0, max_rows=(192, 192),
+        return None
+    return find_center_vo(sino, theta, width, fine_radius=0.0, max_rows=(192, 192),
                           max_cols=max(64, int(nx * 32 / width)))
+
+
+def _vo_two_stage(sino: Any, theta: np.ndarray, width: float, wide: CenterEstimate | None = None,
+                  ) -> CenterEstimate:
+    """Vo's centre within +/- ``width`` px at a bounded cost: the wide search (:func:`_vo_wide`,
+    of this sinogram unless given), then the usual search (512 columns, +/- 1 px fine, 256
+    angles) within a few binned pixels of it (the image polish that follows goes further)."""
+    if wide is None:
+        wide = _vo_wide(sino, theta, width)
+    if wide is None:
+        return find_center_vo(sino, theta, width, fine_radius=2.0, max_rows=(192, 384), max_cols=512)
     near = 2.0 * wide.details["binning"] + 2.0
-    local = find_center_vo(sino, theta, near, center_guess=wide.center, fine_radius=2.0,
-                           max_rows=(192, 384), max_cols=512)
+    local = find_center_vo(sino, theta, near, center_guess=wide.center, fine_radius=1.0,
+                           max_rows=(192, 256), max_cols=512, max_fine_cols=768)
     details = {**local.details, "wide_search": {k: wide.details[k] for k in ("coarse_center", "binning",
                                                                              "search_range")},
                "minimum_at_search_edge": wide.details["minimum_at_search_edge"]}
@@ -161,7 +172,9 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
     if method == "pairs":
         est = find_center_pairs(arr, th)
         return CenterEstimate(est.center, est.confidence, "pairs", {**est.details, **extra})
-    vo = _vo_rows(arr, th, params)
+    rows, groups = row_group_sinograms(arr, params, params.minus_log_clip)
+    sino = np.mean([to_numpy(g) for g in groups], axis=0)  # one slice of the rows used, less noise
+    vo = _vo_rows(groups, rows, th, params)
     if method == "vo":
         u = _vo_uncertainty(vo)
         return CenterEstimate(vo.center, confidence_from_uncertainty(u), "vo",
@@ -176,14 +189,14 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
                    and pr.details["angle_mismatch_deg"] <= 1.5)
     if pr is not None and pair_usable and (
             vo.details["minimum_at_search_edge"] or vo.confidence < 0.3
-            or (abs(pr.center - vo.center) > 2.0 and _slice_prefers(arr, th, pr.center, vo.center, params))):
+            or (abs(pr.center - vo.center) > 2.0 and _slice_prefers(sino, th, pr.center, vo.center, params))):
         # Vo's metric has a false minimum where the mirrored copy barely overlaps (axis more
         # than ~nx/8 from the middle, small sample): the 0/180 pair does not, so start there;
         # features at a quarter of the width move by r * mismatch between the two projections
         start = pr
         u_start = math.hypot(0.3 / min(pr.details["peaks"]),
                              0.125 * arr.shape[2] * math.radians(pr.details["angle_mismatch_deg"]))
-    est = refine_center_sharpness(arr, th, start, params, max_width=512, max_angles=360)
+    est = refine_center_sharpness(arr, th, start, params, max_width=512, max_angles=360, sino=sino)
     details: dict[str, Any] = {**est.details, "vo": vo, "pairs": pr, "started_from": start.method, **extra}
     # the image optimum is what a person checks; Vo's metric may sit ~1 px off it (the tooth)
     u = math.hypot(u_start, 0.25 * abs(est.center - start.center))
@@ -198,7 +211,7 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
             # a sinogram metric plus image sharpness, and a projection registration, fail in
             # different ways: agreeing, they pin the centre to about their difference
             u = min(u, max(0.35, diff))
-    center, u, how = _half_turn_consensus(arr, th, est, u, vo, pr, params, details)
+    center, u, how = _half_turn_consensus(sino, arr.shape[2], th, est, u, vo, pr, params, details)
     if not lo <= center <= hi:
         clipped = float(np.clip(center, lo, hi))
         u += abs(clipped - center)
@@ -207,10 +220,9 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
     return CenterEstimate(center, confidence_from_uncertainty(u), f"auto:{how}", details)
 
 
-def _slice_prefers(arr: Any, th: np.ndarray, a: float, b: float, params: ReconParams) -> bool:
+def _slice_prefers(sino: np.ndarray, th: np.ndarray, a: float, b: float, params: ReconParams) -> bool:
     """Whether the slice at centre ``a`` has less negative mass than the one at ``b``: settles
     which of two far-apart starts (Vo's, the pair's) the data support."""
-    sino = _mean_sinogram(arr, params)
     slices = reconstruct_at_centers(sino, th, [a, b], params)
     return negative_mass(slices[0]) < negative_mass(slices[1])
 
@@ -221,19 +233,20 @@ def _mean_sinogram(proj_norm: Any, params: ReconParams) -> np.ndarray:
     return np.mean([to_numpy(g) for g in groups], axis=0)
 
 
-def _half_turn_consensus(arr: Any, th: np.ndarray, est: CenterEstimate, u_legacy: float, vo: CenterEstimate,
-                         pr: CenterEstimate | None, params: ReconParams, details: dict[str, Any],
+def _half_turn_consensus(sino: np.ndarray, nx: int, th: np.ndarray, est: CenterEstimate, u_legacy: float,
+                         vo: CenterEstimate, pr: CenterEstimate | None, params: ReconParams,
+                         details: dict[str, Any],
                          ) -> tuple[float, float, str]:
     """180-degree scans: the negative-mass optimum on even / odd projections
     (:mod:`.center_consensus`) beside the sharpest slice (``est``), Vo and the pair. Agreeing
     within 1 px, the negative-mass optimum is the answer (total variation is known to sit up to
     ~1 px off on real scans, so its distance counts half); disagreeing, the median of all, and
     their spread is the uncertainty."""
-    polish = polish_on_halves(_mean_sinogram(arr, params), th, est.center, params)
+    polish = polish_on_halves(sino, th, est.center, params)
     details["negative_mass"] = _polish_details(polish)
     if polish.agreement < NO_EVIDENCE_AGREEMENT:  # the halves' slices are noise: no sample
         details["no_evidence"] = True
-        return est.center, float(arr.shape[2]), est.method
+        return est.center, float(nx), est.method
     if polish.at_edge:  # no bracketed optimum near the sharpest slice: the earlier answer stands
         return est.center, max(u_legacy, 1.0), est.method
     others = [(est.center, 0.5)]

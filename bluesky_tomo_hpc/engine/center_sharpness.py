@@ -28,17 +28,19 @@ def total_variation(img: Any) -> float:
 def refine_center_sharpness(
     proj_norm: Any, theta: np.ndarray, estimate: CenterEstimate, params: ReconParams,
     radius: float = 1.0, step: float = 0.25, max_width: int = 768, max_angles: int = 400, extend: int = 2,
+    sino: Any = None,
 ) -> CenterEstimate:
     """Polish an estimate to the centre whose reconstructed slice is sharpest (least total
     variation), within ``radius`` px, followed up to ``extend`` px further when the
     sharpest is on the window's edge. Sinogram metrics such as Vo's can sit a pixel off the
     image optimum (the TomoPy tooth: Vo 295.0, sharpest slice 296.0); a handful of one-slice
-    reconstructions (of the mean of the rows used, see :func:`row_group_sinograms`) settles it. A
+    reconstructions (of the mean of the rows used, see :func:`row_group_sinograms`, or ``sino``
+    where the caller has it already) settles it. A
     minimum on the window's edge leaves the estimate as it was (``details["sharpness_at_edge"]``).
     """
-    _, groups = row_group_sinograms(proj_norm, params, params.minus_log_clip)
-    xp = get_array_module(proj_norm)
-    sino = xp.stack(groups, axis=0).mean(axis=0)
+    if sino is None:
+        _, groups = row_group_sinograms(proj_norm, params, params.minus_log_clip)
+        sino = get_array_module(proj_norm).stack(groups, axis=0).mean(axis=0)
     cands = estimate.center + np.arange(-radius, radius + step / 2, step)
     ratio = params.circular_mask or 0.95
     b = 1

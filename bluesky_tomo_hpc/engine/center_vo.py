@@ -136,13 +136,15 @@ def find_center_vo(
     drop: int = 20,
     max_rows: tuple[int, int] = (512, 1024),
     max_cols: int = 1024,
+    max_fine_cols: int | None = None,
 ) -> CenterEstimate:
     """Vo's centre for one -log sinogram (n_angles, nx), searched within ``center_guess`` (default
     the detector middle) +/- ``search_width`` px at 0.5 px, refined +/- ``fine_radius`` px at
     ``step``. ``theta`` (radians) restricts the data to the first half-turn; ``None`` assumes the
     sinogram covers [0, 180) degrees. ``ratio`` is the object's diameter / detector width.
     ``max_rows`` caps the angles used by the (coarse, fine) searches; the coarse search also
-    bins the detector to at most ``max_cols`` columns."""
+    bins the detector to at most ``max_cols`` columns, the fine one (when given) to at most
+    ``max_fine_cols``; ``fine_radius <= 0`` stops after the coarse search."""
     xp = get_array_module(sino)
     s = xp.asarray(sino, dtype=xp.float32)
     if s.ndim != 2:
@@ -163,7 +165,6 @@ def find_center_vo(
     # smoothing as Vo's reference code; on long scans every k-th angle is enough (the metric
     # compares angular against detector frequencies, and angular frequencies stay put)
     coarse_src = nd.gaussian_filter(s, (3, 1), mode="reflect")[:: -(-nrow // max_rows[0])]
-    fine_src = nd.gaussian_filter(s, (2, 2), mode="reflect")[:: -(-nrow // max_rows[1])]
 
     def drop_for(rows: int) -> int:
         return int(min(drop, max(rows // 2 - 2, 0)))
@@ -193,12 +194,23 @@ def find_center_vo(
     k = int(np.argmin(c_metric))
     coarse = (float(c_cands[k]) + 0.5) * binf - 0.5
 
+    if fine_radius <= 0:  # coarse only (a wide first search that a local one refines)
+        return _estimate(coarse, c_cands, c_metric, k, binf, lo, hi, {"coarse_center": coarse},
+                         (int(c_src.shape[0]), 0))
     # fine: sub-pixel spline shifts around the coarse minimum
-    rad = float(np.clip(abs(fine_radius), 1.0, ncol / 4.0))
-    stp = float(np.clip(abs(step), 0.05, rad))
-    start = float(np.clip(coarse, rad, ncol - rad - 1))
+    fine_src = nd.gaussian_filter(s, (2, 2), mode="reflect")[:: -(-nrow // max_rows[1])]
+    fb = 1
+    while max_fine_cols and ncol // fb > max_fine_cols:
+        fb *= 2
+    if fb > 1:  # wide detectors: the fine metric on binned columns, its centre in binned ones
+        nc = ncol // fb
+        fine_src = fine_src[:, : nc * fb].reshape(fine_src.shape[0], nc, fb).mean(axis=2)
+    f_ncol = fine_src.shape[1]
+    rad = float(np.clip(abs(fine_radius), 1.0, ncol / 4.0)) / fb
+    stp = float(np.clip(abs(step), 0.05, rad * fb)) / fb
+    start = float(np.clip((coarse + 0.5) / fb - 0.5, rad, f_ncol - rad - 1))
     f_cands = start + np.arange(-rad, rad + stp / 2, stp)
-    f_mask = _wedge_mask(2 * fine_src.shape[0], ncol, ratio, drop_for(fine_src.shape[0]), xp)
+    f_mask = _wedge_mask(2 * fine_src.shape[0], f_ncol, ratio, drop_for(fine_src.shape[0]), xp)
     f_metric = _vo_metrics(fine_src, f_cands, f_mask, integer=False)
     j = int(np.argmin(f_metric))
     center = float(f_cands[j])
@@ -207,9 +219,19 @@ def find_center_vo(
         curv = y0 - 2 * y1 + y2
         if curv > 0:
             center += float(np.clip(0.5 * (y0 - y2) / curv, -0.5, 0.5)) * stp
+    center = (center + 0.5) * fb - 0.5
+    f_cands = (f_cands + 0.5) * fb - 0.5
 
-    # confidence: how much deeper the minimum is than the best minimum elsewhere (> 3 px away).
-    # Noise gives several minima of similar depth (prominence < 0.06); real scans 0.15 .. 0.6.
+    details = {"coarse_center": coarse, "fine_centers": f_cands.tolist(), "fine_metric": f_metric.tolist()}
+    return _estimate(center, c_cands, c_metric, k, binf, lo, hi, details,
+                     (int(c_src.shape[0]), int(fine_src.shape[0])))
+
+
+def _estimate(center: float, c_cands: np.ndarray, c_metric: np.ndarray, k: int, binf: int, lo: float,
+              hi: float, details: dict[str, Any], rows_used: tuple[int, int]) -> CenterEstimate:
+    """The answer with its confidence: how much deeper the coarse minimum is than the best
+    minimum elsewhere (> 3 px away). Noise gives several minima of similar depth (prominence
+    < 0.06); real scans 0.15 .. 0.6."""
     med = float(np.median(c_metric))
     depth = (med - float(c_metric[k])) / med if med > 0 else 0.0
     far = np.abs(c_cands - c_cands[k]) * binf > 3.0
@@ -217,16 +239,14 @@ def find_center_vo(
     at_edge = k in (0, len(c_metric) - 1)
     confidence = float(np.clip((depth - max(rival, 0.0)) / 0.2, 0.0, 1.0)) * (0.3 if at_edge else 1.0)
     details = {
-        "coarse_center": coarse,
+        **details,
         "coarse_centers": c_cands.tolist(),
         "coarse_metric": c_metric.tolist(),
-        "fine_centers": f_cands.tolist(),
-        "fine_metric": f_metric.tolist(),
         "metric_depth": depth,
         "rival_depth": rival,
         "minimum_at_search_edge": at_edge,
         "binning": binf,
-        "rows_used": (int(c_src.shape[0]), int(fine_src.shape[0])),
+        "rows_used": rows_used,
         "search_range": ((lo + 0.5) * binf - 0.5, (hi + 0.5) * binf - 0.5),
     }
     return CenterEstimate(center, confidence, "vo", details)

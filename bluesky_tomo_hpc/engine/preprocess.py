@@ -288,19 +288,21 @@ def repair_dead_pixels(norm: Any, saturated: Any = None) -> tuple[Any, int]:
     dark >= signal), non-finite values, and ``saturated`` (a boolean mask of the raw frames at
     the detector's full scale, where the count is a floor, not a measure).
 
-    Why not clip: a floor of 1e-6 turns a zero into an attenuation of 13.8, which the ramp
-    filter spreads into streaks across the slice. Each bad pixel takes the mean of the good
-    pixels of its row within +/-2 columns (wider gaps: the nearest good ones on each side).
-    Returns the repaired stack (the input itself when nothing was bad) and how many pixels were
-    repaired, so the caller can report it."""
+    Why not clip: a floor of 1e-6 turns a zero into an attenuation of 13.8, which the ramp filter
+    spreads into streaks. A bad pixel takes the mean of its row's good pixels within +/-2 columns
+    (wider gaps: the nearest good ones). Returns the stack (the input if nothing was bad) and the
+    count of repaired pixels, for the caller to report."""
     xp = get_array_module(norm)
-    bad = ~(norm > 0) | ~xp.isfinite(norm)  # NaN compares False: caught by the first term
-    if saturated is not None:
-        bad |= xp.asarray(saturated)
-    n_bad = int(bad.sum())
-    if n_bad == 0:
+    sat = None if saturated is None else xp.asarray(saturated)
+    if norm.size == 0 or (bool(xp.min(norm) > 0) and bool(xp.max(norm) < xp.inf)  # NaN fails both
+                          and (sat is None or not bool(sat.any()))):  # no full-size masks then
         return norm, 0
-    out = xp.where(bad, xp.float32(0), norm).astype(xp.float32, copy=False)
+    bad = (~(norm > 0) | ~xp.isfinite(norm) | (False if sat is None else sat)).reshape(-1, norm.shape[-1])
+    n_bad, lines = int(bad.sum()), xp.nonzero(bad.any(axis=-1))[0]  # only these lines are filtered
+    whole = norm.astype(xp.float32, copy=True)
+    flat = whole.reshape(bad.shape)
+    sub, bad = flat[lines], bad[lines]
+    out = xp.where(bad, xp.float32(0), sub)
     good = (~bad).astype(xp.float32)
     for reach in (2, 8, 32):  # grow the window until every bad pixel has a good neighbour
         kernel = ndimage_for(xp).uniform_filter1d
@@ -312,8 +314,8 @@ def repair_dead_pixels(norm: Any, saturated: Any = None) -> tuple[Any, int]:
         bad = bad & ~fill
         if not bool(bad.any()):
             break
-    out = xp.where(bad, xp.float32(1), out)  # whole dead rows: no attenuation
-    return out, n_bad
+    flat[lines] = xp.where(bad, xp.float32(1), out)  # whole dead rows: no attenuation
+    return whole, n_bad
 
 
 # -- validation -----------------------------------------------------------------------------------

@@ -159,7 +159,9 @@ def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> Center
     )
     nz = proj_log.shape[1]
     pick = np.unique(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int))  # all a search uses
-    est = center_mod.find_center(xp.exp(-proj_log[:, pick, :]), theta, local)
+    transmission = xp.asarray(proj_log[:, pick, :], dtype=xp.float32)  # a copy: in place from here
+    xp.exp(xp.negative(transmission, out=transmission), out=transmission)
+    est = center_mod.find_center(transmission, theta, local)
     return replace(est, details={**est.details, "seconds": time.perf_counter() - t0})
 
 

@@ -265,6 +265,8 @@ def _one(uid: str, run: Any, layout: str | None, scan_id: int | None, catalog: A
     errors = _replay(run, sinks.volume, catalog)
     sinks.service.wait()
     result = sinks.service.outcomes.pop(uid, None)
+    if result is not None and result.made_elsewhere:  # another process (a second reprocess) has it
+        return RunOutcome(uid, scan_id, "skipped", "made by another process")
     if result is not None and result.ok:
         return RunOutcome(uid, scan_id, "reconstructed",
                           f"centre {result.center:.2f} px in {result.seconds:.1f} s")

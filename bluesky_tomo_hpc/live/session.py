@@ -183,7 +183,7 @@ class TomoPipeline:
         self.router.report(run_uid, message)
 
     def _report_failed_outcome(self, outcome: Any) -> None:
-        if not outcome.ok:
+        if not outcome.ok and not outcome.made_elsewhere:
             self.report_error(outcome.run_uid, f"full reconstruction failed: {outcome.message}")
 
     def batch_jobs(self, run_uid: str | None = None) -> list[Any]:

@@ -14,6 +14,11 @@ fewer rows used to leave stale TIFFs beside the new volume). Everything is writt
 saying why, and raises :class:`VolumeWriteError` with the same reason (an interrupt is noted
 and propagates as itself).
 
+Why a claim: the writer first claims the result (:mod:`.result_claim`, ``<name>.lock``); another
+process making it meanwhile makes this one raise :class:`~.result_claim.ResultClaimedError` (skip,
+not a failure). A ``.partial`` found under the claim was left by a process that died (killed,
+the node lost): it is replaced, and the new result's provenance records it (``earlier_attempt``).
+
 Why slab by slab: a 2560^3 float32 volume is 67 GB. :class:`VolumeWriter` takes slabs of slices
 as they are reconstructed (from any thread, any MPI rank writing whole chunks) and never holds
 the volume; the coarser multiscale levels are made from each slab when it is aligned to them,
@@ -35,6 +40,10 @@ import numpy as np
 
 from ..extras import require
 from .provenance import jsonable
+from .result_claim import ResultClaim, ResultClaimedError
+
+__all__ = ["ResultClaimedError", "ResultExistsError", "ResultLayout", "VolumeWriteError", "VolumeWriter",
+           "is_complete", "tiff_name"]
 
 #: what needs ome-zarr (a core dependency: missing, the installation is damaged)
 OME_ZARR_FEATURE = "writing OME-Zarr volumes"
@@ -147,8 +156,17 @@ class VolumeWriter:
         #: whether every slab so far was aligned so that its coarser levels were written with it
         self.levels_complete = True
         self._arrays: list[Any] = []
+        #: this process's claim on the result (the creator's only; see the module docstring)
+        self.claim: ResultClaim | None = None
+        #: the unfinished result of an earlier attempt that this one replaced (recorded in provenance)
+        self.earlier_attempt: dict[str, Any] | None = None
         if create:
-            self._create()
+            self.claim = ResultClaim.take(self.layout.directory)
+            try:
+                self._create()
+            except BaseException:
+                self.release()
+                raise
         self._open()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -171,7 +189,9 @@ class VolumeWriter:
                 f"{final} already holds a result; refusing to replace it (pass --overwrite / overwrite=True)"
             )
         if partial.exists():
-            log.warning("removing the unfinished result %s left by an earlier attempt", partial)
+            self.earlier_attempt = _earlier_attempt(self.layout)
+            log.warning("replacing the unfinished result %s left by an earlier attempt that %s", partial,
+                        self.earlier_attempt["how"])
             shutil.rmtree(partial)
         partial.mkdir(parents=True)
         group = zarr.open_group(str(partial / self.layout.zarr.name), mode="w")
@@ -259,12 +279,20 @@ class VolumeWriter:
             if not (self.levels_complete if levels_complete is None else levels_complete):
                 self._levels_by_read_back(read_back_slab)
             self._ngff_metadata()
+            if self.earlier_attempt is not None:
+                provenance = {**provenance, "earlier_attempt": self.earlier_attempt}
             text = json.dumps(jsonable(provenance), indent=2, sort_keys=True) + "\n"
             (self.layout.partial / self.layout.provenance.name).write_text(text)
             self._swap_in()
         except BaseException as exc:
             raise self.fail(exc) from exc
+        self.release()
         return self.layout
+
+    def release(self) -> None:
+        """Give up the claim on the result (after :meth:`finish` or :meth:`fail`; idempotent)."""
+        if self.claim is not None:
+            self.claim.release()
 
     def _swap_in(self) -> None:
         final, partial = self.layout.directory, self.layout.partial
@@ -305,6 +333,7 @@ class VolumeWriter:
             log.error("could not write %s: %s", self.layout.failure_note, note_exc)
         msg = f"writing {self.layout.directory} failed: {reason}; nothing was presented as complete"
         log.error(msg)
+        self.release()
         return VolumeWriteError(exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO, msg)
 
     def __enter__(self) -> VolumeWriter:
@@ -317,6 +346,19 @@ class VolumeWriter:
         if isinstance(exc, Exception):
             raise error from exc
         # KeyboardInterrupt, SystemExit: noted, and left to propagate as what they are
+
+
+def _earlier_attempt(layout: ResultLayout) -> dict[str, Any]:
+    """What is known of an unfinished result found under the claim: its maker is gone."""
+    partial = layout.partial
+    try:
+        note = layout.failure_note.read_text(errors="replace")[:2000]
+    except OSError:
+        note = ""
+    how = ("failed" if note else "was interrupted (its process ended without finishing or noting a "
+           "failure: killed, or its node lost)")
+    return {"path": str(partial), "how": how, "failure_note": note or None,
+            "modified": os.stat(partial).st_mtime}
 
 
 def is_complete(directory: str | Path) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ..engine.params import ReconParams
 from ..model import FrameBatch, ScanEnd, ScanSpec, path_inside
+from ..results.result_claim import ResultClaimedError
 from .frame_store import FrameStore, run_file_stem
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,15 @@ class ReconOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     result: Any = None
     spec: ScanSpec | None = None
+    #: another process was making this result (its claim, see results.result_claim): skipped, no failure
+    made_elsewhere: bool = False
+
+
+def made_elsewhere(spec: ScanSpec, exc: ResultClaimedError) -> ReconOutcome:
+    """The outcome of a result another process is making: an info line, not a failure."""
+    log.info("full volume of run %s: %s (made by another process)", spec.run_uid, exc)
+    return ReconOutcome(spec.run_uid, ok=False, message=f"made by another process: {exc}", spec=spec,
+                        made_elsewhere=True)
 
 
 class ReconService:
@@ -187,6 +197,9 @@ class FullVolumeSink:
                     log.warning("run %s: %s", spec.run_uid, warning)
                 location = (writer.write(spec, result, zarr_path=zarr_path) if writer is not None
                             else str(zarr_path))
+            except ResultClaimedError as exc:
+                store.discard()
+                return made_elsewhere(spec, exc)
             except Exception as exc:  # reported in the outcome, never raised into a scan
                 store.close_spill()
                 kept = [str(p) for p in (store.staged_path, store.spill_path) if p.exists()]

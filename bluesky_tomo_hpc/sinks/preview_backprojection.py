@@ -20,7 +20,7 @@ import scipy.fft
 
 from ..engine.backend import cpu_threads, get_array_module, run_blocks
 
-__all__ = ["OrthoSliceBackprojection", "SliceGeometry"]
+__all__ = ["OrthoSliceBackprojection", "SliceGeometry", "add_interpolated"]
 
 
 @dataclass
@@ -32,6 +32,20 @@ class SliceGeometry:
     z0: int
     y0: int
     x0: int
+
+
+def add_interpolated(acc: np.ndarray, src: np.ndarray, i: np.ndarray, w: np.ndarray,
+              bufs: tuple[np.ndarray, np.ndarray], axis: int) -> None:
+    """``acc += v0 + w * (v1 - v0)`` with ``v0, v1`` = ``src`` taken at ``i, i + 1`` along
+    ``axis``, through two reused buffers: the same float32 sums as the fancy-indexed
+    expression, about 3x faster (no temporaries; measured in benchmarks/bench_center.py)."""
+    v0, v1 = bufs
+    np.take(src, i, axis=axis, out=v0)
+    np.take(src, i + 1, axis=axis, out=v1)
+    v1 -= v0
+    v1 *= w
+    v1 += v0
+    acc += v1
 
 
 class OrthoSliceBackprojection:
@@ -76,7 +90,9 @@ class OrthoSliceBackprojection:
         kw = {"workers": cpu_threads()} if xp is np else {}
         spec = fft.rfft(padded, axis=-1, **kw)
         spec *= self._kernel
-        q = xp.zeros((n, nz, n_pad + 3), xp.float32)
+        q = xp.empty((n, nz, n_pad + 3), xp.float32)
+        q[..., 0] = 0
+        q[..., n_pad + 1:] = 0
         q[..., 1:n_pad + 1] = fft.irfft(spec, n=n_pad, axis=-1, **kw)
         return q
 
@@ -110,50 +126,55 @@ class OrthoSliceBackprojection:
             v0 = q[:, i]
             acc += v0 + w * (q[:, i + 1] - v0)
 
-    def _backproject_cpu(self, q: np.ndarray, thetas: Any, threads: int | None = None) -> None:
+    def _backproject_cpu(self, q: np.ndarray, thetas: Any, threads: int | None = None, *,
+                         xy: bool = True) -> None:
         """:meth:`_backproject` for a batch of frames (B, nz, n_pad + 3), on every core: the
         rows of the xy slice, then the rows of the xz/yz lines, split between ``threads``
         (default: the CPUs this process may use); each thread adds all frames to its rows in
-        order, so the sums are exactly the per-frame ones (NumPy's gathers release the GIL)."""
+        order, so the sums are exactly the per-frame ones (NumPy's gathers release the GIL).
+        ``xy=False``: the lines only (a centre move rebuilds the xy slice from its own rows)."""
         trig = [(np.float32(math.cos(t)), np.float32(math.sin(t))) for t in np.asarray(thetas, float)]
         axis = np.float32(self._n_pad // 2)
         rows_xy = q[:, self.geo.z0]
         t = cpu_threads(threads)
 
-        def xy(rows: slice) -> None:
+        def xy_rows(rows: slice) -> None:
             gy, acc = self._gy[rows], self.acc_xy[rows]
+            bufs = (np.empty(acc.shape, np.float32), np.empty(acc.shape, np.float32))
             for row, (c, s_) in zip(rows_xy, trig, strict=True):
                 i, w = self._positions(self._gx * c + (gy * s_ + axis))
-                v0 = row[i]
-                acc += v0 + w * (row[i + 1] - v0)
+                add_interpolated(acc, row, i, w, bufs, axis=0)
 
         def lines(zs: slice) -> None:
+            shape = (zs.stop - zs.start, self.acc_xz.shape[1])
+            bufs = (np.empty(shape, np.float32), np.empty(shape, np.float32))
             for qq, (c, s_) in zip(q[:, zs], trig, strict=True):
                 for acc, s_line in ((self.acc_xz, self._gx[0] * c + (self._line_y0 * s_ + axis)),
                                     (self.acc_yz, self._line_x0 * c + self._gy[:, 0] * s_ + axis)):
                     i, w = self._positions(s_line)
-                    v0 = qq[:, i]
-                    acc[zs] += v0 + w * (qq[:, i + 1] - v0)
+                    add_interpolated(acc[zs], qq, i, w, bufs, axis=1)
 
         ny, nz = self.acc_xy.shape[0], q.shape[1]
-        run_blocks(xy, ny, -(-ny // t), t)
+        if xy:
+            run_blocks(xy_rows, ny, -(-ny // t), t)
         run_blocks(lines, nz, -(-nz // t), t)
 
-    def _backproject_batch(self, q: Any, thetas: np.ndarray) -> None:
+    def _backproject_batch(self, q: Any, thetas: np.ndarray, *, xy: bool = True) -> None:
         """Add ``B`` filtered projections (B, nz, n_pad + 3) at once: one gather per slice for
         the whole batch (what keeps a GPU busy; per frame it would wait on kernel launches).
-        The same sums as :meth:`_backproject`, which the tests check on NumPy."""
+        The same sums as :meth:`_backproject`, which the tests check on NumPy; ``xy=False``:
+        the lines only."""
         xp = get_array_module(q)
         n_b, nz, width = q.shape
         c = xp.asarray(np.cos(thetas), dtype=xp.float32)[:, None, None]
         s_ = xp.asarray(np.sin(thetas), dtype=xp.float32)[:, None, None]
         axis = np.float32(self._n_pad // 2)
-        # xy slice at row z0: rows (B, width) gathered at (B, nw, nw) positions
-        rows = q[:, self.geo.z0, :].ravel()
-        i, w = self._positions(self._gx[None] * c + (self._gy[None] * s_ + axis))
-        flat = i + (xp.arange(n_b, dtype=i.dtype) * width)[:, None, None]
-        v0 = rows[flat]
-        self.acc_xy += (v0 + w * (rows[flat + 1] - v0)).sum(axis=0)
+        if xy:  # xy slice at row z0: rows (B, width) gathered at (B, nw, nw) positions
+            rows = q[:, self.geo.z0, :].ravel()
+            i, w = self._positions(self._gx[None] * c + (self._gy[None] * s_ + axis))
+            flat = i + (xp.arange(n_b, dtype=i.dtype) * width)[:, None, None]
+            v0 = rows[flat]
+            self.acc_xy += (v0 + w * (rows[flat + 1] - v0)).sum(axis=0)
         # xz line (y = y0) and yz line (x = x0) of every row: (B, nz, nw) gathers
         cb, sb = c[:, 0], s_[:, 0]  # (B, 1)
         for acc, s_line in ((self.acc_xz, self._gx[0][None, :] * cb + (self._line_y0 * sb + axis)),

@@ -34,6 +34,7 @@ import numpy as np
 from ..engine.backend import get_array_module, to_numpy
 from ..engine.filters import center_phase, filter_response
 from ..engine.preprocess import to_unbinned
+from .preview_backprojection import add_interpolated
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,10 @@ MASS_MIN_SPAN = 2 * np.pi / 3
 #: At most this many angles rebuild the xy slice at a new centre (the live slice's quality, a
 #: quarter of the cost of 1500).
 XY_MAX_ANGLES = 360
+
+#: Stored projections filtered together when slices are rebuilt (one FFT call; bounds the
+#: temporary arrays to a few padded projections).
+REBUILD_BATCH = 4
 
 
 def centre_of_mass_axis(rows: np.ndarray, theta: np.ndarray) -> float | None:
@@ -171,8 +176,11 @@ class PreviewRecentring:
         for plane in planes:
             accs[plane][...] = 0
         items = self._store.items
-        for theta, p in items:
-            self._backproject_lines(self._filter_rows(p[None])[0], theta, planes)
+        for k in range(0, len(items), REBUILD_BATCH):  # a few at once: one FFT call
+            chunk = items[k : k + REBUILD_BATCH]
+            q = self._filter_rows(self.xp.stack([p for _, p in chunk]))
+            for (theta, _), filtered in zip(chunk, q, strict=True):
+                self._backproject_lines(filtered, theta, planes)
         scale = np.float32(self.n_used / max(1, len(items)))
         for plane in planes:
             accs[plane] *= scale
@@ -186,7 +194,7 @@ class PreviewRecentring:
         k = -(-len(rows) // XY_MAX_ANGLES)  # every k-th row: the slice, at a fraction of the cost
         sino = to_numpy(self.xp.stack(rows[::k]))[None]
         xy = reconstruct_fourier(sino, np.asarray(angles[::k]), float(self.geo.center), n=self.geo.nw,
-                                 filter_name=self.filter_name, threads=1, whole_square=True)[0]
+                                 filter_name=self.filter_name, whole_square=True)[0]
         self.acc_xy[...] = self.xp.asarray(xy * np.float32(max(1, self.n_used) / math.pi))
 
     def _backproject_lines(self, q: Any, theta: float, planes: tuple[str, ...] = ("xz", "yz")) -> None:
@@ -197,9 +205,14 @@ class PreviewRecentring:
         axis = np.float32(self._n_pad // 2)
         lines = {"xz": (self.acc_xz, self._gx[0] * c + (self._line_y0 * s_ + axis)),
                  "yz": (self.acc_yz, self._line_x0 * c + self._gy[:, 0] * s_ + axis)}
+        shape = (q.shape[0], self.geo.nw)
+        bufs = (np.empty(shape, np.float32), np.empty(shape, np.float32)) if xp is np else ()
         for acc, s_line in (lines[p] for p in planes):
             s_line = xp.array(s_line, dtype=xp.float32)
             i, w = self._positions(s_line)
+            if bufs:
+                add_interpolated(acc, q, i, w, bufs, axis=1)
+                continue
             v0 = q[:, i]
             acc += v0 + w * (q[:, i + 1] - v0)
 

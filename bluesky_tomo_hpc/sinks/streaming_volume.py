@@ -34,9 +34,10 @@ from ..engine.params import ReconParams
 from ..engine.preprocess import to_binned, to_unbinned
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, path_inside
 from ..results.provenance import CenterChoice
+from ..results.result_claim import ResultClaimedError
 from .binned_store import BinnedScanStore
 from .frame_store import run_file_stem
-from .full_volume import ReconOutcome, ReconService, ResultWriter
+from .full_volume import ReconOutcome, ReconService, ResultWriter, made_elsewhere
 from .running_volume import RunningVolume, lower_priority, not_accumulable
 from .streamed_result import half_acquisition, slabs_from_store, slabs_from_sum, stop_center, write_volume
 
@@ -309,6 +310,9 @@ class _StreamedRun:
             location = (sink.writer.write(spec, result, zarr_path=zarr_path) if sink.writer is not None
                         else str(zarr_path))
             result.timings["result_writer"] = time.perf_counter() - t
+        except ResultClaimedError as exc:
+            store.discard()
+            return made_elsewhere(spec, exc)
         except Exception as exc:  # reported in the outcome, never raised into a scan
             message = f"{type(exc).__name__}: {exc}"
             log.error("streamed full volume of run %s failed: %s", spec.run_uid, message, exc_info=True)
