@@ -24,7 +24,7 @@ Rows:
   * ``ours reconstruct_scan``: the entry point every sink calls (``engine.reconstruct``) on a
     ScanData of float32 transmissions (flats 1, darks 0): normalise, -log, reconstruct, mask.
   * ``nufft floor``: the type-1 NUFFT (FINUFFT's spreading + SciPy's FFT + deconvolution) alone
-    on the same points and grid, one per thread: what the NUFFT step of ours pays; the rest of
+    on the same points (in the same bin order) and grid, one per thread: what the NUFFT step of ours pays; the rest of
     ours (filtering, windowing, reading) is the difference.
   * ``tomopy gridrec``: TomoPy's gridrec as beamlines call it (``tomopy.recon(proj, theta,
     center, algorithm="gridrec", filter_name="ramlak", ncore=N)`` on the projections, no padding
@@ -203,7 +203,7 @@ def setup_floor(s_half, s_mid, theta, threads):
     """The type-1 NUFFT alone as ours runs it (FINUFFT's spreader + SciPy's FFT + deconvolution,
     on the same points and grid), one per thread, each taking whole slice pairs."""
     from bluesky_tomo_hpc.engine.fourier import window_width
-    from bluesky_tomo_hpc.engine.nufft_spread import SpreadNUFFT
+    from bluesky_tomo_hpc.engine.nufft_spread import SpreadNUFFT, bin_order, grid_size
 
     n, nz = s_half.shape[-1], s_half.shape[0]
     L = window_width(n, fourier_width(n))
@@ -212,7 +212,8 @@ def setup_floor(s_half, s_mid, theta, threads):
     wx = (np.cos(theta)[:, None] * omega).ravel().astype(np.float32)
     rng = np.random.default_rng(0)
     c = (rng.standard_normal(wx.size) + 1j * rng.standard_normal(wx.size)).astype(np.complex64)
-    plans = [SpreadNUFFT(n, (wy, wx)) for _ in range(threads)]
+    order = bin_order(wy, wx, grid_size(n))  # as ours hands them to FINUFFT
+    plans = [SpreadNUFFT(n, (wy[order], wx[order]), order=order) for _ in range(threads)]
     pairs = (nz + 1) // 2
 
     def one(k):
