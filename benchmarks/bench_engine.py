@@ -24,8 +24,8 @@ Rows:
   * ``ours reconstruct_scan``: the entry point every sink calls (``engine.reconstruct``) on a
     ScanData of float32 transmissions (flats 1, darks 0): normalise, -log, reconstruct, mask.
   * ``nufft floor``: the type-1 NUFFT (FINUFFT's spreading + SciPy's FFT + deconvolution) alone
-    on the same points (in the same bin order) and grid, one per thread: what the NUFFT step of ours pays; the rest of
-    ours (filtering, windowing, reading) is the difference.
+    on the same points (in the same bin order) and grid, one per thread: what the NUFFT step of
+    ours pays; the rest of ours (filtering, windowing, reading) is the difference.
   * ``tomopy gridrec``: TomoPy's gridrec as beamlines call it (``tomopy.recon(proj, theta,
     center, algorithm="gridrec", filter_name="ramlak", ncore=N)`` on the projections, no padding
     of our own), and ``tomopy gridrec padded`` through the project's adapter
