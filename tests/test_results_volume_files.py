@@ -189,7 +189,7 @@ def test_memory_budget_below_one_slab_is_refused_naming_the_minimum(dx_file, tmp
 
 def test_slab_rows_follow_the_budget():
     per_mb = [slab_rows(mb * 2**20, 720, 1024, 1, chunk_slices=8, cap_slices=None)
-              for mb in (256, 1024, 4096)]
+              for mb in (512, 1024, 4096)]  # 256 MiB: the engine's plan (2 workers) + 1 row
     assert per_mb[0] < per_mb[1] < per_mb[2] and per_mb[1] % 8 == 0
     assert slab_rows(2**40, 720, 1024, 2, chunk_slices=8) == 32  # the cap: 16 slices of binning 2
 

@@ -238,6 +238,16 @@ def test_provenance_download_and_a_python_snippet_that_runs(page, bl):
     np.testing.assert_array_equal(scope["xy"], bl.volume[bl.volume.shape[0] // 2])
 
 
+def _mz3(body: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(faces, vertices) of an MZ3 mesh (niivue's format: a 16-byte header, then the arrays)."""
+    magic, attr, n_faces, n_verts, skip = np.frombuffer(body[:16], "<u2", 2).tolist() + np.frombuffer(
+        body[4:16], "<u4").tolist()
+    assert (magic, attr, skip) == (23117, 3, 0)
+    faces = np.frombuffer(body, "<u4", n_faces * 3, 16).reshape(-1, 3)
+    vertices = np.frombuffer(body, "<f4", n_verts * 3, 16 + n_faces * 12).reshape(-1, 3)
+    return faces, vertices
+
+
 def test_3d_view_from_the_package_with_threshold_clip_and_a_full_resolution_region(page, bl):
     open_recon(page, bl)
     r = page.request.get(bl.web + "viewer.js")
@@ -256,6 +266,24 @@ def test_3d_view_from_the_package_with_threshold_clip_and_a_full_resolution_regi
     assert page.evaluate("V3.nv.volumes[0].opacity") == 1
     page.select_option("#v3-cmap", "viridis")
     assert page.evaluate("V3.nv.volumes[0].colormap") == "viridis"
+    # the isosurface as a mesh: marching cubes on the server, drawn by niivue at the threshold
+    page.check("#v3-mesh")
+    page.wait_for_function("window.meshShown && window.meshShown.faces > 0", timeout=WAIT_MS)
+    level = page.evaluate("window.meshShown.level")
+    assert level == pytest.approx(float(page.get_attribute("#view-3d", "data-threshold")))
+    assert page.evaluate("V3.nv.meshes.length") == 1
+    faces, vertices = _mz3(page.request.get(bl.web + f"api/recon/{bl.key}/surface.mz3?level=0.25").body())
+    from skimage.measure import marching_cubes
+
+    assert len(faces) == len(marching_cubes(bl.volume, level=0.25)[1])
+    nz, ny, nx = bl.volume.shape  # the ellipsoid's half-axes: 0.4 x, 0.35 y, 0.45 z of the box
+    for axis, (n, half) in enumerate(((nx, 0.4), (ny, 0.35), (nz, 0.45))):  # vertices are x, y, z
+        lo, hi = vertices[:, axis].min(), vertices[:, axis].max()
+        assert abs(lo - (0.5 - half) * (n - 1)) < 2 and abs(hi - (0.5 + half) * (n - 1)) < 2, (axis, lo, hi)
+    bad = page.request.get(bl.web + f"api/recon/{bl.key}/surface.mz3?level=7")
+    assert bad.status == 400 and "no surface at 7" in bad.json()["error"]
+    page.uncheck("#v3-mesh")
+    page.wait_for_function("V3.nv.meshes.length === 0", timeout=WAIT_MS)
     page.evaluate("setZoom(4)")
     page.click("#v3-roi")
     page.wait_for_selector("#view-3d[data-loaded='1'][data-step='1']", timeout=WAIT_MS)

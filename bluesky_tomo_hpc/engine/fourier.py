@@ -25,6 +25,8 @@ Where the time goes, and what is done about it (``benchmarks/bench_engine.py``):
   (``whole_square=True`` widens the window to the diagonal for callers without a mask).
 * Two real sinograms travel as the real and imaginary parts of one complex input (the result is
   real for each, since their spectra are Hermitian), halving the work per slice.
+* The points go to FINUFFT already in its bin order (:func:`.nufft_spread.bin_order`): its
+  spreader then reads them in sequence; the spectrum is gathered into that order once per pair.
 * The NUFFT's accuracy is 5e-3 (a kernel 4 points wide, one SIMD vector), not 1e-3 (width 5,
   padded to 8 by FINUFFT's SIMD code): the slices' error against the phantom does not move.
 * On the CPU the NUFFT is FINUFFT's spreader plus SciPy's FFT (:mod:`.nufft_spread`): 3x faster
@@ -87,24 +89,24 @@ def window_width(n: int, n_pad: int, whole_square: bool = False) -> int:
 def plan_bytes(n: int, n_angles: int, threads: int = 1, *, pad: bool = True,
                whole_square: bool = False) -> int:
     """Bytes a CPU :class:`FourierPlan` for ``n_angles`` x ``n`` holds once made and run with
-    ``threads`` workers: what a slab budget must leave it (measured at 1969 x 2560: 0.42 GB with
-    one thread, 0.69 GB with two; the model says 0.49 and 0.75).
+    ``threads`` workers: what a slab budget must leave it (measured at 1969 x 2560: peak 0.50 GB with
+    one thread, 0.81 GB with two; the model says 0.57 and 0.86).
 
     Why a model: the plan lives for the whole volume beside the slabs, and its per-thread part
     (oversampled grid, FINUFFT's sort and subproblem grids) grows with the cores. Shared by the
     threads: the points (2 x float32) and float64 temporaries while they are made, the half-pixel
-    shift and two cached kernels (complex64), all ``M x L``. Per thread: the oversampled grid and
-    its transients while spreading and transforming (2 x ``nf^2`` complex64), the deconvolution weights
-    (``n^2`` float32), FINUFFT's sort indices (int64) and the spectrum (complex64), ``M x L``
-    each, and a block of padded rows.
+    shift and two cached kernels (complex64) and the points' bin order (int64), all ``M x L``. Per
+    thread: the oversampled grid and its transients while spreading and transforming (2 x ``nf^2``
+    complex64), the deconvolution weights (``n^2`` float32), FINUFFT's sort indices (int64), the
+    spectrum and its copy in bin order (complex64), ``M x L`` each, and a block of padded rows.
     """
     from .nufft_spread import grid_size
 
     n_pad = fourier_width(n, pad, whole_square)
     ml = int(n_angles) * window_width(n, n_pad, whole_square)
     nf = grid_size(n)
-    shared = ml * (2 * 4 + 3 * 8) + ml * 2 * 8  # points, shift + 2 kernels; float64 points while made
-    per_thread = 2 * 8 * nf * nf + 4 * n * n + ml * (8 + 8) + FILTER_BLOCK * n_pad * 8
+    shared = ml * (2 * 4 + 3 * 8 + 8) + ml * 2 * 8  # points, shift + 2 kernels, order; float64 while made
+    per_thread = 2 * 8 * nf * nf + 4 * n * n + ml * (8 + 8 + 8) + FILTER_BLOCK * n_pad * 8
     return shared + max(1, int(threads)) * per_thread
 
 
@@ -160,10 +162,12 @@ class FourierPlan:
             self._points = (cp.asarray(wy, dtype=cp.float32), cp.asarray(wx, dtype=cp.float32))
             self._gpu_plans: dict[tuple[int, int], Any] = {}
         else:
-            from .nufft_spread import SpreadNUFFT
+            from .nufft_spread import SpreadNUFFT, bin_order, grid_size
 
-            points = (wy.astype(np.float32), wx.astype(np.float32))
-            self._cpu_plans = [SpreadNUFFT(n, points, eps=eps) for _ in range(self.threads)]
+            y32, x32 = wy.astype(np.float32), wx.astype(np.float32)
+            order = bin_order(y32, x32, grid_size(n))
+            points = (y32[order], x32[order])
+            self._cpu_plans = [SpreadNUFFT(n, points, eps=eps, order=order) for _ in range(self.threads)]
 
     def matches(self, n: int, theta: Any, n_pad: int, whole_square: bool = False) -> bool:
         """True when this plan was made for that geometry."""

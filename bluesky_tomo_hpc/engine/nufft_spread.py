@@ -63,15 +63,28 @@ def kernel_series(n: int, nf: int, opts: dict[str, Any], offsets: int = 8) -> np
     return series / offsets
 
 
+def bin_order(y: np.ndarray, x: np.ndarray, nf: int) -> np.ndarray:
+    """The permutation that puts points in the order FINUFFT's spreader visits them: by bins of
+    4 grid rows, then 16 columns (its 2D bins). Why: points in that order make FINUFFT's own sort
+    the identity, so spreading reads points and strengths in sequence instead of gathering
+    them (25% less spreading time at 1500 x 2048; the one gather :meth:`SpreadNUFFT.execute`
+    then does costs a third of that)."""
+    gx = np.floor((x / (2 * np.pi) % 1.0) * (nf / 16)).astype(np.int64)
+    gy = np.floor((y / (2 * np.pi) % 1.0) * (nf / 4)).astype(np.int64)
+    return np.lexsort((gx, gy)).astype(np.intp)
+
+
 class SpreadNUFFT:
     """``sum_j c_j exp(+i (k_y y_j + k_x x_j))`` on ``n x n`` modes, one thread's worth.
 
     Not thread-safe (it owns its grid); make one per worker thread. ``points`` are
-    ``(y, x)`` float32 in [-pi, pi), set once (FINUFFT sorts them into bins).
+    ``(y, x)`` float32 in [-pi, pi), set once (FINUFFT sorts them into bins). ``order``: the
+    points were given permuted by it (:func:`bin_order`, shared by the threads); ``c`` stays in
+    the caller's order and is gathered into the points' order at each call.
     """
 
     def __init__(self, n: int, points: tuple[np.ndarray, np.ndarray], *, eps: float = DEFAULT_EPS,
-                 upsampfac: float = UPSAMPFAC) -> None:
+                 upsampfac: float = UPSAMPFAC, order: np.ndarray | None = None) -> None:
         import finufft
 
         self.n, self.nf = n, grid_size(n, upsampfac)
@@ -80,6 +93,8 @@ class SpreadNUFFT:
         self._spread = finufft.Plan(1, (self.nf, self.nf), n_trans=1, **opts)
         self._spread.setpts(*points)
         self._grid = np.empty((self.nf, self.nf), dtype=np.complex64)
+        self._order = order
+        self._c = None if order is None else np.empty(len(order), dtype=np.complex64)
         series = kernel_series(n, self.nf, opts)
         # FINUFFT's kernel is even: its series is real (to rounding) and the two slices stay
         # apart; a complex one (a kernel off centre) would mix them
@@ -96,6 +111,8 @@ class SpreadNUFFT:
         along the rows only for the ``n`` of ``nf`` rows the image keeps (about a tenth less).
         """
         n, nf, h = self.n, self.nf, self.n // 2
+        if self._order is not None:
+            c = np.take(c, self._order, out=self._c)
         self._spread.execute(c, out=self._grid)
         g = scipy.fft.ifft(self._grid, axis=0, norm="forward", workers=1, overwrite_x=True)
         w = self.weights

@@ -97,7 +97,10 @@ def reconstruct_at_centers(sino: Any, theta: Any, centers: list[float], params: 
     """One slice ``(nx, nx)`` of the -log sinogram ``(n_angles, nx)`` per candidate centre (for
     centre refinement and ``try`` sweeps). The native Fourier method builds its NUFFT plan once
     for all candidates, which is most of the cost of a single slice; other engines go slice by
-    slice through :func:`reconstruct_sinograms`."""
+    slice through :func:`reconstruct_sinograms`. The whole square is made, filtered at 2 n:
+    with the engine's 1.5 n for the inscribed disc, a truncated (interior) scan's edges wrap
+    into the disc the centre's metrics read, and its answer moved by 0.7 px
+    (IMAT interior, ``benchmarks/bench_center.py``)."""
     theta = np.asarray(theta, dtype=np.float64)
     block = sino[:, None, :]
     nx = sino.shape[-1]
@@ -106,7 +109,7 @@ def reconstruct_at_centers(sino: Any, theta: Any, centers: list[float], params: 
     from .fourier import fourier_plan, fourier_width, reconstruct_fourier
 
     xp = choose_device(params.device)
-    whole = params.circular_mask is None
+    whole = True
     plan = fourier_plan(nx, theta, fourier_width(nx, params.pad, whole), gpu=xp is not np, whole_square=whole)
     row = xp.ascontiguousarray(xp.asarray(sino, dtype=xp.float32)[None])
     filt = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,

@@ -175,9 +175,12 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
 
     async def live_stream(request: Request) -> Response:
         Query(request)
+        if ctx.live.full:  # bounded: each follower holds a connection and a queue
+            return JSONResponse({"error": f"{ctx.live.max_listeners} browsers already follow the live "
+                                 "preview; try again later"}, status_code=503, headers={"Retry-After": "30"})
 
         async def events():  # type: ignore[no-untyped-def]
-            async with ctx.live.listen() as queue:
+            async with ctx.live.listen() as queue:  # LiveFeedFull (a race past the check) ends it
                 yield "retry: 2000\n\n"  # at once: the browser sees the stream open (headers flushed)
                 if ctx.live.latest is not None:
                     yield f"data: {json.dumps(ctx.live.latest)}\n\n"

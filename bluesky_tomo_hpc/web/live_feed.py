@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: per-browser queue length: older updates are dropped beyond it
 QUEUE = 4
+#: browsers listening at once (each holds a connection and a queue): bounded, the next is told to wait
+MAX_LISTENERS = 64
 
 
 def warnings_of(md: dict[str, Any]) -> list[str]:
@@ -70,12 +72,17 @@ def message_from_update(update: Any, *, max_side: int = 512) -> dict[str, Any]:
     }
 
 
+class LiveFeedFull(RuntimeError):
+    """As many browsers as allowed already follow the live preview."""
+
+
 class LiveFeed:
     """Subscribes to the preview stream at ``address`` (None: no live preview) on a daemon thread."""
 
     def __init__(self, address: str | None, *, keep_finals: int = 20, max_side: int = 512,
-                 control_address: str | None = None):
+                 control_address: str | None = None, max_listeners: int = MAX_LISTENERS):
         self.address = address
+        self.max_listeners = max_listeners
         #: where the running scan's slices are moved (sinks.preview_control); None: they cannot be
         self.control_address = control_address or None
         self.max_side = max_side
@@ -135,12 +142,20 @@ class LiveFeed:
         """A queue of messages for one browser, for as long as the ``async with`` lasts."""
         entry = (asyncio.get_running_loop(), asyncio.Queue(maxsize=QUEUE))
         with self._lock:
+            if len(self._listeners) >= self.max_listeners:
+                raise LiveFeedFull(f"{self.max_listeners} browsers already follow the live preview")
             self._listeners.add(entry)
         try:
             yield entry[1]
         finally:
             with self._lock:
                 self._listeners.discard(entry)
+
+    @property
+    def full(self) -> bool:
+        """No room for another browser now (:data:`MAX_LISTENERS`)."""
+        with self._lock:
+            return len(self._listeners) >= self.max_listeners
 
     def status(self) -> dict[str, Any]:
         return {"address": self.address, "received": self.received, "last_error": self.last_error,

@@ -1,5 +1,6 @@
 """The page's API for reconstructions: list, describe, slices (PNG, float32 for the viewer, TIFF
-to download), the histogram of a volume, and a volume or region as NIfTI for the 3D view.
+to download), the histogram of a volume, and a volume or region as NIfTI for the 3D view, with
+its isosurface at a threshold as an MZ3 mesh (:mod:`.surface`).
 
 Float32 slices go to the browser as raw little-endian bytes with their shape in ``X-Slice``: the
 page colours them itself, so the value under the cursor, the shared window and the colour maps
@@ -57,16 +58,18 @@ def _box(q: Query) -> tuple[int, int, int, int, int, int] | None:
     return box  # type: ignore[return-value]
 
 
-def nifti_bytes(vol: np.ndarray, window: tuple[float, float]) -> bytes:
+def nifti_bytes(vol: np.ndarray, window: tuple[float, float], step: int = 1) -> bytes:
     """``vol`` (z, y, x) as 8-bit NIfTI whose scale factors give back the values in ``window``:
-    a quarter of float32's size, and the 3D view's threshold is in the volume's own units."""
+    a quarter of float32's size, and the 3D view's threshold is in the volume's own units. Its
+    voxels are ``step`` full-resolution voxels wide (world units: full-resolution voxels from the
+    region's corner), as the isosurface mesh's vertices are, whatever either's sampling."""
     import nibabel as nib
 
     lo, hi = window
     if not hi > lo:
         hi = lo + 1.0
     grey = np.clip((np.nan_to_num(vol, nan=lo) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-    img = nib.Nifti1Image(np.ascontiguousarray(grey.transpose(2, 1, 0)), np.eye(4))
+    img = nib.Nifti1Image(np.ascontiguousarray(grey.transpose(2, 1, 0)), np.diag([step, step, step, 1.0]))
     img.header.set_slope_inter((hi - lo) / 255.0, lo)
     return img.to_bytes()
 
@@ -127,8 +130,23 @@ def recon_routes(catalog: Catalog, reader: VolumeReader) -> list[Route]:
         vol, where = reader.region(request.path_params["key"], _box(q), max_side=max_side)
         if lo is None or hi is None:
             lo, hi = reader.stats(request.path_params["key"])["window"]
-        return Response(nifti_bytes(vol, (lo, hi)), media_type="application/octet-stream",
+        return Response(nifti_bytes(vol, (lo, hi), int(where["step"])), media_type="application/octet-stream",
                         headers={**NO_STORE, "X-Region": json.dumps(where)})
+
+    def surface(request: Request) -> Response:
+        from .surface import MAX_MESH_SIDE, isosurface, mz3_bytes
+
+        q = Query(request, ("level", "max_side", "roi"))
+        level = q.number("level", -1e30, 1e30)
+        if level is None:
+            raise CatalogError("give level=VALUE: the threshold the surface is drawn at", 400)
+        max_side = q.integer("max_side", MIN_VOLUME_SIDE, MAX_MESH_SIDE, MAX_MESH_SIDE)
+        vol, where = reader.region(request.path_params["key"], _box(q), max_side=max_side)
+        faces, vertices = isosurface(vol, level)
+        vertices *= np.float32(where["step"])  # full-resolution voxels from the region's corner
+        mesh = {"faces": len(faces), "vertices": len(vertices), "level": level}
+        return Response(mz3_bytes(faces, vertices), media_type="application/octet-stream",
+                        headers={**NO_STORE, "X-Region": json.dumps(where), "X-Mesh": json.dumps(mesh)})
 
     return [
         Route("/api/recon", recons), Route("/api/recon/{key}", recon),
@@ -138,4 +156,5 @@ def recon_routes(catalog: Catalog, reader: VolumeReader) -> list[Route]:
         Route("/api/recon/{key}/preview/{plane}.png", preview),
         Route("/api/recon/{key}/stats", stats),
         Route("/api/recon/{key}/volume.nii", volume),
+        Route("/api/recon/{key}/surface.mz3", surface),
     ]

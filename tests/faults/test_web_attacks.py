@@ -33,7 +33,7 @@ def site(tmp_path_factory):
     ctx = make_context(settings, api_key=KEY, tiled_uri=tiled.uri, preview_address="")
     gate = Gate(KEY)
     server = BackgroundServer(standalone_app(build_web_app(ctx, gate), MOUNT), name="web-attacks")
-    yield {"base": server.base, "web": f"{server.base}{MOUNT}/", "gate": gate,
+    yield {"base": server.base, "web": f"{server.base}{MOUNT}/", "gate": gate, "ctx": ctx,
            "key": recon_key("run-1", ReconParams().params_hash, "full")}
     server.close()
     ctx.close()
@@ -150,6 +150,31 @@ def test_guessing_tiled_own_api_key_is_throttled(world):
         assert len(codes) - codes.count(429) <= 6 + np.log2(1 + time.monotonic() - t0), codes
         r = http.get(url, headers=AUTH)
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+
+
+def test_live_followers_are_bounded(world, web):
+    """More browsers than allowed follow the live preview: the next gets 503 with Retry-After."""
+    site, http = web
+    live = site["ctx"].live
+    live.max_listeners = 2
+    url = site["web"] + "api/live/stream"
+    try:
+        with http.stream("GET", url, headers=AUTH) as a, http.stream("GET", url, headers=AUTH) as b:
+            assert a.status_code == b.status_code == 200
+            lines = [a.iter_lines(), b.iter_lines()]  # kept: a dropped iterator closes its stream
+            for each in lines:  # each has registered once its first line came
+                assert next(each).startswith("retry:")
+            r = http.get(url, headers=AUTH)
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) > 0, r.text
+            assert "already follow" in r.json()["error"]
+        deadline = time.monotonic() + 60  # a closed stream gives its place back
+        while live.full and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not live.full
+        with http.stream("GET", url, headers=AUTH) as c:
+            assert c.status_code == 200
+    finally:
+        live.max_listeners = 64
 
 
 def test_oversized_login_form_is_refused(world, web):

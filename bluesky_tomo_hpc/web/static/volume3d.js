@@ -3,7 +3,7 @@
 // the threshold reads in the same units as the slice viewer's window.
 "use strict";
 
-const V3 = { nv: null, lo: 0, hi: 1, key: null };
+const V3 = { nv: null, lo: 0, hi: 1, key: null, roi: null, meshSeq: 0 };
 
 function otsu(counts) { // the threshold that best splits the histogram in two (air | sample)
   const total = counts.reduce((a, b) => a + b, 0);
@@ -76,6 +76,7 @@ async function show3d(roi) {
     nv.setSliceType(nv.sliceTypeRender);
     nv.setRenderAzimuthElevation(120, 20);
     V3.key = V.key;
+    V3.roi = roi;
     const t = V.hist ? V.hist.range[0] + otsu(V.hist.counts) * (V.hist.range[1] - V.hist.range[0]) : (V3.lo + V3.hi) / 2;
     $("#v3-threshold").value = Math.round(Math.max(0, Math.min(1, (t - V3.lo) / (V3.hi - V3.lo))) * 1000);
     apply3d();
@@ -85,14 +86,45 @@ async function show3d(roi) {
     box.dataset.loaded = "1";
     box.dataset.step = region.step;
     window.view3dOpened = { key: V.key, roi: Boolean(roi), ms: performance.now() - t0 };
+    await updateMesh();
   } catch (err) { status.textContent = `3D view unavailable: ${err.message}`; }
+}
+
+function thresholdValue() { return V3.lo + (Number($("#v3-threshold").value) / 1000) * (V3.hi - V3.lo); }
+
+// the isosurface at the threshold as a triangle mesh (server: marching cubes on the same region,
+// vertices in the same world units as the volume), redone when the threshold is let go
+async function updateMesh() {
+  const nv = V3.nv, box = $("#view-3d"), status = $("#v3-mesh-status");
+  if (!nv) return;
+  const mine = ++V3.meshSeq;
+  while (nv.meshes.length) nv.removeMesh(nv.meshes[0]);
+  box.dataset.meshFaces = "0";
+  if (!$("#v3-mesh").checked || !V3.key) { status.textContent = ""; nv.drawScene(); return; }
+  const t0 = performance.now(), level = thresholdValue();
+  status.textContent = "making the mesh ...";
+  try {
+    const q = new URLSearchParams({ level, max_side: 128 });
+    if (V3.roi) q.set("roi", V3.roi.join(","));
+    const response = await fetch(`api/recon/${encodeURIComponent(V3.key)}/surface.mz3?${q}`, { credentials: "same-origin" });
+    if (!response.ok) { let m = `HTTP ${response.status}`; try { m = (await response.json()).error || m; } catch (e) { /* not JSON */ } throw new Error(m); }
+    const mesh = JSON.parse(response.headers.get("X-Mesh"));
+    const buffer = await response.arrayBuffer();
+    if (mine !== V3.meshSeq) return; // a newer threshold asked meanwhile
+    while (nv.meshes.length) nv.removeMesh(nv.meshes[0]);
+    await nv.loadFromArrayBuffer(buffer, "surface.mz3");
+    nv.setMeshProperty(nv.meshes[0].id, "rgba255", [235, 180, 70, 255]);
+    status.textContent = `${mesh.faces.toLocaleString()} triangles at ${Number(mesh.level).toPrecision(4)} ${V.unit}`;
+    box.dataset.meshFaces = String(mesh.faces);
+    window.meshShown = { key: V3.key, faces: mesh.faces, level: mesh.level, ms: performance.now() - t0 };
+  } catch (err) { if (mine === V3.meshSeq) status.textContent = `no mesh: ${err.message}`; }
 }
 
 function apply3d() {
   const nv = V3.nv;
   if (!nv || !nv.volumes.length) return;
   const vol = nv.volumes[0];
-  const thr = V3.lo + (Number($("#v3-threshold").value) / 1000) * (V3.hi - V3.lo);
+  const thr = thresholdValue();
   $("#v3-threshold-value").textContent = `${thr.toPrecision(4)} ${V.unit}`;
   vol.cal_min = thr;
   vol.cal_max = V3.hi;
@@ -108,6 +140,8 @@ function apply3d() {
 for (const id of ["#v3-threshold", "#v3-opacity", "#v3-cmap", "#v3-surface", "#v3-clip", "#v3-clip-az", "#v3-clip-el"]) {
   $(id).addEventListener("input", apply3d);
 }
+$("#v3-mesh").addEventListener("change", () => updateMesh());
+$("#v3-threshold").addEventListener("change", () => { if ($("#v3-mesh").checked) updateMesh(); });
 $("#open-3d").addEventListener("click", () => show3d(null));
 $("#v3-whole").addEventListener("click", () => show3d(null));
 $("#v3-roi").addEventListener("click", () => show3d(regionInView()));
