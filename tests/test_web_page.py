@@ -192,6 +192,8 @@ def test_live_scan_results_and_jobs_in_the_browser(beamline):
         page.click("#open-3d")
         page.wait_for_selector("#view-3d[data-loaded='1']", timeout=WAIT_MS)
         page.check("#v3-surface")
+        page.check("#v3-mesh")  # the isosurface as a mesh, in the screenshot
+        page.wait_for_function("window.meshShown && window.meshShown.faces > 0", timeout=WAIT_MS)
         page.locator("#view-3d").scroll_into_view_if_needed()
         _shot(page, "web-3d.png")
 

@@ -272,6 +272,7 @@ def test_3d_view_from_the_package_with_threshold_clip_and_a_full_resolution_regi
     level = page.evaluate("window.meshShown.level")
     assert level == pytest.approx(float(page.get_attribute("#view-3d", "data-threshold")))
     assert page.evaluate("V3.nv.meshes.length") == 1
+    assert page.evaluate("V3.nv.volumes[0].opacity") == 0  # the volume rendering would hide it
     faces, vertices = _mz3(page.request.get(bl.web + f"api/recon/{bl.key}/surface.mz3?level=0.25").body())
     from skimage.measure import marching_cubes
 

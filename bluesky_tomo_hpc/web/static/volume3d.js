@@ -114,6 +114,9 @@ async function updateMesh() {
     while (nv.meshes.length) nv.removeMesh(nv.meshes[0]);
     await nv.loadFromArrayBuffer(buffer, "surface.mz3");
     nv.setMeshProperty(nv.meshes[0].id, "rgba255", [235, 180, 70, 255]);
+    // niivue draws any visible volume rendering over the mesh: hide the volume (its opacity slider
+    // brings it back)
+    if ($("#v3-opacity").value === "100") { $("#v3-opacity").value = "0"; apply3d(); }
     status.textContent = `${mesh.faces.toLocaleString()} triangles at ${Number(mesh.level).toPrecision(4)} ${V.unit}`;
     box.dataset.meshFaces = String(mesh.faces);
     window.meshShown = { key: V3.key, faces: mesh.faces, level: mesh.level, ms: performance.now() - t0 };
