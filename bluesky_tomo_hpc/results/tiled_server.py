@@ -22,6 +22,7 @@ import httpx
 
 from ..untrusted.key_throttle import WrongKeyThrottle
 from ..untrusted.secrets_mask import uvicorn_log_config, with_mask_filter
+from .catalog_relocation import follow_moved_folder
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[st
     directory = Path(directory).resolve()
     (directory / "data").mkdir(parents=True, exist_ok=True)
     readable = [str(Path(p).resolve()) for p in readable_storage]
+    # a data folder moved or restored elsewhere: its registrations follow it (catalog_relocation)
+    follow_moved_folder(directory, next((Path(r) for r in readable if directory.is_relative_to(r)), None))
     catalog = catalog_from_uri(
         directory / "catalog.db",
         writable_storage=[directory / "data", ensure_uri(f"duckdb:///{directory / 'storage.duckdb'}")],
