@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_preview import phantom_scan, spec_for  # tests/ is on sys.path
 
-from bluesky_tomo_hpc.batch.slab_pipeline import FIXED_OVERHEAD_BYTES, slab_rows
+from bluesky_tomo_hpc.batch.slab_pipeline import slab_bytes_per_row, slab_rows
 from bluesky_tomo_hpc.batch.staging import spoiled_projections, write_exchange_file
 from bluesky_tomo_hpc.batch.volume_at_stop import VolumeAtStop
 from bluesky_tomo_hpc.engine.memory import MemoryBudgetError
@@ -159,7 +159,8 @@ def run_sink(tmp_path, scan, budget, params, feed=None):
 @pytest.mark.parametrize("binning", [1, 2])
 def test_slab_volume_equals_the_whole_scan_reconstruction(tmp_path, scan, binning):
     params = ReconParams(center=33.0, binning=binning)
-    budget = FIXED_OVERHEAD_BYTES + (2**20 if binning == 1 else 400 * 2**10)  # a few rows per slab
+    per_row, fixed = slab_bytes_per_row(len(scan["theta"]), scan["proj"].shape[2], binning)
+    budget = fixed + 2 * binning * per_row  # two slices a slab, whatever the engine plan's share
     outcome = run_sink(tmp_path, scan, budget, params)
     assert outcome.ok, outcome.message
     provenance = json.loads((Path(outcome.location).parent.parent / "provenance.json").read_text())

@@ -9,6 +9,7 @@ rather than failing later with an out-of-memory kill.
 
 from __future__ import annotations
 
+import math
 import os
 
 #: fraction of the machine's physical memory the default budget takes
@@ -65,7 +66,7 @@ def rows_per_slab(
         need = fixed_bytes + minimum_rows * bytes_per_row
         raise MemoryBudgetError(
             f"memory budget {budget / 2**20:.0f} MiB is too small for one {what} of {minimum_rows} row(s): "
-            f"at least {need / 2**20:.0f} MiB is needed (set memory_budget_mb / --memory-budget-mb)"
+            f"at least {math.ceil(need / 2**20)} MiB is needed (set memory_budget_mb / --memory-budget-mb)"
         )
     return int(rows)
 
