@@ -108,14 +108,14 @@ def viewer(args: argparse.Namespace) -> None:
                     for again in (False, True):
                         page.evaluate("window.reconOpened = null; V.key = null")
                         page.evaluate(f"location.hash = '#recon/{key}'")
-                        page.wait_for_function(f"window.reconOpened && window.reconOpened.key === '{key}'",
-                                               timeout=60_000)
+                        wait(page, f"window.reconOpened && window.reconOpened.key === '{key}'",
+                             f"opening {key}")
                         took = page.evaluate("window.reconOpened.ms") / 1000
                         (open_again if again else open_fresh).append(took)
                     page.evaluate("location.hash = '#scans'")
                 key = small[-1]
                 page.evaluate(f"window.reconOpened = null; location.hash = '#recon/{key}'")
-                page.wait_for_function(f"window.reconOpened && window.reconOpened.key === '{key}'")
+                wait(page, f"window.reconOpened && window.reconOpened.key === '{key}'", f"opening {key}")
                 for _ in range(args.repeats):
                     page.evaluate("window.view3dOpened = null")
                     page.click("#open-3d")
@@ -129,7 +129,7 @@ def viewer(args: argparse.Namespace) -> None:
                     assert opened["key"] == key and loaded == "1", opened
                     view3d.append(opened["ms"] / 1000)
                 page.evaluate(f"window.reconOpened = null; location.hash = '#recon/{big}'")
-                page.wait_for_function(f"window.reconOpened && window.reconOpened.key === '{big}'")
+                wait(page, f"window.reconOpened && window.reconOpened.key === '{big}'", f"opening {big}")
                 shape = page.evaluate("V.shape")
                 if shape != list(truth.shape):
                     raise SystemExit(f"the page opened a {shape} volume, not the {list(truth.shape)} one")
@@ -188,9 +188,10 @@ def wait(page: Any, condition: str, what: str, timeout_s: float = 120.0) -> None
     try:
         page.wait_for_function(condition, timeout=timeout_s * 1000)
     except Exception:
-        shown = page.evaluate("[document.querySelector('#message').textContent, window.viewerLog.slice(-3)]")
+        shown = page.evaluate("[document.querySelector('#message').textContent, window.viewerLog.slice(-3), "
+                              "location.hash, V.key]")
         raise SystemExit(f"no {what} within {timeout_s:.0f} s; the page says {shown[0]!r}, "
-                         f"last drawn {shown[1]}") from None
+                         f"last drawn {shown[1]}, at {shown[2]!r} showing {shown[3]!r}") from None
 
 
 def check_slice(page: Any, truth: np.ndarray, plane: str, index: int) -> None:

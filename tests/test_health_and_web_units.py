@@ -200,3 +200,69 @@ def test_executor_checks_name_what_is_missing(tmp_path, monkeypatch):
     assert nersc.status == "warn" and "renew" in nersc.message
     monkeypatch.delenv("GLOBUS_COMPUTE_ENDPOINT", raising=False)
     assert "GLOBUS_COMPUTE_ENDPOINT" in check_executor("alcf").message
+
+
+def test_volumes_are_read_in_place_only_inside_the_data_folder(tmp_path):
+    import zarr
+
+    from bluesky_tomo_hpc.web.volume_cache import local_zarr
+
+    data, elsewhere = tmp_path / "data", tmp_path / "elsewhere"
+    for folder in (data, elsewhere):
+        zarr.create_array(str(folder / "v"), shape=(4, 5, 6), chunks=(2, 5, 6), dtype="<f4")[:] = 1.0
+    (data / "link").symlink_to(elsewhere / "v")
+    f4 = np.dtype("<f4")
+
+    def sources(uri: str, **change) -> list[dict]:
+        asset = {"data_uri": uri, "is_directory": True}
+        return [{"mimetype": "application/x-zarr", "parameters": {}, "assets": [asset], **change}]
+
+    inside = f"file://localhost{data / 'v'}"
+    assert local_zarr(sources(inside), data, (4, 5, 6), f4)[1, 2, 3] == 1.0
+    refused = [
+        (sources(f"file://localhost{elsewhere / 'v'}"), (4, 5, 6)),  # outside the folder
+        (sources(f"file://localhost{data}/../elsewhere/v"), (4, 5, 6)),  # walks out
+        (sources(f"file://localhost{data / 'link'}"), (4, 5, 6)),  # a link out
+        (sources(f"file://otherhost{data / 'v'}"), (4, 5, 6)),  # another machine's file
+        (sources(f"http://127.0.0.1{data / 'v'}"), (4, 5, 6)),
+        (sources(inside, parameters={"path": "x"}), (4, 5, 6)),
+        (sources(inside, mimetype="application/x-hdf5"), (4, 5, 6)),
+        (sources(inside) * 2, (4, 5, 6)),
+        (sources(inside), (4, 5, 7)),  # not what Tiled describes
+        (sources(f"file://localhost{data / 'missing'}"), (4, 5, 6)),
+    ]
+    for srcs, shape in refused:
+        assert local_zarr(srcs, data, shape, f4) is None, srcs
+    assert local_zarr(sources(inside), None, (4, 5, 6), f4) is None  # not beside the data folder
+
+
+def test_volume_cache_reads_each_volume_once_within_its_budget():
+    import threading
+
+    from bluesky_tomo_hpc.web.volume_cache import VolumeCache
+
+    vol = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    reads: list[str] = []
+
+    def read(name: str):
+        def go() -> np.ndarray:
+            reads.append(name)
+            return vol
+        return go
+
+    cache = VolumeCache(max_bytes=2 * vol.nbytes, max_volume_bytes=vol.nbytes)
+    assert cache.fits(vol.nbytes) and not cache.fits(vol.nbytes + 1)
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: got.append(cache.load("a", read("a")))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert reads == ["a"] and len(got) == 4 and all(g is got[0] for g in got)
+    assert not got[0].flags.writeable  # handed out only as copies
+    np.testing.assert_array_equal(got[0], vol)
+    cache.load("b", read("b"))
+    cache.load("a", read("a"))  # used last: "b" is the one dropped for "c"
+    cache.load("c", read("c"))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    assert reads == ["a", "b", "c"]

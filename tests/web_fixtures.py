@@ -78,7 +78,8 @@ class Beamline:
         self.settings = Settings(data_dir=folder, jobs={"executor": executor})
         holder: dict[str, Any] = {}
         self.ctx = make_context(
-            self.settings, api_key=KEY, tiled_uri=lambda: holder["server"].uri, preview_address=""
+            self.settings, api_key=KEY, tiled_uri=lambda: holder["server"].uri, preview_address="",
+            data_folder=folder,
         )
         self.server = EmbeddedTiledServer(
             folder / "tiled", api_key=KEY, mounts={MOUNT: build_web_app(self.ctx)}

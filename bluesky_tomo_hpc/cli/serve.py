@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         from ..web.server import MOUNT, make_context
 
         ctx = make_context(settings, api_key=key, tiled_uri=f"{base}/api/v1", preview_address=args.preview,
-                           control_address=args.preview_control)
+                           control_address=args.preview_control, data_folder=data_dir)
         mounts[MOUNT] = build_web_app(ctx)
         print(f"Web page: {base}{MOUNT}/", file=sys.stderr)
     print(f"Tiled: {base}/api/v1  (data in {data_dir / 'tiled'})", file=sys.stderr)

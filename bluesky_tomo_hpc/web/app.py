@@ -63,11 +63,14 @@ class WebContext:
     health: Callable[[], list[Any]] | None = None
     #: Tiled's address as a person would use it in Python (a callable: known once Tiled listens)
     tiled_uri: str | Callable[[], str] = ""
+    #: the data folder of the Tiled the page runs beside: its Zarr volumes are read in place
+    data_folder: Path | None = None
     _monitor: Any = field(default=None, repr=False)
     reader: VolumeReader = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.reader = VolumeReader(self.catalog, api_key=self.api_key, tiled_uri=self.tiled_address)
+        self.reader = VolumeReader(self.catalog, api_key=self.api_key, tiled_uri=self.tiled_address,
+                                   data_folder=self.data_folder)
 
     def tiled_address(self) -> str:
         return self.tiled_uri() if callable(self.tiled_uri) else self.tiled_uri

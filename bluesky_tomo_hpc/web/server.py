@@ -24,10 +24,13 @@ MOUNT = "/web"
 def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], str],
                  preview_address: str | None = None, control_address: str | None = None,
                  monitor: Any = None,
-                 extra_locations: list[Path] | None = None) -> WebContext:
+                 extra_locations: list[Path] | None = None,
+                 data_folder: Path | None = None) -> WebContext:
     """A :class:`WebContext` for ``settings``. ``tiled_uri`` may be a callable (the embedded
     server's address is known only once it listens); ``monitor``: a running pipeline's job
-    monitor, else one is made from the settings when a person first retries or cancels."""
+    monitor, else one is made from the settings when a person first retries or cancels;
+    ``data_folder``: the data folder of the Tiled the page runs beside (its Zarr volumes are
+    read in place; None, as beside a site's Tiled: all through Tiled's HTTP API)."""
     from tiled.client import from_uri
 
     from ..health.checks import run_checks
@@ -67,13 +70,14 @@ def make_context(settings: Any, *, api_key: str, tiled_uri: str | Callable[[], s
         journal_path=Path(settings.journal_path).resolve(), monitor_factory=monitor_factory,
         health=lambda: run_checks(settings, tiled_uri=uri(), api_key=api_key,  # type: ignore[operator]
                                   locations=extra_locations or []),
-        tiled_uri=uri,
+        tiled_uri=uri, data_folder=data_folder,
     )
 
 
 def web_mounts(settings: Any, api_key: str, tiled_uri: Callable[[], str]) -> dict[str, Any]:
     """The web page at :data:`MOUNT`, to serve beside an embedded Tiled (``demo``, ``serve``)."""
-    ctx = make_context(settings, api_key=api_key, tiled_uri=tiled_uri)
+    ctx = make_context(settings, api_key=api_key, tiled_uri=tiled_uri,
+                       data_folder=Path(settings.data_dir).resolve())
     return {MOUNT: build_web_app(ctx)}
 
 

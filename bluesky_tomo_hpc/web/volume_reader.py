@@ -1,10 +1,14 @@
-"""Reconstruction volumes read through Tiled's HTTP array API for the slice viewer.
+"""Reconstruction volumes for the slice viewer: found through Tiled's HTTP API, read from memory,
+in place, or through Tiled.
 
-The page asks for one slice per slider move, so a slice must cost one request to Tiled: the
-node's array link, shape and type are kept per key (complete nodes only; a node still being
-written is looked up again each time) and a slice is one ``GET .../array/full/...?slice=`` read
-as raw bytes, without the Tiled client's per-access metadata round trips. Memory stays bounded:
-a slice, a strided sample for the histogram, or a 3D region of at most ``max_side`` per axis.
+The page asks for one slice per slider move, so a slice must cost no more than one read: the
+node's description (its array link, shape, type and Zarr file) is kept per key (complete nodes
+only; a node still being written is looked up again each time; concurrent callers share one
+lookup, its two requests made at once). A complete volume that fits :class:`VolumeCache` is read
+once, whole, and sliced in memory; a larger one is read slice by slice from its Zarr in place when
+the page runs beside the data folder (:func:`local_zarr`), else by one
+``GET .../array/full/...?slice=`` as raw bytes. Memory stays bounded: the cache's budget, a slice,
+a strided sample for the histogram, or a 3D region of at most ``max_side`` per axis.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +37,7 @@ from .catalog import (
     recon_summary,
     voxel_size_um,
 )
+from .volume_cache import VolumeCache, local_zarr
 
 #: at most this many voxels in one 3D read (256^3 float32 = 64 MiB)
 MAX_REGION_VOXELS = 256 ** 3
@@ -43,6 +50,17 @@ class VolumeHandle:
     shape: tuple[int, int, int]
     dtype: np.dtype
     metadata: dict[str, Any]
+    #: the Zarr array read in place (complete nodes beside the data folder), else None
+    local: Any = None
+
+    @property
+    def ident(self) -> tuple[Any, ...]:
+        """This version of the volume (a node replaced under its key is another one)."""
+        return self.key, self.url, self.metadata.get("written_at")
+
+    @property
+    def float32_bytes(self) -> int:
+        return 4 * math.prod(self.shape)
 
 
 def _dtype(data_type: dict[str, Any]) -> np.dtype:
@@ -56,17 +74,24 @@ class VolumeReader:
 
     A complete node's description and histogram are kept ``ttl_s`` seconds (a retried job may
     replace a node under the same key); one being written is asked for again each time.
+    ``data_folder``: the folder of the Tiled this page runs beside, whose Zarr files are read in
+    place (None: everything through Tiled's HTTP API).
     """
 
     def __init__(self, catalog: Catalog, *, api_key: str, tiled_uri: Callable[[], str],
-                 ttl_s: float = 30.0, keep: int = 64):
+                 ttl_s: float = 30.0, keep: int = 64, data_folder: Path | None = None,
+                 volumes: VolumeCache | None = None):
         self.catalog = catalog
         self.api_key = api_key
         self.tiled_uri = tiled_uri
         self.ttl_s = ttl_s
         self.keep = keep
+        self.data_folder = data_folder
+        self.volumes = volumes if volumes is not None else VolumeCache()
         self._cache: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._flights: dict[tuple[str, str], threading.Lock] = {}
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="volume-reader")
         self._http: Any = None
 
     # -- HTTP -----------------------------------------------------------------------------------
@@ -91,44 +116,70 @@ class VolumeReader:
             raise CatalogError(f"Tiled answered HTTP {r.status_code} for {what}", 502)
         return r
 
-    def _cached(self, kind: str, key: str, make: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
-        now = time.monotonic()
+    def _hit(self, kind: str, key: str) -> Any:
         with self._lock:
             hit = self._cache.get((kind, key))
-            if hit is not None and now - hit[0] < self.ttl_s:
-                return hit[1]
-        value = make()
-        if keep(value):
-            with self._lock:
-                self._cache[(kind, key)] = (now, value)
-                while len(self._cache) > self.keep:
-                    self._cache.popitem(last=False)
+            return hit[1] if hit is not None and time.monotonic() - hit[0] < self.ttl_s else None
+
+    def _cached(self, kind: str, key: str, make: Callable[[], Any], keep: Callable[[Any], bool]) -> Any:
+        """``make()``'s value, kept when ``keep`` says so; callers asking at once share one make."""
+        hit = self._hit(kind, key)
+        if hit is not None:
+            return hit
+        with self._lock:
+            flight = self._flights.setdefault((kind, key), threading.Lock())
+        with flight:
+            hit = self._hit(kind, key)
+            if hit is not None:
+                return hit
+            try:
+                value = make()
+                if keep(value):
+                    with self._lock:
+                        self._cache[(kind, key)] = (time.monotonic(), value)
+                        while len(self._cache) > self.keep:
+                            self._cache.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._flights.pop((kind, key), None)
         return value
 
     # -- lookup ---------------------------------------------------------------------------------
     def describe(self, key: str) -> dict[str, Any]:
-        """The node's metadata and its arrays (name -> shape, type, link): two requests."""
+        """The node's metadata and its arrays (name -> shape, type, link, data sources): two
+        requests, made at once."""
         check_key(key, "reconstruction")
 
         def make() -> dict[str, Any]:
             base = f"{self.tiled_uri().rstrip('/')}"
             path = f"{self.catalog.processed_name}/{key}"
             what = f"reconstruction {key!r}"
-            md = self._get(f"{base}/metadata/{path}", what=what).json()["data"]["attributes"]["metadata"]
-            items = self._get(f"{base}/search/{path}", {"fields": "structure", "page[limit]": 100},
+            asked = self._pool.submit(self._get, f"{base}/metadata/{path}", what=what)
+            items = self._get(f"{base}/search/{path}", {"fields": "structure", "page[limit]": 100,
+                                                        "include_data_sources": "true"},
                               what=what).json()["data"]
+            md = asked.result().json()["data"]["attributes"]["metadata"]
             arrays = {it["id"]: {"shape": [int(n) for n in it["attributes"]["structure"]["shape"]],
                                  "dtype": _dtype(it["attributes"]["structure"]["data_type"]),
-                                 "url": it["links"]["full"]}
+                                 "url": it["links"]["full"],
+                                 "data_sources": it["attributes"].get("data_sources")}
                       for it in items if (it.get("attributes") or {}).get("structure", {}).get("shape")}
-            return {"metadata": dict(md or {}), "arrays": arrays}
+            md = dict(md or {})
+            vol = arrays.get("volume")
+            if vol is not None and md.get("state", "complete") == "complete":
+                # read in place only once complete: a Zarr being written reads missing chunks as 0
+                vol["local"] = local_zarr(vol["data_sources"], self.data_folder, tuple(vol["shape"]),
+                                          vol["dtype"])
+            return {"metadata": md, "arrays": arrays}
 
         return self._cached("describe", key, make,
                             lambda d: d["metadata"].get("state", "complete") == "complete")
 
     def info(self, key: str) -> dict[str, Any]:
         """What the page shows of a reconstruction: summary, volume shape and levels, units,
-        provenance."""
+        provenance, and the volume's histogram (:meth:`stats`; left out when it cannot be read
+        yet, the page then asks for it alone and shows why): one answer, so opening a
+        reconstruction waits for one request before its slices."""
         d = self.describe(key)
         md = d["metadata"]
         out = recon_summary(key, md)
@@ -136,6 +187,11 @@ class VolumeReader:
         if "volume" in d["arrays"]:
             shape = d["arrays"]["volume"]["shape"]
             out["volume"] = {"shape": shape, "levels": levels_for(shape)}
+            if len(shape) == 3:
+                try:
+                    out["stats"] = self.stats(key)
+                except CatalogError:
+                    pass
         out.update(container=self.catalog.processed_name, unit=UNIT, voxel_size_um=voxel_size_um(md),
                    provenance=provenance(md))
         return out
@@ -151,10 +207,33 @@ class VolumeReader:
             raise CatalogError(f"reconstruction {key} has no volume (kind {md.get('kind')!r}: slices only)")
         if len(vol["shape"]) != 3:
             raise CatalogError(f"reconstruction {key}: its volume has {len(vol['shape'])} axes, not 3", 422)
-        return VolumeHandle(key, vol["url"], tuple(vol["shape"]), vol["dtype"], md)  # type: ignore[arg-type]
+        return VolumeHandle(key, vol["url"], tuple(vol["shape"]), vol["dtype"], md,  # type: ignore[arg-type]
+                            vol.get("local"))
+
+    def _in_memory(self, h: VolumeHandle) -> np.ndarray | None:
+        """The whole volume from the cache, read first if it is complete and fits; else None."""
+        if h.metadata.get("state", "complete") != "complete" or not self.volumes.fits(h.float32_bytes):
+            return None
+        if h.local is not None:
+            return self.volumes.load(h.ident, lambda: np.asarray(h.local[...]))
+        nz = h.shape[0]
+        slab = max(1, (16 * 2**20) // max(1, 4 * h.shape[1] * h.shape[2]))  # 16 MiB per request
+        every = (slice(None), slice(None))
+        return self.volumes.load(h.ident, lambda: np.concatenate(
+            [self._request(h, (slice(z, min(nz, z + slab)), *every)) for z in range(0, nz, slab)]))
 
     def _read(self, h: VolumeHandle, sel: tuple[slice | int, ...]) -> np.ndarray:
-        """``volume[sel]`` as one request; ``sel`` holds ints and positive-step slices."""
+        """``volume[sel]``: out of memory, from the Zarr in place, or as one request to Tiled;
+        ``sel`` holds ints and positive-step slices."""
+        vol = self._in_memory(h)
+        if vol is not None:
+            return np.array(vol[sel], dtype=np.float32)
+        if h.local is not None:
+            return np.asarray(h.local[sel]).astype(np.float32, copy=False)
+        return self._request(h, sel)
+
+    def _request(self, h: VolumeHandle, sel: tuple[slice | int, ...]) -> np.ndarray:
+        """``volume[sel]`` as one request to Tiled."""
         shape = []
         parts = []
         for s, n in zip(sel, h.shape, strict=True):
@@ -178,6 +257,8 @@ class VolumeReader:
         return data.reshape(shape).astype(np.float32, copy=False)
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.volumes.clear()
         if self._http is not None:
             self._http.close()
 

@@ -71,9 +71,10 @@ function route() {
     // the table is filled for every scans route (a reloaded or pasted #recon link included) and
     // refreshes itself, so a scan that finishes changes its row without a click
     const uid = name === "run" ? arg : null;
-    searchRuns(uid);
     every(5000, () => searchRuns(uid, { quiet: true }));
-    if (name === "recon") openRecon(arg, query); else closeRecon();
+    // a reconstruction's slices first: the catalog search would slow their reads
+    if (name === "recon") openRecon(arg, query).finally(() => searchRuns(uid));
+    else { closeRecon(); searchRuns(uid); }
   }
   if (tab === "jobs") {
     const refresh = () => { loadJobs(); loadStats(); if (name === "job") openJob(arg); };

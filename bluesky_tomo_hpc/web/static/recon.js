@@ -21,7 +21,8 @@ function closeRecon() {
 }
 
 function resetViewer() {
-  V.key = null; V.keyB = null; V.shape = null; V.shown = {}; V.seq = {}; V.diffWin = null; V.mode = "side";
+  for (const ctl of Object.values(V.inflight)) ctl.abort();
+  V.key = null; V.keyB = null; V.shape = null; V.shown = {}; V.seq = {}; V.inflight = {}; V.diffWin = null; V.mode = "side";
   $("#compare-with").replaceChildren(new Option("(nothing)", ""));
   $("#compare-mode").value = "side";
   $("#views-b").classList.add("hidden"); $("#views-b-title").classList.add("hidden");
@@ -38,8 +39,7 @@ async function openRecon(key, query = new URLSearchParams()) {
   resetViewer();
   $("#browser").classList.remove("hidden");
   $("#browser-key").textContent = key;
-  // the description and the histogram at once (the histogram of a node without a volume: none)
-  const statsAsked = api(`api/recon/${encodeURIComponent(key)}/stats`).catch((err) => err);
+  // the description comes with the volume's histogram: one request before the slices
   let info;
   try { info = await api(`api/recon/${encodeURIComponent(key)}`); } catch (err) { showError(err.message); return; }
   V.key = key;
@@ -52,13 +52,13 @@ async function openRecon(key, query = new URLSearchParams()) {
     (info.volume ? `, volume ${info.volume.shape.join(" x ")} (z, y, x)` : "") + (V.voxelUm ? `, voxel ${V.voxelUm} µm` : ""));
   showProvenance(info);
   showSnippet(info);
-  offerComparisons(info).catch((err) => showError(err.message));
   const sliders = PLANES.map((p) => $(`#index-${p}`));
   if (!info.volume) { // a stored preview: three middle slices, nothing to slice through
     sliders.forEach((s) => { s.disabled = true; });
     for (const p of PLANES) $(`#index-${p}-value`).textContent = info.previews.includes(p) ? "(stored preview: the middle slice; no volume to browse)" : "(none)";
     await Promise.all(info.previews.map((p) => drawPreview(key, p)));
     window.reconOpened = { key, ms: performance.now() - t0, volume: false };
+    offerComparisons(info).catch((err) => showError(err.message));
     if (info.state === "writing") showError(`reconstruction ${key} is still being written; its volume is not there yet`);
     return;
   }
@@ -76,8 +76,9 @@ async function openRecon(key, query = new URLSearchParams()) {
   $("#cmap").value = V.cmap;
   fitViews();
   for (const p of PLANES) { const c = (query.get(`c${p}`) || "").split(",").map(Number); if (c.length === 2 && c.every(Number.isFinite)) V.pan[p] = c; }
+  // left out of the description when it cannot be read yet: asked alone, to say why
+  const statsAsked = info.stats ? Promise.resolve(info.stats) : api(`api/recon/${encodeURIComponent(key)}/stats`);
   const stats = statsAsked.then((st) => {
-    if (st instanceof Error) throw st;
     V.hist = st; V.auto = st.window;
     V.win = query.has("lo") && query.has("hi") && num(query, "hi", 1) > num(query, "lo", 0) ? [num(query, "lo", 0), num(query, "hi", 1)] : st.window;
     updateWindowPanel();
@@ -90,6 +91,8 @@ async function openRecon(key, query = new URLSearchParams()) {
   await loadAll();
   window.reconOpened = { key, ms: performance.now() - t0 };
   writeState();
+  // after the views are drawn: this search of the catalog would slow the slices' reads
+  offerComparisons(info).catch((err) => showError(err.message));
 }
 const AXIS_OF = { xy: "z", xz: "y", yz: "x" };
 

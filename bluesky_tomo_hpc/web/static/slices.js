@@ -2,7 +2,8 @@
 // values (so the value under the cursor, one window shared by every view and colour maps are
 // exact), linked by a click, sliced by the wheel, panned by a drag and zoomed at the cursor.
 // Slices are read through the server at the multiscale level that gives about one voxel per
-// screen pixel; a view only ever shows the newest slice asked for (older answers are dropped).
+// screen pixel; a view only ever shows the newest slice asked for (an older request still on its
+// way is cancelled, and an older answer is dropped).
 "use strict";
 
 const PLANES = ["xy", "xz", "yz"];
@@ -12,7 +13,7 @@ const V = {
   key: null, keyB: null, mode: "side", shape: null, levels: 1, level: 0, zoom: 1, fit: 1,
   index: { xy: 0, xz: 0, yz: 0 }, pan: { xy: [0, 0], xz: [0, 0], yz: [0, 0] },
   win: [0, 1], auto: [0, 1], diffWin: null, hist: null, cmap: "gray", voxelUm: null, unit: "",
-  seq: {}, cache: new Map(), shown: {}, onchange: null,
+  seq: {}, inflight: {}, cache: new Map(), shown: {}, onchange: null,
 };
 window.viewerLog = []; // {side, plane, index, level, asked, shown}: read by the tests and the benchmark
 
@@ -61,18 +62,20 @@ async function loadPlane(side, p, asked = performance.now()) {
   const id = `${side}${p}`;
   const mine = (V.seq[id] = (V.seq[id] || 0) + 1);
   const index = V.index[p], level = V.level;
+  if (V.inflight[id]) V.inflight[id].abort(); // the slider moved on: that slice is not wanted
+  const ctl = (V.inflight[id] = new AbortController());
   try {
-    const slice = await fetchSlice(key, p, index, level);
+    const slice = await fetchSlice(key, p, index, level, ctl.signal);
     if (V.seq[id] !== mine) return;
     V.shown[id] = slice;
     if (side === "a" && V.mode === "diff" && V.keyB) {
-      const other = await fetchSlice(V.keyB, p, index, level);
+      const other = await fetchSlice(V.keyB, p, index, level, ctl.signal);
       if (V.seq[id] !== mine) return;
       V.shown[`diff${p}`] = other;
     }
     draw(side, p);
     window.viewerLog.push({ side, plane: p, index, level, asked, shown: performance.now() });
-  } catch (err) { if (V.seq[id] === mine) showError(err.message); }
+  } catch (err) { if (V.seq[id] === mine) showError(err.message); } finally { if (V.inflight[id] === ctl) delete V.inflight[id]; }
 }
 
 function loadAll() {
