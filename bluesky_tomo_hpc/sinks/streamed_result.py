@@ -36,6 +36,7 @@ from ..model import ScanSpec, TomoDataError
 from ..results.provenance import CenterChoice, provenance_record
 from ..results.volume_files import VolumeWriter
 from .binned_store import BinnedScanStore
+from .running_volume import RunningVolume
 
 #: detector rows (x binning) the centre is found from, in the middle: as the batch program does
 CENTER_ROWS = 8
@@ -68,10 +69,9 @@ def stop_center(store: BinnedScanStore, params: ReconParams, given: float | None
     return CenterChoice(to_unbinned(est.center, b), est.confidence, est.method, details)
 
 
-def slabs_from_sum(total: np.ndarray, n_angles: int, params: ReconParams) -> Slabs:
+def slabs_from_sum(running: RunningVolume, n_angles: int, params: ReconParams) -> Slabs:
     """The running sum as final slices: divided by the angle count, masked, slab by slab in place."""
-    for z0 in range(0, total.shape[0], STORE_SLAB_SLICES):
-        slab = total[z0:z0 + STORE_SLAB_SLICES]
+    for z0, slab in running.slabs(STORE_SLAB_SLICES):
         slab *= np.float32(1.0 / n_angles)
         if params.circular_mask is not None:
             circular_mask(slab, params.circular_mask, in_place=True)
