@@ -210,11 +210,13 @@ class FourierPlan:
         def pair(slot: int, p: int) -> None:
             z = 2 * p
             spec = self._spectrum(slot, sino, kernel, left, p)
-            self._cpu_plans[slot].execute(spec.reshape(-1), out[z], out[z + 1] if z + 1 < sino.shape[0] else None)
+            second = out[z + 1] if z + 1 < sino.shape[0] else None
+            self._cpu_plans[slot].execute(spec.reshape(-1), out[z], second)
 
         self._each_pair(pair, (sino.shape[0] + 1) // 2)
 
-    def spread_cpu(self, sino: np.ndarray, kernel: tuple, grids: np.ndarray, left: int, scale: float = 1.0) -> None:
+    def spread_cpu(self, sino: np.ndarray, kernel: tuple, grids: np.ndarray, left: int,
+                   scale: float = 1.0) -> None:
         """Add ``scale`` times each slice pair's oversampled grid into ``grids`` ``(pairs, nf, nf)``
         complex64: :meth:`run_cpu` without the grid's FFT and deconvolution, which are linear, so
         the grids of blocks of angles can be summed and transformed once

@@ -60,7 +60,8 @@ class GridSum:
         finally:
             plan.close()
 
-    def slices(self, z0: int, z1: int, out: np.ndarray, *, keep: bool = True, threads: int | None = 1) -> None:
+    def slices(self, z0: int, z1: int, out: np.ndarray, *, keep: bool = True,
+               threads: int | None = 1) -> None:
         """Slices ``[z0, z1)`` (``z0`` even) into ``out (z1 - z0, n, n)`` float32: each pair's grid
         transformed and deconvolved; ``keep=False`` transforms the grids in place (the stop: they
         are not needed again), else a copy of each."""

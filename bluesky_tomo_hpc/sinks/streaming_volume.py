@@ -141,7 +141,8 @@ class _StreamedRun:
         center = sink.provisional_center(spec)
         if self.not_summed is None and center is None:
             self.not_summed = "no centre is known before the stop (none given, pinned, remembered or hinted)"
-        elif self.not_summed is None and (need := RunningVolume.nbytes(self.store, self.params)) > sink.budget // 2:
+        elif (self.not_summed is None
+              and (need := RunningVolume.nbytes(self.store, self.params)) > sink.budget // 2):
             self.not_summed = (f"the running sum ({need / 2**30:.1f} GiB) does not "
                                f"fit half the memory budget ({sink.budget / 2**30:.1f} GiB)")
         if self.not_summed is None:
