@@ -3,9 +3,10 @@
 Why: filtered back-projection is linear in the -log sinogram, and the Fourier method weighs every
 angle alike (``pi / n_angles``, :mod:`..engine.fourier`), so the volume of a scan is the sum of
 the volumes of its blocks of angles, each weighted by its share of them: ``V = sum_b (M_b / M) V_b``.
-Reconstructing each block as it arrives costs, in total, little more than one reconstruction at
-the stop (the NUFFT's cost grows with the number of angles; only its FFT is paid per block), so
-at the stop only the last block, the scaling and the writing are left. The tomostream update
+For the Fourier method the sum is kept one step earlier, as each slice pair's NUFFT grid
+(:mod:`.grid_sum`): a block pays only its filtering and spreading, costs that grow with its
+angles, so the blocks cost in total what one reconstruction's spreading costs, and at the stop
+only the last block, one FFT per slice pair, the scaling and the writing are left. The tomostream update
 ``obj += R(new)`` is the same linearity, for three slices.
 
 It holds only when each frame's -log values are final when it arrives, which is when: the centre

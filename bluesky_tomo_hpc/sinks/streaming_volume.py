@@ -288,6 +288,7 @@ class _StreamedRun:
             if running is not None and why is None:
                 running.threads = None  # the stop has every core
                 running.apply_replacements()
+                timings["angles_left_at_stop"] = len(set(store.order()) - running.claimed)
                 running.add_block(store.order())
                 why = running.invalid
             timings["last_block"] = time.perf_counter() - t
