@@ -89,8 +89,9 @@ def window_width(n: int, n_pad: int, whole_square: bool = False) -> int:
 def plan_bytes(n: int, n_angles: int, threads: int = 1, *, pad: bool = True,
                whole_square: bool = False) -> int:
     """Bytes a CPU :class:`FourierPlan` for ``n_angles`` x ``n`` holds once made and run with
-    ``threads`` workers: what a slab budget must leave it (measured at 1969 x 2560: peak 0.50 GB with
-    one thread, 0.81 GB with two; the model says 0.57 and 0.86).
+    ``threads`` workers: what a slab budget must leave it (measured at 1969 x 2560 with FINUFFT 2.4.1:
+    peak 0.44 GB over the input and output with one thread, 0.73 GB with two; the model says 0.59
+    and 0.91).
 
     Why a model: the plan lives for the whole volume beside the slabs, and its per-thread part
     (oversampled grid, FINUFFT's sort and subproblem grids) grows with the cores. Shared by the
