@@ -345,6 +345,14 @@ def write_result_record(job: ReconJob, result: dict[str, Any]) -> None:
     tmp.replace(job.outputs.result_path)
 
 
+def made_elsewhere_record(job: ReconJob, exc: ResultClaimedError) -> dict[str, Any]:
+    """``result.json`` of a job whose result another process claimed: finished, nothing made here,
+    and where the other process puts the result (the monitor reports the job done, not failed)."""
+    return {"job_id": job.job_id, "run_uid": job.run_uid, "params_hash": job.params.params_hash,
+            "made_elsewhere": True, "result_dir": str(job.outputs.result_dir),
+            "message": f"made by another process: {exc}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0, or aborts every rank with a non-zero code on any failure."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -380,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResultClaimedError as exc:  # made by another process: not this job's failure
         if rank == 0:
             log.info("job %s: %s (made by another process)", job.job_id, exc)
+            write_result_record(job, made_elsewhere_record(job, exc))
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
         code = exit_code_for(exc)

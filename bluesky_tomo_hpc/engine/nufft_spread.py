@@ -9,6 +9,14 @@ out. The division factors are calibrated once per plan by spreading a unit point
 through the same spreader and transform, so the result is FINUFFT's own type-1 sum to its
 accuracy (checked against ``finufft.nufft2d1`` in the tests), whatever kernel FINUFFT picks.
 
+Why FINUFFT 2.4 (``finufft>=2.4.1,<2.5`` in the project's dependencies): 2.5's ``execute``
+allocates and zero-fills a fine grid the size of ours on every call even when it only spreads
+(``spreadinterponly``: the grid is never used); at 2560^2 that is 52 MB of fresh pages per slice
+pair (12,800 page faults, about 55 ms of the 200 ms a 1500 x 2048 pair spent spreading), and
+2.5's spreader was slower besides: 2.4.1 spreads the same pair in 0.11-0.15 s against 2.5.1's
+0.20-0.21 s (CPU seconds, one thread, load 8-10; the NUFFT floor of ``benchmarks/bench_engine.py``
+shows the same step). FINUFFT's master still allocates it, hence the upper bound.
+
 The output modes are image pixels; they are written straight into two float32 slices (the real
 and the imaginary part: two real slices travel in one complex transform), rows flipped (slices
 are stored with y running down the rows), the deconvolution applied in the same pass.
@@ -27,9 +35,9 @@ import scipy.fft
 UPSAMPFAC = 1.25
 
 #: the default accuracy: FINUFFT then picks a kernel 4 points wide at ``UPSAMPFAC`` (measured
-#: 3e-3 relative error against an exact sum on a 720 x 1024 sinogram's points, 10x below the
-#: discretisation error of any FBP). At 1e-3 it picks width 5, which its SIMD code pads to 8
-#: columns: about 1.3x the spreading time for an error nobody can see in a slice.
+#: with FINUFFT 2.4.1 on a 720 x 1024 slice pair inside the disc: 6e-3 of the peak at most
+#: against an eps=1e-6 sum, well below the discretisation error of any FBP, whose NRMSE is
+#: 0.03-0.04 here). At 3e-3 it picks width 5: 8e-4, for 10-20% more spreading time.
 DEFAULT_EPS = 5e-3
 
 
@@ -103,7 +111,9 @@ class SpreadNUFFT:
         into this plan's own grid (overwritten by the next call). Linear in ``c``: grids of several
         blocks of points add up to the grid of all of them (:mod:`..sinks.grid_sum`)."""
         if self._order is not None:
-            c = np.take(c, self._order, out=self._c)
+            # 'clip': the order is a permutation (every index valid); no per-index bounds check
+            # and no error path: 0.019 against 0.031 s per 1500 x 2048 pair
+            c = np.take(c, self._order, out=self._c, mode="clip")
         self._spread.execute(c, out=self._grid)
         return self._grid
 
