@@ -237,7 +237,8 @@ class FourierPlan:
             self._pool = None
 
     def _each_pair(self, pair: Any, pairs: int) -> None:
-        """``pair(slot, p)`` for every slice pair, on this plan's threads (one per ``slot``)."""
+        """``pair(slot, p)`` for ``p`` in ``range(pairs)`` (slice pairs, or axes), on this plan's
+        threads: each pool thread keeps one ``slot`` (its spreader and scratch)."""
         with self._lock:
             if self.threads == 1 or pairs == 1:
                 for p in range(pairs):
@@ -291,27 +292,7 @@ class FourierPlan:
             window_spectrum(filtered, kernels[j], self.window, spec)
             self._cpu_plans[slot].execute(spec.reshape(-1), out[j], None)
 
-        with self._lock:
-            if self.threads == 1 or len(kernels) == 1:
-                for j in range(len(kernels)):
-                    one(0, j)
-                return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nufft")
-            free = list(range(self.threads))
-            free_lock = threading.Lock()
-
-            def task(j: int) -> None:
-                with free_lock:
-                    slot = free.pop()
-                try:
-                    one(slot, j)
-                finally:
-                    with free_lock:
-                        free.append(slot)
-
-            for f in [self._pool.submit(task, j) for j in range(len(kernels))]:
-                f.result()
+        self._each_pair(one, len(kernels))
 
     def _scratch(self, slot: int, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-thread row-block and spectrum buffers, kept between pairs and calls: fresh
