@@ -52,12 +52,27 @@ def missing_files(catalog_db: Path, segments: list[str]) -> tuple[str, list[Path
             if node is None:
                 continue
             rows = db.execute(
-                "SELECT assets.data_uri FROM data_sources"
+                "SELECT assets.data_uri, data_sources.mimetype, data_sources.structure_family"
+                " FROM data_sources"
                 " JOIN data_source_asset_association AS a ON a.data_source_id = data_sources.id"
                 " JOIN assets ON assets.id = a.asset_id WHERE data_sources.node_id = ?", (node,))
-            gone = [p for (uri,) in rows if (p := asset_path(uri)) is not None and not p.exists()]
+            gone = [p for uri, mimetype, family in rows
+                    if (p := asset_path(uri)) is not None and _gone(p, mimetype or "", family or "")]
             return ("/".join(keys), gone) if gone else None
     return None
+
+
+def _gone(path: Path, mimetype: str, family: str) -> bool:
+    """The file is missing; for a Zarr array, its array metadata is (Tiled's ``zarr.open`` of a
+    missing path leaves an empty group there, so the folder alone proves nothing)."""
+    if not path.exists():
+        return True
+    if "zarr" not in mimetype or family != "array" or (path / ".zarray").is_file():
+        return False
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("node_type") != "array"
+    except (OSError, ValueError, AttributeError):
+        return True
 
 
 def _resolve(db: sqlite3.Connection, keys: list[str]) -> int | None:
