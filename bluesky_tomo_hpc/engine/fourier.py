@@ -208,12 +208,41 @@ class FourierPlan:
         Each task is one slice pair, start to end (pad, filter, window, NUFFT, split), so
         threads never wait on each other.
         """
-        nz = sino.shape[0]
-        pairs = (nz + 1) // 2
+        def pair(slot: int, p: int) -> None:
+            z = 2 * p
+            spec = self._spectrum(slot, sino, kernel, left, p)
+            second = out[z + 1] if z + 1 < sino.shape[0] else None
+            self._cpu_plans[slot].execute(spec.reshape(-1), out[z], second)
+
+        self._each_pair(pair, (sino.shape[0] + 1) // 2)
+
+    def spread_cpu(self, sino: np.ndarray, kernel: tuple, grids: np.ndarray, left: int,
+                   scale: float = 1.0) -> None:
+        """Add ``scale`` times each slice pair's oversampled grid into ``grids`` ``(pairs, nf, nf)``
+        complex64: :meth:`run_cpu` without the grid's FFT and deconvolution, which are linear, so
+        the grids of blocks of angles can be summed and transformed once
+        (:func:`.nufft_spread.grid_to_modes`; :mod:`bluesky_tomo_hpc.sinks.grid_sum`)."""
+        def pair(slot: int, p: int) -> None:
+            spec = self._spectrum(slot, sino, kernel, left, p)
+            if scale != 1.0:
+                spec *= np.float32(scale)
+            grids[p] += self._cpu_plans[slot].spread(spec.reshape(-1))
+
+        self._each_pair(pair, (sino.shape[0] + 1) // 2)
+
+    def close(self) -> None:
+        """End this plan's worker threads (a plan used once, not kept by :func:`fourier_plan`)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _each_pair(self, pair: Any, pairs: int) -> None:
+        """``pair(slot, p)`` for ``p`` in ``range(pairs)`` (slice pairs, or axes), on this plan's
+        threads: each pool thread keeps one ``slot`` (its spreader and scratch)."""
         with self._lock:
             if self.threads == 1 or pairs == 1:
                 for p in range(pairs):
-                    self._pair(0, sino, kernel, out, left, p)
+                    pair(0, p)
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nufft")
@@ -225,12 +254,13 @@ class FourierPlan:
                 if not hasattr(worker, "slot"):
                     with slot_lock:
                         worker.slot = next(slots)
-                self._pair(worker.slot, sino, kernel, out, left, p)
+                pair(worker.slot, p)
 
             for f in [self._pool.submit(task, p) for p in range(pairs)]:
                 f.result()
 
-    def _pair(self, slot: int, sino: Any, kernel: tuple, out: np.ndarray, left: int, p: int) -> None:
+    def _spectrum(self, slot: int, sino: Any, kernel: tuple, left: int, p: int) -> np.ndarray:
+        """Slice pair ``p``'s windowed, filtered spectrum ``(M, L)`` (the slot's scratch)."""
         n_angles, n_det = sino.shape[1], sino.shape[2]
         buf, spec = self._scratch(slot, n_angles)
         z = 2 * p
@@ -241,7 +271,7 @@ class FourierPlan:
             rows.real[:, left : left + n_det] = sino[z, a:b]
             rows.imag[:, left : left + n_det] = sino[z + 1, a:b] if second else 0.0
             windowed_spectrum(rows, kernel, left, n_det, self.window, spec[a:b], (a, b))
-        self._cpu_plans[slot].execute(spec.reshape(-1), out[z], out[z + 1] if second else None)
+        return spec
 
     def run_cpu_centers(self, sino: np.ndarray, kernels: list[tuple], out: np.ndarray, left: int) -> None:
         """One sinogram ``(M, n_det)`` at several axes (one kernel each) into ``out`` (k, n, n).
@@ -262,27 +292,7 @@ class FourierPlan:
             window_spectrum(filtered, kernels[j], self.window, spec)
             self._cpu_plans[slot].execute(spec.reshape(-1), out[j], None)
 
-        with self._lock:
-            if self.threads == 1 or len(kernels) == 1:
-                for j in range(len(kernels)):
-                    one(0, j)
-                return
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nufft")
-            free = list(range(self.threads))
-            free_lock = threading.Lock()
-
-            def task(j: int) -> None:
-                with free_lock:
-                    slot = free.pop()
-                try:
-                    one(slot, j)
-                finally:
-                    with free_lock:
-                        free.append(slot)
-
-            for f in [self._pool.submit(task, j) for j in range(len(kernels))]:
-                f.result()
+        self._each_pair(one, len(kernels))
 
     def _scratch(self, slot: int, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-thread row-block and spectrum buffers, kept between pairs and calls: fresh
