@@ -125,13 +125,14 @@ def run_once(kind: str, work: Path, a: argparse.Namespace, cached: tuple) -> dic
 
 def stop_phase(a: argparse.Namespace) -> dict:
     """What is left at the stop of a summed scan, alone (no feed, no other thread of this process):
-    the last block of END_BLOCK angles on every core, then scaling, masking and writing the
-    ALS-sized binned volume into its result folder (Zarr levels + TIFF + provenance). Wall and CPU
-    seconds of each, so a quiet 2-core figure can be bounded on a shared host."""
+    the last block of END_BLOCK angles spread into the running grids on every core, then each slice
+    pair's grid transformed, scaled, masked and written (the ALS-sized binned volume into its
+    result folder: Zarr levels + TIFF + provenance). Wall and CPU seconds of each, so a quiet 2-core
+    figure can be bounded on a shared host."""
     from bluesky_tomo_hpc.engine.params import ReconParams
     from bluesky_tomo_hpc.model import ScanSpec
     from bluesky_tomo_hpc.results.provenance import CenterChoice
-    from bluesky_tomo_hpc.sinks.running_volume import reconstruct_block
+    from bluesky_tomo_hpc.sinks.grid_sum import GridSum
     from bluesky_tomo_hpc.sinks.streamed_result import slabs_from_sum, write_volume
     from bluesky_tomo_hpc.sinks.streaming_volume import END_BLOCK
 
@@ -149,13 +150,10 @@ def stop_phase(a: argparse.Namespace) -> dict:
     proj_log = rng.random((END_BLOCK, nz, nx), dtype=np.float32)
     theta = np.linspace(0, np.pi, a.frames, endpoint=False)[-END_BLOCK:]
     out: dict = {"load_before": round(os.getloadavg()[0], 2)}
-    total = rng.random((nz, nx, nx), dtype=np.float32)
-    slab = np.empty((16, nx, nx), np.float32)
+    grids = GridSum(nz, nx, params, (nx - 1) / 2)
+    grids.grids[...] = 1.0  # the earlier blocks' sum (its pages touched, as during a scan)
     t, c = time.perf_counter(), time.process_time()
-    for z0 in range(0, nz, 16):  # the last block, every core
-        k = min(16, nz - z0)
-        reconstruct_block(proj_log[:, z0:z0 + k], theta, (nx - 1) / 2, params, slab[:k], None)
-        total[z0:z0 + k] += slab[:k]
+    grids.add(proj_log, theta, None)  # the last block, every core
     out["last_block"] = {"wall_s": round(time.perf_counter() - t, 2),
                          "cpu_s": round(time.process_time() - c, 2)}
     base = Path(tempfile.mkdtemp(prefix="stop-phase-", dir=os.environ.get("TMPDIR")))
@@ -163,9 +161,9 @@ def stop_phase(a: argparse.Namespace) -> dict:
     try:
         t, c = time.perf_counter(), time.process_time()
         write_volume(spec, Store, params, base / "result", CenterChoice(params.center, 1.0, "given"),  # type: ignore[arg-type]
-                     slabs_from_sum(total, a.frames, params), how={}, warnings=[], timings={})
-        out["scale_mask_write"] = {"wall_s": round(time.perf_counter() - t, 2),
-                                   "cpu_s": round(time.process_time() - c, 2)}
+                     slabs_from_sum(grids, a.frames, params), how={}, warnings=[], timings={})  # type: ignore[arg-type]
+        out["fft_scale_mask_write"] = {"wall_s": round(time.perf_counter() - t, 2),
+                                       "cpu_s": round(time.process_time() - c, 2)}
     finally:
         shutil.rmtree(base, ignore_errors=True)
     out["load_after"] = round(os.getloadavg()[0], 2)
@@ -192,7 +190,7 @@ def main() -> int:
     a = ap.parse_args()
     if a.stop_phase:
         runs = [stop_phase(a) for _ in range(a.repeats)]
-        for stage in ("last_block", "scale_mask_write"):
+        for stage in ("last_block", "fft_scale_mask_write"):
             w = [r[stage]["wall_s"] for r in runs]
             c = [r[stage]["cpu_s"] for r in runs]
             print(f"{stage}: wall median {statistics.median(w)} s [{min(w)}-{max(w)}], "

@@ -178,3 +178,20 @@ def test_cli_reconstructs_the_real_half_acquisition_to_the_full_field_of_view(sh
         written = zarr.open(str(out / "volume.ome.zarr" / "0"), mode="r")[...]
         assert written.shape == expected.shape == (1, 569, 569)
         np.testing.assert_allclose(written, expected, rtol=0, atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_batch_program_follows_the_scans_own_half_acquisition_flag(shared_data, tmp_path):
+    """``half_acquisition: auto`` honours the start document's ``tomo.half_acquisition`` when it
+    states it (here: not a half acquisition, though the axis is offset; unstated, the data decide:
+    the test above)."""
+    from bluesky_tomo_hpc.batch.batch_program import SingleRank, run
+    from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob
+
+    path = shared_data / "muhrec_wood360_halfacq" / "muhrec_wood360_halfacq.h5"
+    job = ReconJob(run_uid="wood", input_path=path, params=ReconParams(center=284.0),
+                   outputs=JobOutputs(directory=tmp_path, result_folder=tmp_path / "result", tiff=False),
+                   metadata={"tomo": {"half_acquisition": False}})
+    record = run(job, SingleRank(), call="test")
+    prov = json.loads((tmp_path / "result" / "provenance.json").read_text())
+    assert prov["shape"][1:] == [332, 332], record  # the detector's width, not the stitched 569
+    assert prov["params"]["half_acquisition"] == "auto"  # the result keeps the parameters as given

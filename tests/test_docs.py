@@ -37,7 +37,7 @@ def test_sphinx_builds_without_warnings(tmp_path):
     pytest.importorskip("sphinx")
     pytest.importorskip("myst_parser")
     proc = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html", "-d",
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-j", "auto", "-b", "html", "-d",
          str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
         cwd=ROOT, env=clean_env(tmp_path), capture_output=True, text=True, timeout=300,
     )

@@ -316,7 +316,7 @@ def test_spread_nufft_is_finufft_type1_to_its_accuracy(n):
     SpreadNUFFT(n, (y, x), eps=1e-3).execute(c, re, im)
     err = np.linalg.norm(re + 1j * im - exact) / np.linalg.norm(exact)
     assert err < 1.2 * np.linalg.norm(own - exact) / np.linalg.norm(exact) + 1e-4
-    assert err < 2e-3
+    assert err < 4e-3  # eps 1e-3 asked; FINUFFT 2.4's kernel at sigma 1.25 gives 3.1e-3
     alone = np.empty((n, n), np.float32)
     SpreadNUFFT(n, (y, x), eps=1e-3).execute(c, alone, None)  # an odd slice out: no partner
     np.testing.assert_array_equal(alone, re)
@@ -373,3 +373,21 @@ def test_plan_memory_model_counts_what_a_plan_holds(phantom128):
     one = plan._cpu_plans[0]
     assert plan_bytes(n, m, 3) - plan_bytes(n, m, 2) >= one._grid.nbytes + one.weights.nbytes + 24 * ml
     assert slab_bytes_per_row(m, n, 1)[1] >= plan_bytes(n, m, cpu_threads())
+
+
+def test_candidate_centres_match_single_slices_and_keep_the_volume_plan(phantom128):
+    """The centre finder's candidates (rows filtered once, candidates on all threads) give the
+    slices one call per centre gives, and their plans do not evict the volume's."""
+    from bluesky_tomo_hpc.engine.fourier import fourier_plan
+    from bluesky_tomo_hpc.engine.sinogram_recon import reconstruct_at_centers
+
+    n, theta, sino, _ = phantom128
+    volume_plan = fourier_plan(n, theta, fourier_width(n))
+    centers = [(n - 1) / 2 + d for d in (-1.3, -0.25, 0.0, 0.6, 2.0)]
+    got = reconstruct_at_centers(sino, theta, centers, ReconParams())
+    for c, img in zip(centers, got, strict=True):
+        one = reconstruct_fourier(sino, theta, c, whole_square=True)[0]
+        np.testing.assert_allclose(img, one, rtol=1e-6, atol=1e-6 * float(np.abs(one).max()))
+    reconstruct_at_centers(sino[::2], theta[::2], centers[:2], ReconParams())
+    reconstruct_at_centers(sino[1::2], theta[1::2], centers[:2], ReconParams())
+    assert fourier_plan(n, theta, fourier_width(n)) is volume_plan

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.params import ReconParams
 from ..model import TomoDataError
 from ..results.provenance import CenterChoice, provenance_record
 from ..results.volume_files import ResultClaimedError, ResultLayout, VolumeWriter
@@ -96,6 +97,15 @@ class SingleRank:
         return None
 
 
+def scan_params(job: ReconJob) -> ReconParams:
+    """The job's parameters as the scan's own metadata settles them: ``half_acquisition: auto``
+    follows the start document's ``tomo.half_acquisition`` (``job.metadata["tomo"]``) when it
+    states it, as the in-memory path does; the result keeps the parameters as given."""
+    from ..engine.reconstruct import with_half_acquisition_hint
+
+    return with_half_acquisition_hint(job.params, job.metadata)
+
+
 def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     """Rank 0: the given centre, or one found from a few rows in the middle of ``rows``."""
     from ..engine.center import resolve_uncertain_center
@@ -115,7 +125,7 @@ def choose_center(job: ReconJob, rows: tuple[int, int]) -> CenterChoice:
     mid = (rows[0] + rows[1]) // 2
     r0 = max(rows[0], mid - half)
     r1 = min(rows[1], r0 + max(2 * half, b))
-    params = job.params.with_updates(rows=None)
+    params = scan_params(job).with_updates(rows=None)
     proj_log, theta, _ = preprocess_projections(load_scan(job.input_path, rows=(r0, r1)), params)
     # below the confidence threshold, with a warning (never a silent guess): the estimate, or the
     # job's fallback (the full volume at stop passes its detector's last confident centre) where
@@ -138,7 +148,7 @@ def field_of_view(job: ReconJob, plan: dict[str, Any], center: CenterChoice) -> 
 
     nx = plan["shape"][1]
     width = output_width(nx, to_binned(center.value, job.params.binning), plan["theta"],
-                         job.params.half_acquisition)
+                         scan_params(job).half_acquisition)
     if width != nx:
         center.details.update(half_acquisition=True, field_of_view_px=width)
     return width
@@ -268,8 +278,9 @@ def run(
                     logged[0] = time.monotonic()  # the job's log tells how far it is while it runs
                     log.info("slices %d / %d of this rank reconstructed", done[0], z1 - z0)
 
-            report = reconstruct_rows(job.input_path, job.params, (r0 + z0 * b, r0 + z1 * b), center.value,
-                                      writer.write, slab=plan["slab"], z_offset=z0, progress=tick)
+            report = reconstruct_rows(job.input_path, scan_params(job), (r0 + z0 * b, r0 + z1 * b),
+                                      center.value, writer.write, slab=plan["slab"], z_offset=z0,
+                                      progress=tick)
     except BaseException as exc:
         if rank == 0:  # the note says why; the original error keeps its exit code
             writer.fail(exc)
@@ -334,6 +345,14 @@ def write_result_record(job: ReconJob, result: dict[str, Any]) -> None:
     tmp.replace(job.outputs.result_path)
 
 
+def made_elsewhere_record(job: ReconJob, exc: ResultClaimedError) -> dict[str, Any]:
+    """``result.json`` of a job whose result another process claimed: finished, nothing made here,
+    and where the other process puts the result (the monitor reports the job done, not failed)."""
+    return {"job_id": job.job_id, "run_uid": job.run_uid, "params_hash": job.params.params_hash,
+            "made_elsewhere": True, "result_dir": str(job.outputs.result_dir),
+            "message": f"made by another process: {exc}"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 0, or aborts every rank with a non-zero code on any failure."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -369,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except ResultClaimedError as exc:  # made by another process: not this job's failure
         if rank == 0:
             log.info("job %s: %s (made by another process)", job.job_id, exc)
+            write_result_record(job, made_elsewhere_record(job, exc))
         return 0
     except BaseException as exc:  # noqa: BLE001 - every failure must end all ranks
         code = exit_code_for(exc)

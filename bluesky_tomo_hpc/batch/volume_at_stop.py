@@ -53,7 +53,7 @@ class VolumeAtStop:
             outputs=JobOutputs(directory=out_dir, result_folder=out_dir / "result", tiff=self.tiff),
             resources=Resources(ranks=1, memory_budget_mb=self.budget / 2**20),
             metadata={"scan_id": spec.scan_id, "plan_name": spec.plan_name, "fallback_center": fallback,
-                      "scan_health": spec.metadata.get("scan_health")},
+                      "scan_health": spec.metadata.get("scan_health"), "tomo": spec.metadata.get("tomo", {})},
         )
         record = run(job, SingleRank(), call=f"full volume at stop of run {spec.run_uid}", progress=progress)
         provenance = json.loads(Path(record["provenance"]).read_text())

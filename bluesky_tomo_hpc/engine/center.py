@@ -11,11 +11,14 @@ function of it; the fallback rule for uncertain answers is :mod:`.center_estimat
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from typing import Any, TypeVar
 
 import numpy as np
 
-from bluesky_tomo_hpc.engine.backend import get_array_module, to_numpy
+from bluesky_tomo_hpc.engine.backend import cpu_threads, get_array_module, to_numpy
 from bluesky_tomo_hpc.engine.center_consensus import (
     NO_EVIDENCE_AGREEMENT,
     HalvesPolish,
@@ -61,13 +64,31 @@ __all__ = [
 ]
 
 
-def _vo_rows(groups: list[Any], rows: list[int], theta: np.ndarray, params: ReconParams) -> CenterEstimate:
+_T = TypeVar("_T")
+
+
+def _each(pool: ThreadPoolExecutor | None, call: Callable[[Any], _T], items: Sequence[Any]) -> list[_T]:
+    """``[call(x) for x in items]``, on the pool's threads when there is one: the centre's
+    stages are independent per row group and spend their time in NumPy and SciPy, which
+    release the GIL, so a 2-core machine does two at once."""
+    return list(pool.map(call, items)) if pool is not None and len(items) > 1 else [call(x) for x in items]
+
+
+def _centre_pool() -> ThreadPoolExecutor | nullcontext[None]:
+    """``with _centre_pool() as pool``: a pool of its own for one search (never the block pool
+    its stages use inside), or None on one core."""
+    t = min(cpu_threads(), 4)
+    return ThreadPoolExecutor(t, thread_name_prefix="centre") if t > 1 else nullcontext()
+
+
+def _vo_rows(groups: list[Any], rows: list[int], theta: np.ndarray, params: ReconParams,
+             pool: ThreadPoolExecutor | None = None) -> CenterEstimate:
     """Vo's centre of two row groups (see :func:`row_group_sinograms`), sized for speed: the wide
     window is searched once, on the mean of the groups; each group is then refined near it (on
-    at most 768 columns: the image polish that follows works on 512)."""
+    at most 768 columns: the image polish that follows works on 512), the groups at once."""
     width = search_width(groups[0].shape[-1], params)
     wide = _vo_wide(sum(groups) / len(groups), theta, width) if len(groups) > 1 else None
-    ests = [_vo_two_stage(g, theta, width, wide) for g in groups]
+    ests = _each(pool, lambda g: _vo_two_stage(g, theta, width, wide), groups)
     centers = np.array([e.center for e in ests])
     center = float(np.median(centers))
     spread = float(np.abs(centers - center).max()) if len(centers) > 1 else 0.0
@@ -114,12 +135,14 @@ def _halfturn_rows(proj_norm: Any, theta: np.ndarray, params: ReconParams) -> Ce
     nx = proj_norm.shape[2]
     rows = rows_for_center(proj_norm.shape[1], params)
     sinos = [to_numpy(minus_log(proj_norm[:, r, :], params.minus_log_clip)) for r in rows]
-    matches = [match_half_turns(s, theta) for s in sinos]
+    with _centre_pool() as pool:
+        matches = _each(pool, lambda s: match_half_turns(s, theta), sinos)
     free = float(np.median([m.center for m in matches]))
     half = is_half_acquisition(free, nx, theta, params.half_acquisition)
     window = search_window(nx, params)
     if not half and not window[0] <= free <= window[1]:
-        matches = [match_half_turns(s, theta, window=window) for s in sinos]
+        with _centre_pool() as pool:
+            matches = _each(pool, lambda s: match_half_turns(s, theta, window=window), sinos)
     centers = np.array([m.center for m in matches])
     center = float(np.median(centers))
     spread = float(np.median(np.abs(centers - center))) if len(centers) > 1 else 0.0
@@ -174,15 +197,18 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
         return CenterEstimate(est.center, est.confidence, "pairs", {**est.details, **extra})
     rows, groups = row_group_sinograms(arr, params, params.minus_log_clip)
     sino = np.mean([to_numpy(g) for g in groups], axis=0)  # one slice of the rows used, less noise
-    vo = _vo_rows(groups, rows, th, params)
+    with _centre_pool() as pool:
+        pairs: Future[CenterEstimate | None] | None = None
+        if method != "vo" and pool is not None:  # the 0/180 pair beside Vo's search
+            pairs = pool.submit(_pairs_or_none, arr, th)
+        vo = _vo_rows(groups, rows, th, params, pool)
+        pr = pairs.result() if pairs is not None else None
     if method == "vo":
         u = _vo_uncertainty(vo)
         return CenterEstimate(vo.center, confidence_from_uncertainty(u), "vo",
                               {**vo.details, **extra, "uncertainty_px": u})
-    try:
-        pr: CenterEstimate | None = find_center_pairs(arr, th)
-    except TomoDataError:
-        pr = None
+    if pairs is None:
+        pr = _pairs_or_none(arr, th)
     lo, hi = search_window(arr.shape[2], params)
     start, u_start = vo, _vo_uncertainty(vo)
     pair_usable = (pr is not None and lo <= pr.center <= hi and min(pr.details["peaks"]) > 0.5
@@ -218,6 +244,14 @@ def find_center(proj_norm: Any, theta: Any, params: ReconParams) -> CenterEstima
         center = clipped
     details.update(uncertainty_px=u, search_window=(lo, hi))
     return CenterEstimate(center, confidence_from_uncertainty(u), f"auto:{how}", details)
+
+
+def _pairs_or_none(arr: Any, th: np.ndarray) -> CenterEstimate | None:
+    """The 0/180 pair's centre, None where the scan has no pair near 180 degrees."""
+    try:
+        return find_center_pairs(arr, th)
+    except TomoDataError:
+        return None
 
 
 def _slice_prefers(sino: np.ndarray, th: np.ndarray, a: float, b: float, params: ReconParams) -> bool:

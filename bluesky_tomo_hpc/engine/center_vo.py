@@ -114,6 +114,14 @@ def _vo_metrics(sino: Any, centers: np.ndarray, mask: Any, integer: bool, budget
     return out
 
 
+def _smoothed_rows(s: Any, sigma: tuple[float, float], stride: int) -> Any:
+    """``gaussian_filter(s, sigma, mode="reflect")[::stride]``, the same numbers, with the filter
+    along the detector run only on the rows kept (SciPy filters axis 0 first, then axis 1)."""
+    nd = ndimage_for(get_array_module(s))
+    along_angles = nd.gaussian_filter1d(s, sigma[0], axis=0, mode="reflect")[::stride]
+    return nd.gaussian_filter1d(along_angles, sigma[1], axis=1, mode="reflect")
+
+
 def _half_turn(sino: Any, theta: np.ndarray) -> Any:
     """The rows within the first 180 degrees: Vo's method mirrors them into the second half."""
     keep = theta - theta[0] < np.pi - 1e-6
@@ -161,10 +169,9 @@ def find_center_vo(
         raise TomoDataError(f"find_center_vo: sinogram {tuple(s.shape)} is too small")
     mid = (ncol - 1) / 2.0
     guess = mid if center_guess is None else float(center_guess)
-    nd = ndimage_for(xp)
     # smoothing as Vo's reference code; on long scans every k-th angle is enough (the metric
     # compares angular against detector frequencies, and angular frequencies stay put)
-    coarse_src = nd.gaussian_filter(s, (3, 1), mode="reflect")[:: -(-nrow // max_rows[0])]
+    coarse_src = _smoothed_rows(s, (3, 1), -(-nrow // max_rows[0]))
 
     def drop_for(rows: int) -> int:
         return int(min(drop, max(rows // 2 - 2, 0)))
@@ -198,7 +205,7 @@ def find_center_vo(
         return _estimate(coarse, c_cands, c_metric, k, binf, lo, hi, {"coarse_center": coarse},
                          (int(c_src.shape[0]), 0))
     # fine: sub-pixel spline shifts around the coarse minimum
-    fine_src = nd.gaussian_filter(s, (2, 2), mode="reflect")[:: -(-nrow // max_rows[1])]
+    fine_src = _smoothed_rows(s, (2, 2), -(-nrow // max_rows[1]))
     fb = 1
     while max_fine_cols and ncol // fb > max_fine_cols:
         fb *= 2

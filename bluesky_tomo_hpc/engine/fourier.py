@@ -89,8 +89,9 @@ def window_width(n: int, n_pad: int, whole_square: bool = False) -> int:
 def plan_bytes(n: int, n_angles: int, threads: int = 1, *, pad: bool = True,
                whole_square: bool = False) -> int:
     """Bytes a CPU :class:`FourierPlan` for ``n_angles`` x ``n`` holds once made and run with
-    ``threads`` workers: what a slab budget must leave it (measured at 1969 x 2560: peak 0.50 GB with
-    one thread, 0.81 GB with two; the model says 0.57 and 0.86).
+    ``threads`` workers: what a slab budget must leave it (measured at 1969 x 2560 with FINUFFT 2.4.1:
+    peak 0.44 GB over the input and output with one thread, 0.73 GB with two; the model says 0.59
+    and 0.91).
 
     Why a model: the plan lives for the whole volume beside the slabs, and its per-thread part
     (oversampled grid, FINUFFT's sort and subproblem grids) grows with the cores. Shared by the
@@ -207,12 +208,41 @@ class FourierPlan:
         Each task is one slice pair, start to end (pad, filter, window, NUFFT, split), so
         threads never wait on each other.
         """
-        nz = sino.shape[0]
-        pairs = (nz + 1) // 2
+        def pair(slot: int, p: int) -> None:
+            z = 2 * p
+            spec = self._spectrum(slot, sino, kernel, left, p)
+            second = out[z + 1] if z + 1 < sino.shape[0] else None
+            self._cpu_plans[slot].execute(spec.reshape(-1), out[z], second)
+
+        self._each_pair(pair, (sino.shape[0] + 1) // 2)
+
+    def spread_cpu(self, sino: np.ndarray, kernel: tuple, grids: np.ndarray, left: int,
+                   scale: float = 1.0) -> None:
+        """Add ``scale`` times each slice pair's oversampled grid into ``grids`` ``(pairs, nf, nf)``
+        complex64: :meth:`run_cpu` without the grid's FFT and deconvolution, which are linear, so
+        the grids of blocks of angles can be summed and transformed once
+        (:func:`.nufft_spread.grid_to_modes`; :mod:`bluesky_tomo_hpc.sinks.grid_sum`)."""
+        def pair(slot: int, p: int) -> None:
+            spec = self._spectrum(slot, sino, kernel, left, p)
+            if scale != 1.0:
+                spec *= np.float32(scale)
+            grids[p] += self._cpu_plans[slot].spread(spec.reshape(-1))
+
+        self._each_pair(pair, (sino.shape[0] + 1) // 2)
+
+    def close(self) -> None:
+        """End this plan's worker threads (a plan used once, not kept by :func:`fourier_plan`)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def _each_pair(self, pair: Any, pairs: int) -> None:
+        """``pair(slot, p)`` for ``p`` in ``range(pairs)`` (slice pairs, or axes), on this plan's
+        threads: each pool thread keeps one ``slot`` (its spreader and scratch)."""
         with self._lock:
             if self.threads == 1 or pairs == 1:
                 for p in range(pairs):
-                    self._pair(0, sino, kernel, out, left, p)
+                    pair(0, p)
                 return
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="nufft")
@@ -224,12 +254,13 @@ class FourierPlan:
                 if not hasattr(worker, "slot"):
                     with slot_lock:
                         worker.slot = next(slots)
-                self._pair(worker.slot, sino, kernel, out, left, p)
+                pair(worker.slot, p)
 
             for f in [self._pool.submit(task, p) for p in range(pairs)]:
                 f.result()
 
-    def _pair(self, slot: int, sino: Any, kernel: tuple, out: np.ndarray, left: int, p: int) -> None:
+    def _spectrum(self, slot: int, sino: Any, kernel: tuple, left: int, p: int) -> np.ndarray:
+        """Slice pair ``p``'s windowed, filtered spectrum ``(M, L)`` (the slot's scratch)."""
         n_angles, n_det = sino.shape[1], sino.shape[2]
         buf, spec = self._scratch(slot, n_angles)
         z = 2 * p
@@ -240,7 +271,28 @@ class FourierPlan:
             rows.real[:, left : left + n_det] = sino[z, a:b]
             rows.imag[:, left : left + n_det] = sino[z + 1, a:b] if second else 0.0
             windowed_spectrum(rows, kernel, left, n_det, self.window, spec[a:b], (a, b))
-        self._cpu_plans[slot].execute(spec.reshape(-1), out[z], out[z + 1] if second else None)
+        return spec
+
+    def run_cpu_centers(self, sino: np.ndarray, kernels: list[tuple], out: np.ndarray, left: int) -> None:
+        """One sinogram ``(M, n_det)`` at several axes (one kernel each) into ``out`` (k, n, n).
+
+        Why: the centre finder compares a slice at many candidate axes. The filter does not
+        depend on the axis, so the rows are filtered once, and the axes go to all threads (one
+        slice at a time used one thread). Each axis has a transform of its own: two axes as
+        the real and imaginary part of one would leak the NUFFT's error of each (~1e-3) into the
+        other, enough to move a 16-angle scan's centre by 0.5 px.
+        """
+        n_angles, n_det = sino.shape
+        rows = np.zeros((n_angles, self.n_pad), dtype=np.complex64)
+        rows.real[:, left : left + n_det] = sino
+        filtered = filtered_rows(rows, kernels[0][0], left, n_det, workers=self.threads)
+
+        def one(slot: int, j: int) -> None:
+            _, spec = self._scratch(slot, n_angles)
+            window_spectrum(filtered, kernels[j], self.window, spec)
+            self._cpu_plans[slot].execute(spec.reshape(-1), out[j], None)
+
+        self._each_pair(one, len(kernels))
 
     def _scratch(self, slot: int, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-thread row-block and spectrum buffers, kept between pairs and calls: fresh
@@ -284,19 +336,32 @@ def windowed_spectrum(rows: Any, kernel: tuple, left: int, n_det: int, L: int, o
     window factor. ``angles``: the rows' ``[a, b)`` among the plan's angles (the factor's rows);
     all of them when None. NumPy (in place, one thread) and CuPy alike.
     """
+    filtered = filtered_rows(rows, kernel[0], left, n_det)
+    return window_spectrum(filtered, kernel, L, out, angles)
+
+
+def filtered_rows(rows: Any, response: Any, left: int, n_det: int, workers: int = 1) -> Any:
+    """Padded rows ``(..., n_pad)`` complex, the detector at ``[left, left + n_det)`` -> the
+    filtered rows (edge-padded first; the axis plays no part, so many axes may share them)."""
     xp = get_array_module(rows)
-    response, start, factor = kernel
-    n_pad = rows.shape[-1]
     rows[..., :left] = rows[..., left : left + 1]
     rows[..., left + n_det :] = rows[..., left + n_det - 1 : left + n_det]
     if xp is np:
         import scipy.fft
 
-        spec = scipy.fft.fft(rows, axis=-1, workers=1, overwrite_x=True)
+        spec = scipy.fft.fft(rows, axis=-1, workers=workers, overwrite_x=True)
         spec *= response
-        filtered = scipy.fft.ifft(spec, axis=-1, workers=1, overwrite_x=True)
-    else:
-        filtered = xp.fft.ifft(xp.fft.fft(rows, axis=-1) * response, axis=-1)
+        return scipy.fft.ifft(spec, axis=-1, workers=workers, overwrite_x=True)
+    return xp.fft.ifft(xp.fft.fft(rows, axis=-1) * response, axis=-1)
+
+
+def window_spectrum(filtered: Any, kernel: tuple, L: int, out: Any, angles: tuple[int, int] | None = None,
+                    ) -> Any:
+    """Filtered rows ``(..., n_pad)`` -> ``out`` ``(..., L)``: the window of ``L`` samples
+    around the kernel's axis, its FFT, times the kernel's window factor."""
+    xp = get_array_module(filtered)
+    _, start, factor = kernel
+    n_pad = filtered.shape[-1]
     i0 = start % n_pad  # the filtered rows are n_pad-periodic
     first = min(L, n_pad - i0)
     out[..., :first] = filtered[..., i0 : i0 + first]
@@ -313,22 +378,30 @@ def windowed_spectrum(rows: Any, kernel: tuple, left: int, n_det: int, L: int, o
     return out
 
 
-_PLAN_CACHE: OrderedDict[tuple, FourierPlan] = OrderedDict()
-_PLAN_CACHE_SIZE = 2
+#: Plans kept per purpose: a volume's (its slabs, the next scan of that detector) and the
+#: centre finder's (one per candidate geometry: a slice's angles, the even and odd halves). Why
+#: apart: the centre's three geometries evicted the volume's plan from a shared cache of two,
+#: and each automatic run then made it again (0.3 s CPU at 720 x 1024).
+_PLAN_CACHE_SIZE = {"volume": 2, "centre": 4}
+#: The centre's cache also stays under this many bytes (:func:`plan_bytes`): a ``try`` sweep
+#: at full width makes plans of hundreds of MB that are not worth keeping.
+_CENTRE_CACHE_BYTES = 256 * 2**20
+_PLAN_CACHES: dict[str, OrderedDict[tuple, tuple[FourierPlan, int]]] = {
+    k: OrderedDict() for k in _PLAN_CACHE_SIZE}
 _PLAN_CACHE_LOCK = threading.Lock()
 
 
 def fourier_plan(
     n: int, theta: Any, n_pad: int, *, eps: float = DEFAULT_EPS, threads: int | None = None,
-    gpu: bool = False, whole_square: bool = False,
+    gpu: bool = False, whole_square: bool = False, purpose: str = "volume",
 ) -> FourierPlan:
     """The cached :class:`FourierPlan` for this geometry (made on first use).
 
     Why a cache: a plan costs up to a second or two to make (point sorting per thread, the
     deconvolution weights), a chunk of a few slices costs less than that, and the same geometry
     comes back for every slab, scan and preview check. Keyed by size, padding, window, angles,
-    accuracy, threads and device; the last two geometries are kept (a 2048^2 plan holds ~250 MB
-    with two threads).
+    accuracy, threads and device; per ``purpose`` (``volume`` or ``centre``, kept apart) the
+    last few geometries are kept (a 2048^2 plan holds ~250 MB with two threads).
     """
     theta = np.asarray(theta, dtype=np.float64)
     device = -1
@@ -336,15 +409,20 @@ def fourier_plan(
         device = require("cupy", GPU_FEATURE).cuda.Device().id
     key = (n, n_pad, hashlib.sha1(theta.tobytes()).hexdigest(), float(eps), cpu_threads(threads), gpu, device,
            bool(whole_square))
+    cache = _PLAN_CACHES[purpose]
     with _PLAN_CACHE_LOCK:
-        plan = _PLAN_CACHE.get(key)
-        if plan is None:
+        entry = cache.get(key)
+        if entry is None:
             plan = FourierPlan(n, theta, n_pad, eps=eps, threads=threads, gpu=gpu, whole_square=whole_square)
-            _PLAN_CACHE[key] = plan
-            while len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-                _PLAN_CACHE.popitem(last=False)
+            size = plan_bytes(n, len(theta), plan.threads, whole_square=whole_square)
+            cache[key] = (plan, size)
+            limit = _CENTRE_CACHE_BYTES if purpose == "centre" else math.inf
+            while len(cache) > 1 and (len(cache) > _PLAN_CACHE_SIZE[purpose]
+                                      or sum(b for _, b in cache.values()) > limit):
+                cache.popitem(last=False)
         else:
-            _PLAN_CACHE.move_to_end(key)
+            plan = entry[0]
+            cache.move_to_end(key)
     return plan
 
 

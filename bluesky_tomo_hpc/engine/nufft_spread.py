@@ -9,6 +9,14 @@ out. The division factors are calibrated once per plan by spreading a unit point
 through the same spreader and transform, so the result is FINUFFT's own type-1 sum to its
 accuracy (checked against ``finufft.nufft2d1`` in the tests), whatever kernel FINUFFT picks.
 
+Why FINUFFT 2.4 (``finufft>=2.4.1,<2.5`` in the project's dependencies): 2.5's ``execute``
+allocates and zero-fills a fine grid the size of ours on every call even when it only spreads
+(``spreadinterponly``: the grid is never used); at 2560^2 that is 52 MB of fresh pages per slice
+pair (12,800 page faults, about 55 ms of the 200 ms a 1500 x 2048 pair spent spreading), and
+2.5's spreader was slower besides: 2.4.1 spreads the same pair in 0.11-0.15 s against 2.5.1's
+0.20-0.21 s (CPU seconds, one thread, load 8-10; the NUFFT floor of ``benchmarks/bench_engine.py``
+shows the same step). FINUFFT's master still allocates it, hence the upper bound.
+
 The output modes are image pixels; they are written straight into two float32 slices (the real
 and the imaginary part: two real slices travel in one complex transform), rows flipped (slices
 are stored with y running down the rows), the deconvolution applied in the same pass.
@@ -16,6 +24,7 @@ are stored with y running down the rows), the deconvolution applied in the same 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -26,9 +35,9 @@ import scipy.fft
 UPSAMPFAC = 1.25
 
 #: the default accuracy: FINUFFT then picks a kernel 4 points wide at ``UPSAMPFAC`` (measured
-#: 3e-3 relative error against an exact sum on a 720 x 1024 sinogram's points, 10x below the
-#: discretisation error of any FBP). At 1e-3 it picks width 5, which its SIMD code pads to 8
-#: columns: about 1.3x the spreading time for an error nobody can see in a slice.
+#: with FINUFFT 2.4.1 on a 720 x 1024 slice pair inside the disc: 6e-3 of the peak at most
+#: against an eps=1e-6 sum, well below the discretisation error of any FBP, whose NRMSE is
+#: 0.03-0.04 here). At 3e-3 it picks width 5: 8e-4, for 10-20% more spreading time.
 DEFAULT_EPS = 5e-3
 
 
@@ -95,34 +104,61 @@ class SpreadNUFFT:
         self._grid = np.empty((self.nf, self.nf), dtype=np.complex64)
         self._order = order
         self._c = None if order is None else np.empty(len(order), dtype=np.complex64)
-        series = kernel_series(n, self.nf, opts)
-        # FINUFFT's kernel is even: its series is real (to rounding) and the two slices stay
-        # apart; a complex one (a kernel off centre) would mix them
-        if np.abs(series.imag).max() > 1e-4 * np.abs(series.real).max():
-            raise RuntimeError("FINUFFT's spreading kernel is not centred: its deconvolution is complex")
-        w = 1.0 / series.real
-        self.weights = np.ascontiguousarray(np.outer(w[::-1], w), dtype=np.float32)  # rows as stored
+        self.weights = deconvolution_weights(n, eps, upsampfac)
+
+    def spread(self, c: np.ndarray) -> np.ndarray:
+        """The oversampled grid of ``c`` (complex64, one value per point): FINUFFT's spreading only,
+        into this plan's own grid (overwritten by the next call). Linear in ``c``: grids of several
+        blocks of points add up to the grid of all of them (:mod:`..sinks.grid_sum`)."""
+        if self._order is not None:
+            # 'clip': the order is a permutation (every index valid); no per-index bounds check
+            # and no error path: 0.019 against 0.031 s per 1500 x 2048 pair
+            c = np.take(c, self._order, out=self._c, mode="clip")
+        self._spread.execute(c, out=self._grid)
+        return self._grid
 
     def execute(self, c: np.ndarray, out_re: np.ndarray, out_im: np.ndarray | None) -> None:
         """Transform ``c`` (complex64, one value per point) into ``out_re`` / ``out_im`` (n x n
-        float32, rows flipped: y down): the real and imaginary parts of the modes, deconvolved.
+        float32, rows flipped: y down): the real and imaginary parts of the modes, deconvolved."""
+        grid_to_modes(self.spread(c), self.n, self.weights, out_re, out_im)
 
-        The grid's inverse FFT is pruned: down the columns for the whole grid (in place), then
-        along the rows only for the ``n`` of ``nf`` rows the image keeps (about a tenth less).
-        """
-        n, nf, h = self.n, self.nf, self.n // 2
-        if self._order is not None:
-            c = np.take(c, self._order, out=self._c)
-        self._spread.execute(c, out=self._grid)
-        g = scipy.fft.ifft(self._grid, axis=0, norm="forward", workers=1, overwrite_x=True)
-        w = self.weights
-        # out row i holds mode k_y = n - h - 1 - i: the first n - h rows are the grid's rows
-        # n - h - 1 .. 0, the rest its rows nf - 1 .. nf - h; columns k_x = -h .. n - h - 1
-        for rows, first, last in ((slice(0, n - h), 0, n - h), (slice(n - h, n), nf - h, nf)):
-            part = scipy.fft.ifft(g[first:last], axis=1, norm="forward", workers=1, overwrite_x=True)
-            src = part[::-1]
-            for cols, cs in ((slice(0, h), slice(nf - h, nf)), (slice(h, n), slice(0, n - h))):
-                block = src[:, cs]
-                np.multiply(block.real, w[rows, cols], out=out_re[rows, cols])
-                if out_im is not None:
-                    np.multiply(block.imag, w[rows, cols], out=out_im[rows, cols])
+
+@functools.lru_cache(maxsize=4)
+def deconvolution_weights(n: int, eps: float = DEFAULT_EPS, upsampfac: float = UPSAMPFAC) -> np.ndarray:
+    """``(n, n)`` float32: one over the spreading kernel's Fourier series, rows as stored (flipped);
+    depends on the kernel only (size, accuracy, upsampling), never on the points: cached, shared
+    by the plans (read only)."""
+    nf = grid_size(n, upsampfac)
+    opts: dict[str, Any] = {"eps": eps, "isign": 1, "dtype": "complex64", "nthreads": 1,
+                            "upsampfac": upsampfac, "spreadinterponly": 1}
+    series = kernel_series(n, nf, opts)
+    # FINUFFT's kernel is even: its series is real (to rounding) and the two slices stay
+    # apart; a complex one (a kernel off centre) would mix them
+    if np.abs(series.imag).max() > 1e-4 * np.abs(series.real).max():
+        raise RuntimeError("FINUFFT's spreading kernel is not centred: its deconvolution is complex")
+    w = 1.0 / series.real
+    return np.ascontiguousarray(np.outer(w[::-1], w), dtype=np.float32)
+
+
+def grid_to_modes(grid: np.ndarray, n: int, weights: np.ndarray, out_re: np.ndarray,
+                  out_im: np.ndarray | None) -> None:
+    """An oversampled grid ``(nf, nf)`` complex64 (overwritten) -> its ``n x n`` modes, deconvolved
+    by ``weights`` (:func:`deconvolution_weights`), real and imaginary parts into ``out_re`` /
+    ``out_im`` (float32, rows flipped: y down).
+
+    The grid's inverse FFT is pruned: down the columns for the whole grid (in place), then along
+    the rows only for the ``n`` of ``nf`` rows the image keeps (about a tenth less).
+    """
+    nf, h = grid.shape[0], n // 2
+    g = scipy.fft.ifft(grid, axis=0, norm="forward", workers=1, overwrite_x=True)
+    w = weights
+    # out row i holds mode k_y = n - h - 1 - i: the first n - h rows are the grid's rows
+    # n - h - 1 .. 0, the rest its rows nf - 1 .. nf - h; columns k_x = -h .. n - h - 1
+    for rows, first, last in ((slice(0, n - h), 0, n - h), (slice(n - h, n), nf - h, nf)):
+        part = scipy.fft.ifft(g[first:last], axis=1, norm="forward", workers=1, overwrite_x=True)
+        src = part[::-1]
+        for cols, cs in ((slice(0, h), slice(nf - h, nf)), (slice(h, n), slice(0, n - h))):
+            block = src[:, cs]
+            np.multiply(block.real, w[rows, cols], out=out_re[rows, cols])
+            if out_im is not None:
+                np.multiply(block.imag, w[rows, cols], out=out_im[rows, cols])

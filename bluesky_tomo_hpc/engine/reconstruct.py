@@ -258,9 +258,14 @@ def reconstruct_scan(
 
 
 def _with_half_acquisition_hint(data: ScanData, params: ReconParams) -> ReconParams:
+    return with_half_acquisition_hint(params, data.metadata)
+
+
+def with_half_acquisition_hint(params: ReconParams, metadata: Any) -> ReconParams:
     """``half_acquisition: auto`` follows the scan's own word when it has one
-    (``start["tomo"]["half_acquisition"]``: true or false); otherwise the data decide."""
-    tomo = (data.metadata or {}).get("tomo")
+    (``metadata["tomo"]["half_acquisition"]``, from the start document: true or false); otherwise
+    the data decide. Every path (in memory, batch program, streamed) decides alike."""
+    tomo = metadata.get("tomo") if isinstance(metadata, dict) else None
     hint = tomo.get("half_acquisition") if isinstance(tomo, dict) else None
     if params.half_acquisition != "auto" or not isinstance(hint, bool):
         return params

@@ -97,7 +97,9 @@ def reconstruct_at_centers(sino: Any, theta: Any, centers: list[float], params: 
     """One slice ``(nx, nx)`` of the -log sinogram ``(n_angles, nx)`` per candidate centre (for
     centre refinement and ``try`` sweeps). The native Fourier method builds its NUFFT plan once
     for all candidates, which is most of the cost of a single slice; other engines go slice by
-    slice through :func:`reconstruct_sinograms`. The whole square is made, filtered at 2 n:
+    slice through :func:`reconstruct_sinograms`. On the CPU the rows are filtered once and the
+    candidates go to all threads (:meth:`.fourier.FourierPlan.run_cpu_centers`). The whole
+    square is made, filtered at 2 n:
     with the engine's 1.5 n for the inscribed disc, a truncated (interior) scan's edges wrap
     into the disc the centre's metrics read, and its answer moved by 0.7 px
     (IMAT interior, ``benchmarks/bench_center.py``)."""
@@ -110,8 +112,16 @@ def reconstruct_at_centers(sino: Any, theta: Any, centers: list[float], params: 
 
     xp = choose_device(params.device)
     whole = True
-    plan = fourier_plan(nx, theta, fourier_width(nx, params.pad, whole), gpu=xp is not np, whole_square=whole)
+    plan = fourier_plan(nx, theta, fourier_width(nx, params.pad, whole), gpu=xp is not np, whole_square=whole,
+                        purpose="centre")
     row = xp.ascontiguousarray(xp.asarray(sino, dtype=xp.float32)[None])
+    if xp is np:  # filtered once, the candidates on all threads
+        left = (plan.n_pad - nx) // 2
+        kernels = [plan.kernel(float(c) + left, params.filter_name, params.filter_cutoff,
+                               params.butterworth_order) for c in centers]
+        out = np.empty((len(centers), nx, nx), dtype=np.float32)
+        plan.run_cpu_centers(np.asarray(sino, dtype=np.float32), kernels, out, left)
+        return list(out)
     filt = {"filter_name": params.filter_name, "cutoff": params.filter_cutoff,
             "order": params.butterworth_order, "pad": params.pad, "whole_square": whole}
     return [reconstruct_fourier(row, theta, float(c), plan=plan, **filt)[0] for c in centers]

@@ -270,7 +270,15 @@ class JobMonitor:
             self._failed(rec, f"{st.state.value}: {st.reason}{extra}", st.transient)
 
     def _register(self, rec: JobRecord) -> None:
-        """Have the job's volume registered in Tiled; REGISTERED when done, else retried later."""
+        """Have the job's volume registered in Tiled; REGISTERED when done, else retried later.
+
+        A job whose result another process claimed (``made_elsewhere`` in its ``result.json``)
+        is DONE: that process makes and registers the result; nothing is registered twice."""
+        result = rec.result or {}
+        if result.get("made_elsewhere"):
+            line = result.get("message") or f"made by another process: {result.get('result_dir')}"
+            self.journal.set_state(rec.job_id, "DONE", str(line))
+            return
         if self.registrar is None:
             self.journal.set_state(rec.job_id, "DONE", "no Tiled configured: results are files only")
             return

@@ -105,10 +105,13 @@ class SinkFactory:
 
         outputs.append(PreviewFileWriter(self.png_dir))
         self.result_writer = None
+        #: the final preview's Tiled writer (the session gives it a spool and an error list)
+        self.preview_tiled: Any = None
         if processed is not None:
             from ..results.writer import TiledResultWriter
 
-            outputs.append(PreviewTiledWriter(processed, settings.recon))
+            self.preview_tiled = PreviewTiledWriter(processed, settings.recon)
+            outputs.append(self.preview_tiled)
             in_place = settings.tiled.register_in_place if register_in_place is None else register_in_place
             self.result_writer = TiledResultWriter(processed, png_dir=self.png_dir,
                                                    register_in_place=bool(in_place))

@@ -99,6 +99,8 @@ class TomoPipeline:
         self.spool = ResultSpool(self.data_dir / "spool")
         if self.result_writer is not None:
             self.result_writer.spool, self.result_writer.report = self.spool, self.report_error
+        if self.sinks.preview_tiled is not None:  # the final preview, too, is kept when Tiled is down
+            self.sinks.preview_tiled.spool, self.sinks.preview_tiled.report = self.spool, self.report_error
         self.service.listeners.append(self._report_failed_outcome)
         #: centres fixed by a scan's metadata or its series (see metadata.pinned_center)
         self.pinned = self.sinks.pinned

@@ -8,6 +8,10 @@ a Tiled client (the pipeline's recovery thread, or ``bluesky-tomo-hpc recover``)
 :meth:`ResultSpool.register_all` to write every spooled result and remove it once written.
 Registering is idempotent: a node of the same run, parameters and kind is replaced.
 
+A final live preview Tiled could not take (kind ``preview``: three slices and their metadata) is
+kept the same way (:meth:`ResultSpool.put_preview`), its slices in ``preview.npz`` (plain float32
+arrays, read back with ``allow_pickle=False``).
+
 Entry folders are named by time and a random suffix, never by a document value, so nothing
 from outside builds a path here.
 """
@@ -19,9 +23,12 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..engine.params import ReconParams
 from .tiled_results import recon_key, write_reconstruction
@@ -31,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: slices written per step (the spool never holds a second copy of the volume)
 SLAB = 16
+#: the planes a spooled preview may hold (nothing else is read back from ``preview.npz``)
+PREVIEW_PLANES = ("xy", "xz", "yz")
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,32 @@ class ResultSpool:
 
         The record is written last, so a crash (or a full disk) never leaves a half entry that
         looks whole; a failed entry is removed and the error raised."""
+
+        def write_volume(final: Path, record: dict[str, Any]) -> None:
+            nz = int(volume.shape[0])
+            with VolumeWriter(final / "volume", tuple(volume.shape), tiff=False, levels=1,
+                              chunk_z=SLAB) as writer:
+                for z0 in range(0, nz, SLAB):
+                    writer.write(z0, volume[z0:z0 + SLAB])
+                writer.finish(record)
+
+        return self._put(raw_uid, params, metadata, kind, error, write_volume)
+
+    def put_preview(self, *, raw_uid: str, params: ReconParams, slices: Mapping[str, Any],
+                    metadata: dict[str, Any], error: str) -> Path:
+        """Keep a final preview (its three slices and metadata) whose Tiled write failed."""
+        unknown = set(slices) - set(PREVIEW_PLANES)
+        if unknown:
+            raise ValueError(f"preview planes {sorted(unknown)} are not among {PREVIEW_PLANES}")
+
+        def write_slices(final: Path, record: dict[str, Any]) -> None:
+            with open(final / "preview.npz", "wb") as f:
+                np.savez(f, **{k: np.asarray(v, np.float32) for k, v in slices.items()})
+
+        return self._put(raw_uid, params, metadata, "preview", error, write_slices)
+
+    def _put(self, raw_uid: str, params: ReconParams, metadata: dict[str, Any], kind: str, error: str,
+             write_payload: Callable[[Path, dict[str, Any]], None]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(4).hex()}"
         final = self.directory / name
@@ -68,19 +103,14 @@ class ResultSpool:
                   "metadata": metadata, "error": error, "spooled_at": time.time()}
         try:
             final.mkdir()
-            nz = int(volume.shape[0])
-            with VolumeWriter(final / "volume", tuple(volume.shape), tiff=False, levels=1,
-                              chunk_z=SLAB) as writer:
-                for z0 in range(0, nz, SLAB):
-                    writer.write(z0, volume[z0:z0 + SLAB])
-                writer.finish(record)
+            write_payload(final, record)
             tmp = final / "record.json.tmp"
             tmp.write_text(json.dumps(record, default=str))
             tmp.replace(final / "record.json")  # last: only now is the entry pending
         except BaseException:
             shutil.rmtree(final, ignore_errors=True)
             raise
-        log.warning("run %s: result kept in %s until Tiled takes it (%s)", raw_uid, final, error)
+        log.warning("run %s: %s result kept in %s until Tiled takes it (%s)", raw_uid, kind, final, error)
         return final
 
     def pending(self) -> list[SpooledResult]:
@@ -100,10 +130,14 @@ class ResultSpool:
 
     def register(self, container: Any, entry: SpooledResult) -> Any:
         """Write one spooled result to Tiled (uploaded: the spool copy is then removed)."""
+        payload: dict[str, Any]
+        if entry.kind == "preview":
+            payload = {"previews": read_preview_slices(entry.path / "preview.npz")}
+        else:
+            payload = {"volume_zarr": ResultLayout(entry.path / "volume").full_resolution}
         node = write_reconstruction(
             container, raw_uid=entry.raw_uid, params=entry.params,
-            volume_zarr=ResultLayout(entry.path / "volume").full_resolution,
-            metadata={**entry.metadata, "spooled_because": entry.error}, kind=entry.kind)
+            metadata={**entry.metadata, "spooled_because": entry.error}, kind=entry.kind, **payload)
         shutil.rmtree(entry.path, ignore_errors=True)
         log.info("run %s: spooled result registered in Tiled as %s", entry.raw_uid, entry.key)
         return node
@@ -118,3 +152,13 @@ class ResultSpool:
             except Exception as exc:  # Tiled still down: the entry stays for the next try
                 failed.append((entry, f"{type(exc).__name__}: {exc}"))
         return done, failed
+
+
+def read_preview_slices(path: Path) -> dict[str, np.ndarray]:
+    """The slices of a spooled preview: 2-D float32 arrays of the known planes, never pickles."""
+    with np.load(path, allow_pickle=False) as npz:
+        out = {k: npz[k] for k in npz.files if k in PREVIEW_PLANES}
+    bad = [k for k, v in out.items() if v.ndim != 2 or v.dtype != np.float32]
+    if not out or bad:
+        raise ValueError(f"spooled preview {path} holds no usable slices (bad: {bad})")
+    return out

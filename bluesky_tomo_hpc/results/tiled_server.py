@@ -23,6 +23,7 @@ import httpx
 from ..untrusted.key_throttle import WrongKeyThrottle
 from ..untrusted.secrets_mask import uvicorn_log_config, with_mask_filter
 from .catalog_relocation import follow_moved_folder
+from .missing_data import MissingDataAnswer
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def build_tiled_app(directory: Path, api_key: str, readable_storage: Sequence[st
         app.mount(path, sub)
         # "/web" -> "web/", relative: the router's own slash redirect is built from the Host header
         app.add_route(path, _relative_redirect(path.rstrip("/").rsplit("/", 1)[-1] + "/"))
-    return WrongKeyThrottle(app, skip=list(mounts or {}))
+    # a node whose data file is gone: one line at once, not a retried "internal error" (missing_data)
+    return WrongKeyThrottle(MissingDataAnswer(app, directory / "catalog.db"), skip=list(mounts or {}))
 
 
 def _relative_redirect(location: str) -> Any:

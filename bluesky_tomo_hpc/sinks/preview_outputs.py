@@ -61,22 +61,43 @@ class PreviewFileWriter:
 
 class PreviewTiledWriter:
     """Writes the final preview next to the raw run in Tiled (kind ``preview``), through the
-    results module, so it is found like any reconstruction of that run."""
+    results module, so it is found like any reconstruction of that run.
 
-    def __init__(self, container: Callable[[], Any] | Any, params: ReconParams | None = None):
+    With a ``spool`` (:class:`~..results.spool.ResultSpool`), a final preview Tiled does not take
+    (server killed or restarting) is kept there and registered when Tiled is back (the recovery
+    thread or ``bluesky-tomo-hpc recover``), and ``report(run_uid, message)`` puts the failure in
+    the run's error list; without one the failure is raised (and logged by the preview)."""
+
+    def __init__(self, container: Callable[[], Any] | Any, params: ReconParams | None = None, *,
+                 spool: Any = None, report: Callable[[str, str], None] | None = None):
         self._container = container
         self.params = params or ReconParams()
+        self.spool = spool
+        self.report = report
         self.nodes: list[Any] = []
+        self.spooled: list[Path] = []
 
     def __call__(self, update: PreviewUpdate) -> None:
         if not update.final or update.metadata.get("refinement_pending"):
             return
         from ..results.tiled_results import write_reconstruction
 
-        container = self._container() if callable(self._container) else self._container
         # the recon params of the worker (their hash keys the node); preview binning and centre
         # are in the metadata
         params = self.params
         md = {**update.metadata, "slice_indices": dict(update.indices), "preview_seq": update.seq}
-        self.nodes.append(write_reconstruction(container, raw_uid=update.run_uid, params=params,
-                                               previews=update.slices, metadata=md, kind="preview"))
+        try:
+            container = self._container() if callable(self._container) else self._container
+            self.nodes.append(write_reconstruction(container, raw_uid=update.run_uid, params=params,
+                                                   previews=update.slices, metadata=md, kind="preview"))
+        except Exception as exc:
+            if self.spool is None:
+                raise
+            error = f"{type(exc).__name__}: {exc}"
+            path = self.spool.put_preview(raw_uid=update.run_uid, params=params, slices=update.slices,
+                                          metadata=md, error=error)
+            self.spooled.append(path)
+            message = (f"writing the final preview to Tiled failed ({error}); it is kept in {path} "
+                       "and registered when Tiled is back (or run: bluesky-tomo-hpc recover)")
+            if self.report is not None:
+                self.report(update.run_uid, message)

@@ -3,9 +3,10 @@
 Why: filtered back-projection is linear in the -log sinogram, and the Fourier method weighs every
 angle alike (``pi / n_angles``, :mod:`..engine.fourier`), so the volume of a scan is the sum of
 the volumes of its blocks of angles, each weighted by its share of them: ``V = sum_b (M_b / M) V_b``.
-Reconstructing each block as it arrives costs, in total, little more than one reconstruction at
-the stop (the NUFFT's cost grows with the number of angles; only its FFT is paid per block), so
-at the stop only the last block, the scaling and the writing are left. The tomostream update
+For the Fourier method the sum is kept one step earlier, as each slice pair's NUFFT grid
+(:mod:`.grid_sum`): a block pays only its filtering and spreading, costs that grow with its
+angles, so the blocks cost in total what one reconstruction's spreading costs, and at the stop
+only the last block, one FFT per slice pair, the scaling and the writing are left. The tomostream update
 ``obj += R(new)`` is the same linearity, for three slices.
 
 It holds only when each frame's -log values are final when it arrives, which is when: the centre
@@ -22,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from ..engine.reconstruct import line_integrals
 from ..engine.tomopy_engine import resolve_engine
 from ..model import FrameRole, ScanData
 from .binned_store import BinnedScanStore
+from .grid_sum import GridSum, grid_bytes
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ def not_accumulable(params: ReconParams) -> str | None:
 
 
 class RunningVolume:
-    """``sum_b M_b V_b`` over the blocks added so far, as float32 ``(nz, n, n)`` in memory.
+    """``sum_b M_b V_b`` over the blocks added so far: for the Fourier method as its NUFFT grids
+    (:class:`.grid_sum.GridSum`: a block costs no FFT), for ``fbp`` as float32 slices ``(nz, n, n)``.
 
     ``center`` is the binned column the blocks are reconstructed at; the darks and flats are
     those of the store when the first block is added (:attr:`calibration` records which).
@@ -73,7 +77,9 @@ class RunningVolume:
                  threads: int | None = 1):
         nz, nx = store.shape
         self.store, self.params, self.center, self.threads = store, params, float(center), threads
-        self.sum = np.zeros((nz, nx, nx), dtype=np.float32)
+        self.shape = (nz, nx, nx)
+        self.grid = GridSum(nz, nx, params, center) if params.algorithm != "fbp" else None
+        self.sum = np.zeros(self.shape, dtype=np.float32) if self.grid is None else None
         self.done: set[int] = set()
         #: indices whose frames a block has read (summed, or being summed)
         self.claimed: set[int] = set()
@@ -90,9 +96,10 @@ class RunningVolume:
         self._lock = threading.Lock()
 
     @staticmethod
-    def nbytes(store: BinnedScanStore) -> int:
+    def nbytes(store: BinnedScanStore, params: ReconParams) -> int:
+        """Bytes the sum holds (grids for the Fourier method, slices for ``fbp``)."""
         nz, nx = store.shape
-        return 4 * nz * nx * nx
+        return 4 * nz * nx * nx if params.algorithm == "fbp" else grid_bytes(nz, nx)
 
     def _calibration_now(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         return (tuple(sorted(self.store.calibration[FrameRole.DARK])),
@@ -154,6 +161,11 @@ class RunningVolume:
 
     def _add(self, proj_log: np.ndarray, theta: np.ndarray) -> None:
         """``k * V`` of a block of ``k`` angles into the sum (the engine weighs each by pi / k)."""
+        if self.grid is not None:
+            with self._lock:
+                self.grid.add(proj_log, theta, self.threads)
+            return
+        assert self.sum is not None
         block = np.empty((min(SLICES_PER_CALL, proj_log.shape[1]), *self.sum.shape[1:]), dtype=np.float32)
         for z0 in range(0, proj_log.shape[1], SLICES_PER_CALL):
             z1 = min(z0 + SLICES_PER_CALL, proj_log.shape[1])
@@ -179,7 +191,23 @@ class RunningVolume:
         """The volume from the angles so far (``sum / M_so_far``), every ``step``-th voxel, and ``M``."""
         with self._lock:
             m = len(self.done)
-            return self.sum[::step, ::step, ::step] / np.float32(max(1, m)), m
+            scale = np.float32(1.0 / max(1, m))
+            if self.grid is not None:
+                volume = self.grid.sampled(step)
+                volume *= scale
+                return volume, m
+            assert self.sum is not None
+            return self.sum[::step, ::step, ::step] * scale, m
+
+    def slabs(self, slices: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The sum as unscaled slices, ``slices`` at a time (the stop: grids are transformed in
+        place, so nothing more may be added)."""
+        if self.grid is not None:
+            yield from self.grid.slabs(slices, self.threads)
+            return
+        assert self.sum is not None
+        for z0 in range(0, self.shape[0], slices):
+            yield z0, self.sum[z0:z0 + slices]
 
 
 def reconstruct_block(proj_log: Any, theta: np.ndarray, center: float, params: ReconParams, out: np.ndarray,

@@ -30,12 +30,14 @@ from ..engine.reconstruct import (
     make_chunk_reconstructor,
     preprocess_projections,
     reconstruct_prepared,
+    with_half_acquisition_hint,
 )
 from ..engine.tomopy_engine import resolve_engine
 from ..model import ScanSpec, TomoDataError
 from ..results.provenance import CenterChoice, provenance_record
 from ..results.volume_files import VolumeWriter
 from .binned_store import BinnedScanStore
+from .running_volume import RunningVolume
 
 #: detector rows (x binning) the centre is found from, in the middle: as the batch program does
 CENTER_ROWS = 8
@@ -68,10 +70,9 @@ def stop_center(store: BinnedScanStore, params: ReconParams, given: float | None
     return CenterChoice(to_unbinned(est.center, b), est.confidence, est.method, details)
 
 
-def slabs_from_sum(total: np.ndarray, n_angles: int, params: ReconParams) -> Slabs:
+def slabs_from_sum(running: RunningVolume, n_angles: int, params: ReconParams) -> Slabs:
     """The running sum as final slices: divided by the angle count, masked, slab by slab in place."""
-    for z0 in range(0, total.shape[0], STORE_SLAB_SLICES):
-        slab = total[z0:z0 + STORE_SLAB_SLICES]
+    for z0, slab in running.slabs(STORE_SLAB_SLICES):
         slab *= np.float32(1.0 / n_angles)
         if params.circular_mask is not None:
             circular_mask(slab, params.circular_mask, in_place=True)
@@ -81,7 +82,8 @@ def slabs_from_sum(total: np.ndarray, n_angles: int, params: ReconParams) -> Sla
 def half_acquisition(store: BinnedScanStore, params: ReconParams, center_b: float) -> bool:
     """Whether the slices are stitched from both half-turns (the batch program's rule)."""
     theta = np.array([store.angles[i] for i in store.order()])
-    return is_half_acquisition(center_b, store.shape[1], theta, params.half_acquisition)
+    setting = with_half_acquisition_hint(params, store.spec.metadata).half_acquisition
+    return is_half_acquisition(center_b, store.shape[1], theta, setting)
 
 
 def slabs_from_store(store: BinnedScanStore, params: ReconParams, center_b: float,
@@ -144,7 +146,8 @@ def write_volume(spec: ScanSpec, store: BinnedScanStore, params: ReconParams, re
     b, (nz, nx) = store.binning, store.shape
     if half_acquisition(store, params, to_binned(center.value, b)):  # the stitched field of view
         theta = np.array([store.angles[i] for i in store.order()])
-        nx = output_width(nx, to_binned(center.value, b), theta, params.half_acquisition)
+        setting = with_half_acquisition_hint(params, spec.metadata).half_acquisition
+        nx = output_width(nx, to_binned(center.value, b), theta, setting)
         center.details.update(half_acquisition=True, field_of_view_px=nx)
     pixel = spec.metadata.get("pixel_size_um") if isinstance(spec.metadata, dict) else None
     voxel = float(pixel) * b if isinstance(pixel, int | float) and pixel > 0 else None

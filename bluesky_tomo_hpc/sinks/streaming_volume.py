@@ -141,8 +141,9 @@ class _StreamedRun:
         center = sink.provisional_center(spec)
         if self.not_summed is None and center is None:
             self.not_summed = "no centre is known before the stop (none given, pinned, remembered or hinted)"
-        elif self.not_summed is None and RunningVolume.nbytes(self.store) > sink.budget // 2:
-            self.not_summed = (f"the volume ({RunningVolume.nbytes(self.store) / 2**30:.1f} GiB) does not "
+        elif (self.not_summed is None
+              and (need := RunningVolume.nbytes(self.store, self.params)) > sink.budget // 2):
+            self.not_summed = (f"the running sum ({need / 2**30:.1f} GiB) does not "
                                f"fit half the memory budget ({sink.budget / 2**30:.1f} GiB)")
         if self.not_summed is None:
             center_b = to_binned(float(center), self.params.binning)
@@ -245,7 +246,7 @@ class _StreamedRun:
         if self.sink.partial is None or time.monotonic() - self._last_partial < self.sink.partial_every_s:
             return
         self._last_partial = time.monotonic()
-        volume, m = running.partial(step=max(1, running.sum.shape[-1] // PARTIAL_SIZE))
+        volume, m = running.partial(step=max(1, running.shape[-1] // PARTIAL_SIZE))
         try:
             self.sink.partial(self.spec, volume, m)
         except Exception:  # a viewer's trouble never stops the volume
@@ -287,6 +288,7 @@ class _StreamedRun:
             if running is not None and why is None:
                 running.threads = None  # the stop has every core
                 running.apply_replacements()
+                timings["angles_left_at_stop"] = len(set(store.order()) - running.claimed)
                 running.add_block(store.order())
                 why = running.invalid
             timings["last_block"] = time.perf_counter() - t
@@ -298,7 +300,7 @@ class _StreamedRun:
                 if center_b != running.center:  # summed at the provisional centre: the result says so
                     center = CenterChoice(to_unbinned(running.center, store.binning), center.confidence,
                                           center.method, {**center.details, "found": center.value})
-                slabs = slabs_from_sum(running.sum, len(store.slots), params)
+                slabs = slabs_from_sum(running, len(store.slots), params)
             else:
                 self.running = None  # frees the sum before the slabs are made
                 how = {"summed": False, "why": why}

@@ -32,6 +32,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from ..results.missing_data import MISSING_DATA_STATUS, missing_data_detail
 from ..untrusted.secrets_mask import mask_secrets, mask_text
 from .auth import Gate, RequireKey, is_authorised, too_many
 from .catalog import Catalog, CatalogError
@@ -294,6 +295,8 @@ def build_web_app(ctx: WebContext, gate: Gate | None = None) -> Starlette:
         return _error(f"{exc.detail}: {request.url.path}", exc.status_code)
 
     async def internal(request: Request, exc: Exception) -> Response:
+        if (line := missing_data_detail(exc)) is not None:  # a node whose data file is gone
+            return _error(line, MISSING_DATA_STATUS)
         log.exception("web page: %s failed", request.url.path)
         return _error(f"internal error ({type(exc).__name__}: {exc}); the server log has the details", 500)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..results.missing_data import MISSING_DATA_STATUS
 from .catalog import (
     PLANES,
     UNIT,
@@ -112,6 +113,8 @@ class VolumeReader:
             raise TiledUnavailable(f"Tiled is not reachable: {type(exc).__name__}: {exc}") from exc
         if r.status_code == 404:
             raise CatalogError(f"no {what} in Tiled's '{self.catalog.processed_name}' container")
+        if r.status_code == MISSING_DATA_STATUS:  # its data file is gone: Tiled's one line says which
+            raise CatalogError(str(r.json().get("detail", "")), MISSING_DATA_STATUS)
         if r.status_code != 200:
             raise CatalogError(f"Tiled answered HTTP {r.status_code} for {what}", 502)
         return r

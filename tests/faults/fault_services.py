@@ -38,7 +38,7 @@ class TiledProcess:
         self.uri = f"http://127.0.0.1:{self.port}/api/v1"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 180) -> TiledProcess:
+    def start(self, timeout: float = 600) -> TiledProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         log = open(self.directory / "server.log", "ab")  # noqa: SIM115 - the process owns it
         self.proc = subprocess.Popen(

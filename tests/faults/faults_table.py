@@ -1,14 +1,20 @@
-"""Run the fault suite and write its table, ``docs/reference/faults.md`` (case, expected, outcome).
+"""Write the fault suite's table, ``docs/reference/faults.md`` (case, expected, outcome).
 
-    python tests/faults/faults_table.py            # from the repository root, with PYTHONPATH set
+    python tests/faults/faults_table.py                      # the cases as declared: no run (seconds)
+    python tests/faults/faults_table.py --report F.jsonl     # with the outcomes of a run (below)
+    python tests/faults/faults_table.py --run [PYTEST ARGS]  # run tests/faults here, then write it
 
-The expected behaviour is each case's first docstring line; the outcome is what this run saw
-(conftest.py writes one JSON line per case when ``$TOMO_FAULTS_REPORT`` names a file). Extra
-arguments go to pytest (``-k ...``), but the table is only honest for a whole-suite run.
+The cases and what each expects (its first docstring line) are read from ``tests/faults/test_*.py``
+without importing or running them, so the table lists today's cases in seconds; the whole suite
+takes over 1000 s on 2 loaded cores. Outcomes come from a run of the suite that set
+``TOMO_FAULTS_REPORT=F.jsonl`` (conftest.py then writes one JSON line per case: any run, e.g. the
+full suite or CI), or from ``--run``; a case without one says "not run for this table".
+``tests/faults/test_suite_itself.py`` keeps the table's cases and expectations equal to the code's.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
@@ -18,36 +24,66 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+FAULTS = Path(__file__).resolve().parent
+ROOT = FAULTS.parents[1]
 TABLE = ROOT / "docs" / "reference" / "faults.md"
 RANK = {"passed": 0, "skipped": 1, "failed": 2}
+NOT_RUN = "not run for this table"
 
 
-def run_suite(extra: list[str]) -> tuple[list[dict], float, int]:
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "faults.jsonl"
-        env = {**os.environ, "TOMO_FAULTS_REPORT": str(report)}
-        t0 = time.monotonic()
-        rc = subprocess.call([sys.executable, "-m", "pytest", "tests/faults", "-q", "-p", "no:cacheprovider",
-                              *extra], cwd=ROOT, env=env)
-        seconds = time.monotonic() - t0
-        lines = report.read_text().splitlines() if report.exists() else []
-    cases: dict[str, dict] = {}
-    for line in lines:
+def declared_cases(folder: Path = FAULTS) -> dict[str, str]:
+    """``file_stem::function`` -> its first docstring line, for every test function in ``folder``."""
+    cases = {}
+    for path in sorted(folder.glob("test_*.py")):
+        for node in ast.parse(path.read_text(), str(path)).body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test"):
+                doc = (ast.get_docstring(node) or "").strip()
+                cases[f"{path.stem}::{node.name}"] = doc.splitlines()[0] if doc else ""
+    return cases
+
+
+def read_report(path: Path) -> dict[str, dict]:
+    """A run's JSON lines (conftest.py) -> ``file_stem::function`` -> the worst outcome of its
+    parametrised instances, with how many ran and the first failure's detail."""
+    out: dict[str, dict] = {}
+    per_node: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
         rec = json.loads(line)
-        old = cases.get(rec["nodeid"])
+        old = per_node.get(rec["nodeid"])
         if old is None or RANK.get(rec["outcome"], 2) > RANK.get(old["outcome"], 2):
-            rec["expected"] = rec["expected"] or (old or {}).get("expected", "")
-            cases[rec["nodeid"]] = rec
-    return list(cases.values()), seconds, rc
+            per_node[rec["nodeid"]] = rec
+    for nodeid, rec in per_node.items():
+        file, _, name = nodeid.partition("::")
+        key = f"{Path(file).stem}::{name.split('[', 1)[0]}"
+        agg = out.setdefault(key, {"outcome": "passed", "n": 0, "detail": ""})
+        agg["n"] += 1
+        if RANK.get(rec["outcome"], 2) > RANK.get(agg["outcome"], 2):
+            agg["outcome"], agg["detail"] = rec["outcome"], rec.get("detail", "")
+    return out
+
+
+def run_suite(extra: list[str], report: Path) -> tuple[float, int]:
+    env = {**os.environ, "TOMO_FAULTS_REPORT": str(report)}
+    t0 = time.monotonic()
+    rc = subprocess.call([sys.executable, "-m", "pytest", "tests/faults", "-q", "-p", "no:cacheprovider",
+                          *extra], cwd=ROOT, env=env)
+    return time.monotonic() - t0, rc
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(cases: list[dict], seconds: float) -> str:
-    counts = {k: sum(c["outcome"] == k for c in cases) for k in RANK}
+def _outcome(result: dict | None) -> str:
+    if result is None:
+        return NOT_RUN
+    text = result["outcome"] + (f" ({result['n']} instances)" if result["n"] > 1 else "")
+    return text + (f": {result['detail']}" if result.get("detail") else "")
+
+
+def render(cases: dict[str, str], results: dict[str, dict], run_line: str) -> str:
+    counts = {k: sum(r["outcome"] == k for c, r in results.items() if c in cases) for k in RANK}
+    not_run = sum(c not in results for c in cases)
     lines = [
         "# Fault suite",
         "",
@@ -57,29 +93,53 @@ def render(cases: list[dict], seconds: float) -> str:
         "hand. Every case also asserts, after it ran, that no command from a hostile string was",
         "executed and that nothing was written outside the case's data folder.",
         "",
-        f"Last run: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {len(cases)} cases: "
-        f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped, "
-        f"in {seconds:.0f} s on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
-        f"(Python {platform.python_version()}).",
+        f"{len(cases)} cases: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} "
+        f"skipped, {not_run} {NOT_RUN}. {run_line}",
         "",
         "| case | expected | outcome |",
         "| --- | --- | --- |",
     ]
-    for c in sorted(cases, key=lambda c: c["nodeid"]):
-        file, _, name = c["nodeid"].partition("::")
-        outcome = c["outcome"] + (f": {c['detail']}" if c.get("detail") else "")
-        case = f"`{_cell(Path(file).stem)}::{_cell(name)}`"
-        lines.append(f"| {case} | {_cell(c['expected'])} | {_cell(outcome)} |")
+    for case, expected in sorted(cases.items()):
+        file, _, name = case.partition("::")
+        outcome = _outcome(results.get(case))
+        lines.append(f"| `{_cell(file)}::{_cell(name)}` | {_cell(expected)} | {_cell(outcome)} |")
     return "\n".join(lines) + "\n"
 
 
+def table_cases(text: str) -> dict[str, str]:
+    """The table's ``case -> expected`` (what test_suite_itself compares with the code)."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            case, expected = (c.strip() for c in line.split(" | ")[:2])
+            out[case.strip("| `").replace("\\|", "|")] = expected.replace("\\|", "|")
+    return out
+
+
 def main(argv: list[str]) -> int:
-    cases, seconds, rc = run_suite(argv)
-    if not cases:
-        print("no case reported: is PYTHONPATH set to this checkout?", file=sys.stderr)
-        return 1
-    TABLE.write_text(render(cases, seconds))
-    print(f"{TABLE}: {len(cases)} cases in {seconds:.0f} s", file=sys.stderr)
+    cases = declared_cases()
+    rc = 0
+    if argv[:1] == ["--run"]:
+        with tempfile.TemporaryDirectory() as tmp:
+            report = Path(tmp) / "faults.jsonl"
+            seconds, rc = run_suite(argv[1:], report)
+            results = read_report(report) if report.exists() else {}
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        run_line = (f"Outcomes of a run on {when}: {seconds:.0f} s "
+                    f"on {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} "
+                    f"(Python {platform.python_version()}).")
+    elif argv[:1] == ["--report"] and len(argv) == 2:
+        report = Path(argv[1])
+        results = read_report(report)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(report.stat().st_mtime))
+        run_line = f"Outcomes from the run reported in {report.name} ({when})."
+    elif not argv:
+        results, run_line = {}, "Cases read from their declarations; no run."
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    TABLE.write_text(render(cases, results, run_line))
+    print(f"{TABLE}: {len(cases)} cases, {len(results)} with an outcome", file=sys.stderr)
     return rc
 
 

@@ -68,3 +68,43 @@ def test_second_maker_skips_and_a_killed_makers_partial_is_replaced_and_recorded
     earlier = json.loads(layout.provenance.read_text())["earlier_attempt"]
     assert earlier["path"] == str(layout.partial) and "interrupted" in earlier["how"]
     assert earlier["failure_note"] is None
+
+
+@pytest.mark.mpi
+def test_batch_job_whose_result_is_claimed_is_done_not_failed(world):
+    """Batch job's result claimed by another process: result.json says so and where; the monitor: DONE.
+
+    A batch job (2 MPI ranks) whose result another live process has claimed skips it, exits 0 and leaves
+    a result.json saying "made by another process" with the result's folder; the job monitor reports the
+    job DONE with that line (not FAILED, not retried) and the other process's .partial is untouched.
+    """
+    from test_jobs_support import make_raw_scan
+
+    from bluesky_tomo_hpc.batch.job import JobOutputs, ReconJob, Resources
+    from bluesky_tomo_hpc.batch.staging import write_exchange_file
+    from bluesky_tomo_hpc.engine.params import ReconParams
+    from bluesky_tomo_hpc.jobs.executors.mpiexec import LocalExecutor
+    from bluesky_tomo_hpc.jobs.journal import Journal
+    from bluesky_tomo_hpc.jobs.monitor import JobMonitor
+
+    spec, batches, _ = make_raw_scan(world.data / "scan")
+    job = ReconJob(run_uid="r1", input_path=write_exchange_file(spec, batches, world.data / "in.h5"),
+                   params=ReconParams(center=31.5), outputs=JobOutputs(directory=world.data / "out"),
+                   resources=Resources(ranks=2))
+    claim = ResultClaim.take(job.outputs.result_dir)  # the other process (here: this one) holds it
+    layout = ResultLayout(job.outputs.result_dir)
+    layout.partial.mkdir(parents=True)
+    (layout.partial / "slices-in-progress").write_text("mine")
+    try:
+        mon = JobMonitor(Journal(world.data / "jobs.sqlite"), LocalExecutor(ranks=2), max_retries=0,
+                         poll_s=0.2)
+        rec = mon.add(job)
+        mon.journal.set_state(rec.job_id, "STAGED")
+        rec = mon.wait(rec.job_id, timeout=300)
+        assert rec.state == "DONE", (rec.state, rec.error)
+        assert rec.result["made_elsewhere"] and rec.result["result_dir"] == str(job.outputs.result_dir)
+        (detail,) = [d for s, _, d in mon.journal.events(rec.job_id) if s == "DONE"]
+        assert "made by another process" in detail and str(job.outputs.result_dir) in detail, detail
+        assert (layout.partial / "slices-in-progress").read_text() == "mine"
+    finally:
+        claim.release()

@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fault_services import TiledProcess
 from fault_world import assert_scan_not_aborted, assert_stored_or_failed_with_reason
@@ -43,9 +44,10 @@ def tiled(world):
     proc.kill()
 
 
-def _pipeline(tmp_path: Path, tiled: TiledProcess) -> TomoPipeline:
+def _pipeline(tmp_path: Path, tiled: TiledProcess, *, preview: bool = False) -> TomoPipeline:
+    """A pipeline on ``tiled``; ``preview`` adds the live preview (one final, at the given centre)."""
     settings = Settings(data_dir=tmp_path / "data", recon=ReconParams(filter_name="shepp", center=15.5),
-                        jobs={"executor": "none"}, preview={"enabled": False})
+                        jobs={"executor": "none"}, preview={"enabled": preview, "refine_center": False})
     return TomoPipeline(settings, tiled.client(), recovery_interval_s=0.5)
 
 
@@ -87,12 +89,12 @@ def _scan(RE, pipe: TomoPipeline, on_doc=None) -> str:
 def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, world, tiled):
     """Tiled killed mid-scan: all kept locally and reported, in Tiled once it is back.
 
-    Tiled killed mid-scan: scan completes; raw run in the JSONL backup and the volume in the spool, both
-    errors in the run's list; after a restart the recovery thread completes the raw run and registers the
-    volume.
+    Tiled killed mid-scan: scan completes; raw run in the JSONL backup, the volume and the final preview
+    (slices and metadata, preview.npz without pickles) in the spool, the errors in the run's list; after a
+    restart the recovery thread completes the raw run and registers the volume and the preview.
     """
     tmp_path = world.data
-    pipe = _pipeline(tmp_path, tiled)
+    pipe = _pipeline(tmp_path, tiled, preview=True)
     state = {"events": 0}
 
     def kill_mid_scan(name, doc):
@@ -109,10 +111,14 @@ def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, world, 
         backup = pipe.data_dir / "tiled_backup" / f"{uid.split('-')[0]}.jsonl"
         assert backup.exists(), "the raw run went to the JSONL backup"
         assert [n for n, _ in read_backup(backup)][-1] == "stop"
-        (entry,) = pipe.spool.pending()
-        assert entry.raw_uid == uid and entry.kind == "full"
+        entries = {e.kind: e for e in pipe.spool.pending()}
+        assert sorted(entries) == ["full", "preview"] and {e.raw_uid for e in entries.values()} == {uid}
+        with np.load(entries["preview"].path / "preview.npz", allow_pickle=False) as npz:
+            assert sorted(npz.files) == ["xy", "xz", "yz"]
+        final = pipe.sinks.previews[-1].final
         errors = " | ".join(pipe.router.errors_for(uid))
         assert "kept in" in errors and "recover" in errors, errors
+        assert "final preview to Tiled failed" in errors, errors
         assert "raw run not fully written to Tiled" in errors
         outcome = pipe.service.outcomes[uid]
         assert outcome.ok and outcome.location.startswith("spooled:")
@@ -127,6 +133,10 @@ def test_tiled_killed_mid_scan_nothing_lost_and_registered_when_back(RE, world, 
         (node,) = find_reconstructions(processed_container(client), raw_uid=uid, kind="full")
         assert node["volume"].shape == (SHAPE[0], SHAPE[1], SHAPE[1])
         assert "spooled_because" in node.metadata
+        (pnode,) = find_reconstructions(processed_container(client), raw_uid=uid, kind="preview")
+        assert pnode["preview_xy"].read().shape == final.slices["xy"].shape
+        assert pnode.metadata["n_projections_used"] == final.metadata["n_projections_used"]
+        assert pnode.metadata["state"] == "complete"
     finally:
         pipe.close()
 
@@ -244,13 +254,14 @@ def test_torn_backup_line_is_ignored(RE, world, tiled):
 def test_tiled_down_at_stop_recover_command(RE, world, tiled, monkeypatch, capsys):
     """Tiled down at stop: 'recover' keeps everything until Tiled is back, then exits 0.
 
-    Tiled down at the scan's stop: volume spooled, raw run backed up; 'recover' fails while Tiled is down
-    (nothing removed) and exits 0 once it is back, with run and volume in Tiled.
+    Tiled down at the scan's stop: volume and final preview spooled, raw run backed up; 'recover' fails
+    while Tiled is down (nothing removed) and exits 0 once it is back, reporting each, with run, volume and
+    preview in Tiled.
     """
     tmp_path = world.data
     from bluesky_tomo_hpc.cli.main import main
 
-    pipe = _pipeline(tmp_path, tiled)
+    pipe = _pipeline(tmp_path, tiled, preview=True)
     pipe.recovery.stop()  # only the command recovers in this case
 
     try:
@@ -259,21 +270,25 @@ def test_tiled_down_at_stop_recover_command(RE, world, tiled, monkeypatch, capsy
     finally:
         pipe.close()
     spool = ResultSpool(tmp_path / "data" / "spool")
-    assert [e.raw_uid for e in spool.pending()] == [uid]
+    assert sorted((e.raw_uid, e.kind) for e in spool.pending()) == [(uid, "full"), (uid, "preview")]
     monkeypatch.setenv("TILED_API_KEY", tiled.api_key)
     argv = ["recover", "--data-dir", str(tmp_path / "data"), "--tiled-uri", tiled.uri]
     try:  # Tiled unreachable: an error (one line or an exit code), and nothing is removed
         assert main(argv) != 0
     except Exception as exc:
         assert "connect" in str(exc).lower() or "refused" in str(exc).lower(), exc
-    assert [e.raw_uid for e in spool.pending()] == [uid]
+    assert len(spool.pending()) == 2
     tiled.start()
+    capsys.readouterr()
     assert main(argv) == 0
-    assert "registered in Tiled" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "-full: registered in Tiled" in out and "-preview: registered in Tiled" in out, out
     assert not spool.pending()
     assert raw_catalog(tiled.client())[uid].metadata["stop"]["exit_status"] == "success"
     (node,) = find_reconstructions(processed_container(tiled.client()), raw_uid=uid, kind="full")
     assert node.metadata["raw_uid"] == uid
+    (pnode,) = find_reconstructions(processed_container(tiled.client()), raw_uid=uid, kind="preview")
+    assert {"preview_xy", "preview_xz", "preview_yz"} <= set(pnode)
     assert main(argv) == 0, "a second recover has nothing to do"
 
 
@@ -306,3 +321,4 @@ def test_spool_on_full_disk_is_reported_not_silent(RE, world, tiled, monkeypatch
         assert not list((tmp_path / "data" / "spool").glob("*")), "no half entry left behind"
     finally:
         pipe.close()
+
