@@ -140,11 +140,11 @@ class MissingDataAnswer:
                 raise
 
     async def _missing_line(self, path: str) -> str | None:
-        import anyio
+        from starlette.concurrency import run_in_threadpool  # starlette is a core dependency
 
         segments = [s for s in path[len(self.prefix):].split("/") if s]
         try:
-            found = await anyio.to_thread.run_sync(missing_files, self.catalog_db, segments)
+            found = await run_in_threadpool(missing_files, self.catalog_db, segments)
         except (sqlite3.Error, OSError) as exc:
             log.warning("could not check %s for missing data files (%s)", path, exc)
             return None
