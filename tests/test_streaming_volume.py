@@ -278,7 +278,9 @@ def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, module_ti
         truth = bl.phantom.voxelise((16, 64, 64)).reshape(8, 2, 32, 2, 32, 2).mean(axis=(1, 3, 5))
         assert corr(vol[:, 4:-4, 4:-4], truth[:, 4:-4, 4:-4]) > 0.85
         (partial,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="partial")
-        assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] < 60
+        # published by the summing thread while the scan ran; on a starved machine its one block may hold
+        # every angle (seen in CI), so the count may reach the scan's
+        assert partial.metadata["partial"] is True and 0 < partial.metadata["n_projections_used"] <= 60
     finally:
         pipe.close()
 
