@@ -1,7 +1,7 @@
 """Soak: many small scans back to back through ONE pipeline; does anything pile up?
 
     .venv/bin/python benchmarks/bench_soak.py [--scans 200] [--rows 8 --width 32 --angles 30]
-                                             [--ranks 2] [--out soak.json]
+                                             [--ranks 2] [--tiled thread|process] [--out soak.json]
 
 One :class:`~bluesky_tomo_hpc.live.session.TomoPipeline` (embedded Tiled, raw runs through
 bluesky-tiled-plugins' TiledWriter, live preview, full volume at stop, a batch job per scan on
@@ -11,20 +11,29 @@ open file descriptors, and the TiledWriter's queue. At the end it checks that ev
 reconstructed (full volume in Tiled) and its batch job registered, and reports the slope of each
 metric per scan (least squares over the second half, after warm-up, and over all scans): flat
 means ~0. Numbers depend on the machine's load; ``uptime`` is printed beside them.
+
+``--tiled thread`` (default) serves Tiled from a thread of the scanning process (the demo's and the
+notebooks' embedded server: one GIL for the RunEngine, the reconstruction and the server);
+``--tiled process`` runs ``bluesky-tomo-hpc serve --no-web`` as its own process, as a beamline runs
+Tiled (its own service), so the comparison shows what the in-process server costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import secrets
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 
@@ -46,6 +55,42 @@ def slope(values: list[float]) -> float:
     return float(np.polyfit(np.arange(len(values)), np.asarray(values, float), 1)[0])
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tiled_process(root: Path):
+    """``bluesky-tomo-hpc serve --no-web`` over ``root`` (Tiled in ``root/tiled``, ``root``
+    readable), on a free loopback port; yields a client; the process is stopped at the end."""
+    from tiled.client import from_uri
+
+    key, port = secrets.token_hex(16), free_port()
+    cli = Path(sys.executable).with_name("bluesky-tomo-hpc")
+    log = open(root / "serve.log", "wb")  # noqa: SIM115 - the process owns it
+    proc = subprocess.Popen([str(cli), "serve", "--no-web", "--data-dir", str(root), "--port", str(port)],
+                            env={**os.environ, "TILED_API_KEY": key}, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 600
+        with httpx.Client(trust_env=False) as http:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if http.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"serve did not come up; see {root / 'serve.log'}")
+                time.sleep(0.2)
+        yield from_uri(f"http://127.0.0.1:{port}/api/v1", api_key=key)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scans", type=int, default=200)
@@ -54,18 +99,31 @@ def main() -> int:
     ap.add_argument("--angles", type=int, default=30)
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--out", type=Path, help="JSON report; samples also go to OUT.samples.jsonl as they come")
+    ap.add_argument("--tiled", choices=("thread", "process"), default="thread",
+                    help="Tiled on a thread of this process (embedded) or as its own process (serve)")
     ap.add_argument("--minutes", type=float,
                     help="stop taking scans after this long (a partial soak, and the report says so)")
     args = ap.parse_args()
 
-    from bluesky import RunEngine
 
     proc = psutil.Process()
     root = Path(tempfile.mkdtemp(prefix="soak-"))
-    server = EmbeddedTiledServer(root / "tiled", readable_storage=[root])
+    with contextlib.ExitStack() as stack:
+        if args.tiled == "process":
+            client = stack.enter_context(tiled_process(root))
+        else:
+            server = stack.enter_context(EmbeddedTiledServer(root / "tiled", readable_storage=[root]))
+            client = server.client()
+        return soak(args, root, client, proc)
+
+
+def soak(args: argparse.Namespace, root: Path, client: object, proc: psutil.Process) -> int:
+    """The scans, the samples and the report (see the module docstring)."""
+    from bluesky import RunEngine
+
     settings = Settings(data_dir=root / "data", recon=ReconParams(filter_name="shepp"),
                         jobs={"executor": "local", "ranks": args.ranks})
-    pipe = TomoPipeline(settings, server.client(), server=None)
+    pipe = TomoPipeline(settings, client, server=None)
     RE = RunEngine({}, loop=asyncio.new_event_loop())
     pipe.subscribe(RE)
     beamlines = {f: make_sim_beamline(root / "raw" / f, flavour=f, shape=(args.rows, args.width))
@@ -109,7 +167,7 @@ def main() -> int:
     errors = [(u, m) for u, m in pipe.router.errors]
     half = samples[len(samples) // 2:]
     report = {
-        "scans": len(uids), "scans_asked": args.scans, "shape": [args.rows, args.width],
+        "scans": len(uids), "scans_asked": args.scans, "tiled": args.tiled, "shape": [args.rows, args.width],
         "angles": args.angles, "ranks": args.ranks,
         "reconstructed": reconstructed, "full_volumes_in_tiled": in_tiled, "raw_runs_complete": raw_complete,
         "batch_jobs": len(jobs), "batch_registered": registered,
@@ -127,7 +185,6 @@ def main() -> int:
     if args.out:
         args.out.write_text(json.dumps({"report": report, "samples": samples}, indent=1, default=str))
     pipe.close()
-    server.close()
     ok = reconstructed == in_tiled == registered == raw_complete == len(uids) == args.scans
     return 0 if ok else 1
 
