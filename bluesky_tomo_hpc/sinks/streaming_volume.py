@@ -32,6 +32,7 @@ import numpy as np
 
 from ..engine.params import ReconParams
 from ..engine.preprocess import to_binned, to_unbinned
+from ..engine.scan_health_report import spoiled_projections
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, path_inside
 from ..results.provenance import CenterChoice
 from ..results.result_claim import ResultClaimedError
@@ -47,7 +48,8 @@ log = logging.getLogger(__name__)
 #: block is what is left at the stop)
 BLOCK = 128
 END_BLOCK = 32
-#: raw bytes of frames waiting to be binned before ``add`` waits (back-pressure, never a drop)
+#: raw bytes of frames waiting to be binned before ``add`` waits (back-pressure, never a drop); at
+#: most an eighth of the memory budget
 QUEUE_BYTES = 256 * 2**20
 #: the partial volume is sub-sampled to about this many voxels a side (a look, not a result), and
 #: published at most every PARTIAL_EVERY_S seconds
@@ -57,6 +59,12 @@ _DONE = object()
 #: modules the result writers import on first use
 WRITER_MODULES = ("zarr", "ome_zarr.writer", "tifffile", "matplotlib.backends.backend_agg",
                   "matplotlib.figure")
+
+
+def summing_bytes(store: BinnedScanStore, params: ReconParams) -> int:
+    """Bytes summing holds: the sum, and a block of binned frames with its -log copy."""
+    nz, nx = store.shape
+    return RunningVolume.nbytes(store, params) + 2 * BLOCK * nz * nx * 4
 
 
 def warm_imports() -> None:
@@ -142,7 +150,7 @@ class _StreamedRun:
         if self.not_summed is None and center is None:
             self.not_summed = "no centre is known before the stop (none given, pinned, remembered or hinted)"
         elif (self.not_summed is None
-              and (need := RunningVolume.nbytes(self.store, self.params)) > sink.budget // 2):
+              and (need := summing_bytes(self.store, self.params)) > sink.budget // 2):
             self.not_summed = (f"the running sum ({need / 2**30:.1f} GiB) does not "
                                f"fit half the memory budget ({sink.budget / 2**30:.1f} GiB)")
         if self.not_summed is None:
@@ -152,6 +160,7 @@ class _StreamedRun:
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
         self._queued_bytes = 0
+        self._queue_limit = min(QUEUE_BYTES, sink.budget // 8)
         self._room = threading.Condition()
         self._work = threading.Condition()
         self._ingest_done = False
@@ -169,7 +178,7 @@ class _StreamedRun:
         """Queue ``batch`` for binning; waits while QUEUE_BYTES of frames are queued (never drops)."""
         size = int(getattr(batch.frames, "nbytes", 0))
         with self._room:
-            self._room.wait_for(lambda: self._queued_bytes < QUEUE_BYTES or self.error is not None)
+            self._room.wait_for(lambda: self._queued_bytes < self._queue_limit or self.error is not None)
             self._queued_bytes += size
         self._queue.put((batch, size))
 
@@ -263,6 +272,19 @@ class _StreamedRun:
         if self._summer.is_alive():
             self._summer.join()
 
+    def _finish_sum(self, running: RunningVolume, timings: dict[str, float]) -> str | None:
+        """The stop's share of the sum, with every core: replacements, the projections left out
+        (no beam) taken out again, the angles left added BLOCK at a time (bounded memory, whatever
+        the summing thread could not do). Returns why the sum cannot be used (None: it can)."""
+        running.threads = None
+        running.apply_replacements()
+        running.remove(sorted(self.store.excluded), BLOCK)
+        left = [i for i in self.store.order() if i not in running.claimed]
+        timings["angles_left_at_stop"] = len(left)
+        for k in range(0, len(left), BLOCK):
+            running.add_block(left[k:k + BLOCK])
+        return running.invalid
+
     def finish(self) -> ReconOutcome:
         """The service thread: drain, confirm the centre, finish the sum (or use the store), write."""
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -274,6 +296,7 @@ class _StreamedRun:
             if self.error is not None:
                 raise self.error
             store.check()
+            store.excluded = frozenset(spoiled_projections(spec, len(store.slots)))
             given = sink.center_for(spec, params) if sink.center_for is not None else None
             fallback = sink.fallback_center(spec) if sink.fallback_center is not None else None
             t = time.perf_counter()
@@ -286,11 +309,7 @@ class _StreamedRun:
                 why = "a half acquisition is stitched from both half-turns"
             t = time.perf_counter()
             if running is not None and why is None:
-                running.threads = None  # the stop has every core
-                running.apply_replacements()
-                timings["angles_left_at_stop"] = len(set(store.order()) - running.claimed)
-                running.add_block(store.order())
-                why = running.invalid
+                why = self._finish_sum(running, timings)
             timings["last_block"] = time.perf_counter() - t
             if running is not None and why is None:
                 warnings = list(running.warnings)
@@ -300,11 +319,13 @@ class _StreamedRun:
                 if center_b != running.center:  # summed at the provisional centre: the result says so
                     center = CenterChoice(to_unbinned(running.center, store.binning), center.confidence,
                                           center.method, {**center.details, "found": center.value})
-                slabs = slabs_from_sum(running, len(store.slots), params)
+                slabs = slabs_from_sum(running, len(store.order()), params)
             else:
-                self.running = None  # frees the sum before the slabs are made
+                running = self.running = None  # frees the sum before the slabs are made
                 how = {"summed": False, "why": why}
-                slabs = slabs_from_store(store, params, center_b, warnings)
+                slabs = slabs_from_store(store, params, center_b, warnings, sink.budget)
+            if store.excluded:
+                how["excluded_projections"] = sorted(store.excluded)
             result, zarr_path = write_volume(
                 spec, store, params, sink.volume_dir(spec) / "result", center, slabs, how=how,
                 warnings=warnings, timings=timings, progress=sink.progress, tiff=sink.tiff)
