@@ -238,35 +238,37 @@ def test_ranks_on_a_node_share_its_budget():
 
 
 _RSS_CHILD = """
-import argparse, gc, json, resource, sys
+import argparse, gc, json, sys
 import bluesky_tomo_hpc.batch.batch_program, ome_zarr.writer, tifffile, zarr  # imports before the baseline
 from bluesky_tomo_hpc.cli import recon as recon_cli
 parser = argparse.ArgumentParser()
 recon_cli.register(parser.add_subparsers())
 args = parser.parse_args(sys.argv[1:])
+def peak():  # VmHWM, not ru_maxrss: that one also counts the parent's peak at the spawn
+    return next(int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmHWM:"))
 gc.collect()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base = peak()
 code = recon_cli.run(args)
-print(json.dumps({"code": code, "above": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base}))
+print(json.dumps({"code": code, "above": peak() - base}))
 """
 
 
 @pytest.mark.slow
 def test_recon_stays_within_its_memory_budget(tmp_path):
-    """A volume (226 MB) larger than the budget (192 MiB, the fixed overhead included): the peak
-    resident memory above an idle interpreter with the same imports stays under the budget."""
+    """A volume (302 MB) larger than the budget (256 MiB, the fixed overhead included): the peak
+    resident memory (VmHWM) above an idle interpreter with the same imports stays under it."""
     import sys
 
     from test_engine_recon_cli import write_dxchange
 
-    path = write_dxchange(tmp_path / "big.h5", make_scan(n_obj=700, n_det=768, ny=96, n_angles=180,
+    path = write_dxchange(tmp_path / "big.h5", make_scan(n_obj=700, n_det=768, ny=128, n_angles=180,
                                                          center=383.5))
     out = tmp_path / "rec"
     proc = subprocess.run([sys.executable, "-c", _RSS_CHILD, "recon", str(path), "--out", str(out),
-                           "--center", "383.5", "--memory-budget-mb", "192", "--slab-rows", "4096"],
+                           "--center", "383.5", "--memory-budget-mb", "256", "--slab-rows", "4096"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     slab = json.loads((out / "provenance.json").read_text())["extra"]["slab_rows"]
-    assert report["code"] == 0 and 1 <= slab < 96
-    assert report["above"] <= 192 * 2**20, f"{report['above'] / 2**20:.0f} MiB above the baseline"
+    assert report["code"] == 0 and 1 <= slab < 128
+    assert report["above"] <= 256 * 2**20, f"{report['above'] / 2**20:.0f} MiB above the baseline"

@@ -43,7 +43,7 @@ from .provenance import jsonable
 from .result_claim import ResultClaim, ResultClaimedError
 
 __all__ = ["ResultClaimedError", "ResultExistsError", "ResultLayout", "VolumeWriteError", "VolumeWriter",
-           "is_complete", "tiff_name"]
+           "is_complete", "tiff_name", "tiffs_after", "write_tiff_slices"]
 
 #: what needs ome-zarr (a core dependency: missing, the installation is damaged)
 OME_ZARR_FEATURE = "writing OME-Zarr volumes"
@@ -285,19 +285,8 @@ class VolumeWriter:
         self.slices_written += k
 
     def _write_tiffs(self, z0: int, vol: np.ndarray) -> None:
-        import tifffile
-
-        if self.voxel_size_um:
-            per_cm = 1e4 / self.voxel_size_um
-            res: dict[str, Any] = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-        else:
-            res = {"resolution": (1.0, 1.0), "resolutionunit": "NONE"}
-        folder = self.layout.partial / self.layout.tiff_dir.name
-        for i in range(vol.shape[0]):
-            row = self.first_row + (z0 + i) * self.row_step
-            note = json.dumps({"detector_row": row, "slice": z0 + i, "voxel_size_um": self.voxel_size_um})
-            tifffile.imwrite(folder / tiff_name(row), vol[i], description=note, metadata=None,
-                             **res)
+        write_tiff_slices(self.layout.partial / self.layout.tiff_dir.name, z0, vol, first_row=self.first_row,
+                          row_step=self.row_step, voxel_size_um=self.voxel_size_um)
 
     def _write_coarser(self, z0: int, vol: np.ndarray) -> None:
         """Coarser levels straight from the slab when it starts on their grid and ends on it (or
@@ -410,6 +399,45 @@ class VolumeWriter:
         if isinstance(exc, Exception):
             raise error from exc
         # KeyboardInterrupt, SystemExit: noted, and left to propagate as what they are
+
+
+def write_tiff_slices(folder: Path, z0: int, vol: np.ndarray, *, first_row: int, row_step: int,
+                      voxel_size_um: float | None) -> None:
+    """Slices ``z0 ..`` of ``vol`` as float32 TIFFs in ``folder``, named by detector row, with
+    resolution tags."""
+    import tifffile
+
+    if voxel_size_um:
+        per_cm = 1e4 / voxel_size_um
+        res: dict[str, Any] = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+    else:
+        res = {"resolution": (1.0, 1.0), "resolutionunit": "NONE"}
+    for i in range(vol.shape[0]):
+        row = first_row + (z0 + i) * row_step
+        note = json.dumps({"detector_row": row, "slice": z0 + i, "voxel_size_um": voxel_size_um})
+        tifffile.imwrite(folder / tiff_name(row), vol[i], description=note, metadata=None, **res)
+
+
+def tiffs_after(directory: str | Path, *, first_row: int, row_step: int, voxel_size_um: float | None,
+                slab: int = 16) -> int:
+    """The TIFF slices of a finished result written from its Zarr level 0, ``slab`` slices at a
+    time. Why after: a volume is looked at first in Tiled (its Zarr), so its TIFFs need not stand
+    between the stop and the volume there. Written into ``tiff.partial/``, renamed to ``tiff/``
+    when whole (a folder named ``tiff`` is always complete). Returns the slices written."""
+    import zarr
+
+    layout = ResultLayout(Path(directory))
+    array = zarr.open_array(str(layout.full_resolution), mode="r")
+    tmp = layout.tiff_dir.with_name(layout.tiff_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for z0 in range(0, array.shape[0], slab):
+        write_tiff_slices(tmp, z0, np.asarray(array[z0:z0 + slab], dtype=np.float32), first_row=first_row,
+                          row_step=row_step, voxel_size_um=voxel_size_um)
+    if layout.tiff_dir.exists():
+        shutil.rmtree(layout.tiff_dir)
+    tmp.rename(layout.tiff_dir)
+    return int(array.shape[0])
 
 
 def _earlier_attempt(layout: ResultLayout) -> dict[str, Any]:
