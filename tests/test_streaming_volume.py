@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from test_frame_store import batch, run_sink
 from test_preview import corr, phantom_scan, spec_for  # tests/ is on sys.path
 
@@ -69,7 +70,13 @@ def streamed(tmp_path, scan, params, feed, **md):
     outcome = service.outcomes["run-1"]
     assert outcome.ok, outcome.message
     assert not list((tmp_path / "streamed" / "scratch").iterdir())  # the binned store is gone
-    provenance = json.loads((Path(outcome.location).parent.parent / "provenance.json").read_text())
+    result_dir = Path(outcome.location).parent.parent
+    provenance = json.loads((result_dir / "provenance.json").read_text())
+    # the TIFF slices, written after the outcome (a follow-up the service waited for), equal the volume
+    tiffs = sorted((result_dir / "tiff").iterdir())
+    volume = outcome.result.volume
+    assert len(tiffs) == volume.shape[0] and not (result_dir / "tiff.partial").exists()
+    np.testing.assert_array_equal(tifffile.imread(tiffs[-1]), volume[-1])
     return outcome, provenance["extra"]["streamed"]
 
 
@@ -263,6 +270,15 @@ def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, module_ti
     root = module_tiled_server.root
     pipe = TomoPipeline(Settings(data_dir=root / "grow", recon=params, jobs={"executor": "none"}),
                         module_tiled_server.client())
+    at_outcome = {}
+
+    def result_dir(uid):
+        return root / "grow" / "volumes" / uid / params.params_hash / "result"
+
+    def tiffs_at_outcome(outcome):  # on the service thread, before its follow-ups
+        at_outcome[outcome.run_uid] = (result_dir(outcome.run_uid) / "tiff").exists()
+
+    pipe.service.listeners.append(tiffs_at_outcome)
     try:
         bl = make_sim_beamline(root / "grow-raw", flavour="ophyd_async", shape=(16, 64),
                                rotation_offset_px=2.5)
@@ -275,6 +291,11 @@ def test_a_real_scan_grows_its_volume_in_tiled_through_the_session(RE, module_ti
         (node,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="full")
         vol = node["volume"][:]
         assert vol.shape == (8, 32, 32)
+        # in Tiled before its TIFFs were written; they came after, from the same volume
+        assert at_outcome == {uid: False}
+        tiffs = sorted((result_dir(uid) / "tiff").glob("*.tiff"))
+        assert len(tiffs) == 8
+        np.testing.assert_array_equal(tifffile.imread(tiffs[3]), vol[3])
         truth = bl.phantom.voxelise((16, 64, 64)).reshape(8, 2, 32, 2, 32, 2).mean(axis=(1, 3, 5))
         assert corr(vol[:, 4:-4, 4:-4], truth[:, 4:-4, 4:-4]) > 0.85
         (partial,) = find_reconstructions(pipe.processed, raw_uid=uid, kind="partial")

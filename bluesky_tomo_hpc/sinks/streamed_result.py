@@ -2,8 +2,9 @@
 
 Why its own module: the streaming sink (:mod:`.streaming_volume`) decides *when*; this decides
 *what* is written, the same way the batch program does (:mod:`bluesky_tomo_hpc.batch.batch_program`):
-the centre from the same middle rows, slices masked alike, one OME-Zarr + TIFF result folder with
-its provenance, renamed into place only when whole. The slices come either from the running sum
+the centre from the same middle rows, slices masked alike, one OME-Zarr result folder with its
+provenance, renamed into place only when whole (its TIFF slices are written later, from the Zarr
+volume: :func:`~..results.volume_files.tiffs_after`). The slices come either from the running sum
 (:class:`.running_volume.RunningVolume`) or, when that cannot be used, from the binned store slab
 by slab, exactly as the raw-file path computes them.
 """
@@ -157,6 +158,12 @@ def write_behind(slabs: Slabs, write: Callable[[int, np.ndarray], None], tick: C
         raise errors[0]
 
 
+def voxel_size_um(spec: ScanSpec, binning: int) -> float | None:
+    """The volume's voxel (the scan's ``pixel_size_um`` x binning; None when unknown)."""
+    pixel = spec.metadata.get("pixel_size_um") if isinstance(spec.metadata, dict) else None
+    return float(pixel) * binning if isinstance(pixel, int | float) and pixel > 0 else None
+
+
 def write_volume(spec: ScanSpec, store: BinnedScanStore, params: ReconParams, result_dir: Path,
                  center: CenterChoice, slabs: Slabs, *, how: dict[str, Any], warnings: list[str],
                  timings: dict[str, float], progress: Callable[[int, int], None] | None = None,
@@ -171,8 +178,7 @@ def write_volume(spec: ScanSpec, store: BinnedScanStore, params: ReconParams, re
         setting = with_half_acquisition_hint(params, spec.metadata).half_acquisition
         nx = output_width(nx, to_binned(center.value, b), theta, setting)
         center.details.update(half_acquisition=True, field_of_view_px=nx)
-    pixel = spec.metadata.get("pixel_size_um") if isinstance(spec.metadata, dict) else None
-    voxel = float(pixel) * b if isinstance(pixel, int | float) and pixel > 0 else None
+    voxel = voxel_size_um(spec, b)
     writer = VolumeWriter(result_dir, (nz, nx, nx), first_row=0, row_step=b, voxel_size_um=voxel,
                           tiff=tiff, overwrite=True, chunk_z=CHUNK_Z, levels=LEVELS)
     t = time.perf_counter()

@@ -6,7 +6,9 @@ arrives (:mod:`.binned_store`, a scratch file a sixteenth of the raw scan at bin
 the centre is known, blocks of angles are reconstructed and summed as they complete
 (:mod:`.running_volume`) on one low-priority thread, so the live preview keeps its share of the
 CPU. At the stop the service thread confirms the centre (found from the binned store, as the batch
-program finds it), reconstructs the last block, scales and writes: seconds instead of a minute.
+program finds it), reconstructs the last block, scales and writes the Zarr volume and hands it to
+Tiled: seconds instead of a minute; the TIFF slices follow on the same thread, from the Zarr
+volume (:meth:`.full_volume.ReconService.follow_up`), off the path from the stop to Tiled.
 Frames that arrive out of order or late are summed in the block they arrive in (the sum does not
 depend on the order); a projection sent again with other values (a resumed scan) replaces its
 first copy in the sum. When the sum cannot be used (darks or flats taken at the end, another
@@ -36,11 +38,19 @@ from ..engine.scan_health_report import spoiled_projections
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, path_inside
 from ..results.provenance import CenterChoice
 from ..results.result_claim import ResultClaimedError
+from ..results.volume_files import tiffs_after
 from .binned_store import BinnedScanStore
 from .frame_store import run_file_stem
 from .full_volume import ReconOutcome, ReconService, ResultWriter, made_elsewhere
 from .running_volume import RunningVolume, lower_priority, not_accumulable
-from .streamed_result import half_acquisition, slabs_from_store, slabs_from_sum, stop_center, write_volume
+from .streamed_result import (
+    half_acquisition,
+    slabs_from_store,
+    slabs_from_sum,
+    stop_center,
+    voxel_size_um,
+    write_volume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -326,13 +336,21 @@ class _StreamedRun:
                 slabs = slabs_from_store(store, params, center_b, warnings, sink.budget)
             if store.excluded:
                 how["excluded_projections"] = sorted(store.excluded)
+            if sink.tiff:
+                how["tiff"] = "written after the volume was registered"
+            result_dir = sink.volume_dir(spec) / "result"
             result, zarr_path = write_volume(
-                spec, store, params, sink.volume_dir(spec) / "result", center, slabs, how=how,
-                warnings=warnings, timings=timings, progress=sink.progress, tiff=sink.tiff)
+                spec, store, params, result_dir, center, slabs, how=how,
+                warnings=warnings, timings=timings, progress=sink.progress, tiff=False)
             t = time.perf_counter()
             location = (sink.writer.write(spec, result, zarr_path=zarr_path) if sink.writer is not None
                         else str(zarr_path))
             result.timings["result_writer"] = time.perf_counter() - t
+            if sink.tiff:  # off the stop's path: the volume is looked at in Tiled first
+                voxel, b = voxel_size_um(spec, store.binning), store.binning
+                sink.service.follow_up(
+                    f"the TIFF slices of run {spec.run_uid}'s streamed volume",
+                    lambda: tiffs_after(result_dir, first_row=0, row_step=b, voxel_size_um=voxel))
         except ResultClaimedError as exc:
             store.discard()
             return made_elsewhere(spec, exc)
