@@ -23,7 +23,7 @@ import numpy as np
 
 from ..engine.backend import cpu_threads
 from ..engine.fourier import plan_bytes
-from ..engine.memory import rows_per_slab
+from ..engine.memory import limit_malloc_arenas, rows_per_slab
 from ..engine.params import ReconParams
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,7 @@ def reconstruct_rows(
     from ..engine.tomopy_engine import resolve_engine
     from ..sources.raw_files import load_scan
 
+    limit_malloc_arenas()  # freed slabs are not kept by one arena per thread: the budget holds
     b = params.binning
     report = RankReport(engine=resolve_engine(params))
     params = params.with_updates(rows=None)

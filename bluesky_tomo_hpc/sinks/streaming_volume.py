@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.memory import limit_malloc_arenas
 from ..engine.params import ReconParams
 from ..engine.preprocess import to_binned, to_unbinned
 from ..engine.scan_health_report import spoiled_projections
@@ -152,6 +153,7 @@ class _StreamedRun:
     """One scan: the ingest thread (bin, store) and the summing thread (blocks of angles)."""
 
     def __init__(self, sink: StreamingVolumeSink, spec: ScanSpec):
+        limit_malloc_arenas()  # freed frame blocks are not kept by one arena per thread
         self.sink, self.spec, self.params = sink, spec, sink.params
         self.store = BinnedScanStore(spec, self.params.binning, sink.data_dir / "scratch")
         self.running: RunningVolume | None = None
