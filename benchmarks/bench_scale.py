@@ -54,6 +54,12 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def peak_rss_mib() -> float:
+    """This process's peak (VmHWM): ru_maxrss would also count the driver's peak at the spawn."""
+    with open("/proc/self/status") as f:
+        return next(int(x.split()[1]) for x in f if x.startswith("VmHWM:")) / 1024
+
+
 def tree_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
@@ -86,7 +92,6 @@ def install_fast_frames(simulator, offset_px: float) -> None:
 
 def child(size_gb: float, root: Path, rows: int, budget_mb: float, preview: bool, binning: int = 1) -> dict:
     """One size, in this process; returns the measurements."""
-    import resource
 
     from bluesky import RunEngine
 
@@ -111,10 +116,10 @@ def child(size_gb: float, root: Path, rows: int, budget_mb: float, preview: bool
                               num_flats=N_CALIB, exposure=0.01))
     t_stop = time.perf_counter()
     pipe.callback.flush(3600)
-    scan_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    scan_peak = peak_rss_mib()
     ok = pipe.wait(7200)
     t_done = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     outcome = pipe.service.outcomes.get(uid)
     result = {
         "size_gb": size_gb, "projections": n_proj, "frame": [NY, NX], "rows": rows or NY, "binning": binning,

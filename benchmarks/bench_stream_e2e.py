@@ -23,9 +23,11 @@ process. The stop time is the stop document's time (zmq) or the last frame's pub
 Full volume (issue 24): ``--volume-mode streaming`` (the default: frames binned as they arrive,
 blocks of angles summed during the scan, :mod:`bluesky_tomo_hpc.sinks.streaming_volume`) or
 ``at-stop`` (the scan re-read after the stop); ``--volume-mode streaming at-stop`` runs both, one
-after the other, on the same feed and prints the ratio. Per run: stop -> full volume in Tiled, how
-it was made (summed or why not), and the timeline of the partial volumes in Tiled (seconds after
-the first projection, projections in each), polled from the Tiled server every second.
+after the other, on the same feed and prints the ratio. Per run: stop -> full volume in Tiled
+(``stop_to_volume_in_tiled_s``: the node seen by polling the server every POLL_S; the streamed
+volume's TIFFs are written after it), stop -> the worker's full-volume line (``stop_to_full_volume_s``:
+after every follow-up, TIFFs included), how it was made (summed or why not), and the timeline of
+the partial volumes in Tiled (seconds after the first projection, projections in each).
 
     python benchmarks/bench_stream_e2e.py --frames 300 --json e2e.json
     python benchmarks/bench_stream_e2e.py --mode zmq --frames 1969 --volume-binning 4
@@ -55,6 +57,8 @@ BIN = Path(sys.executable).parent
 NY, NX = 2160, 2560
 #: the rotation axis of both simulated feeds (make_sim_beamline's default offset of 3.5 px)
 CENTER = (NX - 1) / 2.0 + 3.5
+#: how often the Tiled server is polled for partial volumes and the full one (s)
+POLL_S = 0.5
 
 
 # -- plumbing ----------------------------------------------------------------------------------
@@ -233,8 +237,10 @@ def start_common(work: Path, binning: int, volume_binning: int, rss: PeakRss, fe
 
 
 class PartialPoll:
-    """Polls the Tiled server every second for partial volumes (kind ``partial``) and appends
-    ``{"t", "n_projections_used"}`` to ``record`` whenever the count changes (a daemon thread)."""
+    """Polls the Tiled server every POLL_S for partial volumes (kind ``partial``) and appends
+    ``{"t", "n_projections_used"}`` to ``record`` whenever the count changes, and ``{"t", "kind":
+    "full"}`` when the full volume appears (a daemon thread): the time the volume is in Tiled,
+    before the worker's TIFFs and exit."""
 
     def __init__(self, uri: str, api_key: str, record: Path):
         self.uri, self.api_key, self.record = uri, api_key, record
@@ -246,13 +252,17 @@ class PartialPoll:
         from tiled.queries import Key
 
         seen: set[int] = set()
-        client = None
+        client, full = None, False
         while True:
-            time.sleep(1.0)
+            time.sleep(POLL_S)
             try:
                 client = client or from_uri(self.uri, api_key=self.api_key)
                 if "processed" not in client:
                     continue
+                if not full and len(client["processed"].search(Key("kind") == "full")):
+                    full = True
+                    with open(self.record, "a") as f:
+                        f.write(json.dumps({"t": time.time(), "kind": "full"}) + "\n")
                 for _, node in client["processed"].search(Key("kind") == "partial").items():
                     m = int(node.metadata.get("n_projections_used") or 0)
                     if m not in seen:
@@ -421,9 +431,12 @@ def finish(worker: Proc, sub: Proc, record: Path, proj_times: list[float], t_sto
         out["full_volume_timings_s"] = doc.get("timings_s")
     partials = record.with_name("partials.jsonl")
     if partials.exists() and proj_times:
-        out["partial_volumes"] = [
-            [round(p["t"] - proj_times[0], 1), p["n_projections_used"]]
-            for p in map(json.loads, partials.read_text().splitlines()) if p]
+        polled = [json.loads(x) for x in partials.read_text().splitlines() if x.strip()]
+        out["partial_volumes"] = [[round(p["t"] - proj_times[0], 1), p["n_projections_used"]]
+                                  for p in polled if "n_projections_used" in p]
+        in_tiled = [p["t"] for p in polled if p.get("kind") == "full"]
+        # polled every POLL_S: up to that much late
+        out["stop_to_volume_in_tiled_s"] = round(in_tiled[0] - t_stop, 2) if in_tiled else None
     return out
 
 

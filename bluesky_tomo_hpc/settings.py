@@ -152,10 +152,10 @@ class Settings(_Section):
     scicat: ScicatSettings = ScicatSettings()
     full_volume: bool = Field(True, description="reconstruct the whole volume in-process at stop")
     full_volume_streaming: bool = Field(
-        False, description="with recon binning > 1: bin frames as they arrive and sum the volume during the "
-        "scan, so that at stop only the rest is left (false: the raw scan is read again after the stop). "
-        "Off by default until it is measured faster on a quiet host: on a loaded 2-core host it slowed "
-        "the live preview (see docs/how-to/streaming-worker.md)")
+        True, description="with recon binning > 1: bin frames as they arrive and sum the volume during the "
+        "scan, so that at stop only the rest is left; where the sum cannot serve (half acquisition, "
+        "another centre, darks/flats at the end, a sum over half the memory budget) the volume is made "
+        "from the binned frames at the stop. false: the raw scan is read again after the stop")
     memory_budget_mb: float | None = Field(
         None, gt=0, description="memory every path may use for frames and slices (MiB); slab sizes derive "
         "from it. None: a quarter of this machine's memory, 256 MiB to 16 GiB",

@@ -35,10 +35,12 @@ DEFAULT_SLAB_SLICES = 16
 _INPUT_SLABS, _OUTPUT_SLABS = 3, 3
 
 
-#: memory a rank holds besides its slabs, measured (peak RSS above an idle interpreter with the same
-#: imports, 360 x 128 x 512 scan, budgets 64-256 MiB): FINUFFT plan, Zarr/asyncio and h5py buffers,
-#: per-thread malloc arenas
-FIXED_OVERHEAD_BYTES = 96 * 2**20
+#: memory a rank holds besides its slabs and its plan: Zarr/asyncio and h5py buffers, FFT caches,
+#: per-thread malloc arenas. Measured as VmHWM above an idle interpreter with the same imports
+#: (recon FILE, 180 x 96 x 768, slabs of 1-8 rows: 213-230 MiB in all, ~160 MiB of it fixed at
+#: one row). 96 MiB here fell 22 MiB short: that figure was read from ru_maxrss, which in a child
+#: process also counts its parent's peak.
+FIXED_OVERHEAD_BYTES = 160 * 2**20
 
 
 def slab_bytes_per_row(n_projections: int, n_columns: int, binning: int) -> tuple[int, int]:

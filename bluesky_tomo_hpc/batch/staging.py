@@ -16,16 +16,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from ..engine.scan_health_report import BEAM_KINDS, ScanHealthReport
+from ..engine.scan_health_report import spoiled_projections  # re-exported: staging applies it
 from ..model import FrameBatch, FrameRole, ScanSpec, TomoDataError
 from ..sources.hdf5 import open_swmr
 
 log = logging.getLogger(__name__)
-
-#: leave spoiled projections out only while at least this share of the projections remains; below
-#: it the scan as a whole is bad (its health says so) and a reconstruction of everything is the
-#: more honest picture
-MIN_KEPT_SHARE = 0.5
 
 DATASETS = {
     FrameRole.PROJECTION: "exchange/data",
@@ -60,22 +55,6 @@ def _virtual(batches: list[FrameBatch], frame_shape: tuple[int, int]) -> h5py.Vi
         layout[pos : pos + stop - start] = src[start:stop]
         pos += stop - start
     return layout
-
-
-def spoiled_projections(spec: ScanSpec, n_projections: int) -> list[int]:
-    """Projection indices the scan's health found without beam (beam loss, closed shutter), to be
-    left out of the reconstruction: empty when the health found none, or when leaving them out
-    would keep less than :data:`MIN_KEPT_SHARE` of the scan."""
-    summary = spec.metadata.get("scan_health")
-    if not isinstance(summary, dict):
-        return []
-    named = [i for i in ScanHealthReport.from_summary(spec.run_uid, summary).frames(BEAM_KINDS)
-             if 0 <= i < n_projections]
-    if n_projections - len(named) < MIN_KEPT_SHARE * n_projections:
-        log.warning("run %s: %d of %d projections had no beam; all are reconstructed (too few would "
-                    "remain without them): see the scan's health", spec.run_uid, len(named), n_projections)
-        return []
-    return named
 
 
 def _without(batches: list[FrameBatch], drop: set[int]) -> list[FrameBatch]:

@@ -89,13 +89,14 @@ def _pairs(theta: np.ndarray, max_pairs: int) -> tuple[list[tuple[int, int]], fl
 
 
 def find_center_pairs(
-    proj_norm: Any, theta: Any, *, max_pairs: int = 5, upsample: int = 20
+    proj_norm: Any, theta: Any, *, max_pairs: int = 5, upsample: int = 20, minus_logged: bool = False
 ) -> CenterEstimate:
     """Centre from the projection pair(s) closest to 180 degrees apart.
 
     ``proj_norm`` is normalised transmission (n_angles, ny, nx); it is -log'ed so the background
-    is zero. Without an exact 180-degree pair the nearest one is used and its angle mismatch lowers
-    the confidence (features off the axis then disagree by up to radius * mismatch).
+    is zero (``minus_logged``: it is -log data already). Without an exact 180-degree pair the
+    nearest one is used and its angle mismatch lowers the confidence (features off the axis then
+    disagree by up to radius * mismatch).
     """
     arr = check_projection_stack(proj_norm, theta)
     th, warn = check_angles(theta)
@@ -104,7 +105,8 @@ def find_center_pairs(
         raise TomoDataError("find_center_pairs: no two projections are near 180 degrees apart")
     centers, peaks = [], []
     for i, j in pairs:
-        c, pk = center_from_pair(minus_log(arr[i]), minus_log(arr[j]), upsample)
+        a, b = (arr[i], arr[j]) if minus_logged else (minus_log(arr[i]), minus_log(arr[j]))
+        c, pk = center_from_pair(a, b, upsample)
         centers.append(c)
         peaks.append(pk)
     center = float(np.median(centers))

@@ -54,8 +54,10 @@ def search_width(nx: int, params: ReconParams) -> float:
     return nx / 4.0 if params.center_search_width is None else float(params.center_search_width)
 
 
-def row_group_sinograms(proj_norm: Any, params: ReconParams, clip: float) -> tuple[list[int], list[Any]]:
-    """Two -log sinograms, each the mean of up to 8 rows of one half of the rows used.
+def row_group_sinograms(proj_norm: Any, params: ReconParams, clip: float | None,
+                        ) -> tuple[list[int], list[Any]]:
+    """Two -log sinograms, each the mean of up to 8 rows of one half of the rows used
+    (``clip`` None: ``proj_norm`` is -log data already).
 
     Why sums: a sum of sinograms is the sinogram of the summed slices, with the same axis, and
     has less noise; two independent groups (upper, lower) still reveal a tilted axis or a
@@ -63,5 +65,6 @@ def row_group_sinograms(proj_norm: Any, params: ReconParams, clip: float) -> tup
     rows = rows_for_center(proj_norm.shape[1], params, n_rows=16)
     halves = [rows[: (len(rows) + 1) // 2], rows[len(rows) // 2 :]] if len(rows) > 1 else [rows]
     xp = get_array_module(proj_norm)
-    groups = [minus_log(proj_norm[:, g, :], clip).mean(axis=1, dtype=xp.float32) for g in halves]
+    groups = [(proj_norm[:, g, :] if clip is None else minus_log(proj_norm[:, g, :], clip))
+              .mean(axis=1, dtype=xp.float32) for g in halves]
     return rows, groups

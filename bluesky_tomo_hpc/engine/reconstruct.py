@@ -146,9 +146,9 @@ def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> Center
     """The automatic centre in the columns of ``proj_log`` (binned if it is), with its
     confidence, uncertainty and ``details["seconds"]`` (the time it took, for provenance).
 
-    The centre finder takes transmission; ``exp(-proj_log)`` gives it back after ring removal
-    and phase retrieval. ``proj_log`` holds the selected rows only, so ``params.rows`` must not
-    apply again, and the search width shrinks with the binning.
+    The centre finder reads the -log rows as they are (after ring removal and phase retrieval;
+    ``minus_logged``: no exp / -log round trip). ``proj_log`` holds the selected rows only, so
+    ``params.rows`` must not apply again, and the search width shrinks with the binning.
     """
     t0 = time.perf_counter()
     xp = get_array_module(proj_log)
@@ -159,9 +159,8 @@ def find_center(proj_log: Any, theta: np.ndarray, params: ReconParams) -> Center
     )
     nz = proj_log.shape[1]
     pick = np.unique(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int))  # all a search uses
-    transmission = xp.asarray(proj_log[:, pick, :], dtype=xp.float32)  # a copy: in place from here
-    xp.exp(xp.negative(transmission, out=transmission), out=transmission)
-    est = center_mod.find_center(transmission, theta, local)
+    rows = xp.asarray(proj_log[:, pick, :], dtype=xp.float32)  # a copy of the rows the search uses
+    est = center_mod.find_center(rows, theta, local, minus_logged=True)
     return replace(est, details={**est.details, "seconds": time.perf_counter() - t0})
 
 

@@ -6,15 +6,23 @@ remote worker's 0MQ preview stream (the ``scan_health`` entry of each preview's 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..model import ScanSpec
 from .scan_health_findings import SEVERITIES as SEVERITY_ORDER
+
+log = logging.getLogger(__name__)
 
 #: findings whose projections hold no usable signal (the beam, not the sample, was the problem):
 #: what a plan re-takes and what staging leaves out of a reconstruction
 BEAM_KINDS = ("beam_loss", "shutter_closed")
+#: leave spoiled projections out only while at least this share of the projections remains; below
+#: it the scan as a whole is bad (its health says so) and a reconstruction of everything is the
+#: more honest picture
+MIN_KEPT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,3 +74,19 @@ class ScanHealthReport:
     def ok(self) -> bool:
         """No warning and no error so far."""
         return not self.alarms()
+
+
+def spoiled_projections(spec: ScanSpec, n_projections: int) -> list[int]:
+    """Projection indices the scan's health found without beam (beam loss, closed shutter), to be
+    left out of the reconstruction: empty when the health found none, or when leaving them out
+    would keep less than :data:`MIN_KEPT_SHARE` of the scan."""
+    summary = spec.metadata.get("scan_health")
+    if not isinstance(summary, dict):
+        return []
+    named = [i for i in ScanHealthReport.from_summary(spec.run_uid, summary).frames(BEAM_KINDS)
+             if 0 <= i < n_projections]
+    if n_projections - len(named) < MIN_KEPT_SHARE * n_projections:
+        log.warning("run %s: %d of %d projections had no beam; all are reconstructed (too few would "
+                    "remain without them): see the scan's health", spec.run_uid, len(named), n_projections)
+        return []
+    return named

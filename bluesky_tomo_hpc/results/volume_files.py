@@ -43,7 +43,7 @@ from .provenance import jsonable
 from .result_claim import ResultClaim, ResultClaimedError
 
 __all__ = ["ResultClaimedError", "ResultExistsError", "ResultLayout", "VolumeWriteError", "VolumeWriter",
-           "is_complete", "tiff_name"]
+           "is_complete", "tiff_name", "tiffs_after", "write_tiff_slices"]
 
 #: what needs ome-zarr (a core dependency: missing, the installation is damaged)
 OME_ZARR_FEATURE = "writing OME-Zarr volumes"
@@ -119,6 +119,63 @@ def _downsample(a: np.ndarray) -> np.ndarray:
     s = s[:, :, 0 : 2 * nx : 2] + s[:, :, 1 : 2 * nx : 2]
     s *= np.float32(0.125)
     return s
+
+
+def _raw_chunk_files(arr: Any) -> Path | None:
+    """The folder of ``arr``'s chunk files when each holds just its values' bytes (a Zarr v3 array
+    in a local folder, uncompressed little-endian float32: the ``bytes`` codec alone); else None."""
+    from zarr.codecs import BytesCodec
+    from zarr.storage import LocalStore
+
+    meta = arr.metadata
+    codecs = getattr(meta, "codecs", ())
+    if (meta.zarr_format != 3 or not isinstance(arr.store, LocalStore) or len(codecs) != 1
+            or not isinstance(codecs[0], BytesCodec) or codecs[0].endian is None
+            or codecs[0].endian.value != "little" or arr.dtype != np.float32):
+        return None
+    return Path(arr.store.root) / arr.path
+
+
+def _store_slab(arr: Any, z0: int, vol: np.ndarray) -> None:
+    """``arr[z0 : z0 + len(vol)] = vol``, the chunks the slab covers whole in z written straight to
+    their files.
+
+    Why: Zarr writes each chunk by allocating it filled with the fill value, copying the slab in and
+    passing it through its codec pipeline on its asyncio threads (about as much CPU again as the
+    bytes themselves, measured at 1024^2). An uncompressed chunk's file is its values in C order
+    (:func:`_raw_chunk_files`), so those bytes are written directly; a chunk at the volume's edge
+    is padded with the fill value to the chunk shape, as Zarr stores it. Slices in chunks the slab
+    covers only in part, and arrays with other codecs or stores, go through Zarr.
+    """
+    k, nz = vol.shape[0], arr.shape[0]
+    folder = _raw_chunk_files(arr)
+    cz, cy, cx = arr.chunks
+    start = -(-z0 // cz) * cz  # the first chunk boundary at or after z0
+    stop = nz if z0 + k == nz else (z0 + k) // cz * cz  # the last chunk ends at the volume's end
+    if folder is None or stop <= start:
+        arr[z0 : z0 + k] = vol
+        return
+    if start > z0:
+        arr[z0:start] = vol[: start - z0]
+    made: set[Path] = set()
+    _, ny, nx = arr.shape
+    for z in range(start, stop, cz):
+        for y in range(0, ny, cy):
+            for x in range(0, nx, cx):
+                part = vol[z - z0 : min(z + cz, nz) - z0, y : y + cy, x : x + cx]
+                if part.shape != (cz, cy, cx):  # an edge chunk: stored full size
+                    chunk = np.full((cz, cy, cx), arr.metadata.fill_value, dtype="<f4")
+                    chunk[: part.shape[0], : part.shape[1], : part.shape[2]] = part
+                else:
+                    chunk = np.ascontiguousarray(part, dtype="<f4")
+                path = folder / arr.metadata.encode_chunk_key((z // cz, y // cy, x // cx))
+                if path.parent not in made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(path.parent)
+                with open(path, "wb") as f:
+                    f.write(memoryview(chunk).cast("B"))
+    if stop < z0 + k:
+        arr[stop : z0 + k] = vol[stop - z0 :]
 
 
 class VolumeWriter:
@@ -221,26 +278,15 @@ class VolumeWriter:
         k = vol.shape[0]
         if vol.ndim != 3 or vol.shape[1:] != self.shape[1:] or not 0 <= z0 <= z0 + k <= self.shape[0]:
             raise ValueError(f"slab {vol.shape} at z={z0} does not fit the volume {self.shape}")
-        self._arrays[0][z0 : z0 + k] = vol
+        _store_slab(self._arrays[0], z0, vol)
         if self.tiff:
             self._write_tiffs(z0, vol)
         self._write_coarser(z0, vol)
         self.slices_written += k
 
     def _write_tiffs(self, z0: int, vol: np.ndarray) -> None:
-        import tifffile
-
-        if self.voxel_size_um:
-            per_cm = 1e4 / self.voxel_size_um
-            res: dict[str, Any] = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-        else:
-            res = {"resolution": (1.0, 1.0), "resolutionunit": "NONE"}
-        folder = self.layout.partial / self.layout.tiff_dir.name
-        for i in range(vol.shape[0]):
-            row = self.first_row + (z0 + i) * self.row_step
-            note = json.dumps({"detector_row": row, "slice": z0 + i, "voxel_size_um": self.voxel_size_um})
-            tifffile.imwrite(folder / tiff_name(row), vol[i], description=note, metadata=None,
-                             **res)
+        write_tiff_slices(self.layout.partial / self.layout.tiff_dir.name, z0, vol, first_row=self.first_row,
+                          row_step=self.row_step, voxel_size_um=self.voxel_size_um)
 
     def _write_coarser(self, z0: int, vol: np.ndarray) -> None:
         """Coarser levels straight from the slab when it starts on their grid and ends on it (or
@@ -255,7 +301,7 @@ class VolumeWriter:
             part, z = _downsample(part), z // 2
             n = min(part.shape[0], arr.shape[0] - z)
             if n > 0:
-                arr[z : z + n] = part[:n]
+                _store_slab(arr, z, part[:n])
 
     # -- completion -------------------------------------------------------------------------
     def _levels_by_read_back(self, slab: int) -> None:
@@ -264,7 +310,7 @@ class VolumeWriter:
             src, dst = self._arrays[i - 1], self._arrays[i]
             for z in range(0, 2 * dst.shape[0], slab):
                 part = _downsample(np.asarray(src[z : min(z + slab, 2 * dst.shape[0])]))
-                dst[z // 2 : z // 2 + part.shape[0]] = part
+                _store_slab(dst, z // 2, part)
 
     def _ngff_metadata(self) -> None:
         import zarr
@@ -353,6 +399,45 @@ class VolumeWriter:
         if isinstance(exc, Exception):
             raise error from exc
         # KeyboardInterrupt, SystemExit: noted, and left to propagate as what they are
+
+
+def write_tiff_slices(folder: Path, z0: int, vol: np.ndarray, *, first_row: int, row_step: int,
+                      voxel_size_um: float | None) -> None:
+    """Slices ``z0 ..`` of ``vol`` as float32 TIFFs in ``folder``, named by detector row, with
+    resolution tags."""
+    import tifffile
+
+    if voxel_size_um:
+        per_cm = 1e4 / voxel_size_um
+        res: dict[str, Any] = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+    else:
+        res = {"resolution": (1.0, 1.0), "resolutionunit": "NONE"}
+    for i in range(vol.shape[0]):
+        row = first_row + (z0 + i) * row_step
+        note = json.dumps({"detector_row": row, "slice": z0 + i, "voxel_size_um": voxel_size_um})
+        tifffile.imwrite(folder / tiff_name(row), vol[i], description=note, metadata=None, **res)
+
+
+def tiffs_after(directory: str | Path, *, first_row: int, row_step: int, voxel_size_um: float | None,
+                slab: int = 16) -> int:
+    """The TIFF slices of a finished result written from its Zarr level 0, ``slab`` slices at a
+    time. Why after: a volume is looked at first in Tiled (its Zarr), so its TIFFs need not stand
+    between the stop and the volume there. Written into ``tiff.partial/``, renamed to ``tiff/``
+    when whole (a folder named ``tiff`` is always complete). Returns the slices written."""
+    import zarr
+
+    layout = ResultLayout(Path(directory))
+    array = zarr.open_array(str(layout.full_resolution), mode="r")
+    tmp = layout.tiff_dir.with_name(layout.tiff_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for z0 in range(0, array.shape[0], slab):
+        write_tiff_slices(tmp, z0, np.asarray(array[z0:z0 + slab], dtype=np.float32), first_row=first_row,
+                          row_step=row_step, voxel_size_um=voxel_size_um)
+    if layout.tiff_dir.exists():
+        shutil.rmtree(layout.tiff_dir)
+    tmp.rename(layout.tiff_dir)
+    return int(array.shape[0])
 
 
 def _earlier_attempt(layout: ResultLayout) -> dict[str, Any]:

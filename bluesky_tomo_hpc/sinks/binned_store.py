@@ -45,6 +45,8 @@ class BinnedScanStore:
         self.times: dict[int, float] = {}
         self.calibration: dict[FrameRole, dict[int, np.ndarray]] = {FrameRole.DARK: {}, FrameRole.FLAT: {}}
         self.calibration_times: dict[FrameRole, dict[int, float]] = {FrameRole.DARK: {}, FrameRole.FLAT: {}}
+        #: projections left out of the volume (no beam: :func:`~..batch.staging.spoiled_projections`)
+        self.excluded: frozenset[int] = frozenset()
         self._file: h5py.File | None = None
         self._lock = threading.Lock()  # the ingest thread writes while the accumulator reads
 
@@ -108,11 +110,11 @@ class BinnedScanStore:
         return out
 
     def order(self) -> list[int]:
-        """Projection indices in acquisition order."""
-        return sorted(self.slots)
+        """Projection indices in acquisition order, without the :attr:`excluded` ones."""
+        return sorted(i for i in self.slots if i not in self.excluded)
 
     def rows(self, z0: int, z1: int) -> np.ndarray:
-        """Binned rows ``[z0, z1)`` of every projection, in acquisition order."""
+        """Binned rows ``[z0, z1)`` of every projection of :meth:`order`, in acquisition order."""
         with self._lock:
             ds = self._dataset()
             n = len(self.slots)
@@ -134,7 +136,7 @@ class BinnedScanStore:
         does not bin again."""
         order = self.order()
         b = self.binning
-        times = (np.array([self.times[i] for i in order]) if len(self.times) == len(order) else None)
+        times = np.array([self.times[i] for i in order]) if all(i in self.times for i in order) else None
         flat_t = self.calibration_times[FrameRole.FLAT]
         flats = self.calibration[FrameRole.FLAT]
         flat_times = (np.array([flat_t[i] for i in sorted(flats)]) if len(flat_t) == len(flats) else None)

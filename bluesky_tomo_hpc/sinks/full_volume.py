@@ -102,6 +102,21 @@ class ReconService:
             self._futures.append(fut)
         return fut
 
+    def follow_up(self, what: str, job: Callable[[], Any]) -> Future:
+        """Work after an outcome (the TIFFs of a volume already in Tiled): run on the service
+        thread after the jobs before it and waited for by :meth:`wait`, so a process does not end
+        in the middle of it; a failure is logged (naming ``what``) and changes no outcome."""
+        def wrapped() -> None:
+            try:
+                job()
+            except Exception:  # the volume is made and registered; only this file set is missing
+                log.exception("%s failed", what)
+
+        fut = self._pool.submit(wrapped)
+        with self._lock:
+            self._futures.append(fut)
+        return fut
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted reconstruction finished; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -148,6 +148,23 @@ class RunningVolume:
                 self.replaced += len(indices)
             self.seconds += time.perf_counter() - t0
 
+    def remove(self, indices: list[int], block: int) -> int:
+        """Take projections ``indices`` out of the sum (left out of the volume: no beam), ``block``
+        frames at a time: ``-R(-log frame)`` of each summed one is added. Returns how many were."""
+        summed = sorted(set(indices) & self.done)
+        for k in range(0, len(summed), block):
+            if self.invalid:
+                break
+            chunk = summed[k:k + block]
+            theta = np.array([self.store.angles[i] for i in chunk], dtype=np.float64)
+            proj_log = self._line_integrals(self.store.frames(chunk), theta)
+            if proj_log is None:
+                break
+            np.negative(proj_log, out=proj_log)
+            self._add(proj_log, theta)
+            self.done.difference_update(chunk)
+        return len(summed)
+
     def _line_integrals(self, proj: np.ndarray, theta: np.ndarray) -> np.ndarray | None:
         """-log values of binned frames with the first block's darks and flats (None: invalid)."""
         data = ScanData(projections=proj, theta=theta, darks=self._darks, flats=self._flats)

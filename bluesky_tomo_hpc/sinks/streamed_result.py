@@ -2,8 +2,9 @@
 
 Why its own module: the streaming sink (:mod:`.streaming_volume`) decides *when*; this decides
 *what* is written, the same way the batch program does (:mod:`bluesky_tomo_hpc.batch.batch_program`):
-the centre from the same middle rows, slices masked alike, one OME-Zarr + TIFF result folder with
-its provenance, renamed into place only when whole. The slices come either from the running sum
+the centre from the same middle rows, slices masked alike, one OME-Zarr result folder with its
+provenance, renamed into place only when whole (its TIFF slices are written later, from the Zarr
+volume: :func:`~..results.volume_files.tiffs_after`). The slices come either from the running sum
 (:class:`.running_volume.RunningVolume`) or, when that cannot be used, from the binned store slab
 by slab, exactly as the raw-file path computes them.
 """
@@ -19,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from ..engine.backend import cpu_threads
 from ..engine.center import resolve_uncertain_center
+from ..engine.fourier import plan_bytes
 from ..engine.halfturn import is_half_acquisition, output_width, stitch_half_acquisition
+from ..engine.memory import rows_per_slab
 from ..engine.params import ReconParams
 from ..engine.preprocess import circular_mask, to_binned, to_unbinned
 from ..engine.reconstruct import (
@@ -86,15 +90,34 @@ def half_acquisition(store: BinnedScanStore, params: ReconParams, center_b: floa
     return is_half_acquisition(center_b, store.shape[1], theta, setting)
 
 
+def store_slab_slices(budget: int, n_angles: int, width: int) -> int:
+    """Slices per slab from the binned store within ``budget`` bytes (at most STORE_SLAB_SLICES).
+    Per slice: the rows read, their -log copy and the engine's input (``4 B x angles x width``
+    each), the slice made, the one queued and the one being written (``4 B x width^2`` each);
+    once: the NUFFT plan with every core's worker. Raises :class:`MemoryBudgetError` naming the
+    minimum when not even one slice fits, as the volume at stop does."""
+    per_slice = 3 * 4 * n_angles * width + 3 * 4 * width * width
+    fixed = plan_bytes(width, n_angles, cpu_threads())
+    return min(STORE_SLAB_SLICES, rows_per_slab(budget, per_slice, fixed_bytes=fixed,
+                                                what="slab from the binned store (one slice)"))
+
+
 def slabs_from_store(store: BinnedScanStore, params: ReconParams, center_b: float,
-                     warnings: list[str]) -> Slabs:
-    """Slices made from the binned store, slab by slab, with one NUFFT plan for all slabs (a half
-    acquisition stitched to the full field of view first, as the batch program does)."""
+                     warnings: list[str], budget: int) -> Slabs:
+    """Slices made from the binned store, slab by slab within ``budget``, with one NUFFT plan for
+    all slabs (a half acquisition stitched to the full field of view first, as the batch program
+    does)."""
     local = params.with_updates(rows=None)
     stitch = half_acquisition(store, params, center_b)
+    width = store.shape[1]
+    if stitch:
+        theta = np.array([store.angles[i] for i in store.order()])
+        width = output_width(width, center_b, theta, with_half_acquisition_hint(params, store.spec.metadata)
+                             .half_acquisition)
+    step = store_slab_slices(budget, len(store.order()), width)
     recon = None
-    for z0 in range(0, store.shape[0], STORE_SLAB_SLICES):
-        z1 = min(z0 + STORE_SLAB_SLICES, store.shape[0])
+    for z0 in range(0, store.shape[0], step):
+        z1 = min(z0 + step, store.shape[0])
         proj_log, theta, w = preprocess_projections(store.scan_data(z0, z1), local)
         warnings.extend(x for x in w if x not in warnings)
         c = center_b
@@ -135,6 +158,12 @@ def write_behind(slabs: Slabs, write: Callable[[int, np.ndarray], None], tick: C
         raise errors[0]
 
 
+def voxel_size_um(spec: ScanSpec, binning: int) -> float | None:
+    """The volume's voxel (the scan's ``pixel_size_um`` x binning; None when unknown)."""
+    pixel = spec.metadata.get("pixel_size_um") if isinstance(spec.metadata, dict) else None
+    return float(pixel) * binning if isinstance(pixel, int | float) and pixel > 0 else None
+
+
 def write_volume(spec: ScanSpec, store: BinnedScanStore, params: ReconParams, result_dir: Path,
                  center: CenterChoice, slabs: Slabs, *, how: dict[str, Any], warnings: list[str],
                  timings: dict[str, float], progress: Callable[[int, int], None] | None = None,
@@ -149,8 +178,7 @@ def write_volume(spec: ScanSpec, store: BinnedScanStore, params: ReconParams, re
         setting = with_half_acquisition_hint(params, spec.metadata).half_acquisition
         nx = output_width(nx, to_binned(center.value, b), theta, setting)
         center.details.update(half_acquisition=True, field_of_view_px=nx)
-    pixel = spec.metadata.get("pixel_size_um") if isinstance(spec.metadata, dict) else None
-    voxel = float(pixel) * b if isinstance(pixel, int | float) and pixel > 0 else None
+    voxel = voxel_size_um(spec, b)
     writer = VolumeWriter(result_dir, (nz, nx, nx), first_row=0, row_step=b, voxel_size_um=voxel,
                           tiff=tiff, overwrite=True, chunk_z=CHUNK_Z, levels=LEVELS)
     t = time.perf_counter()

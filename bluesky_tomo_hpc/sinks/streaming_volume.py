@@ -6,7 +6,9 @@ arrives (:mod:`.binned_store`, a scratch file a sixteenth of the raw scan at bin
 the centre is known, blocks of angles are reconstructed and summed as they complete
 (:mod:`.running_volume`) on one low-priority thread, so the live preview keeps its share of the
 CPU. At the stop the service thread confirms the centre (found from the binned store, as the batch
-program finds it), reconstructs the last block, scales and writes: seconds instead of a minute.
+program finds it), reconstructs the last block, scales and writes the Zarr volume and hands it to
+Tiled: seconds instead of a minute; the TIFF slices follow on the same thread, from the Zarr
+volume (:meth:`.full_volume.ReconService.follow_up`), off the path from the stop to Tiled.
 Frames that arrive out of order or late are summed in the block they arrive in (the sum does not
 depend on the order); a projection sent again with other values (a resumed scan) replaces its
 first copy in the sum. When the sum cannot be used (darks or flats taken at the end, another
@@ -32,14 +34,23 @@ import numpy as np
 
 from ..engine.params import ReconParams
 from ..engine.preprocess import to_binned, to_unbinned
+from ..engine.scan_health_report import spoiled_projections
 from ..model import FrameBatch, FrameRole, ScanEnd, ScanSpec, path_inside
 from ..results.provenance import CenterChoice
 from ..results.result_claim import ResultClaimedError
+from ..results.volume_files import tiffs_after
 from .binned_store import BinnedScanStore
 from .frame_store import run_file_stem
 from .full_volume import ReconOutcome, ReconService, ResultWriter, made_elsewhere
 from .running_volume import RunningVolume, lower_priority, not_accumulable
-from .streamed_result import half_acquisition, slabs_from_store, slabs_from_sum, stop_center, write_volume
+from .streamed_result import (
+    half_acquisition,
+    slabs_from_store,
+    slabs_from_sum,
+    stop_center,
+    voxel_size_um,
+    write_volume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +58,8 @@ log = logging.getLogger(__name__)
 #: block is what is left at the stop)
 BLOCK = 128
 END_BLOCK = 32
-#: raw bytes of frames waiting to be binned before ``add`` waits (back-pressure, never a drop)
+#: raw bytes of frames waiting to be binned before ``add`` waits (back-pressure, never a drop); at
+#: most an eighth of the memory budget
 QUEUE_BYTES = 256 * 2**20
 #: the partial volume is sub-sampled to about this many voxels a side (a look, not a result), and
 #: published at most every PARTIAL_EVERY_S seconds
@@ -57,6 +69,12 @@ _DONE = object()
 #: modules the result writers import on first use
 WRITER_MODULES = ("zarr", "ome_zarr.writer", "tifffile", "matplotlib.backends.backend_agg",
                   "matplotlib.figure")
+
+
+def summing_bytes(store: BinnedScanStore, params: ReconParams) -> int:
+    """Bytes summing holds: the sum, and a block of binned frames with its -log copy."""
+    nz, nx = store.shape
+    return RunningVolume.nbytes(store, params) + 2 * BLOCK * nz * nx * 4
 
 
 def warm_imports() -> None:
@@ -142,7 +160,7 @@ class _StreamedRun:
         if self.not_summed is None and center is None:
             self.not_summed = "no centre is known before the stop (none given, pinned, remembered or hinted)"
         elif (self.not_summed is None
-              and (need := RunningVolume.nbytes(self.store, self.params)) > sink.budget // 2):
+              and (need := summing_bytes(self.store, self.params)) > sink.budget // 2):
             self.not_summed = (f"the running sum ({need / 2**30:.1f} GiB) does not "
                                f"fit half the memory budget ({sink.budget / 2**30:.1f} GiB)")
         if self.not_summed is None:
@@ -152,6 +170,7 @@ class _StreamedRun:
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
         self._queued_bytes = 0
+        self._queue_limit = min(QUEUE_BYTES, sink.budget // 8)
         self._room = threading.Condition()
         self._work = threading.Condition()
         self._ingest_done = False
@@ -169,7 +188,7 @@ class _StreamedRun:
         """Queue ``batch`` for binning; waits while QUEUE_BYTES of frames are queued (never drops)."""
         size = int(getattr(batch.frames, "nbytes", 0))
         with self._room:
-            self._room.wait_for(lambda: self._queued_bytes < QUEUE_BYTES or self.error is not None)
+            self._room.wait_for(lambda: self._queued_bytes < self._queue_limit or self.error is not None)
             self._queued_bytes += size
         self._queue.put((batch, size))
 
@@ -263,6 +282,19 @@ class _StreamedRun:
         if self._summer.is_alive():
             self._summer.join()
 
+    def _finish_sum(self, running: RunningVolume, timings: dict[str, float]) -> str | None:
+        """The stop's share of the sum, with every core: replacements, the projections left out
+        (no beam) taken out again, the angles left added BLOCK at a time (bounded memory, whatever
+        the summing thread could not do). Returns why the sum cannot be used (None: it can)."""
+        running.threads = None
+        running.apply_replacements()
+        running.remove(sorted(self.store.excluded), BLOCK)
+        left = [i for i in self.store.order() if i not in running.claimed]
+        timings["angles_left_at_stop"] = len(left)
+        for k in range(0, len(left), BLOCK):
+            running.add_block(left[k:k + BLOCK])
+        return running.invalid
+
     def finish(self) -> ReconOutcome:
         """The service thread: drain, confirm the centre, finish the sum (or use the store), write."""
         t0, cpu0 = time.perf_counter(), time.process_time()
@@ -274,6 +306,7 @@ class _StreamedRun:
             if self.error is not None:
                 raise self.error
             store.check()
+            store.excluded = frozenset(spoiled_projections(spec, len(store.slots)))
             given = sink.center_for(spec, params) if sink.center_for is not None else None
             fallback = sink.fallback_center(spec) if sink.fallback_center is not None else None
             t = time.perf_counter()
@@ -286,11 +319,7 @@ class _StreamedRun:
                 why = "a half acquisition is stitched from both half-turns"
             t = time.perf_counter()
             if running is not None and why is None:
-                running.threads = None  # the stop has every core
-                running.apply_replacements()
-                timings["angles_left_at_stop"] = len(set(store.order()) - running.claimed)
-                running.add_block(store.order())
-                why = running.invalid
+                why = self._finish_sum(running, timings)
             timings["last_block"] = time.perf_counter() - t
             if running is not None and why is None:
                 warnings = list(running.warnings)
@@ -300,18 +329,28 @@ class _StreamedRun:
                 if center_b != running.center:  # summed at the provisional centre: the result says so
                     center = CenterChoice(to_unbinned(running.center, store.binning), center.confidence,
                                           center.method, {**center.details, "found": center.value})
-                slabs = slabs_from_sum(running, len(store.slots), params)
+                slabs = slabs_from_sum(running, len(store.order()), params)
             else:
-                self.running = None  # frees the sum before the slabs are made
+                running = self.running = None  # frees the sum before the slabs are made
                 how = {"summed": False, "why": why}
-                slabs = slabs_from_store(store, params, center_b, warnings)
+                slabs = slabs_from_store(store, params, center_b, warnings, sink.budget)
+            if store.excluded:
+                how["excluded_projections"] = sorted(store.excluded)
+            if sink.tiff:
+                how["tiff"] = "written after the volume was registered"
+            result_dir = sink.volume_dir(spec) / "result"
             result, zarr_path = write_volume(
-                spec, store, params, sink.volume_dir(spec) / "result", center, slabs, how=how,
-                warnings=warnings, timings=timings, progress=sink.progress, tiff=sink.tiff)
+                spec, store, params, result_dir, center, slabs, how=how,
+                warnings=warnings, timings=timings, progress=sink.progress, tiff=False)
             t = time.perf_counter()
             location = (sink.writer.write(spec, result, zarr_path=zarr_path) if sink.writer is not None
                         else str(zarr_path))
             result.timings["result_writer"] = time.perf_counter() - t
+            if sink.tiff:  # off the stop's path: the volume is looked at in Tiled first
+                voxel, b = voxel_size_um(spec, store.binning), store.binning
+                sink.service.follow_up(
+                    f"the TIFF slices of run {spec.run_uid}'s streamed volume",
+                    lambda: tiffs_after(result_dir, first_row=0, row_step=b, voxel_size_um=voxel))
         except ResultClaimedError as exc:
             store.discard()
             return made_elsewhere(spec, exc)
