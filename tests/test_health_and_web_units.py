@@ -266,3 +266,16 @@ def test_volume_cache_reads_each_volume_once_within_its_budget():
     cache.load("c", read("c"))
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
     assert reads == ["a", "b", "c"]
+
+
+def test_a_stored_histogram_is_accepted_only_in_the_form_it_was_written():
+    from bluesky_tomo_hpc.results.volume_stats import STATS_KEY, stats_of_array, stored_stats
+
+    rec = stats_of_array(np.linspace(0, 1, 8 * 9 * 10, dtype=np.float32).reshape(8, 9, 10))
+    assert stored_stats({STATS_KEY: rec}) == rec and sum(rec["counts"]) == rec["sampled"] > 0
+    bad = [{"counts": [True]}, {"counts": [-1]}, {"counts": [0] * 5000}, {"counts": "12"},
+           {"range": [1.0, 0.0]}, {"window": [0.0, float("nan")]}, {"window": [0.0]},
+           {"shape": [8, 9]}, {"shape": [0, 9, 10]}, {"step": 0}, {"sampled": -1}, {"sampled": 1.5}]
+    for change in bad:
+        assert stored_stats({STATS_KEY: {**rec, **change}}) is None, change
+    assert stored_stats({}) is None and stored_stats(None) is None and stored_stats({STATS_KEY: [1]}) is None

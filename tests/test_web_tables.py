@@ -150,3 +150,38 @@ def test_demo_publishes_its_live_preview_to_the_page_it_serves(tmp_path):
             assert http.get(report.web_url, follow_redirects=False).status_code == 303  # no key: log in
     finally:
         pipeline.close()
+
+
+def test_a_reconstruction_opens_from_its_stored_histogram_and_an_older_one_still_opens(bl):
+    """The histogram stored with a result is the one the page would compute from the volume;
+    opened from the scans table's listing it needs no volume read; a node without one (written
+    before they were stored) or with a malformed one (outside data) is computed on open."""
+    from bluesky_tomo_hpc.results.volume_stats import STATS_KEY, stats_of_array
+    from bluesky_tomo_hpc.web.volume_reader import VolumeReader
+
+    raw, processed = bl.containers()
+    volume = phantom((24, 32, 40))
+    key = write_recon(processed, write_run(raw, "stored histogram"), volume)
+    stored = dict(processed[key].metadata[STATS_KEY])
+    assert stored == stats_of_array(volume) and stored["shape"] == [24, 32, 40]
+    want = {k: v for k, v in stored.items() if k != "shape"} | {"state": "complete"}
+
+    def reader(ttl_s: float = 30.0) -> VolumeReader:  # 0: nothing kept, the listing not used
+        return VolumeReader(bl.ctx.catalog, api_key=KEY, tiled_uri=lambda: bl.server.uri,
+                            data_folder=bl.settings.data_dir, ttl_s=ttl_s)
+
+    bl.ctx.catalog.reconstructions()  # the scans table's listing
+    quick = reader()
+    info = quick.info(key)
+    assert info["stats"] == want and info["volume"]["shape"] == [24, 32, 40]
+    assert info["previews"] == ["xy", "xz", "yz"] and info["key"] == key
+    full = reader(0.0)
+    assert full.info(key) == info  # through Tiled's look-up: the same answer
+    for rec in (None, {**stored, "counts": ["x"]}, {**stored, "window": [1.0, float("inf")]},
+                {**stored, "shape": [24, 32]}, "not a record"):
+        processed[key].update_metadata({STATS_KEY: rec})
+        computed = reader(0.0)
+        assert computed.info(key)["stats"] == want, rec  # computed from the volume: the same
+        computed.close()
+    quick.close()
+    full.close()

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..engine.params import ReconParams
 from .provenance import jsonable, software_versions
+from .volume_stats import STATS_KEY, stats_of_array
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,21 @@ def write_reconstruction(
     for name, arr in (previews or {}).items():
         node.write_array(np.asarray(arr, dtype=np.float32), key=f"preview_{name}",
                          dims=_preview_dims(name))
-    node.update_metadata({"state": "complete"})
+    done: dict[str, Any] = {"state": "complete", "preview_planes": sorted(previews or {})}
+    if source_volume is not None and len(source_volume.shape) == 3:
+        done[STATS_KEY] = _stats_or_none(source_volume, key)
+    node.update_metadata({k: v for k, v in done.items() if v is not None})
     return node
+
+
+def _stats_or_none(volume: Any, key: str) -> dict[str, Any] | None:
+    """The volume's histogram for the web page (:mod:`.volume_stats`); None when it cannot be
+    read: the result is complete without it (the page computes it when it opens the node)."""
+    try:
+        return stats_of_array(volume)
+    except Exception as exc:  # a stored histogram only saves the page a read
+        log.warning("reconstruction %s: its histogram was not stored (%s: %s)", key, type(exc).__name__, exc)
+        return None
 
 
 def _preview_dims(name: str) -> tuple[str, str]:

@@ -24,6 +24,8 @@ from ..results.tiled_results import RECON_SPEC
 
 SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 PLANES = {"xy": 0, "xz": 1, "yz": 2}  # plane -> the axis its index runs along
+#: the most reconstructions whose listed metadata is kept
+MAX_LISTED = 2000
 
 
 class CatalogError(LookupError):
@@ -69,6 +71,9 @@ class Catalog:
         self._probe = probe
         self._probe_every_s = probe_every_s
         self._probed_ok_at = -1e9
+        #: reconstruction key -> (when, metadata) as the last listing of the catalog saw it: the
+        #: page opens a reconstruction from the table that listing filled (:meth:`listed_metadata`)
+        self._listed: dict[str, tuple[float, dict[str, Any]]] = {}
 
     def client(self) -> Any:
         if self._probe is not None and time.monotonic() - self._probed_ok_at > self._probe_every_s:
@@ -87,9 +92,10 @@ class Catalog:
     def _container(self, name: str) -> Any:
         try:
             client = self.client()
-            if name not in client:
-                raise NoContainer(f"Tiled has no '{name}' container yet (no scan written)")
-            return client[name]
+            try:
+                return client[name]  # one request (``name in client`` first would be two)
+            except KeyError:
+                raise NoContainer(f"Tiled has no '{name}' container yet (no scan written)") from None
         except CatalogError:
             raise
         except Exception as exc:
@@ -156,12 +162,28 @@ class Catalog:
         if uid is not None:
             results = results.search(Key("raw_uid") == uid)
         by_run: dict[str, list[dict[str, Any]]] = {}
+        listed: dict[str, tuple[float, dict[str, Any]]] = {}
         for key, node in itertools.islice(results.items(), limit):
-            s = recon_summary(key, node.metadata)
+            md = dict(node.metadata or {})
+            listed[key] = (time.monotonic(), md)
+            s = recon_summary(key, md)
             by_run.setdefault(s["raw_uid"], []).append(s)
+        with self._lock:
+            for key, seen in listed.items():
+                self._listed.pop(key, None)
+                self._listed[key] = seen
+            while len(self._listed) > MAX_LISTED:  # the oldest first (insertion order)
+                self._listed.pop(next(iter(self._listed)))
         for v in by_run.values():
             v.sort(key=lambda s: s["written_at"] or 0, reverse=True)
         return by_run
+
+    def listed_metadata(self, key: str, max_age_s: float) -> dict[str, Any] | None:
+        """The metadata of reconstruction ``key`` as a listing at most ``max_age_s`` ago saw it
+        (outside data, as any metadata read from Tiled), else None."""
+        with self._lock:
+            hit = self._listed.get(key)
+        return hit[1] if hit is not None and time.monotonic() - hit[0] <= max_age_s else None
 
     def reconstructions(self, *, kind: str | None = None, raw_uid: str | None = None,
                         limit: int = 50) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..results.missing_data import MISSING_DATA_STATUS
+from ..results.volume_stats import stored_stats, volume_stats
 from .catalog import (
     PLANES,
     UNIT,
@@ -93,6 +94,9 @@ class VolumeReader:
         self._lock = threading.Lock()
         self._flights: dict[tuple[str, str], threading.Lock] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="volume-reader")
+        #: look-ups made ahead of the slices (:meth:`info`): a pool of their own, because a
+        #: look-up waits on ``_pool`` for its second request
+        self._prefetch = ThreadPoolExecutor(max_workers=2, thread_name_prefix="volume-lookup")
         self._http: Any = None
 
     # -- HTTP -----------------------------------------------------------------------------------
@@ -182,7 +186,16 @@ class VolumeReader:
         """What the page shows of a reconstruction: summary, volume shape and levels, units,
         provenance, and the volume's histogram (:meth:`stats`; left out when it cannot be read
         yet, the page then asks for it alone and shows why): one answer, so opening a
-        reconstruction waits for one request before its slices."""
+        reconstruction waits for one request before its slices.
+
+        A complete node the scans table listed a moment ago whose histogram was stored with it
+        (:mod:`~bluesky_tomo_hpc.results.volume_stats`) is answered from that listing: no request
+        to Tiled; the look-up its slices need starts at once, in the background."""
+        check_key(key, "reconstruction")
+        if self._hit("describe", key) is None:
+            quick = self._listed_info(key)
+            if quick is not None:
+                return quick
         d = self.describe(key)
         md = d["metadata"]
         out = recon_summary(key, md)
@@ -195,9 +208,35 @@ class VolumeReader:
                     out["stats"] = self.stats(key)
                 except CatalogError:
                     pass
+        return self._with_provenance(out, md)
+
+    def _with_provenance(self, out: dict[str, Any], md: dict[str, Any]) -> dict[str, Any]:
         out.update(container=self.catalog.processed_name, unit=UNIT, voxel_size_um=voxel_size_um(md),
                    provenance=provenance(md))
         return out
+
+    def _listed_info(self, key: str) -> dict[str, Any] | None:
+        """:meth:`info` from the catalog's last listing, when that saw the node complete with a
+        stored histogram; else None."""
+        md = self.catalog.listed_metadata(key, self.ttl_s)
+        st = stored_stats(md)
+        if md is None or st is None or md.get("state", "complete") != "complete":
+            return None
+        self._prefetch.submit(self._describe_quietly, key)
+        out = recon_summary(key, md)
+        planes = md.get("preview_planes")
+        out["previews"] = [p for p in PLANES if isinstance(planes, list) and p in planes]
+        shape = st.pop("shape")
+        out["volume"] = {"shape": shape, "levels": levels_for(shape)}
+        out["stats"] = {**st, "state": "complete"}
+        return self._with_provenance(out, md)
+
+    def _describe_quietly(self, key: str) -> None:
+        """Look ``key`` up ahead of its slices; a failure is theirs to report."""
+        try:
+            self.describe(key)
+        except CatalogError:
+            pass
 
     def handle(self, key: str) -> VolumeHandle:
         d = self.describe(key)
@@ -261,6 +300,7 @@ class VolumeReader:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+        self._prefetch.shutdown(wait=False)
         self.volumes.clear()
         if self._http is not None:
             self._http.close()
@@ -287,32 +327,28 @@ class VolumeReader:
         return data, {"shape": list(h.shape), "index": index, "level": level, "levels": levels,
                       "rows": int(data.shape[0]), "cols": int(data.shape[1])}
 
-    def stats(self, key: str, *, bins: int = 128, side: int = 256) -> dict[str, Any]:
-        """A histogram of the volume and its 0.5-99.5 % window, from five xy slices (10-90 % of
-        the height, one strided request) of about ``side`` pixels: the window the views share."""
-        return self._cached("stats", key, lambda: self._stats(key, bins, side),
+    def stats(self, key: str) -> dict[str, Any]:
+        """A histogram of the volume and its 0.5-99.5 % window (the window the views share): the
+        one stored with the result when it was written, else computed from five strided xy
+        slices (:func:`~bluesky_tomo_hpc.results.volume_stats.volume_stats`, one request) and
+        kept like a description (results written before histograms were stored)."""
+        return self._cached("stats", key, lambda: self._stats(key),
                             lambda st: st.get("state", "complete") == "complete")
 
-    def _stats(self, key: str, bins: int, side: int) -> dict[str, Any]:
+    def _stats(self, key: str) -> dict[str, Any]:
         h = self.handle(key)
-        nz, ny, nx = h.shape
-        step = max(1, math.ceil(max(ny, nx) / side))
-        z0, z1 = int(round(0.1 * (nz - 1))), int(round(0.9 * (nz - 1)))
-        dz = max(1, (z1 - z0) // 4)
-        sample = self._read(h, (slice(z0, z1 + 1, dz), slice(None, None, step), slice(None, None, step)))
-        values = sample[np.isfinite(sample)]
         state = h.metadata.get("state", "complete")
-        if values.size == 0:
-            return {"counts": [0] * bins, "range": [0.0, 1.0], "window": [0.0, 1.0], "sampled": 0,
-                    "state": state}
-        lo, hi, a, b = (float(v) for v in np.percentile(values, [0.5, 99.5, 0.05, 99.95]))
-        if not b > a:
-            a, b = float(values.min()), float(values.max()) + 1.0
-        pad = 0.05 * (b - a)
-        a, b = a - pad, b + pad
-        counts, _ = np.histogram(values, bins=bins, range=(a, b))
-        return {"counts": counts.tolist(), "range": [a, b], "window": [lo, hi if hi > lo else lo + 1.0],
-                "sampled": int(values.size), "step": step, "state": state}
+        stored = stored_stats(h.metadata) if state == "complete" else None
+        if stored is not None and tuple(stored.pop("shape")) == h.shape:
+            return {**stored, "state": state}
+
+        def read(zs: range, step: int) -> np.ndarray:
+            every = slice(None, None, step)
+            return self._read(h, (slice(zs.start, zs.stop, zs.step), every, every))
+
+        st = volume_stats(h.shape, read)  # type: ignore[arg-type]
+        st.pop("shape")
+        return {**st, "state": state}
 
     def region(self, key: str, box: tuple[int, int, int, int, int, int] | None = None,
                max_side: int = 128) -> tuple[np.ndarray, dict[str, Any]]:
