@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import os
 
@@ -90,6 +91,7 @@ _M_ARENA_MAX = -8
 MALLOC_ARENAS = 4
 
 
+@functools.cache  # find_library runs ldconfig: once per process, not per slab run
 def limit_malloc_arenas() -> bool:
     """Cap glibc's per-thread malloc arenas at :data:`MALLOC_ARENAS` (process-wide; no-op
     elsewhere). True when the cap is set.

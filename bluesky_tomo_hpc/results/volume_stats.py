@@ -25,6 +25,8 @@ BINS, SIDE = 128, 256
 SAMPLED_SLICES = 5
 #: the most bins a stored record may have (it is outside data when read back)
 MAX_BINS = 4096
+#: a stored shape's axes are at most this long (a 2^20-voxel side is past any detector)
+MAX_SIDE = 1 << 20
 
 
 def sample_planes(shape: tuple[int, int, int], side: int = SIDE) -> tuple[range, int]:
@@ -84,7 +86,8 @@ def stored_stats(md: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not (isinstance(counts, list) and 0 < len(counts) <= MAX_BINS
             and all(_count(c) is not None for c in counts)):
         return None
-    if not (isinstance(shape, list) and len(shape) == 3 and all(_count(n, 1) is not None for n in shape)):
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(_count(n, 1) is not None and n <= MAX_SIDE for n in shape)):
         return None
     rng, window = _pair(rec.get("range")), _pair(rec.get("window"))
     sampled, step = _count(rec.get("sampled")), _count(rec.get("step"), 1)

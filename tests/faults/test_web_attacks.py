@@ -232,3 +232,30 @@ def test_bounded_parameters_still_answer(world, web):
     assert r.status_code == 200 and 0 < len(r.content) < 40**3
     r = http.get(site["web"] + f"api/recon/{key}/slice/xz.png?index=3&level=0&lo=1&hi=99", headers=AUTH)
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("stats", [
+    "not a record", {"counts": [1] * 5000, "shape": [2, 2, 2], "range": [0, 1], "window": [0, 1],
+                     "sampled": 8, "step": 1},
+    {"counts": [-1, 2], "shape": [2, 2, 2], "range": [0, 1], "window": [0, 1], "sampled": 8, "step": 1},
+    {"counts": [1, 2], "shape": [2, 2], "range": [0, 1], "window": [0, 1], "sampled": 8, "step": 1},
+    {"counts": [1, 2], "shape": [2, 2, 2], "range": [float("nan"), 1], "window": [0, 1], "sampled": 8,
+     "step": 1},
+    {"counts": [1, 2], "shape": [2, 2, 2], "range": [1, 0], "window": [0, 1], "sampled": 8, "step": 1},
+    {"counts": ["__import__('os')", 2], "shape": [2, 2, 2], "range": [0, 1], "window": [0, 1],
+     "sampled": 8, "step": 1},
+    {"counts": [1, 2], "shape": [2, 2, 10**30], "range": [0, 1], "window": [0, 1], "sampled": 8, "step": 1},
+])
+def test_forged_stored_histogram_is_not_trusted(stats):
+    """A forged histogram in a result's Tiled metadata: ignored (recomputed), never served or run.
+
+    A node's stored ``volume_stats`` (written by another client, or edited) that is not exactly the
+    form the writer stores — too many bins, negative or non-numeric counts, a 2-axis shape, NaN or
+    reversed edges, absurd sizes — is treated as missing, so the page computes the histogram itself.
+    """
+    from bluesky_tomo_hpc.results.volume_stats import STATS_KEY, stored_stats
+
+    assert stored_stats({STATS_KEY: stats}) is None
+    good = {"counts": [1, 2], "shape": [2, 2, 2], "range": [0.0, 1.0], "window": [0.0, 1.0], "sampled": 8,
+            "step": 1}
+    assert stored_stats({STATS_KEY: good}) is not None
